@@ -1,0 +1,302 @@
+"""Per-package build recipes. Each builder turns a prepared source tree into a list of
+`Step`s (what the plan prints and the pipeline runs, with their environment) plus a
+`collect` that says which raw wheel came out and what post-processing it needs.
+
+- setuptools: any PEP 517 package built with `python -m build --no-isolation` in the build
+  venv (torch CUDA extensions, e.g. the test fixture).
+- flashinfer: the flashinfer-python wheel plus AOT-compiled kernels for the stack's arch
+  list, placed in flashinfer/data/aot/ where the installed package loads them.
+- vllm: CMake configure exactly as vLLM's setup.py does it (so setup.py's own configure
+  in the wheel step is a no-op and the compiled objects are reused), then the wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import sysconfig
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.version import Version
+
+from .errors import BuildError
+from .fetchcontent import HEADERS_ONLY_CMAKE_ARGS
+from .stack import PackageSpec, Stack
+from .toolchain import CompileCache, Parallelism
+
+HELPERS = Path(__file__).parent / "helpers"
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str | None]
+    cwd: Path
+    # Parse ninja [N/M] lines for progress (compile steps).
+    progress: bool = False
+    # Computes the argv at run time (e.g. ninja target names known only after configure).
+    resolve: Callable[[], tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class ExternalDir:
+    name: str
+    env: str | None
+    directory: Path
+    headers_only: bool
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    stack: Stack
+    spec: PackageSpec
+    tree: Path  # the prepared (patched) source tree
+    venv_path: Path
+    cuda_home: Path
+    nvcc_release: str
+    parallelism: Parallelism
+    compile_cache: CompileCache
+    staging: Path  # where raw wheels are written
+    externals: tuple[ExternalDir, ...] = ()
+    python_tag: str = field(default_factory=lambda: sys.implementation.cache_tag)
+
+    @property
+    def python(self) -> Path:
+        return self.venv_path / "bin" / "python"
+
+    @property
+    def version(self) -> str:
+        return self.spec.source.version or "0"
+
+    def target_version(self) -> str:
+        return f"{Version(self.version).public}+{self.stack.local_label()}"
+
+    def base_env(self) -> dict[str, str | None]:
+        path = os.pathsep.join([str(self.venv_path / "bin"), str(self.cuda_home / "bin"),
+                                os.environ.get("PATH", "")])
+        env: dict[str, str | None] = {
+            "PATH": path,
+            "VIRTUAL_ENV": str(self.venv_path),
+            "CUDA_HOME": str(self.cuda_home),
+            "CUDA_PATH": str(self.cuda_home),
+            "TORCH_CUDA_ARCH_LIST": self.stack.arch_list_env,
+            "MAX_JOBS": str(self.parallelism.jobs),
+            "NVCC_THREADS": str(self.parallelism.nvcc_threads),
+            "CMAKE_BUILD_TYPE": self.stack.build.build_type,
+            "PYTHONNOUSERSITE": "1",
+        }
+        env.update(self.compile_cache.env(self.tree))
+        env.update(self.spec.env)  # the user's values win
+        return env
+
+
+def _wheel_step(ctx: BuildContext, env: Mapping[str, str | None]) -> Step:
+    return Step("build the wheel (PEP 517, no build isolation)",
+                (str(ctx.python), "-m", "build", "--wheel", "--no-isolation",
+                 "--outdir", str(ctx.staging), str(ctx.tree)),
+                env, ctx.tree, progress=True)
+
+
+# -------------------------------------------------------------------------- setuptools
+
+
+def setuptools_steps(ctx: BuildContext) -> list[Step]:
+    env = ctx.base_env()
+    if ctx.compile_cache.path is not None:
+        # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to
+        # put a compiler cache in front of nvcc (the expensive translation units).
+        env["PYTORCH_NVCC"] = f"{ctx.compile_cache.launcher()} {ctx.cuda_home / 'bin' / 'nvcc'}"
+    return [_wheel_step(ctx, env)]
+
+
+# -------------------------------------------------------------------------- flashinfer
+
+
+def flashinfer_arch_list(stack: Stack, nvcc_release: str, option: str) -> str:
+    """FLASHINFER_CUDA_ARCH_LIST (space separated). Arch-specific kernels need a suffix:
+    `f` (family) with nvcc >= 12.9, else `a`, as FlashInfer's own later releases do."""
+    if option:
+        return option
+    family = Version(nvcc_release) >= Version("12.9")
+    out = []
+    for arch in stack.cuda_arch_list:
+        arch = arch.replace("+PTX", "")
+        if arch[-1] in "af":
+            out.append(arch)
+        elif Version(arch) >= Version("9.0"):
+            out.append(arch + ("f" if family and Version(arch) >= Version("10.0") else "a"))
+        else:
+            out.append(arch)
+    return " ".join(out)
+
+
+def aot_out_dir(ctx: BuildContext) -> Path:
+    return ctx.tree / "build" / "vllm-wheels-aot"
+
+
+def flashinfer_steps(ctx: BuildContext) -> list[Step]:
+    env = ctx.base_env()
+    steps = [Step("label the version (flashinfer/_build_meta.py)",
+                  (str(ctx.python), "-c", _SET_BUILD_META, str(ctx.tree), ctx.target_version()),
+                  {}, ctx.tree)]
+    options = ctx.spec.options
+    if options.get("aot", True):
+        arch = flashinfer_arch_list(ctx.stack, ctx.nvcc_release, str(options.get("aot_arch_list")
+                                                                      or ""))
+        aot_env = dict(env)
+        aot_env.update({"FLASHINFER_CUDA_ARCH_LIST": arch,
+                        "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
+        if ctx.compile_cache.path is not None:
+            aot_env["FLASHINFER_NVCC"] = f"{ctx.compile_cache.launcher()} " \
+                                         f"{ctx.cuda_home / 'bin' / 'nvcc'}"
+        steps.append(Step(
+            f"AOT-compile FlashInfer kernels for {arch}",
+            (str(ctx.python), str(HELPERS / "flashinfer_aot.py"), "--source-root", str(ctx.tree),
+             "--out-dir", str(aot_out_dir(ctx)), "--build-dir", str(ctx.tree / "build" / "aot"),
+             "--arch", arch, "-v", *[str(m) for m in options.get("aot_modules", ["*"])]),
+            aot_env, ctx.tree, progress=True))
+    steps.append(_wheel_step(ctx, env))
+    return steps
+
+
+_SET_BUILD_META = r"""
+import re, sys, pathlib
+meta = pathlib.Path(sys.argv[1]) / "flashinfer" / "_build_meta.py"
+text = meta.read_text()
+new = re.sub(r'^__version__ = ".*"$', '__version__ = "%s"' % sys.argv[2], text, flags=re.M)
+if new == text and sys.argv[2] not in text:
+    sys.exit("cannot find __version__ in " + str(meta))
+meta.write_text(new)
+print("version:", sys.argv[2])
+"""
+
+
+def flashinfer_aot_files(ctx: BuildContext) -> dict[str, Path]:
+    out = aot_out_dir(ctx)
+    if not ctx.spec.options.get("aot", True):
+        return {}
+    files = {f"flashinfer/data/aot/{p.relative_to(out).as_posix()}": p
+             for p in sorted(out.rglob("*.so"))}
+    if not files:
+        raise BuildError(f"FlashInfer AOT produced no kernels in {out}",
+                         fix="check aot_modules in the stack (the globs must match module names)")
+    return files
+
+
+# -------------------------------------------------------------------------------- vllm
+
+
+def vllm_build_dir(ctx: BuildContext) -> Path:
+    """The directory vLLM's setup.py configures in (`build_temp` of setuptools), so that
+    our configure and setup.py's share one CMake cache and one set of objects."""
+    plat = sysconfig.get_platform()
+    return ctx.tree / "build" / f"temp.{plat}-{ctx.python_tag}"
+
+
+def vllm_cmake_args(ctx: BuildContext) -> list[str]:
+    args = []
+    cache = ctx.compile_cache
+    for lang in ("C", "CXX", "CUDA"):
+        args.append(f"-DCMAKE_{lang}_COMPILER_LAUNCHER={cache.launcher()}")
+    for ext in ctx.externals:
+        if ext.headers_only and ext.name in HEADERS_ONLY_CMAKE_ARGS:
+            args += [a.format(dir=ext.directory) for a in HEADERS_ONLY_CMAKE_ARGS[ext.name]]
+    args += [str(a) for a in ctx.spec.options.get("cmake_args", [])]
+    return args
+
+
+def vllm_env(ctx: BuildContext) -> dict[str, str | None]:
+    env = ctx.base_env()
+    env["VLLM_TARGET_DEVICE"] = "cuda"
+    env["MAX_JOBS"] = str(ctx.parallelism.vllm_max_jobs)
+    # 0.11.1+ takes this verbatim as the version (no +cuXYZ suffix appended).
+    env["VLLM_VERSION_OVERRIDE"] = ctx.target_version()
+    env["SETUPTOOLS_SCM_PRETEND_VERSION"] = ctx.target_version()
+    env["FETCHCONTENT_BASE_DIR"] = str(ctx.tree / ".deps")
+    env["CMAKE_ARGS"] = " ".join(vllm_cmake_args(ctx))
+    if ctx.compile_cache.tool != "sccache":
+        env["VLLM_DISABLE_SCCACHE"] = "1"
+    for ext in ctx.externals:
+        if ext.env:
+            env[ext.env] = str(ext.directory)
+    return env
+
+
+def vllm_configure_argv(ctx: BuildContext) -> tuple[str, ...]:
+    """The configure command of vLLM's setup.py (cmake_build_ext.configure), verbatim in
+    its arguments, so setup.py's own configure during the wheel step changes nothing."""
+    jobs = ctx.parallelism.jobs
+    return (
+        str(ctx.venv_path / "bin" / "cmake"), str(ctx.tree), "-G", "Ninja",
+        f"-DCMAKE_BUILD_TYPE={ctx.stack.build.build_type}", "-DVLLM_TARGET_DEVICE=cuda",
+        f"-DVLLM_PYTHON_EXECUTABLE={ctx.python}",
+        f"-DFETCHCONTENT_BASE_DIR={ctx.tree / '.deps'}",
+        f"-DNVCC_THREADS={ctx.parallelism.nvcc_threads}",
+        "-DCMAKE_JOB_POOL_COMPILE:STRING=compile", f"-DCMAKE_JOB_POOLS:STRING=compile={jobs}",
+        f"-DCMAKE_CUDA_COMPILER={ctx.cuda_home / 'bin' / 'nvcc'}",
+        *vllm_cmake_args(ctx),
+    )
+
+
+def object_targets(build_dir: Path, sources: list[str], ninja: Path) -> tuple[str, ...]:
+    """Ninja's object-file target names for the given source files."""
+    import subprocess
+
+    out = subprocess.run([str(ninja), "-C", str(build_dir), "-t", "targets", "all"],
+                         capture_output=True, text=True, check=True).stdout
+    targets = []
+    for src in sources:
+        suffix = "/" + src.lstrip("/") + ".o"
+        found = [line.split(":")[0] for line in out.splitlines()
+                 if line.split(":")[0].endswith(suffix)]
+        if not found:
+            raise BuildError(f"{src} is not compiled by this configuration",
+                             why="vLLM gates sources by CUDA arch and nvcc version",
+                             fix="pick a translation unit built for the stack's arch list "
+                                 "(see the configure log)")
+        targets.append(found[0])
+    return tuple(targets)
+
+
+def vllm_steps(ctx: BuildContext) -> list[Step]:
+    env = vllm_env(ctx)
+    build_dir = vllm_build_dir(ctx)
+    python_path = f"-DVLLM_PYTHON_PATH={ctx.tree}"
+    del python_path  # setup.py passes its sys.path; CMake only uses it to find torch
+    steps = [Step("CMake configure (as vLLM's setup.py does)", vllm_configure_argv(ctx), env,
+                  build_dir)]
+    compile_only = [str(s) for s in ctx.spec.options.get("compile_only", [])]
+    if compile_only:
+        ninja = ctx.venv_path / "bin" / "ninja"
+
+        def resolve() -> tuple[str, ...]:
+            return (str(ctx.venv_path / "bin" / "cmake"), "--build", str(build_dir), "--target",
+                    *object_targets(build_dir, compile_only, ninja))
+
+        steps.append(Step(f"compile {len(compile_only)} translation unit(s) only: "
+                          + ", ".join(compile_only),
+                          (str(ctx.venv_path / "bin" / "cmake"), "--build", str(build_dir),
+                           "--target", *[f"<object of {s}>" for s in compile_only]),
+                          env, build_dir, progress=True, resolve=resolve))
+        return steps
+    steps.append(_wheel_step(ctx, env))
+    return steps
+
+
+def steps_for(ctx: BuildContext) -> list[Step]:
+    return {"setuptools": setuptools_steps, "flashinfer": flashinfer_steps,
+            "vllm": vllm_steps}[ctx.spec.builder](ctx)
+
+
+def makes_wheel(spec: PackageSpec) -> bool:
+    return not (spec.builder == "vllm" and spec.options.get("compile_only"))
+
+
+def compiled_object_archs(obj: Path) -> list[str]:
+    """sm_XY names found in an object's embedded fatbin (a quick look, not verify_abi)."""
+    data = obj.read_bytes()
+    return sorted({m.decode() for m in re.findall(rb"sm_\d+[af]?", data)})

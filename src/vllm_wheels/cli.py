@@ -1,0 +1,118 @@
+"""Command line: `python -m vllm_wheels build-wheels [...]` (what `nox -s build_wheels`
+runs). Parses arguments, sets up the log, maps errors to exit codes; no logic of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import pipeline
+from .cache import Cache, default_cache_root
+from .errors import InterruptedError_, PipelineError
+from .log import Reporter
+from .stack import load_stack
+
+
+def repo_root() -> Path:
+    here = Path.cwd()
+    for candidate in (here, *here.parents):
+        if (candidate / "noxfile.py").exists() and (candidate / "build").is_dir():
+            return candidate
+    return here
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm-wheels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build-wheels", help="build the stack's wheels into wheels/<stack>/")
+    b.add_argument("--stack", type=Path, default=None,
+                   help="stack file (default: build/stack.toml)")
+    b.add_argument("--dry-run", action="store_true",
+                   help="print the plan (sources are downloaded and patched; nothing compiles)")
+    b.add_argument("--json", type=Path, default=None, help="also write the plan as JSON")
+    b.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache root (default: $VLLM_WHEELS_CACHE or ~/.cache/vllm-wheels)")
+    b.add_argument("--output-dir", type=Path, default=None,
+                   help="where wheels go (default: wheels/<stack-name>/)")
+    b.add_argument("--max-jobs", type=int, default=None,
+                   help="concurrent compile jobs (default: from cores and memory)")
+    b.add_argument("--nvcc-threads", type=int, default=None, help="threads per nvcc")
+    b.add_argument("--build-venv", type=Path, default=None,
+                   help="use this existing venv (must hold exactly the pinned torch)")
+    b.add_argument("--only", nargs="+", default=None, help="build only these packages")
+    b.add_argument("--no-fetch", action="store_true",
+                   help="never clone external sources (fail if one is not in the cache)")
+    return parser
+
+
+def build_wheels(args: argparse.Namespace) -> int:
+    root = repo_root()
+    stack_path = args.stack or root / "build" / "stack.toml"
+    stack = load_stack(stack_path)
+    cache = Cache((args.cache_dir or default_cache_root()).resolve())
+    output = (args.output_dir or root / "wheels" / stack.name).resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = cache.logs / f"{'plan' if args.dry_run else 'build'}-{stack.name}-{stamp}.log"
+    reporter = Reporter(log_path)
+    try:
+        reporter.say(f"vllm-wheels: stack {stack.name} ({stack_path}); full log: {log_path}")
+        total = 3 + len(stack.packages) + 1
+        reporter.step(1, total, "sources: download, verify sha256, unpack, patch, strip "
+                                "torch pins; discover external sources")
+        plan = pipeline.make_plan(stack, repo_root=root, cache=cache, output_dir=output,
+                                  log_path=log_path, reporter=reporter,
+                                  fetch_externals=not (args.dry_run or args.no_fetch),
+                                  max_jobs=args.max_jobs, nvcc_threads=args.nvcc_threads,
+                                  build_venv=args.build_venv, only=args.only)
+        reporter.step_done()
+        reporter.step(2, total, "plan")
+        text = pipeline.render_plan(plan)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
+        if args.dry_run:
+            print(text, flush=True)
+            reporter.log(text)
+            if args.json:
+                reporter.say(f"plan written to {args.json}")
+            failed = [c for c in plan.checks if c.status == "fail"]
+            if failed:
+                reporter.say(f"{len(failed)} toolchain check(s) fail: a real build would stop "
+                             "before compiling (see FAIL lines above).")
+            return 0
+        reporter.log(text)
+        reporter.step_done()
+        pipeline.build(plan, reporter, build_venv=args.build_venv)
+        return 0
+    finally:
+        reporter.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        if args.command == "build-wheels":
+            return build_wheels(args)
+    except KeyboardInterrupt:
+        err = InterruptedError_("interrupted", fix="re-run; finished steps are reused")
+        print(err.render(), file=sys.stderr)
+        return err.exit_code
+    except PipelineError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""vLLM's external sources (CUTLASS, vllm-flash-attn, FlashMLA, qutlass, triton_kernels,
+DeepGEMM, ...), discovered from the unpacked source's own CMake files, never from a
+table per release: every `FetchContent_Declare(NAME GIT_REPOSITORY URL GIT_TAG REF ...)`
+is one external; the `DEFINED ENV{X}` test guarding it names the override variable that
+makes CMake use a local directory instead of cloning.
+
+The pipeline prefetches each into the cache at its pinned ref (or takes the user's
+local directory/archive) and exports the override variables, so the compile runs offline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_SET = re.compile(r'^\s*set\(\s*([A-Za-z_][A-Za-z0-9_]*)\s+"?([^"\s)]+)"?', re.MULTILINE)
+_DECLARE = re.compile(r"FetchContent_Declare\s*\(", re.IGNORECASE)
+_DEFINED_ENV = re.compile(r"DEFINED\s+ENV\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HEX_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+# Facts no CMake file states in a parseable way, kept as data with their source:
+# CUTLASS as a headers-only tree (no CMakeLists.txt) also needs its include dirs passed
+# explicitly, or compiles fail with `cutlass/cutlass.h: No such file or directory`
+# (measured, shared/reference/toolchain-facts.md section 5).
+HEADERS_ONLY_CMAKE_ARGS = {
+    "cutlass": ("-DCUTLASS_INCLUDE_DIR={dir}/include",
+                "-DCUTLASS_TOOLS_UTIL_INCLUDE_DIR={dir}/tools/util/include"),
+}
+
+
+@dataclass(frozen=True)
+class ExternalSource:
+    name: str  # FetchContent name, e.g. "cutlass", "vllm-flash-attn"
+    url: str
+    ref: str  # GIT_TAG: a commit or a tag
+    override_env: str | None  # e.g. VLLM_CUTLASS_SRC_DIR
+    override_subdir: str  # where inside the checkout the override must point ("" = root)
+    declared_in: str  # file:line
+    device: str = "cuda"  # the VLLM_TARGET_DEVICE whose configure fetches it
+
+    @property
+    def ref_is_commit(self) -> bool:
+        return bool(_HEX_COMMIT.match(self.ref))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "url": self.url, "ref": self.ref,
+                "ref_is_commit": self.ref_is_commit, "override_env": self.override_env,
+                "override_subdir": self.override_subdir, "declared_in": self.declared_in,
+                "device": self.device}
+
+
+def _cmake_files(tree: Path) -> list[Path]:
+    files = [tree / "CMakeLists.txt"] if (tree / "CMakeLists.txt").is_file() else []
+    cmake_dir = tree / "cmake"
+    if cmake_dir.is_dir():
+        files += sorted(cmake_dir.rglob("*.cmake"))
+        files += sorted(cmake_dir.rglob("CMakeLists.txt"))
+    return files
+
+
+def _balanced_args(text: str, start: int) -> tuple[str, int]:
+    depth, i = 1, start
+    while i < len(text) and depth:
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+        i += 1
+    return text[start:i - 1], i
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
+                     for line in text.splitlines())
+
+
+def _resolve(value: str, variables: dict[str, str]) -> str:
+    for _ in range(5):
+        new = _VAR.sub(lambda m: variables.get(m.group(1), m.group(0)), value)
+        if new == value:
+            break
+        value = new
+    return value
+
+
+_OTHER_DEVICES = ("cpu", "xpu", "rocm", "hip", "tpu")
+
+
+def _device_of(path: Path) -> str:
+    """vLLM names device-specific CMake files after the device (cmake/cpu_extension.cmake,
+    included only when VLLM_TARGET_DEVICE=cpu); everything else belongs to the CUDA build."""
+    stem = path.stem.lower()
+    return next((d for d in _OTHER_DEVICES if stem.startswith(d)), "cuda")
+
+
+def discover(tree: Path) -> list[ExternalSource]:
+    files = _cmake_files(tree)
+    texts = {f: f.read_text(encoding="utf-8", errors="replace") for f in files}
+    variables: dict[str, str] = {}
+    for text in texts.values():
+        for name, value in _SET.findall(_strip_comments(text)):
+            variables.setdefault(name, value)
+    found: dict[str, ExternalSource] = {}
+    for path, raw in texts.items():
+        text = _strip_comments(raw)
+        for match in _DECLARE.finditer(text):
+            args_text, _ = _balanced_args(text, match.end())
+            tokens = args_text.split()
+            if not tokens or "GIT_REPOSITORY" not in tokens:
+                continue  # the SOURCE_DIR branch of an override, or a URL download
+            name = tokens[0]
+            fields: dict[str, str] = {}
+            for key in ("GIT_REPOSITORY", "GIT_TAG", "SOURCE_SUBDIR"):
+                if key in tokens and tokens.index(key) + 1 < len(tokens):
+                    fields[key] = _resolve(tokens[tokens.index(key) + 1].strip('"'), variables)
+            # The override test sits just above the declaration (`if (DEFINED ENV{X})`
+            # ... `else()` ... declare); look back a few lines only, so an unrelated
+            # variable further up is never taken for it.
+            before = "\n".join(text[:match.start()].splitlines()[-30:])
+            envs = _DEFINED_ENV.findall(before)
+            override_env = envs[-1] if envs else None
+            # When the override path is used as-is but the git checkout is entered at a
+            # subdirectory (`${name_SOURCE_DIR}/python/...`), the override must point there.
+            subdir = ""
+            sub = re.search(r"\$\{" + re.escape(name) + r"_SOURCE_DIR\}/([^\"\s)]+)", text)
+            if sub and fields.get("SOURCE_SUBDIR"):
+                subdir = sub.group(1).strip("/")
+            line = text[:match.start()].count("\n") + 1
+            found.setdefault(name, ExternalSource(
+                name=name, url=fields.get("GIT_REPOSITORY", ""), ref=fields.get("GIT_TAG", ""),
+                override_env=override_env, override_subdir=subdir,
+                declared_in=f"{path.relative_to(tree)}:{line}", device=_device_of(path)))
+    return sorted(found.values(), key=lambda e: e.declared_in)

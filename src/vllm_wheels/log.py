@@ -1,0 +1,130 @@
+"""Console and log-file output, and progress reporting for long steps.
+
+The library code never prints directly: it writes through a `Reporter`, which the CLI
+creates. Everything goes to the full log file; the console gets step headers, progress
+lines and, on failure, the relevant lines only.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class Reporter:
+    """Writes to the console (stderr) and to an optional full log file."""
+
+    def __init__(self, log_path: Path | None = None, *, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.log_path = log_path
+        self._log: TextIO | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = log_path.open("a", encoding="utf-8", errors="replace")
+        self._step_started = time.monotonic()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self, text: str) -> None:
+        """Full-log only."""
+        if self._log is not None:
+            self._log.write(text if text.endswith("\n") else text + "\n")
+            self._log.flush()
+
+    def say(self, text: str) -> None:
+        """Console and full log."""
+        print(text, file=self.stream, flush=True)
+        self.log(text)
+
+    def step(self, index: int, total: int, title: str) -> None:
+        self._step_started = time.monotonic()
+        self.say(f"==> [{index}/{total}] {title}")
+
+    def step_done(self, detail: str = "") -> float:
+        elapsed = time.monotonic() - self._step_started
+        self.say(f"    done in {format_duration(elapsed)}" + (f" ({detail})" if detail else ""))
+        return elapsed
+
+    def warn(self, text: str) -> None:
+        self.say(f"WARNING: {text}")
+
+
+_NINJA_LINE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)$")
+
+
+@dataclass
+class NinjaProgress:
+    """Turns ninja's `[N/M] description` lines into done/total, rate and ETA.
+
+    Several ninja runs can happen inside one package build (vLLM builds its main
+    extension and vllm-flash-attn in one graph, FlashInfer AOT runs one graph per
+    batch), so the counter is per graph: a line whose total differs from the last one
+    starts a new graph.
+    """
+
+    reporter: Reporter
+    label: str
+    min_interval_s: float = 5.0
+    clock: object = field(default=time.monotonic)
+    done: int = 0
+    total: int = 0
+    _started: float | None = None
+    _last_print: float = -1e9
+
+    def _now(self) -> float:
+        return self.clock()  # type: ignore[operator,no-any-return]
+
+    def feed(self, line: str) -> bool:
+        """Returns True when the line was a ninja progress line."""
+        match = _NINJA_LINE.match(line.strip())
+        if not match:
+            return False
+        done, total = int(match.group(1)), int(match.group(2))
+        now = self._now()
+        if total != self.total or self._started is None or done < self.done:
+            self._started = now
+            self._first_done = done - 1
+        self.done, self.total = done, total
+        if now - self._last_print >= self.min_interval_s or done == total:
+            self._last_print = now
+            self.reporter.say("    " + self.status(now, match.group(3)))
+        return True
+
+    def rate_and_eta(self, now: float | None = None) -> tuple[float, float | None]:
+        now = self._now() if now is None else now
+        started = self._started if self._started is not None else now
+        elapsed = max(now - started, 1e-9)
+        finished = self.done - getattr(self, "_first_done", 0)
+        rate = finished / elapsed if finished > 0 else 0.0
+        remaining = self.total - self.done
+        eta = remaining / rate if rate > 0 else None
+        return rate, eta
+
+    def status(self, now: float | None = None, what: str = "") -> str:
+        rate, eta = self.rate_and_eta(now)
+        pct = 100.0 * self.done / self.total if self.total else 0.0
+        eta_text = format_duration(eta) if eta is not None else "?"
+        per_min = rate * 60
+        short = what if len(what) <= 70 else "..." + what[-67:]
+        return (
+            f"{self.label}: {self.done}/{self.total} ({pct:.0f}%), "
+            f"{per_min:.1f} steps/min, ETA {eta_text}  {short}"
+        ).rstrip()

