@@ -66,7 +66,7 @@ def build_wheels(args: argparse.Namespace) -> int:
                                 "torch pins; discover external sources")
         plan = pipeline.make_plan(stack, repo_root=root, cache=cache, output_dir=output,
                                   log_path=log_path, reporter=reporter,
-                                  fetch_externals=not (args.dry_run or args.no_fetch),
+                                  fetch_externals=False,
                                   max_jobs=args.max_jobs, nvcc_threads=args.nvcc_threads,
                                   build_venv=args.build_venv, only=args.only)
         reporter.step_done()
@@ -87,7 +87,8 @@ def build_wheels(args: argparse.Namespace) -> int:
             return 0
         reporter.log(text)
         reporter.step_done()
-        pipeline.build(plan, reporter, build_venv=args.build_venv)
+        pipeline.build(plan, reporter, build_venv=args.build_venv,
+                       fetch_externals=not args.no_fetch)
         return 0
     finally:
         reporter.close()

