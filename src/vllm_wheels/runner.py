@@ -98,6 +98,7 @@ def run(
             if on_line is not None:
                 on_line(line)
         returncode = proc.wait()
+        proc.stdout.close()
     except KeyboardInterrupt:
         # Stop the whole process group (ninja and its nvcc children), not just the parent.
         _kill_group(proc)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from vllm_wheels.fetchcontent import discover
+from vllm_wheels.pins import strip_torch_pins
+
+
+def test_strip_torch_pins_keeps_lookalikes(tmp_path: Path) -> None:
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "cuda.txt").write_text(
+        "-r common.txt\ntorch==2.9.0\ntorchaudio==2.9.0\ntorchvision==0.24.0 # note\n"
+        "torchao>=0.1\nflashinfer-python==0.5.2\n# torch in a comment\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = [\n    "cmake>=3.26",\n    "torch == 2.9.0",\n'
+        '    "wheel",\n]\n')
+    removed = strip_torch_pins(tmp_path)
+    assert {r.line.split("#")[0].strip() for r in removed} == {
+        "torch==2.9.0", "torchaudio==2.9.0", "torchvision==0.24.0", '"torch == 2.9.0",'}
+    text = (tmp_path / "requirements" / "cuda.txt").read_text()
+    assert "torchao>=0.1" in text and "flashinfer-python==0.5.2" in text
+    assert "\ntorch==" not in text
+    pyproject = (tmp_path / "pyproject.toml").read_text()
+    assert "torch" not in pyproject and '"wheel",' in pyproject
+
+
+def test_discover_fetchcontent_from_cmake(repo_root: Path) -> None:
+    found = {e.name: e for e in discover(repo_root / "tests/fixtures/cmake_externals")}
+    cutlass = found["cutlass"]
+    assert cutlass.ref == "v9.9.9" and not cutlass.ref_is_commit  # resolved from set()
+    assert cutlass.override_env == "VLLM_CUTLASS_SRC_DIR"
+    assert cutlass.url == "https://example.invalid/cutlass.git"
+    new = found["newthing"]
+    assert new.ref_is_commit and new.override_env == "NEWTHING_SRC_DIR"
+    assert new.override_subdir == "python/newthing/newthing"
+    assert found["oneDNN"].device == "cpu" and cutlass.device == "cuda"

@@ -1,0 +1,97 @@
+"""Real subprocesses and real GNU patch on small trees."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vllm_wheels.errors import BuildError, DiskFullError, PatchError, ToolchainError
+from vllm_wheels.log import Reporter
+from vllm_wheels.patches import PatchFile, apply_series, check_patch, read_series
+from vllm_wheels.runner import run
+from vllm_wheels.toolchain import parse_nvcc_version
+
+
+_open: list[Reporter] = []
+
+
+def reporter(tmp_path: Path) -> Reporter:
+    rep = Reporter(tmp_path / "log.txt", stream=io.StringIO())
+    _open.append(rep)
+    return rep
+
+
+@pytest.fixture(autouse=True)
+def _close_reporters() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def test_run_logs_env_changes_and_shows_compiler_errors(tmp_path: Path) -> None:
+    rep = reporter(tmp_path)
+    script = "echo compiling; echo 'foo.cu(3): error: identifier \"x\" is undefined'; exit 2"
+    with pytest.raises(BuildError) as info:
+        run(["bash", "-c", script], reporter=rep, env_changes={"MAX_JOBS": "3"}, what="compile")
+    assert 'error: identifier "x" is undefined' in info.value.what
+    assert "exit code 2" in info.value.what
+    log = (tmp_path / "log.txt").read_text()
+    assert "env +MAX_JOBS=3" in log and "compiling" in log
+
+
+def test_killed_compiler_is_reported_as_memory_and_disk_full_has_its_own_code(
+        tmp_path: Path) -> None:
+    with pytest.raises(BuildError) as info:
+        run(["bash", "-c", "kill -9 $$"], reporter=reporter(tmp_path))
+    assert "out of memory" in info.value.what and "--max-jobs" in info.value.fix
+    with pytest.raises(DiskFullError) as full:
+        run(["bash", "-c", "echo 'write: No space left on device'; exit 1"],
+            reporter=reporter(tmp_path))
+    assert full.value.exit_code == 7
+
+
+def test_missing_command_is_a_toolchain_error(tmp_path: Path) -> None:
+    with pytest.raises(ToolchainError):
+        run(["definitely-not-a-tool-xyz"], reporter=reporter(tmp_path))
+
+
+def test_parse_nvcc_version() -> None:
+    text = "Cuda compilation tools, release 12.8, V12.8.93\nBuild cuda_12.8.r12.8/compiler"
+    assert parse_nvcc_version(text) == ("12.8", "12.8.93")
+
+
+def _patch(tmp_path: Path, name: str, old: str, new: str) -> PatchFile:
+    body = f"--- a/f.txt\n+++ b/f.txt\n@@ -1,3 +1,3 @@\n a\n-{old}\n+{new}\n c\n"
+    path = tmp_path / "patches" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("description line\n\n" + body)
+    return PatchFile(name, path, hashlib.sha256(body.encode()).hexdigest())
+
+
+def test_patch_statuses(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f.txt").write_text("a\nb\nc\n")
+    good = _patch(tmp_path, "good.patch", "b", "B")
+    bad = _patch(tmp_path, "bad.patch", "zzz", "Z")
+    assert check_patch(tree, good).status == "applies"
+    conflict = check_patch(tree, bad)
+    assert conflict.status == "conflicts" and conflict.failed_hunks == ("f.txt: hunk #1 at line 1",)
+    apply_series(tree, [good])
+    assert (tree / "f.txt").read_text() == "a\nB\nc\n"
+    assert check_patch(tree, good).status == "already-applied"
+    with pytest.raises(PatchError) as info:
+        apply_series(tree, [bad])
+    assert "hunk #1" in info.value.what and info.value.exit_code == 5
+
+
+def test_series_must_list_every_patch(tmp_path: Path) -> None:
+    _patch(tmp_path, "one.patch", "b", "B")
+    _patch(tmp_path, "two.patch", "b", "C")
+    (tmp_path / "patches" / "series").write_text("one.patch\n")
+    with pytest.raises(Exception, match="not listed in series: two.patch"):
+        read_series(tmp_path / "patches")
