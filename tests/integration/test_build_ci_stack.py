@@ -1,0 +1,146 @@
+"""The CUDA 13 test stack built for real through `python -m vllm_wheels build-wheels`:
+a torch CUDA extension fixture, FlashInfer 0.5.2 with two AOT modules, and vLLM 0.11.2's
+CMake configure for 12.0 plus one real vLLM CUDA translation unit. No GPU needed: nvcc
+compiles for sm_120 on the CPU. vLLM's GitHub-only external sources are replaced by the
+STAND-IN directories in tests/fixtures/externals (GitHub is unreachable here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from vllm_wheels.fatbin import read_archs
+from vllm_wheels.wheelmeta import read_manifest, requires_dist, verify_record
+
+pytestmark = [pytest.mark.network, pytest.mark.compile]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vllm_wheels", *args], cwd=cwd, text=True,
+                          capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def built(repo_root: Path, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("wheels")
+    result = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
+                 str(shared_cache), "--output-dir", str(out), cwd=repo_root)
+    print(result.stdout[-3000:], result.stderr[-6000:])
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result
+
+
+def wheel(out: Path, prefix: str) -> Path:
+    found = sorted(out.glob(f"{prefix}-*.whl"))
+    assert len(found) == 1, list(out.iterdir())
+    return found[0]
+
+
+def test_wheels_are_labelled_pinned_and_carry_a_manifest(built: tuple[Path, object]) -> None:
+    out, _ = built
+    ext = wheel(out, "tiny_cuda_ext")
+    fi = wheel(out, "flashinfer_python")
+    assert ext.name == "tiny_cuda_ext-0.1.0+cu130.torch2141.sm120-cp311-cp311-linux_x86_64.whl"
+    assert fi.name == "flashinfer_python-0.5.2+cu130.torch2141.sm120-py3-none-linux_x86_64.whl"
+    for w in (ext, fi):
+        assert verify_record(w) == []
+        assert "torch==2.14.1" in requires_dist(w)
+        manifest = read_manifest(w)
+        assert manifest is not None
+        assert manifest["torch"]["version"] == "2.14.1+cu130"  # type: ignore[index]
+        assert manifest["torch"]["git_version"]  # type: ignore[index]
+        assert manifest["nvcc"]["release"] == "13.0"  # type: ignore[index]
+        assert manifest["cuda_arch_list"] == ["12.0"]
+    assert any(r.startswith("apache-tvm-ffi==") for r in requires_dist(fi))
+    summary = json.loads((out / "build-summary.json").read_text())
+    assert summary["schema_version"] == 1 and len(summary["wheels"]) == 2
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_extension_and_aot_kernels_contain_sm120(built: tuple[Path, object], tmp_path: Path
+                                                ) -> None:
+    out, _ = built
+    for w in (wheel(out, "tiny_cuda_ext"), wheel(out, "flashinfer_python")):
+        with zipfile.ZipFile(w) as zf:
+            sos = [n for n in zf.namelist() if n.endswith(".so")]
+            assert sos
+            for name in sos:
+                zf.extract(name, tmp_path)
+                archs = [str(e) for e in read_archs(tmp_path / name)]
+                assert archs == ["sm_120"], (name, archs)
+    with zipfile.ZipFile(wheel(out, "flashinfer_python")) as zf:
+        names = set(zf.namelist())
+    assert {"flashinfer/data/aot/silu_and_mul/silu_and_mul.so",
+            "flashinfer/data/aot/norm/norm.so"} <= names
+
+
+def test_installed_flashinfer_uses_the_aot_kernels(built: tuple[Path, object],
+                                                   shared_cache: Path, tmp_path: Path) -> None:
+    """Install the wheel (no deps) into a target dir, import it with the build venv's
+    torch, with JIT disabled: the two modules must resolve to the shipped .so files."""
+    out, _ = built
+    venv_python = next((shared_cache / "venvs").glob("py3.11-torch2.14.1-cu130-*/bin/python"))
+    target = tmp_path / "site"
+    subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel(out, "flashinfer_python"))], check=True)
+    code = (
+        "import flashinfer.jit.env as e; from flashinfer.activation import get_act_and_mul_module;"
+        "from flashinfer.norm import get_norm_module; import flashinfer.jit.core as c;"
+        "print(e.FLASHINFER_AOT_DIR); get_act_and_mul_module('silu'); get_norm_module(); print('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target), "FLASHINFER_DISABLE_JIT": "1",
+           "FLASHINFER_CUDA_ARCH_LIST": "12.0f", "FLASHINFER_WORKSPACE_BASE": str(tmp_path)}
+    env.pop("CUDA_HOME", None)
+    result = subprocess.run([str(venv_python), "-c", code], env=env, text=True,
+                            capture_output=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(target / "flashinfer" / "data" / "aot") in result.stdout
+
+
+def test_vllm_configured_for_120_and_one_tu_compiled(built: tuple[Path, object],
+                                                     shared_cache: Path) -> None:
+    objs = list((shared_cache / "src").glob(
+        "vllm-0.11.2-*/build/temp.*/CMakeFiles/_C.dir/csrc/quantization/activation_kernels.cu.o"))
+    assert len(objs) == 1
+    assert [str(e) for e in read_archs(objs[0])] == ["sm_120"]
+    ninja = (objs[0].parents[4] / "build.ninja").read_text()
+    assert "arch=compute_120" in ninja and "-std=c++20" in ninja  # our patch took effect
+
+
+def test_rebuild_with_nothing_changed_compiles_nothing(built: tuple[Path, object],
+                                                       repo_root: Path, shared_cache: Path
+                                                       ) -> None:
+    out, _ = built
+    again = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
+                str(shared_cache), "--output-dir", str(out), cwd=repo_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for w in out.glob("*.whl"):
+        stats = read_manifest(w)["build"]["compile_cache_stats"]  # type: ignore[index]
+        assert stats["misses"] == 0, (w.name, stats)
+
+
+def test_mismatched_stack_is_refused_before_compiling(repo_root: Path, tmp_path: Path,
+                                                      shared_cache: Path) -> None:
+    """The default stack's CUDA 12.8 torch with this machine's nvcc 13: exit 3, before
+    any venv is created or anything compiles."""
+    text = (repo_root / "build" / "stack.toml").read_text().replace('python = "3.12"',
+                                                                     'python = "3.11"')
+    stack = tmp_path / "mismatch.toml"
+    stack.write_text(text)
+    env_home = os.environ.get("CUDA_HOME")
+    if env_home and "12." in env_home:
+        pytest.skip("a CUDA 12 toolkit is configured here")
+    result = cli("build-wheels", "--stack", str(stack), "--cache-dir", str(shared_cache),
+                 "--output-dir", str(tmp_path / "out"), cwd=repo_root)
+    assert result.returncode == 3, result.stderr
+    assert "nvcc is CUDA 13.0 but torch 2.9.0 is built for CUDA 12.8" in result.stderr
+    assert "fix:" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not list((shared_cache / "venvs").glob("py3.11-torch2.9.0-*"))

@@ -1,0 +1,115 @@
+"""Real sdists from PyPI: download, sha256, unpack, patch, FetchContent discovery.
+Needs the package index (PyPI); no compiler."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vllm_wheels.cache import Cache
+from vllm_wheels.log import Reporter
+from vllm_wheels.patches import check_patch, read_series
+from vllm_wheels.pipeline import prepare_package, resolve_externals
+from vllm_wheels.stack import load_stack
+
+pytestmark = pytest.mark.network
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vllm_wheels", *args], cwd=cwd, text=True,
+                          capture_output=True, env={**os.environ, **(env or {})}, check=False)
+
+
+@pytest.fixture
+def reporter(tmp_path: Path):  # type: ignore[no-untyped-def]
+    rep = Reporter(tmp_path / "log", stream=io.StringIO())
+    yield rep
+    rep.close()
+
+
+def test_default_stack_sources_prepare_and_discover_externals(
+        repo_root: Path, shared_cache: Path, reporter: Reporter) -> None:
+    stack = load_stack(repo_root / "build" / "stack.toml")
+    cache = Cache(shared_cache)
+    fi = prepare_package(stack.package("flashinfer-python"), cache, repo_root, reporter)  # type: ignore[arg-type]
+    vllm = prepare_package(stack.package("vllm"), cache, repo_root, reporter)  # type: ignore[arg-type]
+    assert fi.fetched.sha256 == stack.package("flashinfer-python").source.sha256  # type: ignore[union-attr]
+    assert (vllm.tree / "setup.py").is_file() and (fi.tree / "flashinfer").is_dir()
+    # The source's own torch pins are gone, everything else stays.
+    cuda_txt = (vllm.tree / "requirements" / "cuda.txt").read_text()
+    assert "\ntorch==2.9.0" not in cuda_txt and "flashinfer-python==0.5.2" in cuda_txt
+    assert 'torch == 2.9.0' not in (vllm.tree / "pyproject.toml").read_text()
+    assert not any("torch" in r.split("=")[0] for r in vllm.build_requirements)
+    # External sources come from the unpacked source's CMake files.
+    resolved = resolve_externals(vllm, cache, repo_root, reporter, fetch=False, others=[fi])
+    ext = {e.source.name: e for e in resolved.externals}
+    assert set(ext) == {"cutlass", "vllm-flash-attn", "flashmla", "qutlass"}
+    assert ext["cutlass"].source.ref == "v4.2.1"
+    assert ext["vllm-flash-attn"].source.ref.startswith("58e0626a")
+    assert ext["vllm-flash-attn"].source.override_env == "VLLM_FLASH_ATTN_SRC_DIR"
+    assert all(e.origin == "to fetch" for e in ext.values())
+
+
+def test_patch_already_upstream_and_conflicting_patch(repo_root: Path, shared_cache: Path,
+                                                      reporter: Reporter) -> None:
+    stack = load_stack(repo_root / "build" / "stack.toml")
+    vllm = prepare_package(stack.package("vllm"), Cache(shared_cache), repo_root, reporter)  # type: ignore[arg-type]
+    upstream = read_series(repo_root / "tests/fixtures/patches/already-upstream")
+    assert check_patch(vllm.tree, upstream[0]).status == "already-applied"  # fixed in 0.11.2
+    conflict = check_patch(vllm.tree, read_series(repo_root / "tests/fixtures/patches/conflicts")[0])
+    assert conflict.status == "conflicts"
+    assert conflict.failed_hunks == ("CMakeLists.txt: hunk #1 at line 13",)
+
+
+def _stack_variant(repo_root: Path, tmp_path: Path, old: str, new: str) -> Path:
+    text = (repo_root / "build" / "stack.toml").read_text()
+    assert old in text
+    path = tmp_path / "variant.toml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_wrong_sha256_is_refused_and_leaves_nothing(repo_root: Path, tmp_path: Path) -> None:
+    stack = _stack_variant(repo_root, tmp_path, "99d097a28be1e98c", "00d097a28be1e98c")
+    cache = tmp_path / "cache"
+    result = cli("build-wheels", "--stack", str(stack), "--cache-dir", str(cache), "--dry-run",
+                 cwd=repo_root)
+    assert result.returncode == 4, result.stderr
+    assert "sha256 mismatch" in result.stderr and "expected: 00d097a28be1e98c" in result.stderr
+    assert "actual:   99d097a28be1e98c" in result.stderr
+    assert not list((cache / "downloads").rglob("*.tar.gz")) if (cache / "downloads").exists() \
+        else True
+
+
+def test_patch_that_does_not_apply_exits_5(repo_root: Path, tmp_path: Path) -> None:
+    stack = _stack_variant(repo_root, tmp_path, 'source = { pypi = "0.11.2"',
+                           'patches = "tests/fixtures/patches/conflicts"\nsource = { pypi = "0.11.2"')
+    result = cli("build-wheels", "--stack", str(stack), "--cache-dir", str(tmp_path / "c"),
+                 "--dry-run", cwd=repo_root)
+    assert result.returncode == 5, result.stderr
+    assert "0001-context-moved.patch does not apply" in result.stderr
+    assert "CMakeLists.txt: hunk #1 at line 13" in result.stderr
+    assert not [p for p in (tmp_path / "c" / "src").iterdir() if p.name.startswith("vllm")]
+
+
+def test_dry_run_prints_the_full_plan_and_json(repo_root: Path, shared_cache: Path,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    result = cli("build-wheels", "--dry-run", "--json", str(out), "--cache-dir",
+                 str(shared_cache), cwd=repo_root)
+    assert result.returncode == 0, result.stderr
+    for needle in ("torch==2.9.0", "sha256 496d15bb64ca0fe7", "VLLM_FLASH_ATTN_SRC_DIR",
+                   "58e0626a692f09241182582659e3bf8f16472659", "TORCH_CUDA_ARCH_LIST=12.0",
+                   "-DCMAKE_BUILD_TYPE=Release", "nvcc major == torch CUDA major"):
+        assert needle in result.stdout, needle
+    import json
+
+    plan = json.loads(out.read_text())
+    assert plan["schema_version"] == 1
+    assert [p["name"] for p in plan["packages"]] == ["flashinfer-python", "vllm"]
