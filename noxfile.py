@@ -51,3 +51,10 @@ def lint(session: nox.Session) -> None:
     session.install("-e", ".[lint]")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("mypy")
+
+
+@nox.session(python="3.11", default=False, tags=["bench"])
+def bench_build(session: nox.Session) -> None:
+    """Time cold, no-change and one-file-change builds of the test stack; cache hit rates."""
+    session.install("-e", ".")
+    session.run("python", "tools/bench_build.py", *session.posargs)

@@ -15,7 +15,6 @@ from vllm_wheels.patches import PatchFile, apply_series, check_patch, read_serie
 from vllm_wheels.runner import run
 from vllm_wheels.toolchain import parse_nvcc_version
 
-
 _open: list[Reporter] = []
 
 

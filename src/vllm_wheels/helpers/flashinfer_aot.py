@@ -47,8 +47,8 @@ def main() -> int:
 
     import flashinfer
     from flashinfer import aot
-    from flashinfer.jit import env as jit_env
     from flashinfer.jit import build_jit_specs
+    from flashinfer.jit import env as jit_env
 
     print(f"flashinfer {flashinfer.__version__} from {Path(flashinfer.__file__).parent}")
     print(f"FLASHINFER_CUDA_ARCH_LIST={args.arch}  CUDA_HOME={os.environ.get('CUDA_HOME')}"
