@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import sysconfig
 from collections.abc import Callable, Mapping
@@ -265,8 +264,6 @@ def object_targets(build_dir: Path, sources: list[str], ninja: Path) -> tuple[st
 def vllm_steps(ctx: BuildContext) -> list[Step]:
     env = vllm_env(ctx)
     build_dir = vllm_build_dir(ctx)
-    python_path = f"-DVLLM_PYTHON_PATH={ctx.tree}"
-    del python_path  # setup.py passes its sys.path; CMake only uses it to find torch
     steps = [Step("CMake configure (as vLLM's setup.py does)", vllm_configure_argv(ctx), env,
                   build_dir)]
     compile_only = [str(s) for s in ctx.spec.options.get("compile_only", [])]
@@ -295,8 +292,3 @@ def steps_for(ctx: BuildContext) -> list[Step]:
 def makes_wheel(spec: PackageSpec) -> bool:
     return not (spec.builder == "vllm" and spec.options.get("compile_only"))
 
-
-def compiled_object_archs(obj: Path) -> list[str]:
-    """sm_XY names found in an object's embedded fatbin (a quick look, not verify_abi)."""
-    data = obj.read_bytes()
-    return sorted({m.decode() for m in re.findall(rb"sm_\d+[af]?", data)})

@@ -61,7 +61,7 @@ def build_wheels(args: argparse.Namespace) -> int:
     reporter = Reporter(log_path)
     try:
         reporter.say(f"vllm-wheels: stack {stack.name} ({stack_path}); full log: {log_path}")
-        total = 3 + len(stack.packages) + 1
+        total = pipeline.total_steps(len(args.only) if args.only else len(stack.packages))
         reporter.step(1, total, "sources: download, verify sha256, unpack, patch, strip "
                                 "torch pins; discover external sources")
         plan = pipeline.make_plan(stack, repo_root=root, cache=cache, output_dir=output,

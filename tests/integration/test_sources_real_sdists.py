@@ -83,8 +83,8 @@ def test_wrong_sha256_is_refused_and_leaves_nothing(repo_root: Path, tmp_path: P
     assert result.returncode == 4, result.stderr
     assert "sha256 mismatch" in result.stderr and "expected: 00d097a28be1e98c" in result.stderr
     assert "actual:   99d097a28be1e98c" in result.stderr
-    assert not list((cache / "downloads").rglob("*.tar.gz")) if (cache / "downloads").exists() \
-        else True
+    # Nothing half-written or unverified stays in the cache (no file, no temp file).
+    assert not [p for p in cache.rglob("*") if p.is_file() and "downloads" in p.parts]
 
 
 def test_patch_that_does_not_apply_exits_5(repo_root: Path, tmp_path: Path) -> None:
