@@ -1,10 +1,15 @@
-"""Command line: `python -m vllm_wheels build-wheels [...]` (what `nox -s build_wheels`
-runs). Parses arguments, sets up the log, maps errors to exit codes; no logic of its own.
+"""Command line: `python -m vllm_wheels COMMAND [...]` (what the nox sessions run).
+Parses arguments, sets up the log, maps errors to exit codes; no logic of its own.
+
+Each stage other than the build registers itself in COMMANDS as (module, help): the
+module provides `add_arguments(parser)` and `run(args) -> int`, and is imported only
+when its command runs, so `build-wheels` never pays for the others' imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -26,9 +31,22 @@ def repo_root() -> Path:
     return here
 
 
-def _build_parser() -> argparse.ArgumentParser:
+# command -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify-abi": ("vllm_wheels.verify.abi_cli",
+                   "check built wheels against a runtime environment before import"),
+}
+
+
+def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-wheels")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        # Parsers of the other stages are built only for their own command (or --help),
+        # keeping the import cost off the build.
+        command_parser = sub.add_parser(name, help=help_text)
+        if not argv or argv[0] in (name, "-h", "--help"):
+            importlib.import_module(module).add_arguments(command_parser)
     b = sub.add_parser("build-wheels", help="build the stack's wheels into wheels/<stack>/")
     b.add_argument("--stack", type=Path, default=None,
                    help="stack file (default: build/stack.toml)")
@@ -95,7 +113,8 @@ def build_wheels(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _build_parser(argv)
     args = parser.parse_args(argv)
 
     def on_term(signum: int, frame: object) -> None:
@@ -105,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build-wheels":
             return build_wheels(args)
+        module, _help = COMMANDS[args.command]
+        code: int = importlib.import_module(module).run(args)
+        return code
     except KeyboardInterrupt:
         err = InterruptedError_("interrupted", fix="re-run; finished steps are reused")
         print(err.render(), file=sys.stderr)

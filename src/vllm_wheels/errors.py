@@ -70,6 +70,48 @@ class DiskFullError(PipelineError):
     kind = "disk full"
 
 
+class AbiMismatchError(PipelineError):
+    """verify_abi found that a wheel does not match the runtime environment."""
+
+    exit_code = 8
+    kind = "ABI mismatch"
+
+
+class CannotCheckError(PipelineError):
+    """verify_abi could not check: the runtime interpreter or its torch is missing/unreadable."""
+
+    exit_code = 9
+    kind = "could not check"
+
+
+class IndexPublishError(PipelineError):
+    """The wheel index refused an operation (unverified wheel, changed immutable file, ...)."""
+
+    exit_code = 10
+    kind = "index"
+
+
+class ThroughputRegressionError(PipelineError):
+    """verify_throughput: the candidate is slower than the baseline with confidence."""
+
+    exit_code = 11
+    kind = "throughput regression"
+
+
+class ThroughputInconclusiveError(PipelineError):
+    """verify_throughput: run-to-run spread too wide to decide."""
+
+    exit_code = 12
+    kind = "throughput inconclusive"
+
+
+class CouldNotRunError(PipelineError):
+    """verify_throughput / trial: an arm or stage could not be started (no GPU, no server...)."""
+
+    exit_code = 13
+    kind = "could not run"
+
+
 class InterruptedError_(PipelineError):  # noqa: N801 - avoid shadowing the builtin
     """The user interrupted the run (Ctrl-C / SIGTERM); partial outputs were removed."""
 
@@ -86,6 +128,12 @@ EXIT_CODES: dict[str, int] = {
         PatchError,
         BuildError,
         DiskFullError,
+        AbiMismatchError,
+        CannotCheckError,
+        IndexPublishError,
+        ThroughputRegressionError,
+        ThroughputInconclusiveError,
+        CouldNotRunError,
         InterruptedError_,
     )
 }
