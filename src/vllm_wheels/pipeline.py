@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from . import builders, fetchcontent, patches, pins, sources, toolchain, wheelmeta
 from .cache import Cache, publish_dir, remove, temp_sibling
 from .errors import (
+    AbiMismatchError,
     BuildError,
     ConfigError,
     DiskFullError,
@@ -33,6 +34,8 @@ from .errors import (
 from .log import NinjaProgress, Reporter, format_duration
 from .runner import capture, run
 from .stack import PackageSpec, Stack
+from .verify import abi
+from .verify.report import REPORT_FILENAME
 
 PLAN_SCHEMA_VERSION = 1
 SUMMARY_SCHEMA_VERSION = 1
@@ -110,7 +113,7 @@ class Plan:
                                   "directory": str(self.compile_cache.directory or "")},
             },
             "packages": [self._package_dict(p, c) for p, c in
-                         zip(self.packages, self.contexts or [None] * len(self.packages),
+                         zip(self.packages, _or_nones(self.contexts, len(self.packages)),
                              strict=True)],
             "paths": {"cache": str(self.cache.root), "output": str(self.output_dir),
                       "log": str(self.log_path)},
@@ -200,8 +203,8 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
                 raise
             publish_dir(tmp, tree)
     data = json.loads(marker.read_text())
-    stripped = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
-    return PreparedPackage(spec, fetched, tree, tuple(series), stripped,
+    recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
+    return PreparedPackage(spec, fetched, tree, tuple(series), recorded,
                            tuple(build_requirements(tree, spec)))
 
 
@@ -301,7 +304,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
             raise ConfigError(f"--only: no package {', '.join(sorted(unknown))} in the stack",
                               fix="packages: " + ", ".join(p.name for p in specs))
         specs = [p for p in specs if canonicalize_name(p.name) in wanted]
-    prepared = []
+    prepared: list[PreparedPackage] = []
     for spec in specs:
         prep = prepare_package(spec, cache, repo_root, reporter)
         prepared.append(resolve_externals(prep, cache, repo_root, reporter, fetch=fetch_externals,
@@ -584,6 +587,12 @@ def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) ->
     return plan
 
 
+def _or_nones(contexts: list[builders.BuildContext] | None, count: int
+              ) -> list[builders.BuildContext | None]:
+    """The build contexts, or None for each package before the toolchain exists."""
+    return list(contexts) if contexts else [None] * count
+
+
 def total_steps(packages: int) -> int:
     """sources, plan, toolchain, one per package, publish."""
     return 3 + packages + 1
@@ -645,8 +654,11 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
             built[canonicalize_name(prep.spec.name)] = BuiltWheel(
                 prep.spec.name, path, sources.sha256_file(path), path.stat().st_size, seconds)
     step += 1
-    reporter.step(step, total, f"publish into {plan.output_dir}")
+    reporter.step(step, total, f"verify_abi against the build venv, publish into {plan.output_dir}")
+    report = _verify_before_publish(plan, built, reporter)
     results = _publish(plan, built)
+    if report is not None:
+        abi.write_json(report, plan.output_dir / REPORT_FILENAME)
     _write_summary(plan, results, time.monotonic() - started)
     reporter.step_done()
     reporter.say("Summary:")
@@ -657,6 +669,29 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         reporter.say("  no wheels (compile_only packages only)")
     reporter.say(f"Total {format_duration(time.monotonic() - started)}. Log: {plan.log_path}")
     return results
+
+
+def _verify_before_publish(plan: Plan, built: dict[str, BuiltWheel], reporter: Reporter
+                           ) -> abi.Report | None:
+    """The same check as `nox -s verify_abi`, against the build venv (the one runtime
+    these wheels are certain to target): a wheel that fails never enters wheels/."""
+    if not built:
+        return None
+    python = plan.venv_path / "bin" / "python"
+    report = abi.verify([b.path for b in built.values()], python,
+                        work_dir=plan.cache.root / "verify", reporter=reporter)
+    reporter.log(report.render())
+    if report.status != "pass":
+        reporter.say(report.render())
+        raise AbiMismatchError(
+            "the built wheels fail verify_abi against their own build venv "
+            f"{python.parent.parent}; nothing was published",
+            why="a wheel that does not import beside the torch it was built with would "
+                "fail for every user",
+            fix="see the FAIL lines above (an unresolved internal symbol is a source bug: "
+                "add a patch under patches/)")
+    reporter.log(f"verify_abi: all {len(built)} wheel(s) pass in {report.seconds:.1f} s")
+    return report
 
 
 def _publish(plan: Plan, built: dict[str, BuiltWheel]) -> list[BuiltWheel]:

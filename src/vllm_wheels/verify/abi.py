@@ -1,0 +1,258 @@
+"""verify_abi: will these wheels work in that environment? Answered before anyone imports
+them, from the wheels' build facts (our manifest, or the wheel itself) and the runtime's
+(read through its interpreter), then confirmed by a real import in a subprocess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cache import temp_sibling
+from ..log import Reporter
+from . import checks
+from .checks import FAIL, NA, PASS, UNKNOWN, CheckResult, LinkScope
+from .report import REPORT_SCHEMA_VERSION
+from .runtime import Loader, Runtime, probe
+from .wheelfacts import WheelFacts, clear_unpacked, collect_wheels, read_wheel
+
+IMPORT_TIMEOUT_S = 600
+
+# Loads each extension module by file, as its package would, without running the
+# package's __init__ (whose Python dependencies are not ABI questions).
+SMOKE = r"""
+import importlib.util, json, sys, traceback
+plan = json.loads(sys.argv[1])
+def emit(**kw):
+    print("VLLM_WHEELS_SMOKE " + json.dumps(kw), flush=True)
+torch = None
+if plan["torch"]:
+    try:
+        import torch
+        emit(module="torch", ok=True, detail=torch.__version__)
+    except BaseException as exc:
+        emit(module="torch", ok=False, detail=f"{type(exc).__name__}: {exc}")
+        sys.exit(0)
+for name, path in plan["modules"]:
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        emit(module=name, ok=True, detail="imported")
+    except BaseException as exc:
+        emit(module=name, ok=False, detail=f"{type(exc).__name__}: {exc}"[:2000])
+if torch is not None and torch.cuda.is_available():
+    try:
+        x = torch.ones(8, device="cuda")
+        detail = f"torch op on {torch.cuda.get_device_name(0)}: sum={float(x.sum())}"
+        if hasattr(torch.ops, "_C") and hasattr(torch.ops._C, "silu_and_mul"):
+            out = torch.empty(4, 4, device="cuda", dtype=torch.float16)
+            torch.ops._C.silu_and_mul(out, torch.ones(4, 8, device="cuda", dtype=torch.float16))
+            torch.cuda.synchronize()
+            detail += f"; vLLM silu_and_mul ran ({float(out[0, 0]):.4f})"
+        emit(module="<gpu-op>", ok=True, detail=detail)
+    except BaseException as exc:
+        emit(module="<gpu-op>", ok=False, detail=f"{type(exc).__name__}: {exc}"[:2000])
+"""
+
+
+@dataclass
+class WheelReport:
+    facts: WheelFacts
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        statuses = {c.status for c in self.checks}
+        return FAIL if FAIL in statuses else UNKNOWN if UNKNOWN in statuses else PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"filename": self.facts.filename, "sha256": self.facts.sha256,
+                "passed": self.status == PASS, "status": self.status,
+                "facts_from": self.facts.facts_from,
+                "shared_objects": [e.member for e in self.facts.elfs],
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+@dataclass
+class Report:
+    runtime: Runtime
+    wheels: list[WheelReport]
+    seconds: float
+    targets: list[str]
+
+    @property
+    def status(self) -> str:
+        statuses = {w.status for w in self.wheels}
+        return FAIL if FAIL in statuses else UNKNOWN if UNKNOWN in statuses else PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": REPORT_SCHEMA_VERSION, "tool": "vllm-wheels verify-abi",
+                "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "passed": self.status == PASS, "status": self.status,
+                "seconds": round(self.seconds, 2), "arch_targets": self.targets,
+                "runtime": self.runtime.to_dict(),
+                "wheels": [w.to_dict() for w in self.wheels]}
+
+    def render(self) -> str:
+        rt = self.runtime
+        torch = f"torch {rt.torch.version} (git {rt.torch.git_version[:7]})" if rt.torch \
+            else "no torch"
+        lines = [f"runtime: {rt.python} (Python {'.'.join(map(str, rt.version))}, {torch}"
+                 f"{', GPU ' + ', '.join(g.name for g in rt.gpus) if rt.gpus else ''})"]
+        mark = {PASS: "PASS", FAIL: "FAIL", NA: " n/a", UNKNOWN: "  ??"}
+        for w in self.wheels:
+            lines.append("")
+            lines.append(f"{w.facts.filename}  [{mark[w.status].strip()}; facts from "
+                         f"{w.facts.facts_from}]")
+            width = max(len(c.name) for c in w.checks)
+            for c in w.checks:
+                lines.append(f"  {mark[c.status]}  {c.name:<{width}}  {c.summary}")
+                if c.status in (FAIL, UNKNOWN) and c.fix:
+                    lines.append(f"        {'':<{width}}  fix: {c.fix}")
+        counts = {s: sum(1 for w in self.wheels for c in w.checks if c.status == s)
+                  for s in (PASS, FAIL, UNKNOWN, NA)}
+        verdict = {PASS: "all wheels match this runtime",
+                   FAIL: "MISMATCH: do not deploy these wheels to this runtime",
+                   UNKNOWN: "could not check everything (see ?? lines)"}[self.status]
+        lines += ["", f"{verdict}: {counts[PASS]} pass, {counts[FAIL]} fail, "
+                      f"{counts[UNKNOWN]} unknown, {counts[NA]} n/a in {self.seconds:.1f} s"]
+        return "\n".join(lines)
+
+
+def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
+           arch_targets: Sequence[str] = (), import_test: bool = True,
+           reporter: Reporter | None = None) -> Report:
+    """Run every check of every wheel against the runtime whose interpreter is `python`.
+    `work_dir` holds the unpacked wheels (reused while their content is unchanged)."""
+    started = time.monotonic()
+    say = reporter.say if reporter else (lambda text: None)
+    wheels = collect_wheels(list(wheel_paths))
+    runtime = probe(python)
+    say(f"verify_abi: {len(wheels)} wheel(s) against {python}")
+    unpack_root = work_dir / "unpacked"
+    facts = [read_wheel(w, unpack_root, runtime.site_packages) for w in wheels]
+    clear_unpacked(unpack_root, {f.sha256[:24] for f in facts})
+
+    overlay = {e.installed: e.info for f in facts for e in f.elfs}
+    loader = Loader(runtime, overlay)
+    needs_torch = any(f.needs_torch for f in facts)
+    providers = [d for d in checks.GLOBAL_PROVIDERS if any(f.pin(d) for f in facts)]
+    global_exports = checks.global_scope(loader, runtime, needs_torch, providers)
+
+    reports = []
+    for index, f in enumerate(facts, 1):
+        say(f"[{index}/{len(facts)}] {f.filename}: {len(f.elfs)} shared object(s)")
+        targets = list(arch_targets) or [str(a) for a in (f.manifest or {}).get(
+            "cuda_arch_list", [])]
+        scopes = []
+        for elf in f.elfs:
+            objects, missing = loader.closure(elf.installed)
+            scopes.append(LinkScope(elf, objects, missing, global_exports))
+        results = [
+            checks.check_torch(f, runtime),
+            checks.check_cuda(f, runtime),
+            checks.check_cxx11(f, runtime),
+            checks.check_python_tag(f, runtime),
+            checks.check_companions(f, runtime, facts),
+        ]
+        if f.needs_torch and runtime.torch is None:
+            # Every library and symbol check would fail for the one reason already
+            # reported: say "could not check" instead of burying it in consequences.
+            results += [CheckResult(n, UNKNOWN, "not checked: the runtime has no torch to "
+                                                "link against")
+                        for n in ("needed-libraries", "undefined-symbols", "symbol-versions")]
+        else:
+            results += [checks.check_needed(f, scopes, runtime),
+                        checks.check_symbols(f, scopes),
+                        checks.check_symbol_versions(f, scopes)]
+        results.append(checks.check_archs(f, runtime, targets))
+        reports.append(WheelReport(f, results))
+    if import_test:
+        say("import smoke test in the runtime (subprocess)")
+        _import_smoke(reports, runtime)
+    else:
+        for r in reports:
+            r.checks.append(CheckResult("import", NA, "skipped (--no-import)"))
+    return Report(runtime, reports, time.monotonic() - started, list(arch_targets))
+
+
+def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
+    modules = [(e.module_name, str(e.unpacked)) for r in reports for e in r.facts.elfs
+               if e.module_name]
+    if not modules:
+        for r in reports:
+            r.checks.append(CheckResult("import", NA, "no Python extension modules"))
+        return
+    plan = {"torch": any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
+            "modules": modules}
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.run([str(runtime.python), "-c", SMOKE, json.dumps(plan)],
+                              capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S,
+                              env=env, check=False)
+        output = proc.stdout
+        crashed = proc.returncode != 0
+        tail = (proc.stderr or "").strip()[-800:]
+    except subprocess.TimeoutExpired:
+        output, crashed, tail = "", True, f"timed out after {IMPORT_TIMEOUT_S} s"
+    results = {}
+    for line in output.splitlines():
+        if line.startswith("VLLM_WHEELS_SMOKE "):
+            item = json.loads(line.split(" ", 1)[1])
+            results[item["module"]] = item
+    torch_item = results.get("torch")
+    gpu_item = results.get("<gpu-op>")
+    for r in reports:
+        names = [e.module_name for e in r.facts.elfs if e.module_name]
+        if not names:
+            r.checks.append(CheckResult("import", NA, "no Python extension modules"))
+            continue
+        if r.facts.needs_torch and runtime.torch is None:
+            r.checks.append(CheckResult("import", UNKNOWN, "not tried: the runtime has no torch"))
+            continue
+        if torch_item is not None and not torch_item["ok"]:
+            r.checks.append(CheckResult("import", UNKNOWN,
+                                        f"the runtime's own torch fails to import: "
+                                        f"{torch_item['detail']}",
+                                        fix="repair the runtime's torch first"))
+            continue
+        failed = {n: results[n]["detail"] for n in names if n in results and not results[n]["ok"]}
+        absent = [n for n in names if n not in results]
+        if absent and crashed:
+            failed.update({n: f"the interpreter crashed while importing ({tail})" for n in absent})
+        evidence: dict[str, Any] = {"modules": names}
+        if gpu_item is not None:
+            evidence["gpu_op"] = gpu_item
+        if failed:
+            r.checks.append(CheckResult(
+                "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()), evidence,
+                fix="see the static checks above for the cause; the import error is the "
+                    "symptom users would hit"))
+            continue
+        gpu = ""
+        if gpu_item is not None:
+            gpu = f"; {gpu_item['detail']}" if gpu_item["ok"] else \
+                f"; GPU op FAILED: {gpu_item['detail']}"
+            if not gpu_item["ok"]:
+                r.checks.append(CheckResult("import", FAIL, f"imported {', '.join(names)}{gpu}",
+                                            evidence, fix="the kernels do not run on this GPU"))
+                continue
+        r.checks.append(CheckResult("import", PASS, f"imported {', '.join(names)} in the "
+                                                    f"runtime{gpu or ' (no GPU here: no op run)'}",
+                                    evidence))
+
+
+def write_json(report: Report, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(target)
+    tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    os.replace(tmp, target)

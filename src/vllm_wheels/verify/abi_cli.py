@@ -1,0 +1,117 @@
+"""`python -m vllm_wheels verify-abi` (what `nox -s verify_abi` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from ..cache import Cache, default_cache_root, publish_dir, remove, temp_sibling
+from ..errors import AbiMismatchError, CannotCheckError
+from ..log import Reporter
+from ..stack import Stack, load_stack
+from ..toolchain import ensure_build_venv
+from . import abi
+from .checks import FAIL, UNKNOWN
+from .report import REPORT_FILENAME
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wheels", type=Path, nargs="+", default=None,
+                        help="wheel files or directories (default: wheels/<stack-name>/)")
+    parser.add_argument("--python", type=Path, default=None,
+                        help="interpreter of the runtime environment to check against "
+                             "(default: a venv made from the stack's pinned torch)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--stack", type=Path, default=None,
+                        help="stack file (default: build/stack.toml)")
+    parser.add_argument("--arch", nargs="+", default=None,
+                        help="GPU archs to require, e.g. 12.0 (default: the wheel's recorded "
+                             "arch list; a GPU present on this host is always checked)")
+    parser.add_argument("--no-import", action="store_true",
+                        help="static checks only (no import smoke test)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache root (default: $VLLM_WHEELS_CACHE or ~/.cache/vllm-wheels)")
+
+
+def runtime_venv(stack: Stack, cache: Cache, reporter: Reporter) -> Path:
+    """A venv made from the stack: its Python with exactly the pinned torch. If a build
+    venv of this stack exists, the runtime venv layers over its site-packages through a
+    .pth file (seconds, no second multi-GB torch install); else torch is installed."""
+    prefix = f"py{stack.python}-torch{stack.torch.version}-cu{stack.torch.cuda.replace('.', '')}-"
+    builds = sorted(p for p in cache.venvs.glob(prefix + "*")
+                    if (p / "vllm-wheels-venv.json").exists()) if cache.venvs.is_dir() else []
+    if not builds:
+        reporter.say(f"creating a runtime venv with torch {stack.torch.version} (first use)")
+        return ensure_build_venv(stack, cache, reporter, []).python
+    base = builds[0]
+    target = cache.venvs / f"runtime-{base.name}"
+    python = target / "bin" / "python"
+    if python.exists():
+        return python
+    tmp = temp_sibling(target)
+    remove(tmp)
+    try:
+        base_python = (base / "bin" / "python").resolve()
+        subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(tmp)], check=True)
+        site = next((tmp / "lib").glob("python3*/site-packages"))
+        base_site = next((base / "lib").glob("python3*/site-packages"))
+        (site / "_vllm_wheels_stack_torch.pth").write_text(str(base_site) + "\n")
+    except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
+        remove(tmp)
+        raise CannotCheckError(f"could not create the runtime venv {target}: {exc}",
+                               fix="pass --python with an existing runtime") from None
+    # A --without-pip venv embeds its own path only in bin/activate*, never used here.
+    publish_dir(tmp, target)
+    return python
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import repo_root
+
+    root = repo_root()
+    cache = Cache((args.cache_dir or default_cache_root()).resolve())
+    stack = None
+    if args.wheels is None or args.python is None or args.stack is not None:
+        stack = load_stack(args.stack or root / "build" / "stack.toml")
+    wheels = args.wheels or [root / "wheels" / stack.name]  # type: ignore[union-attr]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = cache.logs / f"verify-abi-{stamp}.log"
+    reporter = Reporter(log_path)
+    try:
+        reporter.say(f"verify_abi: full log: {log_path}")
+        python = args.python
+        if python is None:
+            assert stack is not None
+            python = runtime_venv(stack, cache, reporter)
+        targets = args.arch or []
+        report = abi.verify(wheels, python.absolute(), work_dir=cache.root / "verify",
+                            arch_targets=targets, import_test=not args.no_import,
+                            reporter=reporter)
+        text = report.render()
+        print(text, flush=True)
+        reporter.log(text)
+        written = []
+        if args.json:
+            abi.write_json(report, args.json)
+            written.append(args.json)
+        if len(wheels) == 1 and wheels[0].is_dir():
+            abi.write_json(report, wheels[0] / REPORT_FILENAME)
+            written.append(wheels[0] / REPORT_FILENAME)
+        for path in written:
+            reporter.say(f"report written to {path}")
+        reporter.log(json.dumps(report.to_dict(), indent=2))
+        if report.status == FAIL:
+            bad = [w.facts.filename for w in report.wheels if w.status == FAIL]
+            raise AbiMismatchError(f"{len(bad)} wheel(s) do not match the runtime {python}: "
+                                   f"{', '.join(bad)}",
+                                   why="importing them there fails or misbehaves",
+                                   fix="see the FAIL lines and their fix above")
+        if report.status == UNKNOWN:
+            raise CannotCheckError("some checks could not be completed (?? lines above)",
+                                   fix="see the fix under each ?? line")
+        return 0
+    finally:
+        reporter.close()

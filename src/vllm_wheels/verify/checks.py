@@ -1,0 +1,474 @@
+"""The verify_abi checks. Each takes one wheel's facts and the runtime's, and returns a
+CheckResult: pass / fail / n/a (nothing to check) / unknown (could not check), with the
+evidence it looked at and, on failure, what to do.
+
+The order follows the loader: identity facts first (cheap, and the usual culprit), then
+libraries, symbols and symbol versions, then GPU code, then the real import.
+"""
+
+# ruff: noqa: PTH100, PTH110, PTH113, PTH118, PTH119, PTH120, PTH101
+# (loader paths are strings on purpose: they are dictionary keys of the
+# install overlay and carry $ORIGIN expansions, exactly as the dynamic loader sees them)
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from ..fatbin import FatbinEntry
+from .elf import ElfInfo, demangle, version_key
+from .runtime import Loader, Runtime
+from .wheelfacts import TORCH_LIBS, WheelElf, WheelFacts
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+
+PASS, FAIL, NA, UNKNOWN = "pass", "fail", "n/a", "unknown"
+MAX_LISTED = 20  # symbols/libraries listed in the human report (JSON has all)
+
+# Projects whose exact build-time version a wheel pins at runtime (torch companions,
+# FlashInfer's family and its FFI layer; flashinfer.md §6).
+COMPANIONS = ("torchvision", "torchaudio", "flashinfer-python", "flashinfer-cubin",
+              "flashinfer-jit-cache", "apache-tvm-ffi")
+FLASHINFER_FAMILY = ("flashinfer-python", "flashinfer-cubin", "flashinfer-jit-cache")
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "summary": self.summary,
+                "evidence": self.evidence, "fix": self.fix}
+
+
+def _torch_index(version: str) -> str:
+    local = version.partition("+")[2]
+    return f"https://download.pytorch.org/whl/{local}" if local else "PyPI"
+
+
+def _short(git: str | None) -> str:
+    return (git or "?")[:7]
+
+
+# ------------------------------------------------------------- 1. build vs runtime
+
+
+def check_torch(w: WheelFacts, rt: Runtime) -> CheckResult:
+    name = "torch-version"
+    if not w.needs_torch:
+        return CheckResult(name, NA, "the wheel does not use torch")
+    if rt.torch is None:
+        return CheckResult(name, UNKNOWN, f"no torch in the runtime ({rt.torch_error or 'not installed'})",
+                           fix="install the torch the wheel was built against, or pass "
+                               "--python with the environment that has it")
+    have = rt.torch
+    evidence: dict[str, Any] = {"runtime": {"version": have.version, "git": have.git_version,
+                                            "root": str(have.root)}}
+    built = w.torch_manifest
+    if built:
+        evidence["built"] = {"version": built.get("version"), "git": built.get("git_version")}
+        same = built.get("version") == have.version and (
+            not built.get("git_version") or built.get("git_version") == have.git_version)
+        text = (f"built against torch {built.get('version')} (git {_short(built.get('git_version'))}), "
+                f"runtime has {have.version} (git {_short(have.git_version)})")
+        if same:
+            return CheckResult(name, PASS, text, evidence)
+        stack = ((w.manifest or {}).get("stack") or {}).get("name", "a stack pinning it")
+        public = str(built.get("version", "")).partition("+")[0]
+        return CheckResult(
+            name, FAIL, text, evidence,
+            fix=f"install torch=={public} from {_torch_index(str(built.get('version')))} in the "
+                f"runtime, or rebuild the wheels with a stack pinning torch {have.version} "
+                f"(built with stack {stack})")
+    pin = w.pin("torch")
+    assert pin is not None or w.needs_torch
+    if pin is None or not pin.specifier:
+        return CheckResult(name, UNKNOWN,
+                           f"the wheel uses torch but records no torch version (runtime "
+                           f"{have.version}); extensions need the exact build-time torch",
+                           evidence, fix="ask the wheel's builder which torch it was built "
+                                         "against; rebuild with this pipeline to record it")
+    evidence["pin"] = str(pin)
+    ok = pin.specifier.contains(Version(have.version).public, prereleases=True) or \
+        pin.specifier.contains(have.version, prereleases=True)
+    text = (f"wheel requires {pin} (no build manifest: git commit unknown), runtime has "
+            f"{have.version} (git {_short(have.git_version)})")
+    return CheckResult(name, PASS if ok else FAIL, text, evidence,
+                       fix="" if ok else f"install {pin} in the runtime, or rebuild the wheel "
+                                         f"against torch {have.version}")
+
+
+def check_cuda(w: WheelFacts, rt: Runtime) -> CheckResult:
+    name = "cuda-major"
+    built_cuda = (w.torch_manifest or {}).get("cuda")
+    majors = w.cudart_majors()
+    if built_cuda:
+        want = {int(str(built_cuda).split(".")[0])}
+        source = f"built with CUDA {built_cuda}"
+    elif majors:
+        want = majors
+        source = "links " + ", ".join(f"libcudart.so.{m}" for m in sorted(majors))
+    elif w.has_device_code():
+        return CheckResult(name, UNKNOWN, "the wheel has GPU code but records no CUDA version")
+    else:
+        return CheckResult(name, NA, "the wheel has no CUDA dependency")
+    if rt.torch is None:
+        return CheckResult(name, UNKNOWN, f"{source}; no torch in the runtime to compare with")
+    have = rt.torch.cuda_major
+    evidence = {"built": sorted(want), "runtime_torch_cuda": rt.torch.cuda}
+    text = f"{source}; runtime torch {rt.torch.version} is " + \
+        (f"CUDA {rt.torch.cuda}" if rt.torch.cuda else "a CPU build")
+    if have is not None and want == {have}:
+        return CheckResult(name, PASS, text, evidence)
+    return CheckResult(name, FAIL, text, evidence,
+                       fix=f"use a runtime torch built for CUDA {sorted(want)[0]}.x (e.g. "
+                           f"+cu{sorted(want)[0]}x from download.pytorch.org), or rebuild the "
+                           "wheels with a stack for the runtime's CUDA")
+
+
+def runtime_cxx11_abi(rt: Runtime) -> bool | None:
+    if rt.torch is None:
+        return None
+    lib = rt.torch.lib_dir / "libc10.so"
+    if not lib.exists():
+        return None
+    from .elf import read_runtime_elf
+
+    exports = read_runtime_elf(lib).exports
+    return any("__cxx11" in name for name in exports)
+
+
+def check_cxx11(w: WheelFacts, rt: Runtime) -> CheckResult:
+    name = "cxx11-abi"
+    built = w.built_cxx11_abi()
+    if built is None:
+        return CheckResult(name, NA, "no C++ torch interface to compare")
+    have = runtime_cxx11_abi(rt)
+    if have is None:
+        return CheckResult(name, UNKNOWN, f"built with _GLIBCXX_USE_CXX11_ABI={int(built)}; "
+                                          "runtime torch not found")
+    text = f"built with _GLIBCXX_USE_CXX11_ABI={int(built)}, runtime torch uses {int(have)}"
+    return CheckResult(name, PASS if built == have else FAIL, text,
+                       {"built": built, "runtime": have},
+                       fix="" if built == have else "rebuild against a torch with the runtime's "
+                                                    "C++11 ABI (every torch >= 2.7 uses 1)")
+
+
+def runtime_tags(rt: Runtime) -> list[Tag]:
+    """The tags pip would accept in the runtime, computed from its facts (the runtime
+    need not have `packaging`)."""
+    major, minor = rt.version[0], rt.version[1]
+    arch = rt.platform.split("-", 1)[-1].replace("-", "_")
+    platforms = []
+    if rt.glibc and rt.platform.startswith("linux"):
+        glibc_major, glibc_minor = rt.glibc
+        for m in range(glibc_minor, 16, -1):
+            platforms.append(f"manylinux_{glibc_major}_{m}_{arch}")
+            legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}.get(m)
+            if legacy:
+                platforms.append(f"{legacy}_{arch}")
+    platforms.append(f"linux_{arch}" if rt.platform.startswith("linux") else
+                     rt.platform.replace("-", "_").replace(".", "_"))
+    tags: list[Tag] = []
+    if rt.implementation == "cpython":
+        abis = [f"cp{major}{minor}{rt.abiflags}", "abi3", "none"]
+        tags += list(cpython_tags((major, minor), abis, platforms))
+    tags += list(compatible_tags((major, minor), f"cp{major}{minor}", platforms))
+    return tags
+
+
+def check_python_tag(w: WheelFacts, rt: Runtime) -> CheckResult:
+    supported = runtime_tags(rt)
+    best = next((t for t in supported if t in w.tags), None)
+    wheel_tags = sorted(str(t) for t in w.tags)
+    py = ".".join(map(str, rt.version[:2]))
+    if best is not None:
+        return CheckResult("python-tag", PASS, f"{', '.join(wheel_tags)} installs on Python {py} "
+                                               f"({rt.platform}, glibc "
+                                               f"{'.'.join(map(str, rt.glibc or ()))})",
+                           {"matched": str(best)})
+    return CheckResult("python-tag", FAIL,
+                       f"{', '.join(wheel_tags)} does not install on Python {py} ({rt.platform})",
+                       {"wheel": wheel_tags, "runtime_best": [str(t) for t in supported[:5]]},
+                       fix="build with the runtime's Python version (stack `python`) or use a "
+                           "runtime Python the wheel supports")
+
+
+def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]) -> CheckResult:
+    name = "companions"
+    in_set = {canonicalize_name(o.name): o.version for o in wheel_set}
+    pins: dict[str, Requirement] = {}
+    for project in COMPANIONS:
+        req = w.pin(project)
+        if req is not None and req.specifier:
+            pins[project] = req
+    rows, bad = [], []
+    for project, req in pins.items():
+        key = canonicalize_name(project)
+        have = in_set.get(key) or rt.dists.get(project)
+        where = "in this wheel set" if key in in_set else "in the runtime"
+        if have is None:
+            rows.append(f"{req}: not installed (pip installs it)")
+            continue
+        if req.specifier.contains(have, prereleases=True):
+            rows.append(f"{req}: {have} {where}")
+        else:
+            rows.append(f"{req}: {have} {where}")
+            bad.append(f"{project} {have} {where} but the wheel needs {req.specifier}")
+    # FlashInfer's packages are built together and must share one version.
+    family = {}
+    for project in FLASHINFER_FAMILY:
+        v = in_set.get(canonicalize_name(project)) or rt.dists.get(project)
+        if v is not None and (project in pins or canonicalize_name(w.name) in
+                              map(canonicalize_name, FLASHINFER_FAMILY)):
+            family[project] = Version(v).public
+    if len(set(family.values())) > 1:
+        bad.append("FlashInfer packages differ: " +
+                   ", ".join(f"{k} {v}" for k, v in sorted(family.items())))
+    if not pins and len(family) <= 1:
+        return CheckResult(name, NA, "no companion pins")
+    evidence = {"pins": {k: str(v) for k, v in pins.items()}, "flashinfer_family": family}
+    if bad:
+        return CheckResult(name, FAIL, "; ".join(bad), evidence,
+                           fix="install the companions at the versions built together "
+                               "(`pip install` the whole wheel set with its pins), or rebuild")
+    return CheckResult(name, PASS, "; ".join(rows) or "FlashInfer family consistent", evidence)
+
+
+# ------------------------------------------------------------ 2. libraries and symbols
+
+
+# Libraries a Python package loads with RTLD_GLOBAL before the objects that rely on it:
+# their symbols are visible to those objects without a DT_NEEDED entry. FlashInfer's
+# AOT kernels (tvm-ffi modules) bind TVMFFI* this way (tvm_ffi/__init__.py loads
+# libtvm_ffi.so with RTLD_GLOBAL). dist -> (library paths under site-packages, symbol prefix)
+GLOBAL_PROVIDERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "apache-tvm-ffi": (("tvm_ffi/lib/libtvm_ffi.so",), "TVMFFI"),
+}
+
+
+@dataclass
+class LinkScope:
+    """What one wheel ELF will be linked with at import time."""
+    elf: WheelElf
+    objects: list[tuple[str, ElfInfo]]  # own closure (itself first)
+    missing: list[tuple[str, str]]  # (needed name, requester)
+    global_exports: frozenset[str]
+
+
+def global_scope(loader: Loader, rt: Runtime, with_torch: bool,
+                 providers: Sequence[str] = ()) -> frozenset[str]:
+    """Symbols every later-loaded object can bind to: the interpreter (and libpython),
+    what torch loads RTLD_GLOBAL (libtorch_global_deps) and the GLOBAL_PROVIDERS the
+    wheels depend on. Also marks what `import torch` loads, so later DT_NEEDED lookups by
+    soname find those objects."""
+    names: set[str] = set()
+    for dist in providers:
+        for relative in GLOBAL_PROVIDERS[dist][0]:
+            for directory in rt.sys_path:
+                candidate = directory / relative
+                if candidate.exists():
+                    for _path, obj in loader.closure(str(candidate), mark_loaded=True)[0]:
+                        names |= obj.exports
+                    break
+    roots = [str(rt.executable)] + ([str(rt.libpython)] if rt.libpython else [])
+    for root in roots:
+        objects, _missing = loader.closure(root, mark_loaded=True)
+        for _path, obj in objects:
+            names |= obj.exports
+    if with_torch and rt.torch is not None:
+        deps = rt.torch.lib_dir / "libtorch_global_deps.so"
+        if deps.exists():
+            for _path, obj in loader.closure(str(deps), mark_loaded=True)[0]:
+                names |= obj.exports
+        for ext in sorted(rt.torch.root.glob("_C*.so")):
+            loader.closure(str(ext), mark_loaded=True)
+    return frozenset(names)
+
+
+def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> CheckResult:
+    name = "needed-libraries"
+    if not w.elfs:
+        return CheckResult(name, NA, "no shared objects in the wheel")
+    problems: dict[str, list[str]] = {}
+    for scope in scopes:
+        for needed, requester in scope.missing:
+            problems.setdefault(scope.elf.member, []).append(
+                needed if requester == scope.elf.installed else
+                f"{needed} (needed by {os.path.basename(requester)})")
+    total = sum(len(s.objects) for s in scopes)
+    if not problems:
+        return CheckResult(name, PASS, f"{len(w.elfs)} shared object(s): every DT_NEEDED "
+                                       f"resolves ({total} objects in their load closures)")
+    fix = "install what provides them in the runtime"
+    cudart = [n for v in problems.values() for n in v if n.startswith("libcudart.so.")]
+    if cudart and rt.torch is not None:
+        fix = (f"{cudart[0]} is the CUDA runtime of another CUDA major than the runtime torch "
+               f"({rt.torch.version}): use a torch of the wheels' CUDA major, or rebuild")
+    elif any(TORCH_LIBS.match(n) for v in problems.values() for n in v):
+        fix = "the runtime's torch lacks these libraries (a CPU build?): install the torch " \
+              "the wheels were built against"
+    summary = "; ".join(f"{member}: missing {', '.join(names[:MAX_LISTED])}"
+                        for member, names in problems.items())
+    return CheckResult(name, FAIL, summary, {"missing": problems,
+                                             "searched": _search_description(rt)}, fix=fix)
+
+
+def _search_description(rt: Runtime) -> list[str]:
+    where = ["DT_RPATH/DT_RUNPATH of each object", "objects already loaded by import torch"]
+    if rt.ld_library_path:
+        where.append("LD_LIBRARY_PATH=" + ":".join(rt.ld_library_path))
+    return [*where, "ld.so.cache", "/lib, /usr/lib and multiarch dirs"]
+
+
+def check_symbols(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult:
+    name = "undefined-symbols"
+    if not w.elfs:
+        return CheckResult(name, NA, "no shared objects in the wheel")
+    unresolved: dict[str, list[str]] = {}
+    counted = 0
+    for scope in scopes:
+        available = set(scope.global_exports)
+        for _path, obj in scope.objects:
+            available |= obj.exports
+        for u in scope.elf.info.undefined:
+            if u.weak:
+                continue
+            counted += 1
+            if u.name not in available:
+                unresolved.setdefault(scope.elf.member, []).append(u.name)
+    if not unresolved:
+        return CheckResult(name, PASS, f"all {counted} non-weak undefined symbols resolve in "
+                                       "the objects they will be loaded with")
+    evidence = {"unresolved": {m: [{"mangled": s, "demangled": demangle(s)} for s in names]
+                               for m, names in unresolved.items()}}
+    parts = []
+    for member, names in unresolved.items():
+        listed = ", ".join(demangle(s) for s in names[:MAX_LISTED])
+        more = f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+        parts.append(f"{member}: {len(names)} unresolved: {listed}{more}")
+    torchy = any(n.startswith(("_ZN3c10", "_ZN2at", "_ZN5torch")) for v in unresolved.values()
+                 for n in v)
+    provided_by = [dist for dist, (_libs, prefix) in GLOBAL_PROVIDERS.items()
+                   if any(n.startswith(prefix) for v in unresolved.values() for n in v)]
+    if provided_by:
+        fix = (f"install {w.pin(provided_by[0]) or provided_by[0]} in the runtime (its library "
+               "provides these symbols when loaded)")
+    elif torchy:
+        fix = ("the runtime torch does not export what the wheel was built against: install "
+               "the exact build-time torch (see torch-version) or rebuild against the "
+               "runtime's torch")
+    else:
+        fix = ("the wheel references symbols defined nowhere (a build bug, e.g. vLLM #29030 "
+               "in 0.11.1/0.11.2 for 12.0): rebuild with the fix (patches/) or from a fixed "
+               "release")
+    return CheckResult(name, FAIL, "; ".join(parts), evidence, fix=fix)
+
+
+def check_symbol_versions(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult:
+    name = "symbol-versions"
+    if not w.elfs:
+        return CheckResult(name, NA, "no shared objects in the wheel")
+    missing: dict[str, list[str]] = {}
+    highest: dict[str, str] = {}
+    for scope in scopes:
+        by_soname = {(obj.soname or os.path.basename(p)): obj for p, obj in scope.objects}
+        for soname, versions in scope.elf.info.version_needs.items():
+            provider = by_soname.get(soname)
+            if provider is None:
+                continue  # unresolvable library: reported by needed-libraries
+            for version in versions:
+                family, number = version_key(version)
+                if number and (family not in highest or
+                               number > version_key(highest[family])[1]):
+                    highest[family] = version
+                if version not in provider.version_defs and version != soname:
+                    provided = sorted((v for v in provider.version_defs
+                                       if version_key(v)[0] == family), key=version_key)
+                    missing.setdefault(scope.elf.member, []).append(
+                        f"{version} from {soname} (runtime's provides up to "
+                        f"{provided[-1] if provided else 'none'})")
+    summary_high = ", ".join(sorted(highest.values()))
+    if not missing:
+        return CheckResult(name, PASS, f"highest required: {summary_high or 'none'}; all "
+                                       "provided by the runtime's libraries",
+                           {"highest_required": highest})
+    return CheckResult(name, FAIL, "; ".join(f"{m}: needs {', '.join(v)}"
+                                             for m, v in missing.items()),
+                       {"missing": missing, "highest_required": highest},
+                       fix="the runtime's C/C++ runtime is older than the build's: build with "
+                           "an older toolchain (e.g. the manylinux_2_28 image) or update the "
+                           "runtime's libstdc++/glibc (and check LD_LIBRARY_PATH for an old "
+                           "copy shadowing the system one)")
+
+
+# ------------------------------------------------------------------- 3. GPU archs
+
+
+def parse_arch(text: str) -> tuple[int, int] | None:
+    text = text.strip().lower().removesuffix("+ptx").rstrip("af")
+    if text.startswith("sm_"):
+        number = text[3:]
+        return (int(number[:-1]), int(number[-1])) if number.isdigit() else None
+    major, _, minor = text.partition(".")
+    if major.isdigit() and minor.isdigit():
+        return int(major), int(minor)
+    return None
+
+
+def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> CheckResult:
+    name = "gpu-archs"
+    with_code = [e for e in w.elfs if e.info.fatbin]
+    if not with_code:
+        return CheckResult(name, NA, "no GPU code in the wheel")
+    wanted: dict[str, tuple[int, int]] = {}
+    for t in targets:
+        cc = parse_arch(t)
+        if cc:
+            wanted[f"arch list {t}"] = cc
+    for gpu in rt.gpus:
+        wanted[f"GPU {gpu.name} ({gpu.compute_capability[0]}.{gpu.compute_capability[1]})"] = \
+            gpu.compute_capability
+    per_so = {e.member: [x.name + (" (PTX)" if x.kind == "ptx" else "") for x in e.info.fatbin]
+              for e in with_code}
+    if not wanted:
+        return CheckResult(name, UNKNOWN, "no arch list recorded and no GPU here to check "
+                                          "against", {"contents": per_so},
+                           fix="pass --arch (e.g. 12.0) or run on the target GPU")
+    gaps: list[str] = []
+    jit_only: list[str] = []
+    for e in with_code:
+        for label, (major, minor) in wanted.items():
+            runnable: list[FatbinEntry] = [x for x in e.info.fatbin if x.runs_on(major, minor)]
+            if not runnable:
+                gaps.append(f"{e.member} has nothing for {label} (has "
+                            f"{', '.join(sorted(set(per_so[e.member])))})")
+            elif all(x.kind == "ptx" for x in runnable):
+                jit_only.append(f"{e.member} for {label}: PTX only (driver JIT on first use)")
+    evidence = {"targets": {k: f"{v[0]}.{v[1]}" for k, v in wanted.items()}, "contents": per_so,
+                "jit_only": jit_only}
+    if gaps:
+        return CheckResult(name, FAIL, "; ".join(gaps[:MAX_LISTED]), evidence,
+                           fix="rebuild with the target's arch in the stack's cuda_arch_list "
+                               "(e.g. 12.0 for an RTX 5090)")
+    note = f"; {len(jit_only)} PTX-only (slow first launch)" if jit_only else ""
+    return CheckResult(name, PASS, f"{len(with_code)} object(s) with GPU code cover "
+                                   f"{', '.join(wanted)}{note}", evidence)
+
+
+def version_or_none(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None

@@ -1,0 +1,317 @@
+"""Facts of a runtime environment, read from outside through its interpreter, and the
+dynamic loader's library search modelled on them.
+
+The probe runs `python -c PROBE` in the runtime: it reads torch's version.py as text
+(never imports torch: fast, and works when torch is broken or built for another GPU),
+the installed distributions' versions, sys.path, the loader-relevant environment, the
+glibc version. Everything else (ELF reading, resolution) happens in this process.
+"""
+
+# ruff: noqa: PTH100, PTH110, PTH113, PTH118, PTH119, PTH120, PTH101
+# (loader paths are strings on purpose: they are dictionary keys of the
+# install overlay and carry $ORIGIN expansions, exactly as the dynamic loader sees them)
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CannotCheckError
+from .elf import ElfInfo, NotElf, expand_origin, read_runtime_elf
+
+# Distributions whose versions matter for the checks (read from their metadata).
+WATCHED_DISTS = ("torch", "torchvision", "torchaudio", "vllm", "flashinfer-python",
+                 "flashinfer-cubin", "flashinfer-jit-cache", "apache-tvm-ffi", "triton")
+
+PROBE = r"""
+import importlib.metadata as md, importlib.util, json, os, sys, sysconfig
+out = {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix,
+       "version": list(sys.version_info[:3]), "implementation": sys.implementation.name,
+       "abiflags": getattr(sys, "abiflags", ""), "soabi": sysconfig.get_config_var("SOABI"),
+       "platform": sysconfig.get_platform(), "path": [p for p in sys.path if p],
+       "libdir": sysconfig.get_config_var("LIBDIR"),
+       "ldlibrary": sysconfig.get_config_var("LDLIBRARY"),
+       "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
+       "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
+       "glibc": os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None,
+       "purelib": sysconfig.get_paths()["purelib"], "platlib": sysconfig.get_paths()["platlib"]}
+dists = {}
+for name in WATCHED:
+    try:
+        dists[name] = md.version(name)
+    except md.PackageNotFoundError:
+        pass
+out["dists"] = dists
+spec = importlib.util.find_spec("torch")  # finds the package without running it
+torch = None
+if spec is not None and spec.submodule_search_locations:
+    root = list(spec.submodule_search_locations)[0]
+    facts = {"root": root}
+    try:
+        text = open(os.path.join(root, "version.py")).read()
+        ns = {}
+        exec(compile(text, "torch/version.py", "exec"), ns)
+        facts.update(version=ns.get("__version__"), cuda=ns.get("cuda"),
+                     git_version=ns.get("git_version"))
+    except Exception as exc:
+        facts["error"] = repr(exc)
+    torch = facts
+out["torch"] = torch
+print("VLLM_WHEELS_PROBE " + json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class TorchRuntime:
+    root: Path
+    version: str
+    cuda: str | None
+    git_version: str
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / "lib"
+
+    @property
+    def cuda_major(self) -> int | None:
+        return int(self.cuda.split(".")[0]) if self.cuda else None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    compute_capability: tuple[int, int]
+    driver: str
+
+
+@dataclass
+class Runtime:
+    python: Path
+    executable: Path
+    version: tuple[int, int, int]
+    implementation: str
+    abiflags: str
+    platform: str
+    glibc: tuple[int, int] | None
+    sys_path: list[Path]
+    site_packages: Path
+    ld_library_path: list[str]
+    libpython: Path | None
+    dists: dict[str, str]
+    torch: TorchRuntime | None
+    torch_error: str | None
+    gpus: list[Gpu] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "python": str(self.python), "executable": str(self.executable),
+            "python_version": ".".join(map(str, self.version)),
+            "implementation": self.implementation, "platform": self.platform,
+            "glibc": ".".join(map(str, self.glibc)) if self.glibc else None,
+            "site_packages": str(self.site_packages),
+            "ld_library_path": self.ld_library_path,
+            "torch": None if self.torch is None else {
+                "version": self.torch.version, "cuda": self.torch.cuda,
+                "git_version": self.torch.git_version, "root": str(self.torch.root)},
+            "torch_error": self.torch_error,
+            "distributions": self.dists,
+            "gpus": [{"name": g.name, "compute_capability": "{}.{}".format(*g.compute_capability),
+                      "driver": g.driver} for g in self.gpus],
+        }
+
+
+def probe(python: Path, timeout: float = 60) -> Runtime:
+    """Read the runtime's facts through its interpreter. CannotCheckError if it cannot run."""
+    if not python.exists():
+        raise CannotCheckError(
+            f"the runtime interpreter {python} does not exist",
+            why="verify_abi reads the runtime's torch and libraries through its Python",
+            fix="pass --python with the interpreter of the environment that will import "
+                "the wheels (e.g. /opt/venv/bin/python), or leave --python out to check "
+                "against a venv made from the stack")
+    code = PROBE.replace("WATCHED", repr(WATCHED_DISTS))
+    try:
+        proc = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CannotCheckError(f"the runtime interpreter {python} could not be run: {exc}",
+                               fix="pass --python with a working Python interpreter") from None
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VLLM_WHEELS_PROBE ")),
+                None)
+    if proc.returncode != 0 or line is None:
+        raise CannotCheckError(
+            f"the runtime interpreter {python} failed to report its facts "
+            f"(exit {proc.returncode}): {proc.stderr.strip()[-400:]}",
+            fix="pass --python with a working Python 3 interpreter")
+    data = json.loads(line.split(" ", 1)[1])
+    torch = None
+    torch_error = None
+    if data["torch"] is not None:
+        facts = data["torch"]
+        if facts.get("error") or not facts.get("version"):
+            torch_error = f"torch at {facts['root']} has no readable version.py: " \
+                          f"{facts.get('error')}"
+        else:
+            torch = TorchRuntime(Path(facts["root"]), facts["version"], facts.get("cuda"),
+                                 facts.get("git_version") or "")
+    glibc = None
+    if data.get("glibc"):
+        m = re.search(r"(\d+)\.(\d+)", data["glibc"])
+        glibc = (int(m.group(1)), int(m.group(2))) if m else None
+    libpython = None
+    if data.get("shared") and data.get("libdir") and data.get("ldlibrary"):
+        candidate = Path(data["libdir"]) / data["ldlibrary"]
+        libpython = candidate if candidate.exists() else None
+    return Runtime(
+        python=python, executable=Path(data["executable"]),
+        version=(int(data["version"][0]), int(data["version"][1]), int(data["version"][2])),
+        implementation=data["implementation"], abiflags=data["abiflags"],
+        platform=data["platform"], glibc=glibc,
+        sys_path=[Path(p) for p in data["path"]], site_packages=Path(data["platlib"]),
+        ld_library_path=[p for p in data["ld_library_path"].split(":") if p],
+        libpython=libpython, dists=data["dists"], torch=torch, torch_error=torch_error,
+        gpus=detect_gpus())
+
+
+def detect_gpus() -> list[Gpu]:
+    """GPUs of this host via nvidia-smi (absent: an empty list, and GPU checks are n/a)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and re.fullmatch(r"\d+\.\d+", parts[1]):
+            major, minor = parts[1].split(".")
+            gpus.append(Gpu(parts[0], (int(major), int(minor)), parts[2]))
+    return gpus
+
+
+# ---------------------------------------------------------------- loader search model
+
+
+class Loader:
+    """glibc's search for a DT_NEEDED name, on the runtime's facts:
+    already-loaded object with that soname; DT_RPATH of the requester and of its loaders
+    (only while they have no DT_RUNPATH); LD_LIBRARY_PATH; the requester's DT_RUNPATH;
+    ld.so.cache; the default directories. `overlay` holds the wheels' own files at the
+    paths they will have once installed, so $ORIGIN-relative links inside a wheel and
+    between wheels resolve exactly as after `pip install`.
+    """
+
+    DEFAULT_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib")
+
+    def __init__(self, runtime: Runtime, overlay: dict[str, ElfInfo]) -> None:
+        self.runtime = runtime
+        self.overlay = overlay
+        self.ld_cache = _ld_so_cache()
+        self._loaded: dict[str, str] = {}  # soname -> path, objects already in the process
+
+    def elf(self, path: str) -> ElfInfo | None:
+        if path in self.overlay:
+            return self.overlay[path]
+        try:
+            return read_runtime_elf(Path(path))
+        except (OSError, NotElf):
+            return None
+
+    def find(self, name: str, requester: ElfInfo, requester_path: str,
+             loader_rpaths: list[str]) -> str | None:
+        if "/" in name:
+            return name if self._exists(name) else None
+        if name in self._loaded:
+            return self._loaded[name]
+        origin = os.path.dirname(requester_path)
+        dirs: list[str] = []
+        if not requester.runpath:
+            dirs += [expand_origin(d, origin) for d in requester.rpath] + loader_rpaths
+        dirs += self.runtime.ld_library_path
+        dirs += [expand_origin(d, origin) for d in requester.runpath]
+        for directory in dirs:
+            candidate = os.path.join(directory, name)
+            if self._exists(candidate) and self._compatible(candidate, requester):
+                return os.path.normpath(candidate)
+        for candidate in self.ld_cache.get(name, []):
+            if self._compatible(candidate, requester):
+                return candidate
+        for directory in (*self.DEFAULT_DIRS, *_multiarch_dirs()):
+            candidate = os.path.join(directory, name)
+            if self._exists(candidate) and self._compatible(candidate, requester):
+                return candidate
+        return None
+
+    def _exists(self, path: str) -> bool:
+        return os.path.normpath(path) in self.overlay or os.path.isfile(path)
+
+    def _compatible(self, path: str, requester: ElfInfo) -> bool:
+        info = self.elf(os.path.normpath(path))
+        return info is not None and info.machine == requester.machine
+
+    def closure(self, root: str, mark_loaded: bool = False
+                ) -> tuple[list[tuple[str, ElfInfo]], list[tuple[str, str]]]:
+        """Every object loading `root` brings in (breadth first, as the loader orders
+        its search scope), and the (needed name, requester) pairs that resolve nowhere."""
+        info = self.elf(root)
+        if info is None:
+            return [], []
+        order: list[tuple[str, ElfInfo]] = [(root, info)]
+        seen = {root}
+        missing: list[tuple[str, str]] = []
+        queue: list[tuple[str, ElfInfo, list[str]]] = [(root, info, [])]
+        while queue:
+            path, obj, inherited = queue.pop(0)
+            own = [] if obj.runpath else [expand_origin(d, os.path.dirname(path))
+                                          for d in obj.rpath]
+            for name in obj.needed:
+                found = self.find(name, obj, path, inherited)
+                if found is None:
+                    missing.append((name, path))
+                    continue
+                if found in seen:
+                    continue
+                seen.add(found)
+                dep = self.elf(found)
+                if dep is None:
+                    missing.append((name, path))
+                    continue
+                order.append((found, dep))
+                queue.append((found, dep, own + inherited))
+        if mark_loaded:
+            for path, obj in order:
+                self._loaded[obj.soname or os.path.basename(path)] = path
+        return order, missing
+
+
+def _ld_so_cache() -> dict[str, list[str]]:
+    """soname -> paths from `ldconfig -p` (this host's loader cache)."""
+    ldconfig = shutil.which("ldconfig") or ("/sbin/ldconfig" if os.path.exists("/sbin/ldconfig")
+                                            else None)
+    if ldconfig is None:
+        return {}
+    try:
+        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=30,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    cache: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        m = re.match(r"\s+(\S+) \(([^)]*)\) => (\S+)", line)
+        if m:
+            cache.setdefault(m.group(1), []).append(m.group(3))
+    return cache
+
+
+def _multiarch_dirs() -> list[str]:
+    machine = os.uname().machine
+    return [f"/lib/{machine}-linux-gnu", f"/usr/lib/{machine}-linux-gnu"]

@@ -1,0 +1,38 @@
+"""Session-wide fixtures of the integration tests: the CUDA 13 test stack built once
+(its wheels and build venv are what verify_abi and later stages check), and a second,
+different real torch (2.13.0 CPU) to check them against."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ci_support import CI_STACK, CiBuild, cli
+
+
+@pytest.fixture(scope="session")
+def ci_build(repo_root: Path, shared_cache: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> CiBuild:
+    out = tmp_path_factory.mktemp("wheels")
+    result = cli("build-wheels", "--stack", CI_STACK, "--cache-dir", str(shared_cache),
+                 "--output-dir", str(out), cwd=repo_root)
+    print(result.stdout[-3000:], result.stderr[-6000:])
+    assert result.returncode == 0, result.stderr[-4000:]
+    python = next((shared_cache / "venvs").glob("py3.11-torch2.14.1-cu130-*/bin/python"))
+    return CiBuild(out, result, python)
+
+
+@pytest.fixture(scope="session")
+def torch_cpu_213(shared_cache: Path) -> Path:
+    """A venv with the real torch 2.13.0 CPU wheel (pip takes it from this machine's
+    local file; uv would not, see README)."""
+    venv = shared_cache / "test-venvs" / "torch-2.13.0-cpu"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "torch==2.13.0"], check=True)
+        (venv / ".complete").write_text("ok\n")
+    return python
