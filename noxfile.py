@@ -6,11 +6,20 @@
 package in src/vllm_wheels (run `nox -l` to list them):
 
   build_wheels  the main job: build the stack's wheels into wheels/<stack>/
+  publish       add verified wheels to the internal index wheels/index/ (also: serve_index,
+                index_list, index_yank, index_mirror)
+  verify_throughput  A/B throughput of our wheels vs the vllm/vllm-openai nightly (GPU)
+  trial         upgrade trial: `-- vllm==0.12.0` compares, writes the candidate stack, and
+                runs the stages this machine can (build, abi; throughput on a GPU)
   tests         unit + integration tests (real sdists, real nvcc; minutes on 2 cores)
-  lint          ruff and mypy over src/
+  lint          ruff, mypy, hadolint over docker/, docker/ vs stack check
+  runtime_image the serving image from wheels/<stack>/ (our wheels + exact torch, ABI-checked)
+  update_images look up base image digests, record them in docker/versions.toml (tag: update)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -27,11 +36,59 @@ def build_wheels(session: nox.Session) -> None:
     _run_cli(session, "build-wheels")
 
 
-def _run_cli(session: nox.Session, command: str) -> None:
+@nox.session(python=False)
+def verify_abi(session: nox.Session) -> None:
+    """Check wheels against a runtime before import (`-- --wheels D --python P --json F`)."""
+    _run_cli(session, "verify-abi")
+
+
+@nox.session(python=False, default=False)
+def verify_throughput(session: nox.Session) -> None:
+    """A/B the custom wheels against the vLLM nightly image on a GPU (`-- --help`)."""
+    _run_cli(session, "verify-throughput", extras="[throughput]")
+
+
+@nox.session(python=False, default=False)
+def trial(session: nox.Session) -> None:
+    """Upgrade trial: what moving to another vLLM means, then build/abi (`-- vllm==0.12.0`)."""
+    _run_cli(session, "trial")
+
+
+@nox.session(python=False)
+def publish(session: nox.Session) -> None:
+    """Add verified wheels (default wheels/<stack>/) to the wheel index wheels/index/."""
+    _run_cli(session, "publish")
+
+
+@nox.session(python=False)
+def serve_index(session: nox.Session) -> None:
+    """Serve the wheel index over HTTP; prints the pip and uv install commands."""
+    _run_cli(session, "serve-index")
+
+
+@nox.session(python=False)
+def index_list(session: nox.Session) -> None:
+    """List the wheel index: versions, local labels, torch/CUDA/arch needed, yanked."""
+    _run_cli(session, "index-list")
+
+
+@nox.session(python=False)
+def index_yank(session: nox.Session) -> None:
+    """Yank (`-- FILE --reason TEXT`) or un-yank (`-- FILE --undo`) index files."""
+    _run_cli(session, "index-yank")
+
+
+@nox.session(python=False)
+def index_mirror(session: nox.Session) -> None:
+    """Copy companion wheels (e.g. torch's CUDA build) into the index by pinned sha256."""
+    _run_cli(session, "index-mirror")
+
+
+def _run_cli(session: nox.Session, command: str, extras: str = "") -> None:
     venv = ".nox/_pipeline"
     session.run("python3", "-m", "venv", venv, external=True, silent=True)
-    session.run(f"{venv}/bin/python", "-m", "pip", "install", "-q", "-e", ".", external=True,
-                silent=True)
+    session.run(f"{venv}/bin/python", "-m", "pip", "install", "-q", "-e", f".{extras}",
+                external=True, silent=True)
     session.run(f"{venv}/bin/python", "-m", "vllm_wheels", command, *session.posargs,
                 external=True)
 
@@ -47,10 +104,26 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (style, imports, bugbear) and mypy --strict over the package."""
+    """ruff, mypy --strict, hadolint on every Dockerfile, docker/ vs the stack."""
     session.install("-e", ".[lint]")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("mypy")
+    dockerfiles = sorted(str(p) for p in Path("docker").glob("*Dockerfile*")
+                         if not p.name.endswith(".dockerignore"))
+    session.run("hadolint", "--config", ".hadolint.yaml", *dockerfiles)
+    session.run("python", "-m", "vllm_wheels", "check-images")
+
+
+@nox.session(python=False)
+def runtime_image(session: nox.Session) -> None:
+    """Build the runtime image from wheels/<stack>/ (`-- --stack F`, `--index URL`, `--dry-run`)."""
+    _run_cli(session, "runtime-image")
+
+
+@nox.session(python=False, default=False, tags=["update"])
+def update_images(session: nox.Session) -> None:
+    """Record base image digests from the registry; sync Dockerfile ARG defaults."""
+    _run_cli(session, "update-images")
 
 
 @nox.session(python="3.11", default=False, tags=["bench"])

@@ -33,8 +33,28 @@ def repo_root() -> Path:
 
 # command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "runtime-image": ("vllm_wheels.images.runtime_cli",
+                      "build the runtime image (our wheels + exact torch, ABI-checked, vllm serve)"),
+    "update-images": ("vllm_wheels.images.update_cli",
+                      "look up and record base image digests; sync Dockerfile ARG defaults"),
+    "check-images": ("vllm_wheels.images.check_cli",
+                     "fail when docker/ and the stack disagree"),
     "verify-abi": ("vllm_wheels.verify.abi_cli",
                    "check built wheels against a runtime environment before import"),
+    "verify-throughput": ("vllm_wheels.verify.throughput.cli",
+                          "A/B the custom wheels against the vllm/vllm-openai nightly image"),
+    "trial": ("vllm_wheels.trial.cli",
+              "upgrade trial: what moving to another vLLM means, then build/abi/throughput"),
+    "publish": ("vllm_wheels.index.cli_publish",
+                "add verified wheels to the internal wheel index (wheels/index/)"),
+    "serve-index": ("vllm_wheels.index.cli_serve",
+                    "serve the wheel index over HTTP (PEP 503/691) for pip and uv"),
+    "index-list": ("vllm_wheels.index.cli_list",
+                   "what the wheel index holds: versions, labels, torch/CUDA/arch, yanked"),
+    "index-yank": ("vllm_wheels.index.cli_yank",
+                   "yank (PEP 592) or un-yank files of the wheel index, with a reason"),
+    "index-mirror": ("vllm_wheels.index.cli_mirror",
+                     "copy companion wheels (e.g. the torch CUDA build) into the index by hash"),
 }
 
 
@@ -65,11 +85,18 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", default=None, help="build only these packages")
     b.add_argument("--no-fetch", action="store_true",
                    help="never clone external sources (fail if one is not in the cache)")
+    b.add_argument("--in-docker", action="store_true",
+                   help="build inside docker/Dockerfile.build (the stack's CUDA image); "
+                        "with --dry-run, print the docker build command")
     return parser
 
 
 def build_wheels(args: argparse.Namespace) -> int:
     root = repo_root()
+    if args.in_docker:
+        from .images.commands import build_in_docker
+
+        return build_in_docker(args, root)
     stack_path = args.stack or root / "build" / "stack.toml"
     stack = load_stack(stack_path)
     cache = Cache((args.cache_dir or default_cache_root()).resolve())

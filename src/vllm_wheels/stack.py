@@ -115,6 +115,16 @@ class PackageSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DockerSettings:
+    """[docker]: which versions file pins the container images (src/vllm_wheels/images/)."""
+
+    # Base images (tag + digest), the exact CPython and the tool versions of the build and
+    # runtime images, relative to the repo root. Image choice follows the stack's CUDA.
+    versions: str = "docker/versions.toml"
+    distro: str = "ubuntu22.04"  # the nvidia/cuda image flavour suffix (glibc floor)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Stack:
     name: str
     path: Path
@@ -126,6 +136,7 @@ class Stack:
     build: BuildSettings
     packages: tuple[PackageSpec, ...]
     label: str | None = None
+    docker: DockerSettings = field(default_factory=DockerSettings)
 
     @property
     def arch_list_env(self) -> str:
@@ -153,6 +164,9 @@ class Stack:
         data = self.to_dict()
         data.pop("path")
         data.pop("description")
+        # Where the images are pinned does not change the wheels (and keeps the digest of
+        # stacks written before [docker] existed unchanged).
+        data.pop("docker")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -388,6 +402,18 @@ def load_stack(path: Path) -> Stack:
     if build.max_jobs < 0 or build.nvcc_threads < 0 or build.gb_per_job <= 0:
         raise ConfigError(f"{path}: [build] max_jobs/nvcc_threads must be >= 0, gb_per_job > 0")
 
+    d = top.sub("docker")
+    docker = DockerSettings(versions=d.get("versions", str, "docker/versions.toml"),
+                            distro=d.get("distro", str, "ubuntu22.04"))
+    d.finish()
+    if not docker.versions or Path(docker.versions).is_absolute() or ".." in Path(
+            docker.versions).parts:
+        raise ConfigError(f"{path}: [docker] versions must be a path inside the repository, "
+                          f"got '{docker.versions}'", fix='e.g. versions = "docker/versions.toml"')
+    if not re.match(r"^[a-z]+\d+(\.\d+)?$", docker.distro):
+        raise ConfigError(f"{path}: [docker] distro must look like \"ubuntu22.04\", "
+                          f"got '{docker.distro}'")
+
     pk = top.sub("packages", required=True)
     packages = tuple(_read_package(n, pk.sub(n), path) for n in list(pk.data))
     if not packages:
@@ -395,4 +421,4 @@ def load_stack(path: Path) -> Stack:
     top.finish()
     return Stack(name=name, path=path, description=description, python=python,
                  cuda_arch_list=archs, torch=torch, cuda_toolkit=toolkit, build=build,
-                 packages=packages, label=label)
+                 packages=packages, label=label, docker=docker)
