@@ -232,6 +232,13 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
         evidence: dict[str, Any] = {"modules": names}
         if gpu_item is not None:
             evidence["gpu_op"] = gpu_item
+        if failed and not runtime.gpus and all(
+                any(lib in detail for lib in checks.DRIVER_LIBS) for detail in failed.values()):
+            r.checks.append(CheckResult(
+                "import", NA, "not importable on this host: needs the NVIDIA driver ("
+                + ", ".join(sorted(checks.DRIVER_LIBS)) + "), which a host without a GPU lacks; "
+                "run verify_abi on a GPU host for the import test", {**evidence, "errors": failed}))
+            continue
         if failed:
             r.checks.append(CheckResult(
                 "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()), evidence,
