@@ -1,0 +1,23 @@
+"""`python -m vllm_wheels serve-index` (what `nox -s serve_index` runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import serve
+from .cli_common import add_index_argument, index_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_index_argument(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+
+
+def run(args: argparse.Namespace) -> int:
+    index = index_dir(args)
+    index.require()
+    serve.serve_forever(index, args.host, args.port, quiet=args.quiet)
+    return 0

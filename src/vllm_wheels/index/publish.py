@@ -1,0 +1,273 @@
+"""Adding wheels to the index: the verify_abi gate, immutable filenames, mirroring
+companion wheels (e.g. the exact torch CUDA build) with their pinned hashes, and the
+atomic switch to a new generation under the writers' lock (store.IndexDir.commit).
+
+Everything is checked before anything is written: one refused wheel refuses the batch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import remove
+from ..errors import CannotCheckError, ConfigError, IndexPublishError, SourceError
+from ..log import Reporter
+from ..sources import download, sha256_file
+from ..verify.report import REPORT_FILENAME, passing_wheels
+from . import layout
+from .store import FileRecord, IndexDir, IndexState, place_file, utc_now, write_bytes_atomic
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A wheel about to enter the index, with how it earned its place."""
+
+    path: Path
+    facts: layout.WheelFacts
+    sha256: str
+    size: int
+    origin: str  # "built" | "mirror"
+    verification: str  # "verify-abi" | "unverified" | "mirror-hash"
+    verification_detail: str
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    added: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    generation: int
+
+
+def collect_wheels(paths: Sequence[Path]) -> list[Path]:
+    """The wheels named on the command line: files as given, directories' *.whl."""
+    wheels: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.whl") if not p.name.startswith("."))
+            if not found:
+                raise ConfigError(f"no wheels in {path}",
+                                  fix="build first (`nox -s build_wheels`) or pass --wheels "
+                                      "DIR_OR_FILES")
+            wheels.extend(found)
+        elif path.is_file():
+            wheels.append(path)
+        else:
+            raise ConfigError(f"{path} does not exist", fix="pass --wheels DIR_OR_FILES")
+    names = [w.name for w in wheels]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"the same wheel name is given twice: {', '.join(dupes)}")
+    return wheels
+
+
+def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Path | None,
+                    allow_unverified: str | None, reporter: Reporter
+                    ) -> dict[Path, tuple[str, str]]:
+    """(verification, detail) per wheel, or IndexPublishError when a wheel has no passing
+    verify_abi result for its exact sha256 and no --allow-unverified reason was given."""
+    if allow_unverified is not None and not allow_unverified.strip():
+        raise ConfigError("--allow-unverified needs a reason",
+                          why="the reason is recorded in the index for whoever installs it",
+                          fix='e.g. --allow-unverified "no GPU host to verify on; smoke-'
+                              'tested by hand on gpu-7"')
+    reports: dict[Path, dict[str, str] | str] = {}
+    result: dict[Path, tuple[str, str]] = {}
+    problems: list[str] = []
+    for wheel in wheels:
+        report_path = (report or wheel.parent / REPORT_FILENAME).resolve()
+        if report_path not in reports:
+            try:
+                reports[report_path] = passing_wheels(report_path)
+            except CannotCheckError as exc:
+                reports[report_path] = exc.what
+        passing = reports[report_path]
+        sha = shas[wheel]
+        if isinstance(passing, str):
+            problems.append(f"{wheel.name}: {passing}")
+        elif passing.get(wheel.name) == sha:
+            result[wheel] = ("verify-abi",
+                             f"{report_path.name} sha256:{sha256_file(report_path)}")
+        elif wheel.name in passing:
+            problems.append(f"{wheel.name}: {report_path} passed a different file under this "
+                            f"name (sha256 {passing[wheel.name][:12]}..., this file "
+                            f"{sha[:12]}...)")
+        else:
+            problems.append(f"{wheel.name}: no passing result for it in {report_path}")
+    if problems and allow_unverified is None:
+        raise IndexPublishError(
+            f"{len(problems)} wheel(s) have no passing verify_abi result:\n"
+            + "\n".join("    " + p for p in problems),
+            why="only wheels that passed verify_abi (for their exact sha256) are published, "
+                "so no host installs a wheel that would fail at import",
+            fix="run `nox -s verify_abi -- --wheels DIR` on a host with the runtime "
+                "environment, or pass --allow-unverified REASON (recorded in the index)")
+    for wheel in wheels:
+        if wheel not in result:
+            assert allow_unverified is not None
+            reporter.warn(f"publishing {wheel.name} unverified: {allow_unverified}")
+            result[wheel] = ("unverified", allow_unverified.strip())
+    return result
+
+
+def built_candidates(wheels: Sequence[Path], *, report: Path | None,
+                     allow_unverified: str | None, reporter: Reporter) -> list[Candidate]:
+    facts = {w: layout.inspect_wheel(w) for w in wheels}
+    shas = {w: sha256_file(w) for w in wheels}
+    verdicts = verification_of(wheels, shas, report=report, allow_unverified=allow_unverified,
+                               reporter=reporter)
+    return [Candidate(path=w, facts=facts[w], sha256=shas[w], size=w.stat().st_size,
+                      origin="built", verification=verdicts[w][0],
+                      verification_detail=verdicts[w][1]) for w in wheels]
+
+
+def add_to_index(index: IndexDir, candidates: Sequence[Candidate], reporter: Reporter
+                 ) -> PublishResult:
+    """Add the candidates in one generation. Identical files already there are skipped;
+    a different file under a name already there refuses the whole batch."""
+    with index.lock(reporter):
+        state = index.load()
+        index.clean_leftovers(state, reporter)
+        unchanged: list[str] = []
+        new: list[Candidate] = []
+        conflicts: list[str] = []
+        for c in candidates:
+            existing = state.files.get(c.path.name)
+            if existing is None:
+                new.append(c)
+            elif existing.sha256 == c.sha256:
+                unchanged.append(c.path.name)
+            else:
+                conflicts.append(f"{c.path.name}: in the index with sha256 "
+                                 f"{existing.sha256[:12]}..., this file {c.sha256[:12]}...")
+        if conflicts:
+            raise IndexPublishError(
+                "a different file is already published under the same name:\n"
+                + "\n".join("    " + c for c in conflicts),
+                why="filenames are immutable: hosts, lock files and --require-hashes pin the "
+                    "sha256 of what they installed",
+                fix="give the rebuild a new version or local label (the stack's `label`), or "
+                    "yank the old file (`nox -s index_yank -- FILE --reason TEXT`) and "
+                    "publish under a new name")
+        for name in unchanged:
+            reporter.say(f"unchanged: {name} (identical file already published)")
+        if not new:
+            return PublishResult((), tuple(unchanged), state.generation)
+        now = utc_now()
+        records = dict(state.files)
+        try:
+            for c in new:
+                project = c.facts.project
+                place_file(c.path, index.file_path(project, c.path.name))
+                write_bytes_atomic(index.metadata_path(project, c.path.name), c.facts.metadata)
+                records[c.path.name] = FileRecord(
+                    filename=c.path.name, project=project, version=c.facts.version,
+                    sha256=c.sha256, size=c.size, upload_time=now, origin=c.origin,
+                    verification=c.verification, verification_detail=c.verification_detail,
+                    history=({"action": "publish", "at": now,
+                              "reason": c.verification_detail},))
+                reporter.say(f"added: {c.path.name} ({c.size / 1e6:.1f} MB, sha256 "
+                             f"{c.sha256}, {c.verification})")
+            committed = index.commit(IndexState(state.generation, records), reporter)
+        except BaseException:
+            # Not switched in: the files just placed are listed nowhere; take them back
+            # (a SIGKILL skips this, and the next writer's clean_leftovers does it).
+            listed = index.load().files
+            for c in new:
+                if c.path.name not in listed:
+                    remove(index.file_path(c.facts.project, c.path.name))
+                    remove(index.metadata_path(c.facts.project, c.path.name))
+            raise
+        return PublishResult(tuple(c.path.name for c in new), tuple(unchanged),
+                             committed.generation)
+
+
+def regenerate(index: IndexDir, reporter: Reporter, *, check_hashes: bool = False) -> int:
+    """Rewrite every page from the files and the state (e.g. after upgrading the tool)."""
+    with index.lock(reporter):
+        state = index.require()
+        if check_hashes:
+            bad = [r.filename for r in state.files.values()
+                   if sha256_file(index.file_path(r.project, r.filename)) != r.sha256]
+            if bad:
+                raise IndexPublishError(f"files changed on disk since publishing: {bad}",
+                                        why="the pages and every host's pins use the "
+                                            "recorded sha256",
+                                        fix="restore the original files from a backup")
+        return index.commit(state, reporter).generation
+
+
+# ----------------------------------------------------------------------------- mirror
+
+
+def _split_source(source: str) -> tuple[str, str | None]:
+    """'URL#sha256=HEX' -> (URL, HEX)."""
+    url, _, fragment = source.partition("#")
+    if fragment.startswith("sha256="):
+        return url, fragment.split("=", 1)[1].lower()
+    return url, None
+
+
+def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: Path,
+                      reporter: Reporter) -> list[Candidate]:
+    """Fetch companion wheels (URL or local path) into `incoming` and check each against
+    its pinned sha256: from a `#sha256=` fragment (as index pages link them) or --sha256
+    in the same order."""
+    if sha256s and len(sha256s) != len(sources):
+        raise ConfigError(f"{len(sha256s)} --sha256 value(s) for {len(sources)} source(s)",
+                          fix="give one --sha256 per source, in order, or none and put "
+                              "#sha256=HEX on each URL")
+    candidates = []
+    for i, source in enumerate(sources):
+        location, from_fragment = _split_source(source)
+        expected = sha256s[i].lower() if sha256s else from_fragment
+        if expected is None:
+            raise IndexPublishError(
+                f"no sha256 pinned for {location}",
+                why="a mirrored wheel is trusted because of its pinned hash, nothing else",
+                fix="append #sha256=HEX as the source index's link shows it, or pass --sha256")
+        if from_fragment and expected != from_fragment:
+            raise ConfigError(f"{location}: --sha256 and the URL's #sha256 disagree")
+        parsed = urllib.parse.urlsplit(location)
+        filename = urllib.parse.unquote(Path(parsed.path).name)
+        if parsed.scheme in ("http", "https", "file"):
+            dest = incoming / filename
+            try:
+                download(location, dest, expected, reporter)
+            except SourceError as exc:
+                raise IndexPublishError(f"mirroring {filename}: {exc.what}", why=exc.why,
+                                        fix=exc.fix) from None
+        else:
+            dest = Path(location)
+            if not dest.is_file():
+                raise ConfigError(f"{location} is neither an http(s) URL nor a file")
+            actual = sha256_file(dest)
+            if actual != expected:
+                raise IndexPublishError(f"sha256 mismatch for {dest}\n  expected: {expected}\n"
+                                        f"  actual:   {actual}",
+                                        why="a mirrored wheel must be exactly the pinned one")
+        facts = layout.inspect_wheel(dest)
+        candidates.append(Candidate(path=dest, facts=facts, sha256=expected,
+                                    size=dest.stat().st_size, origin="mirror",
+                                    verification="mirror-hash", verification_detail=location))
+    return candidates
+
+
+def mirror(index: IndexDir, sources: Sequence[str], sha256s: Sequence[str],
+           reporter: Reporter) -> PublishResult:
+    incoming = index.root / f".incoming-{os.getpid()}"
+    try:
+        incoming.mkdir(parents=True, exist_ok=True)
+        return add_to_index(index, mirror_candidates(sources, sha256s, incoming, reporter),
+                            reporter)
+    finally:
+        remove(incoming)
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else "see `nox -s index_list`"
