@@ -1,0 +1,186 @@
+"""The trial report: one JSON document (schema_version 1) and its markdown rendering,
+written side by side into verify/trials/. The markdown is built from the JSON only, so
+the two never disagree and a saved trial renders the same after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..cache import remove, temp_sibling
+from ..log import format_duration
+from .stages import NO_GPU, STAGES, StageResult
+
+REPORT_SCHEMA_VERSION = 1
+PATCH_STATUS = {"applies": "applies cleanly",
+                "already-applied": "already upstream (reverse-applies)",
+                "conflicts": "CONFLICTS"}
+
+
+def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
+                 requested: Sequence[str], gpu: bool, state_file: Path, state_note: str,
+                 report_md: Path, report_json: Path) -> dict[str, Any]:
+    stages = []
+    for name in STAGES:
+        result = results.get(name)
+        if result is not None:
+            entry = result.to_dict()
+            if name not in requested and not result.reused:
+                entry["detail"] = (entry["detail"] + " " if entry["detail"] else "") + \
+                    "(from an earlier run of this trial)"
+        elif name == "throughput" and not gpu:
+            entry = StageResult(name, "not-run", detail=NO_GPU).to_dict()
+        else:
+            entry = StageResult(name, "not-requested",
+                                detail=f"not requested (--stages {','.join(requested)})").to_dict()
+        stages.append(entry)
+    body = {k: v for k, v in plan.items() if k != "seconds"}
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "vllm-wheels trial",
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trial": {"name": f"trial-vllm-{plan['request']['vllm']}",
+                  "stages_requested": list(requested), "gpu": gpu,
+                  "state_file": str(state_file), "state": state_note,
+                  "report_markdown": str(report_md), "report_json": str(report_json),
+                  "plan_seconds": plan.get("seconds")},
+        **body,
+        "stages": stages,
+    }
+
+
+def _cell(text: Any) -> str:
+    return str(text if text not in (None, "") else "-").replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    req = report["request"]
+    cur, cand = report["current_stack"], report["candidate_stack"]
+    vllm_row = next(r for r in report["pins"] if r["item"] == "vllm")
+    torch = report["torch"]
+    out = [f"# Upgrade trial: vLLM {vllm_row['current']} -> {req['vllm']}", "",
+           f"- Current stack: `{cur['file']}` ({cur['name']}: {cur['description']})",
+           f"- Candidate stack: `{cand['file']}` ({cand['description']})",
+           "- Request: " + " ".join(f"`{k}=={v}`" for k, v in req.items() if v),
+           f"- Generated {report['generated']}; stages requested: "
+           f"{', '.join(report['trial']['stages_requested'])}; {report['trial']['state']}", "",
+           "## Verdict", "",
+           f"- **torch {torch['verdict']}**: {torch['message']}"]
+    if torch["risk"]:
+        out.append(f"- **Risk**: {torch['risk']}")
+    ready = report["promotion"]["ready"]
+    out.append(f"- **Ready to promote**: {'yes' if ready else 'no'}"
+               + ("" if ready else f" ({len(report['blockers'])} blocker(s) below)"))
+    for blocker in report["blockers"]:
+        out.append(f"  - BLOCKER: {blocker}")
+    for warning in report["warnings"]:
+        out.append(f"  - warning: {warning}")
+    for stage in report["stages"]:
+        if stage["status"] in ("failed", "interrupted"):
+            out.append(f"  - stage {stage['name']} {stage['status']}: {stage['detail']}")
+
+    out += ["", "## Pins", ""]
+    out += _table(["", "current", "candidate", "change", "note"],
+                  [[r["item"], r["current"], r["candidate"], r["change"], r["note"]]
+                   for r in report["pins"]])
+    if torch["expected_where"]:
+        out += ["", f"The candidate pins torch {torch['expected']} in: "
+                + "; ".join(f"`{w}`" for w in torch["expected_where"]) + "."]
+
+    out += ["", "## External sources (vLLM's CMake FetchContent)", ""]
+    rows = []
+    for e in report["externals"]:
+        a, b = e["current"], e["candidate"]
+        rows.append([e["name"], a["short"] if a else None, b["short"] if b else None,
+                     e["change"], b["override_env"] if b else None,
+                     (b["declared_in"] if b else a["declared_in"] if a else ""),
+                     e["note"] + (" (the stack overrides it)" if e["stack_override"] else "")])
+    out += _table(["external", "current", "candidate", "change", "override variable",
+                   "declared in", "note"], rows)
+
+    archs = report["archs"]
+    out += ["", "## CUDA architectures", "",
+            f"The stack builds `{' '.join(archs['stack_archs'])}` with nvcc "
+            f"{archs['nvcc_floor'] or '?'} or newer; each release's CMake intersects that "
+            "with `CUDA_SUPPORTED_ARCHS` of the branch it takes for that nvcc.", ""]
+    branch_rows = []
+    for key in ("current", "candidate"):
+        for b in archs[key]["branches"]:
+            taken = archs[key]["branch"] and archs[key]["branch"]["where"] == b["where"]
+            branch_rows.append([key, b["condition"], " ".join(b["archs"]), b["where"],
+                                "taken" if taken else ""])
+    out += _table(["release", "branch", "CUDA_SUPPORTED_ARCHS", "where", "with the stack's nvcc"],
+                  branch_rows)
+    missing = archs["candidate"].get("missing") or []
+    out += ["", "Stack archs the candidate drops: " + (", ".join(missing) if missing else "none")]
+
+    out += ["", "## Patches", "",
+            "Each patch of the series is re-applied, in order, to the candidate's pristine "
+            "source (dry run on scratch copies)."]
+    for p in report["patches"]:
+        out += ["", f"### {p['package']}: `{p['series_dir']}`", "", p["note"], ""]
+        if not p["patches"]:
+            out.append("No patches in the series.")
+            continue
+        out += _table(["patch", "status", "failing hunks"],
+                      [[x["name"], PATCH_STATUS.get(x["status"], x["status"]),
+                        "; ".join(h["where"] for h in x["failed_hunks"])] for x in p["patches"]])
+        for x in p["patches"]:
+            for h in x["failed_hunks"]:
+                if h["text"]:
+                    out += ["", f"`{x['name']}`, {h['where']} (the hunk as the patch has it):",
+                            "", "```diff", h["text"], "```"]
+
+    out += ["", "## Build switches", "",
+            "Environment variables and CMake options the CUDA build reads (setup.py and other "
+            "build scripts, vLLM's install-time envs, CMake)."]
+    for pkg, diff in report["switches"].items():
+        appeared = ", ".join(f"`{s['name']}` ({s['where']})" for s in diff["appeared"]) or "none"
+        vanished = ", ".join(f"`{s['name']}` ({s['where']})" for s in diff["vanished"]) or "none"
+        out += ["", f"- **{pkg}**: appeared: {appeared}; vanished: {vanished} "
+                f"({diff['unchanged']} unchanged)"]
+
+    out += ["", "## Rebuilt", ""]
+    for item in report["rebuild"]:
+        out.append(f"- {item['package']}: " + ("; ".join(item["reasons"]) or "unchanged"))
+
+    out += ["", "## Stages", ""]
+    out += _table(["stage", "result", "duration", "details", "log"],
+                  [[s["name"], s["status"] + (" (reused)" if s.get("reused") else ""),
+                    format_duration(s["seconds"]) if s["seconds"] is not None else None,
+                    s["detail"], f"`{s['log']}`" if s["log"] else None]
+                   for s in report["stages"]])
+
+    out += ["", "## Promote the candidate to the default stack", ""]
+    if not ready:
+        out += ["Not ready: resolve the blockers above first (rebase conflicting patches, "
+                "then re-run the trial). Once they are resolved, these commands promote it:", ""]
+    else:
+        out += ["Run from the repository root, then commit:", ""]
+    out += ["```sh", *report["promotion"]["commands"], "```", ""]
+    return "\n".join(out)
+
+
+def write_report(report: Mapping[str, Any], markdown_path: Path, json_path: Path) -> None:
+    """Both files, each written to a temporary sibling and renamed."""
+    for path, text in ((json_path, json.dumps(report, indent=2, default=str) + "\n"),
+                       (markdown_path, render_markdown(report))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except BaseException:
+            remove(tmp)
+            raise

@@ -1,0 +1,395 @@
+"""Upgrade-trial logic without the network: reading a release's requirements from a
+source tree, the torch decision, the stack writer's round trip, patch series re-checks
+with real GNU patch, and the stage runner with real subprocesses (failure, interruption,
+resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from vllm_wheels.errors import ConfigError, InterruptedError_
+from vllm_wheels.fetchcontent import ExternalSource
+from vllm_wheels.log import Reporter
+from vllm_wheels.patches import read_series
+from vllm_wheels.stack import ExternalOverride, load_stack
+from vllm_wheels.trial import compare, stages
+from vllm_wheels.trial.candidate import read_release, toolkit_floor
+from vllm_wheels.trial.plan import check_series, hunk_text, parse_request, patch_dir_for
+from vllm_wheels.trial.stack_writer import promotion_commands, render_stack, write_stack
+
+CMAKE = """\
+cmake_minimum_required(VERSION 3.26)
+set(TORCH_SUPPORTED_VERSION_CUDA "2.10.0")
+find_package(Torch REQUIRED)
+# set(CUDA_SUPPORTED_ARCHS "1.0")   a comment must not count
+if(DEFINED CMAKE_CUDA_COMPILER_VERSION AND
+   CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 13.0)
+  set(CUDA_SUPPORTED_ARCHS "7.5;8.0;12.0")
+elseif(DEFINED CMAKE_CUDA_COMPILER_VERSION AND
+   CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.8)
+  set(CUDA_SUPPORTED_ARCHS "7.0;8.0;10.0;12.0")
+else()
+  set(CUDA_SUPPORTED_ARCHS "7.0;8.0;9.0")
+endif()
+option(VLLM_FANCY "a build option" OFF)
+if (DEFINED ENV{THING_SRC_DIR})
+  set(THING_SRC_DIR $ENV{THING_SRC_DIR})
+endif()
+if(THING_SRC_DIR)
+  FetchContent_Declare(thing SOURCE_DIR ${THING_SRC_DIR})
+else()
+  FetchContent_Declare(thing GIT_REPOSITORY https://example.org/thing.git
+                       GIT_TAG 0123456789abcdef0123456789abcdef01234567)
+endif()
+set(ENV{LD_LIBRARY_PATH} "/x:$ENV{LD_LIBRARY_PATH}")
+"""
+ENVS = '''\
+environment_variables = {
+    # ================== Installation Time Env Vars ==================
+    "VLLM_TARGET_DEVICE": lambda: os.getenv("VLLM_TARGET_DEVICE", "cuda"),
+    "VLLM_MAIN_CUDA_VERSION": lambda: os.getenv("VLLM_MAIN_CUDA_VERSION", "") or "12.9",
+    # ================== Runtime Env Vars ==================
+    "VLLM_HOST_IP": lambda: os.getenv("VLLM_HOST_IP", ""),
+}
+if TYPE_CHECKING:
+    VLLM_MAIN_CUDA_VERSION: str = "12.9"
+'''
+
+
+def release_tree(root: Path, torch: str = "2.10.0", build_torch: str = "2.9.0") -> Path:
+    (root / "requirements").mkdir(parents=True)
+    (root / "vllm").mkdir()
+    (root / "requirements" / "common.txt").write_text("numpy\n")
+    (root / "requirements" / "cuda.txt").write_text(
+        f"-r common.txt\ntorch=={torch}\ntorchaudio=={torch}\n"
+        "torchvision==0.25.0 # must move with torch\nflashinfer-python==0.6.4\n")
+    (root / "requirements" / "build.txt").write_text(f"cmake\ntorch=={build_torch}\n")
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = [\n    "cmake",\n    "torch == ' + torch + '",\n]\n'
+        '[project]\nname = "vllm"\nrequires-python = ">=3.10,<3.14"\n')
+    (root / "CMakeLists.txt").write_text(CMAKE)
+    (root / "vllm" / "envs.py").write_text(ENVS)
+    (root / "setup.py").write_text('import os\nos.environ.get("CMAKE_ARGS")\n'
+                                   'if envs.VLLM_USE_PRECOMPILED: pass\n')
+    return root
+
+
+def test_parse_request() -> None:
+    assert parse_request(["vllm==0.12.0"]).name == "trial-vllm-0.12.0"
+    req = parse_request(["flashinfer_python==0.5.3", "vllm == 0.12.0", "torch==2.9.0"])
+    assert (req.vllm, req.flashinfer, req.torch) == ("0.12.0", "0.5.3", "2.9.0")
+    for bad in (["vllm>=0.12"], ["vllm==0.12.0", "numpy==2"], ["torch==2.9.0"],
+                ["vllm==0.12.0", "vllm==0.13.0"], ["vllm==latest!"]):
+        with pytest.raises(ConfigError):
+            parse_request(bad)
+
+
+def test_read_release_from_its_own_files(tmp_path: Path) -> None:
+    facts = read_release(release_tree(tmp_path / "src"), "vllm", "9.9.9")
+    assert facts.expected_torch() == "2.10.0"
+    assert [p.where for p in facts.torch_pins][:2] == ["requirements/cuda.txt:2",
+                                                       "requirements/build.txt:2"]
+    # The build file disagrees with the runtime pin: shown, not hidden.
+    assert facts.torch_disagreements() == ["requirements/build.txt:2 pins torch==2.9.0"]
+    assert {p.name: p.exact for p in facts.companions} == {"torchaudio": "2.10.0",
+                                                           "torchvision": "0.25.0"}
+    assert facts.flashinfer is not None and facts.flashinfer.exact == "0.6.4"
+    assert facts.default_cuda == ("12.9", "vllm/envs.py:9")
+    assert facts.requires_python == ">=3.10,<3.14"
+    assert [(b.min_nvcc, b.archs[-1]) for b in facts.arch_branches] == \
+        [("13.0", "12.0"), ("12.8", "12.0"), (None, "9.0")]
+    assert facts.branch_for(Version("12.8")).archs == ("7.0", "8.0", "10.0", "12.0")  # type: ignore[union-attr]
+    assert facts.branch_for(Version("12.6")).min_nvcc is None  # type: ignore[union-attr]
+    assert [e.name for e in facts.externals] == ["thing"]
+    switches = {(s.kind, s.name) for s in facts.switches}
+    assert {("env", "THING_SRC_DIR"), ("cmake-option", "VLLM_FANCY"), ("env", "CMAKE_ARGS"),
+            ("env", "VLLM_USE_PRECOMPILED"), ("env", "VLLM_MAIN_CUDA_VERSION")} <= switches
+    # Runtime variables and generic OS variables are not build switches.
+    assert ("env", "VLLM_HOST_IP") not in switches
+    assert ("env", "LD_LIBRARY_PATH") not in switches
+
+
+def test_toolkit_floor() -> None:
+    assert toolkit_floor(">=12.8,<13", None) == Version("12.8")
+    assert toolkit_floor(">=13.0,<14", "13.0.3.0") == Version("13.0")
+    assert toolkit_floor("<13", None) is None
+
+
+def test_torch_decision(repo_root: Path, tmp_path: Path) -> None:
+    stack = load_stack(repo_root / "build" / "stack.toml")
+    moved = read_release(release_tree(tmp_path / "a", torch="2.10.0", build_torch="2.10.0"),
+                         "vllm", "0.17.0")
+    same = read_release(release_tree(tmp_path / "b", torch="2.9.0", build_torch="2.9.0"),
+                        "vllm", "0.12.0")
+
+    def never(version: str) -> tuple[str | None, str]:
+        raise AssertionError("the index is only asked when torch changes")
+
+    stays = compare.decide_torch(stack, same, None, never)
+    assert stays.verdict == "stays" and stays.cuda_chosen == "12.8"
+    assert dict(stays.companions_chosen) == {"torchvision": "0.25.0", "torchaudio": "2.9.0"}
+
+    moves = compare.decide_torch(stack, moved, None, lambda v: ("12.8", f"index for {v}"))
+    assert moves.verdict == "moves" and moves.chosen == "2.10.0"
+    assert "flashinfer-python, vllm" in moves.message and "together" in moves.message
+    assert moves.cuda_note == "read from index for 2.10.0"
+
+    unknown = compare.decide_torch(stack, moved, None, lambda v: (None, "no wheel"))
+    assert unknown.cuda_chosen == "12.8" and unknown.cuda_note.startswith("could not")
+
+    forced = compare.decide_torch(stack, same, "2.10.0", lambda v: ("13.0", "index"))
+    assert forced.verdict == "forced" and forced.expected == "2.9.0"
+    assert "expects torch 2.9.0" in forced.message and "CMake only warns" in forced.risk
+    assert not forced.companions_chosen and "dropped" in forced.companions_note
+    assert compare.toolkit_for(stack, "13.0") == (">=13.0,<14", "torch's CUDA major moves "
+                                                  "12 -> 13; nvcc must follow")
+
+
+def test_external_diff_warns_about_the_stacks_overrides() -> None:
+    def ext(name: str, ref: str) -> ExternalSource:
+        return ExternalSource(name, f"https://x/{name}", ref, f"{name.upper()}_DIR", "", "f:1")
+
+    rows, warnings = compare.diff_externals(
+        [ext("a", "v1"), ext("gone", "v1"), ext("same", "v1")],
+        [ext("a", "v2"), ext("same", "v1"), ext("new", "v1")],
+        {"a": ExternalOverride(path="/srv/a"), "gone": ExternalOverride(path="/srv/g")})
+    assert {r["name"]: r["change"] for r in rows} == {"a": "moved", "gone": "removed",
+                                                      "same": "same", "new": "added"}
+    assert any("'gone'" in w and "dropped" in w for w in warnings)
+    assert any("/srv/a" in w and "v2" in w for w in warnings)
+
+
+@pytest.mark.parametrize("name", ["build/stack.toml", "build/stacks/ci-cuda13.toml"])
+def test_stack_writer_round_trips(repo_root: Path, tmp_path: Path, name: str) -> None:
+    stack = load_stack(repo_root / name)
+    target = tmp_path / "out" / "s.toml"
+    written = write_stack(dataclasses.replace(stack, path=target), target, header=["hi"])
+    assert written.digest() == stack.digest()
+    assert render_stack(written, header=[]) == render_stack(stack, header=[])
+
+
+def test_stack_writer_leaves_nothing_when_the_file_would_not_load(repo_root: Path,
+                                                                  tmp_path: Path) -> None:
+    stack = load_stack(repo_root / "build" / "stack.toml")
+    target = tmp_path / "s.toml"
+    with pytest.raises(ConfigError):
+        write_stack(dataclasses.replace(stack, name="not a name"), target, header=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_promotion_commands(tmp_path: Path) -> None:
+    commands = promotion_commands(
+        repo_root=tmp_path, trial_stack=tmp_path / "build/stacks/trial-vllm-1.0.toml",
+        default_stack=tmp_path / "build/stack.toml", default_name="rtx5090",
+        trial_name="trial-vllm-1.0", moves=[("patches/vllm/0.9", "patches/vllm/1.0")],
+        drop=[("patches/vllm/1.0", "0001-x.patch")])
+    assert commands[0] == "mv patches/vllm/0.9 patches/vllm/1.0"
+    assert commands[1] == "rm patches/vllm/1.0/0001-x.patch"
+    assert "build/stacks/trial-vllm-1.0.toml > build/stack.toml" in commands[3]
+
+
+PATCH_HEADER = "--- a/{f}\n+++ b/{f}\n"
+
+
+def _patch(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def test_series_is_checked_in_order_on_scratch_copies(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("one\ntwo\nthree\n")
+    (tree / "b.txt").write_text("alpha\nbeta\n")
+    series = tmp_path / "series"
+    series.mkdir()
+    _patch(series / "1-two.patch", PATCH_HEADER.format(f="a.txt")
+           + "@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n")
+    # Applies only after 1-two.patch: the check must be sequential, as a build is.
+    _patch(series / "2-after-1.patch", PATCH_HEADER.format(f="a.txt")
+           + "@@ -1,3 +1,3 @@\n one\n-TWO\n+2\n three\n")
+    _patch(series / "3-upstream.patch", PATCH_HEADER.format(f="b.txt")
+           + "@@ -1,2 +1,2 @@\n-ALPHA\n+alpha\n beta\n")
+    _patch(series / "4-conflict.patch", PATCH_HEADER.format(f="b.txt")
+           + "@@ -1,2 +1,2 @@\n alpha\n-gamma\n+delta\n")
+    (series / "series").write_text("1-two.patch\n2-after-1.patch\n3-upstream.patch\n"
+                                   "4-conflict.patch\n")
+    patches = read_series(series)
+    results = check_series(tree, patches)
+    assert [r.status for r in results] == ["applies", "applies", "already-applied", "conflicts"]
+    assert results[3].failed_hunks == ("b.txt: hunk #1 at line 1",)
+    assert hunk_text(patches[3].path, "b.txt", 1) == "@@ -1,2 +1,2 @@\n alpha\n-gamma\n+delta"
+    assert (tree / "a.txt").read_text() == "one\ntwo\nthree\n"  # the tree is untouched
+
+
+def test_patch_dir_for_the_candidate(repo_root: Path, tmp_path: Path) -> None:
+    stack = load_stack(repo_root / "build" / "stacks" / "ci-cuda13.toml")
+    spec = stack.package("vllm")
+    assert spec is not None
+    (tmp_path / "patches/vllm/0.12.0-torch2.14").mkdir(parents=True)
+    assert patch_dir_for(spec, "0.12.0", tmp_path)[0] == "patches/vllm/0.12.0-torch2.14"
+    directory, note, carried = patch_dir_for(spec, "0.13.0", tmp_path)
+    assert (directory, carried) == ("patches/vllm/0.11.2-torch2.14", True)
+    assert "patches/vllm/0.13.0-torch2.14 does not exist" in note
+
+
+# ------------------------------------------------------------------------- stages
+
+
+def _paths(tmp_path: Path) -> stages.StagePaths:
+    return stages.StagePaths(stack=tmp_path / "trial.toml", wheels=tmp_path / "wheels",
+                             abi_json=tmp_path / "abi.json", throughput_json=tmp_path / "t.json",
+                             logs=tmp_path / "logs", cache=tmp_path / "cache")
+
+
+def _reporter(tmp_path: Path) -> Reporter:
+    return Reporter(tmp_path / "trial.log", stream=io.StringIO())
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_failed_stage_is_recorded_with_exit_code_and_log(tmp_path: Path) -> None:
+    state = stages.TrialState(tmp_path / "state.json", "k")
+    state.plan = {"x": 1}
+    state.record(stages.StageResult("plan", "passed"))
+    reporter = _reporter(tmp_path)
+    commands = {"build": _py("print('compiling'); print('ERROR (toolchain, exit 3): no nvcc');"
+                             " raise SystemExit(3)"),
+                "abi": _py("raise SystemExit(0)"), "throughput": _py("raise SystemExit(0)")}
+    try:
+        results = stages.run_stages(state, ["plan", "build", "abi", "throughput"],
+                                    commands=commands, paths=_paths(tmp_path),
+                                    reporter=reporter, gpu=False, throughput_available=False,
+                                    first_step=2, total_steps=5)
+    finally:
+        reporter.close()
+    build, abi, throughput = results
+    assert (build.status, build.exit_code, build.meaning) == ("failed", 3, "toolchain")
+    assert build.detail == "exit 3 (toolchain): ERROR (toolchain, exit 3): no nvcc"
+    assert "compiling" in Path(build.log or "").read_text()
+    assert abi.status == "skipped" and "build failed" in abi.detail
+    assert throughput.status == "not-run" and throughput.detail == stages.NO_GPU
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["results"]["build"]["exit_code"] == 3 and saved["plan"] == {"x": 1}
+
+
+# runner.run does not close the child's stdout pipe when interrupted; the file object is
+# closed by the garbage collector, which pytest reports as an unraisable ResourceWarning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_interrupted_trial_continues_from_the_interrupted_stage(tmp_path: Path) -> None:
+    key = stages.trial_key({"stack": "s"}, [])
+    state = stages.TrialState.load(tmp_path / "state.json", key)
+    state.plan = {"candidate_stack": {}}
+    state.record(stages.StageResult("plan", "passed", seconds=1.0))
+    paths = _paths(tmp_path)
+    # The marker is assembled by the child so that the logged command line does not
+    # already contain it.
+    slow = _py("import time; print('child ' + 'running', flush=True); time.sleep(60)")
+    commands = {"build": slow, "abi": _py("pass"), "throughput": _py("pass")}
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            logs = list(paths.logs.glob("trial-build-*.log")) if paths.logs.is_dir() else []
+            if logs and "child running" in logs[0].read_text():
+                # What Ctrl-C does, aimed at the main thread so that its blocking read of
+                # the child's output is interrupted (a process-wide signal may land on
+                # this thread instead).
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    main = threading.main_thread().ident
+    assert main is not None
+    watcher = threading.Thread(target=interrupt_once_running)
+    watcher.start()
+    reporter = _reporter(tmp_path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InterruptedError_):
+            stages.run_stages(state, ["plan", "build", "abi"], commands=commands, paths=paths,
+                              reporter=reporter, gpu=False, throughput_available=False,
+                              first_step=2, total_steps=4)
+    finally:
+        watcher.join()
+        reporter.close()
+    assert time.monotonic() - started < 30  # the child was stopped, not waited for
+    saved = stages.TrialState.load(tmp_path / "state.json", key)
+    assert saved.results["build"].status == "interrupted"
+    assert saved.passed("plan") and saved.plan == {"candidate_stack": {}}
+    assert saved.note == "continuing the saved trial (done: plan)"
+
+    # Re-run: the plan stays done, the build runs again (and now passes), then abi.
+    paths.wheels.mkdir()
+    ok = {"build": _py("print('built')"), "abi": _py("print('abi ok')"), "throughput": _py("")}
+    reporter = _reporter(tmp_path)
+    try:
+        results = stages.run_stages(saved, ["plan", "build", "abi"], commands=ok, paths=paths,
+                                    reporter=reporter, gpu=False, throughput_available=False,
+                                    first_step=2, total_steps=4)
+    finally:
+        reporter.close()
+    assert [(r.name, r.status) for r in results] == [("build", "passed"), ("abi", "passed")]
+    # A third run reuses both.
+    again = stages.TrialState.load(tmp_path / "state.json", key)
+    reporter = _reporter(tmp_path)
+    try:
+        results = stages.run_stages(again, ["plan", "build", "abi"], commands=commands,
+                                    paths=paths, reporter=reporter, gpu=False,
+                                    throughput_available=False, first_step=2, total_steps=4)
+    finally:
+        reporter.close()
+    assert all(r.reused for r in results)
+    # Other inputs: the saved trial is not continued.
+    other = stages.TrialState.load(tmp_path / "state.json", stages.trial_key({"stack": "t"}, []))
+    assert other.plan is None and "starting over" in other.note
+
+
+def test_default_stages_follow_the_gpu() -> None:
+    assert stages.parse_stages(None, gpu=False) == ["plan", "build", "abi"]
+    assert stages.parse_stages(None, gpu=True) == ["plan", "build", "abi", "throughput"]
+    assert stages.parse_stages("abi,build", gpu=False) == ["plan", "build", "abi"]
+    with pytest.raises(ConfigError):
+        stages.parse_stages("plan,compile", gpu=False)
+
+
+def test_throughput_stage_on_a_gpu_host(tmp_path: Path) -> None:
+    """What the stage does where a GPU exists (the GPU itself is not needed to decide)."""
+    paths = _paths(tmp_path)
+    state = stages.TrialState(tmp_path / "state.json", "k")
+    state.record(stages.StageResult("build", "passed"))
+    paths.wheels.mkdir()
+    commands = {"build": _py(""), "abi": _py(""), "throughput": _py("print('measured')")}
+
+    def throughput(available: bool) -> stages.StageResult:
+        state.results.pop("throughput", None)
+        reporter = _reporter(tmp_path)
+        try:
+            return stages.run_stages(state, ["plan", "throughput"], commands=commands,
+                                     paths=paths, reporter=reporter, gpu=True,
+                                     throughput_available=available, first_step=2,
+                                     total_steps=3)[0]
+        finally:
+            reporter.close()
+
+    assert "does not exist yet" in throughput(False).detail
+    missing = throughput(True)
+    assert missing.status == "not-run" and str(paths.wheels / "venv") in missing.detail
+    (paths.wheels / "venv" / "bin").mkdir(parents=True)
+    (paths.wheels / "venv" / "bin" / "python").write_text("")
+    ran = throughput(True)
+    assert ran.status == "passed" and "measured" in Path(ran.log or "").read_text()
+    assert stages.stage_commands(paths)["throughput"][3:5] == \
+        ["verify-throughput", "--candidate"]
