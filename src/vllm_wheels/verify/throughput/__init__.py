@@ -1,0 +1,10 @@
+"""verify_throughput: A/B the custom wheels against the vllm/vllm-openai nightly image.
+
+    workload.py  TOML workloads (verify/workloads/*.toml) -> frozen Workload
+    arms.py      the two servers: venv:PATH, image:REF, url:http://HOST:PORT
+    client.py    built-in streaming client; metrics defined as in `vllm bench serve`
+    stats.py     median ratios, bootstrap confidence intervals, the decision
+    harness.py   warm-up, interleaved A B A B runs, progress
+    report.py    JSON, markdown and PNG under verify/results/<stamp>-<workload>/
+    cli.py       `python -m vllm_wheels verify-throughput` (nox -s verify_throughput)
+"""

@@ -1,0 +1,455 @@
+"""The two servers of an A/B ("arms"), given as SPEC strings:
+
+    venv:PATH               a Python environment with vLLM: the harness starts
+                            `PATH/bin/vllm serve` with the workload's engine settings
+    image:REF               a container image (vllm/vllm-openai:nightly, or our runtime
+                            image) run with `docker run --gpus ...`, pinned by digest:
+                            the digest actually run is recorded, never invented
+    url:http://HOST:PORT    an OpenAI-compatible server someone else runs (the harness
+                            neither starts nor configures it; it records what it reports)
+
+Every arm records its facts: vLLM, torch (with its git commit, read from
+torch/version.py as text, so nothing is imported), FlashInfer, the image digest, the
+GPU name and driver. Servers the harness starts get exactly the same model directory,
+engine arguments, attention backend, seed and prefix-caching setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ...errors import ConfigError, CouldNotRunError
+from ...log import Reporter
+from ...runner import apply_env, format_env_changes
+from .workload import Workload
+
+ArmKind = Literal["venv", "image", "url"]
+_CHOICE_LINE = re.compile(r"Using \S+.*backend|attention backend|cuda ?graph|torch\.compile",
+                          re.IGNORECASE)
+CONTAINER_MODEL_DIR = "/model"
+CONTAINER_PORT = 8000
+
+# Run with the arm's own Python (venv, or inside the image): package versions from their
+# metadata, torch's from torch/version.py read as text, so torch is never imported.
+VERSIONS_SNIPPET = r"""
+import importlib.metadata as md, importlib.util, json, os, re, sys
+def version(*names):
+    for name in names:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return None
+out = {"python": sys.version.split()[0], "vllm": version("vllm"),
+       "flashinfer": version("flashinfer-python", "flashinfer"),
+       "torch": None, "torch_git": None, "torch_cuda": None, "vllm_wheels_build": None}
+spec = importlib.util.find_spec("torch")
+if spec is not None and spec.origin:
+    text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
+    for key, field in (("torch", "__version__"), ("torch_git", "git_version"),
+                       ("torch_cuda", "cuda")):
+        m = re.search(r"^%s\s*(?::\s*\S+\s*)?=\s*['\"]([^'\"]*)['\"]" % field, text, re.M)
+        out[key] = m.group(1) if m else None
+try:
+    dist = md.distribution("vllm")
+    manifest = dist.read_text("vllm_wheels_build.json")
+    out["vllm_wheels_build"] = json.loads(manifest) if manifest else None
+except md.PackageNotFoundError:
+    pass
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    kind: ArmKind
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+def parse_arm_spec(text: str) -> ArmSpec:
+    kind, sep, target = text.partition(":")
+    if not sep or kind not in ("venv", "image", "url") or not target:
+        raise ConfigError(f"not an arm SPEC: {text!r}",
+                          fix="use venv:PATH, image:REF or url:http://HOST:PORT")
+    if kind == "url" and not target.startswith(("http://", "https://")):
+        raise ConfigError(f"url arm needs http(s)://HOST:PORT, got {target!r}")
+    return ArmSpec(kind, target)  # type: ignore[arg-type]
+
+
+def load_baseline_image(path: Path) -> str:
+    """verify/baseline.toml -> the image reference to run: by digest when one was
+    resolved on a machine that reaches the registry, else by tag."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    unknown = set(data) - {"image", "digest", "resolved"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}",
+                          fix="known keys: image, digest, resolved")
+    image = data.get("image")
+    digest = data.get("digest", "")
+    if not isinstance(image, str) or not image:
+        raise ConfigError(f"{path}: image = \"...\" is required")
+    if digest:
+        if not (isinstance(digest, str) and digest.startswith("sha256:") and len(digest) == 71):
+            raise ConfigError(f"{path}: digest must be sha256:<64 hex>, got {digest!r}")
+        return f"{strip_tag(image)}@{digest}"
+    return image
+
+
+def strip_tag(ref: str) -> str:
+    """vllm/vllm-openai:nightly -> vllm/vllm-openai (a registry's :port is kept)."""
+    ref = ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    return ref[:ref.rfind(":")] if ":" in last else ref
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http only
+        return json.loads(response.read().decode())
+
+
+def gpu_facts() -> list[dict[str, str]] | None:
+    """GPU name and driver per device, or None where nvidia-smi is absent."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        return [{"error": str(exc)}]
+    return [dict(zip(("name", "driver"), (p.strip() for p in line.split(",")), strict=False))
+            for line in out.splitlines() if line.strip()]
+
+
+class Arm:
+    """One side of the A/B. `start()` returns the base URL; `stop()` ends what it started."""
+
+    kind: ArmKind
+
+    def __init__(self, label: str, spec: ArmSpec, workload: Workload) -> None:
+        self.label = label
+        self.spec = spec
+        self.workload = workload
+        self.served_model = workload.model_name
+        self.base_url = ""
+        self._facts: dict[str, Any] = {}
+
+    def given_settings(self) -> dict[str, Any] | None:
+        """The settings this arm's server was given (None: not controlled by us)."""
+        return self.workload.settings()
+
+    def check(self) -> None:
+        """Fail early (CouldNotRunError) when the arm cannot run at all."""
+
+    def collect_facts(self) -> None:
+        """Versions, digest, GPU: recorded in the report."""
+
+    def start(self, reporter: Reporter, log_path: Path) -> str:
+        raise NotImplementedError
+
+    def stop(self, reporter: Reporter) -> None:
+        """Nothing to stop by default (url arms)."""
+
+    def facts(self) -> dict[str, Any]:
+        return {"label": self.label, "spec": str(self.spec), "kind": self.spec.kind,
+                "served_model": self.served_model, **self._facts}
+
+    def _check_serves_model(self) -> None:
+        try:
+            ids = [m.get("id") for m in http_json(self.base_url + "/v1/models").get("data", [])]
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CouldNotRunError(f"{self.label}: GET {self.base_url}/v1/models failed: {exc}",
+                                   fix="check that the server speaks the OpenAI API") from exc
+        self._facts["models"] = ids
+        if self.served_model not in ids:
+            raise CouldNotRunError(
+                f"{self.label}: the server does not serve '{self.served_model}' (it has {ids})",
+                why="both arms must serve the workload's model under its name",
+                fix="check the model directory and served_model_name in the workload")
+
+
+class _ServerArm(Arm):
+    """An arm whose server process the harness starts and stops (venv, image)."""
+
+    startup_timeout_s = 1800.0  # first start of a big model compiles kernels and graphs
+
+    def __init__(self, label: str, spec: ArmSpec, workload: Workload) -> None:
+        super().__init__(label, spec, workload)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self.port = 0
+
+    def engine_flags(self, model_path: str, host: str, port: int) -> list[str]:
+        """`vllm serve` arguments; the same for every arm the harness starts."""
+        e = self.workload.engine
+        return ["serve", model_path, "--served-model-name", self.workload.model_name,
+                "--host", host, "--port", str(port), "--load-format", e.load_format,
+                "--seed", str(e.seed),
+                "--enable-prefix-caching" if e.prefix_caching else "--no-enable-prefix-caching",
+                *e.args]
+
+    def engine_env(self) -> dict[str, str]:
+        env = {"HF_HUB_OFFLINE": "1", **dict(self.workload.engine.env)}
+        if self.workload.engine.attention_backend:
+            env["VLLM_ATTENTION_BACKEND"] = self.workload.engine.attention_backend
+        return env
+
+    def command(self, port: int) -> tuple[list[str], dict[str, str | None]]:
+        raise NotImplementedError
+
+    def start(self, reporter: Reporter, log_path: Path) -> str:
+        self.port = free_port()
+        argv, env_changes = self.command(self.port)
+        reporter.log(f"+ {shlex.join(argv)}")
+        for line in format_env_changes(env_changes):
+            reporter.log(line)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(argv, env=apply_env(env_changes), stdout=self._log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            self._log.close()
+            raise CouldNotRunError(f"{self.label}: cannot start {argv[0]}: {exc}") from exc
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._wait_ready(log_path)
+        self._check_serves_model()
+        # What the server chose (attention backend, compile, graphs) is only in its log;
+        # keep those lines so two builds choosing differently shows in the report.
+        chosen = [line.strip()[-200:] for line in
+                  log_path.read_text(errors="replace").splitlines()
+                  if _CHOICE_LINE.search(line)]
+        self._facts["server_choices"] = chosen[:20]
+        return self.base_url
+
+    def _wait_ready(self, log_path: Path) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").splitlines()[-25:]
+                raise CouldNotRunError(
+                    f"{self.label}: the server exited with code {self._proc.returncode} "
+                    "before it was ready:\n" + "\n".join("      " + t for t in tail),
+                    fix=f"read the server log {log_path}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/health", timeout=5) as r:  # noqa: S310
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(1.0)
+        self.stop(Reporter(None))
+        raise CouldNotRunError(f"{self.label}: /health not ready after "
+                               f"{self.startup_timeout_s:.0f}s", fix=f"read {log_path}")
+
+    def stop(self, reporter: Reporter) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class VenvArm(_ServerArm):
+    kind: ArmKind = "venv"
+
+    def __init__(self, label: str, spec: ArmSpec, workload: Workload) -> None:
+        super().__init__(label, spec, workload)
+        self.venv = Path(spec.target).expanduser().resolve()
+
+    def command(self, port: int) -> tuple[list[str], dict[str, str | None]]:
+        argv = [str(self.venv / "bin" / "vllm"),
+                *self.engine_flags(str(self.workload.model), "127.0.0.1", port)]
+        return argv, dict(self.engine_env())
+
+    def check(self) -> None:
+        if not (self.venv / "bin" / "python").exists():
+            raise CouldNotRunError(f"{self.label}: {self.venv} is not a Python environment",
+                                   fix="create it (python -m venv) and install the wheels")
+        if not (self.venv / "bin" / "vllm").exists():
+            raise CouldNotRunError(f"{self.label}: {self.venv}/bin/vllm does not exist",
+                                   fix=f"install vLLM into it: {self.venv}/bin/pip install "
+                                       "wheels/<stack>/vllm-*.whl")
+
+    def collect_facts(self) -> None:
+        try:
+            out = subprocess.run([str(self.venv / "bin" / "python"), "-c", VERSIONS_SNIPPET],
+                                 capture_output=True, text=True, timeout=120, check=True).stdout
+            self._facts["versions"] = json.loads(out)
+        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+            self._facts["versions"] = {"error": str(exc)}
+        self._facts["gpu"] = gpu_facts()
+        self._facts["command"] = shlex.join(self.command(0)[0])
+
+
+class ImageArm(_ServerArm):
+    kind: ArmKind = "image"
+
+    def __init__(self, label: str, spec: ArmSpec, workload: Workload, *,
+                 gpus: str = "all") -> None:
+        super().__init__(label, spec, workload)
+        self.ref = spec.target
+        self.gpus = gpus
+        self.digest: str | None = self.ref.split("@", 1)[1] if "@" in self.ref else None
+        self.container = f"vllm-wheels-ab-{label}-{os.getpid()}"
+
+    @property
+    def run_ref(self) -> str:
+        """What `docker run` gets: repo@digest once known, so the digest recorded is the
+        image that ran even if the tag moves meanwhile."""
+        if self.digest and "@" not in self.ref:
+            return f"{strip_tag(self.ref)}@{self.digest}"
+        return self.ref
+
+    def command(self, port: int) -> tuple[list[str], dict[str, str | None]]:
+        argv = ["docker", "run", "--rm", "--name", self.container, "--gpus", self.gpus,
+                "--ipc=host", "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}",
+                "-v", f"{self.workload.model}:{CONTAINER_MODEL_DIR}:ro"]
+        for key, value in sorted(self.engine_env().items()):
+            argv += ["-e", f"{key}={value}"]
+        # --entrypoint vllm: images differ in their ENTRYPOINT (`vllm serve`, or the older
+        # `python3 -m vllm.entrypoints.openai.api_server`); this runs the same CLI in all.
+        argv += ["--entrypoint", "vllm", self.run_ref,
+                 *self.engine_flags(CONTAINER_MODEL_DIR, "0.0.0.0", CONTAINER_PORT)]
+        return argv, {}
+
+    def given_settings(self) -> dict[str, Any] | None:
+        # The container sees the model at /model; what was mounted there is the host dir,
+        # so the settings are the workload's (same model directory as a venv arm).
+        return self.workload.settings()
+
+    def check(self) -> None:
+        if shutil.which("docker") is None:
+            raise CouldNotRunError(f"{self.label}: docker is not installed",
+                                   fix="install Docker with the NVIDIA container toolkit")
+        info = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        if info.returncode != 0:
+            raise CouldNotRunError(f"{self.label}: no Docker engine answers "
+                                   f"({(info.stderr or info.stdout).strip()[:300]})",
+                                   fix="start the Docker daemon (and check `docker run --gpus "
+                                       "all nvidia/cuda:12.8.1-base-ubuntu22.04 nvidia-smi`)")
+
+    def resolve_digest(self, reporter: Reporter) -> None:
+        """Pull, then read the digest the registry gave; never make one up."""
+        if self.digest:
+            return
+        from ...runner import run
+
+        run(["docker", "pull", self.ref], reporter=reporter, error_cls=CouldNotRunError,
+            what=f"docker pull {self.ref}", fix="check the registry is reachable")
+        out = subprocess.run(["docker", "image", "inspect", "--format",
+                              "{{json .RepoDigests}}", self.ref],
+                             capture_output=True, text=True, timeout=60, check=False)
+        try:
+            digests = json.loads(out.stdout) if out.returncode == 0 else []
+        except json.JSONDecodeError:
+            digests = []
+        repo = strip_tag(self.ref)
+        for entry in digests or []:
+            name, _, digest = entry.partition("@")
+            if name.endswith(repo.split("/", 1)[-1]) and digest:
+                self.digest = digest
+                return
+        reporter.warn(f"{self.label}: no registry digest for {self.ref}; the report names "
+                      "the tag only")
+
+    def collect_facts(self) -> None:
+        self._facts.update({"image": self.ref, "digest": self.digest, "run_ref": self.run_ref,
+                            "command": shlex.join(self.command(0)[0]), "gpu": gpu_facts()})
+        if shutil.which("docker") is None:
+            return
+        try:
+            out = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python3",
+                                  self.run_ref, "-c", VERSIONS_SNIPPET],
+                                 capture_output=True, text=True, timeout=600, check=True).stdout
+            self._facts["versions"] = json.loads(out.strip().splitlines()[-1])
+        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
+            self._facts["versions"] = {"error": str(exc)}
+
+    def stop(self, reporter: Reporter) -> None:
+        if self._proc is not None and shutil.which("docker"):
+            subprocess.run(["docker", "stop", "-t", "30", self.container],
+                           capture_output=True, timeout=120, check=False)
+        super().stop(reporter)
+
+
+class UrlArm(Arm):
+    kind: ArmKind = "url"
+
+    def __init__(self, label: str, spec: ArmSpec, workload: Workload) -> None:
+        super().__init__(label, spec, workload)
+        self.base_url = spec.target.rstrip("/")
+
+    def given_settings(self) -> dict[str, Any] | None:
+        return None  # someone else's server: its engine settings are not ours to know
+
+    def check(self) -> None:
+        try:
+            data = http_json(self.base_url + "/v1/models")
+        except (OSError, ValueError) as exc:
+            raise CouldNotRunError(f"{self.label}: no OpenAI-compatible server at "
+                                   f"{self.base_url} ({exc})",
+                                   fix="start the server first, or check HOST:PORT") from exc
+        ids = [m.get("id") for m in data.get("data", [])] if isinstance(data, dict) else []
+        self._facts["models"] = ids
+        # Someone else's server names its model as it likes: use its one model when the
+        # workload's name is not among them (the report records what was served).
+        if self.served_model not in ids and len(ids) == 1:
+            self.served_model = ids[0]
+
+    def start(self, reporter: Reporter, log_path: Path) -> str:
+        self._check_serves_model()
+        return self.base_url
+
+    def collect_facts(self) -> None:
+        try:
+            self._facts["version"] = http_json(self.base_url + "/version")
+        except (OSError, ValueError):
+            self._facts["version"] = None  # not a vLLM server, or an older one
+        self._facts["url"] = self.base_url
+        self._facts["gpu"] = None  # the server's host is not ours to query
+
+
+def make_arm(label: str, spec: ArmSpec, workload: Workload) -> Arm:
+    if spec.kind == "venv":
+        return VenvArm(label, spec, workload)
+    if spec.kind == "image":
+        return ImageArm(label, spec, workload)
+    return UrlArm(label, spec, workload)
