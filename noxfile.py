@@ -105,7 +105,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict, hadolint on every Dockerfile, docker/ vs the stack."""
-    session.install("-e", ".[lint]")
+    session.install("-e", ".[lint,throughput]")  # throughput: its typed deps for mypy
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("mypy")
     dockerfiles = sorted(str(p) for p in Path("docker").glob("*Dockerfile*")
@@ -131,3 +131,10 @@ def bench_build(session: nox.Session) -> None:
     """Time cold, no-change and one-file-change builds of the test stack; cache hit rates."""
     session.install("-e", ".")
     session.run("python", "tools/bench_build.py", *session.posargs)
+
+
+@nox.session(python="3.11", default=False, tags=["bench"])
+def bench_index(session: nox.Session) -> None:
+    """Time publishing 200 wheels, page generation, a no-op re-publish and a yank."""
+    session.install("-e", ".")
+    session.run("python", "tools/bench_index.py", *session.posargs)

@@ -275,8 +275,8 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
                 return BuildVenv(path, facts, tuple(requirements))
             reporter.warn(f"build venv {path} no longer holds torch {facts.version} "
                           f"(found {current.version}); recreating it")
-        python = find_python(stack.python)
-        if python is None:
+        interpreter = find_python(stack.python)
+        if interpreter is None:
             raise ToolchainError(f"Python {stack.python} not found (looked for python{stack.python})",
                                  why="the stack pins the Python the wheels are built for",
                                  fix=f"install Python {stack.python} (e.g. `uv python install "
@@ -285,7 +285,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         tmp = temp_sibling(path)
         remove(tmp)
         try:
-            _create_venv(stack, python, tmp, reporter, requirements)
+            _create_venv(stack, interpreter, tmp, reporter, requirements)
             facts = read_torch_facts(tmp / "bin" / "python")
             report = json.loads((tmp / "pip-torch-report.json").read_text())
             for item in report.get("install", []):
