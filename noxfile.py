@@ -134,6 +134,13 @@ def bench_build(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11", default=False, tags=["bench"])
+def bench_verify(session: nox.Session) -> None:
+    """Time verify_abi (cold, warm, static only): `-- --wheels DIR --python PY`."""
+    session.install("-e", ".")
+    session.run("python", "tools/bench_verify.py", *session.posargs)
+
+
+@nox.session(python="3.11", default=False, tags=["bench"])
 def bench_index(session: nox.Session) -> None:
     """Time publishing 200 wheels, page generation, a no-op re-publish and a yank."""
     session.install("-e", ".")
