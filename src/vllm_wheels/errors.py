@@ -13,11 +13,14 @@ class PipelineError(Exception):
     exit_code = 1
     kind = "error"
 
-    def __init__(self, what: str, *, why: str = "", fix: str = "") -> None:
+    def __init__(self, what: str, *, why: str = "", fix: str = "",
+                 returncode: int | None = None) -> None:
         super().__init__(what)
         self.what = what
         self.why = why
         self.fix = fix
+        # Exit status of the child process that failed, when a subprocess is the cause.
+        self.returncode = returncode
 
     def render(self) -> str:
         lines = [f"ERROR ({self.kind}, exit {self.exit_code}): {self.what}"]

@@ -102,6 +102,8 @@ def run(
     except KeyboardInterrupt:
         # Stop the whole process group (ninja and its nvcc children), not just the parent.
         _kill_group(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
         raise InterruptedError_(f"interrupted while running: {what or exe}",
                                 why="Ctrl-C or SIGTERM",
                                 fix="re-run the same command; finished steps are reused"
@@ -117,13 +119,13 @@ def run(
         raise DiskFullError(f"{header}: the disk is full\n{detail}",
                             why="a build step could not write its output",
                             fix="free disk space (or point --cache-dir at a larger disk) "
-                                f"and re-run. {log_hint}")
+                                f"and re-run. {log_hint}", returncode=returncode)
     if returncode in (-signal.SIGKILL, 137) or _OOM.search(text):
         raise BuildError(f"{header}: a compiler was killed (most likely out of memory)\n{detail}",
                          why="each CUDA translation unit can take 3-7 GB; too many ran at once",
                          fix="re-run with a lower --max-jobs (or MAX_JOBS), or free memory. "
-                             f"{log_hint}")
-    raise error_cls(f"{header}\n{detail}", why=log_hint, fix=fix)
+                             f"{log_hint}", returncode=returncode)
+    raise error_cls(f"{header}\n{detail}", why=log_hint, fix=fix, returncode=returncode)
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -287,7 +287,6 @@ def test_failed_stage_is_recorded_with_exit_code_and_log(tmp_path: Path) -> None
 
 # runner.run does not close the child's stdout pipe when interrupted; the file object is
 # closed by the garbage collector, which pytest reports as an unraisable ResourceWarning.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_interrupted_trial_continues_from_the_interrupted_stage(tmp_path: Path) -> None:
     key = stages.trial_key({"stack": "s"}, [])
     state = stages.TrialState.load(tmp_path / "state.json", key)

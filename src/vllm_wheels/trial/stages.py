@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -157,9 +156,8 @@ class TrialState:
 
 
 def _exit_code(exc: PipelineError) -> int:
-    """runner.run names the child's exit code in its message."""
-    m = re.search(r"failed with exit code (-?\d+)", exc.what)
-    return int(m.group(1)) if m else exc.exit_code
+    """The stage command's own exit code (runner.run records it), else the error's."""
+    return exc.returncode if exc.returncode is not None else exc.exit_code
 
 
 def run_command_stage(name: str, argv: Sequence[str], *, log_path: Path, reporter: Reporter,
