@@ -16,6 +16,7 @@ from ..toolchain import ensure_build_venv
 from . import abi
 from .checks import FAIL, UNKNOWN
 from .report import REPORT_FILENAME
+from .wheelfacts import collect_wheels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     reporter = Reporter(log_path)
     try:
         reporter.say(f"verify_abi: full log: {log_path}")
+        collect_wheels(wheels)  # no wheels: say so before creating a runtime venv
         python = args.python
         if python is None:
             assert stack is not None

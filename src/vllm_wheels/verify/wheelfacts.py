@@ -213,6 +213,10 @@ def collect_wheels(paths: list[Path]) -> list[Path]:
             wheels += sorted(path.glob("*.whl"))
         elif path.is_file() and path.suffix == ".whl":
             wheels.append(path)
+        elif not path.exists():
+            raise CannotCheckError(f"{path} does not exist",
+                                   fix="build the wheels first (`nox -s build_wheels`) or pass "
+                                       "--wheels with a directory or .whl files")
         else:
             raise CannotCheckError(f"{path} is neither a wheel nor a directory of wheels",
                                    fix="pass --wheels with a directory or .whl files")
