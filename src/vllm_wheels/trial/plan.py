@@ -281,6 +281,14 @@ def _describe(stack: Stack, replacements: list[tuple[str, str]]) -> str:
     return text if changed else f"trial of {replacements[0][1]} from stack {stack.name}"
 
 
+def _shown(path: Path, repo_root: Path) -> str:
+    """Repo-relative where possible: reports are committed and read on other machines."""
+    try:
+        return str(path.resolve().relative_to(repo_root.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: Cache,
                reporter: Reporter, stack_out: Path, default_stack: Path,
                first_step: int = 1, total_steps: int = PLAN_STEPS) -> dict[str, Any]:
@@ -509,9 +517,9 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
                                  else {})}}
     return {
         "request": request.to_dict(),
-        "current_stack": {"file": str(stack.path), "name": stack.name, "digest": stack.digest(),
-                          "description": stack.description},
-        "candidate_stack": {"file": str(stack_out), "name": written.name,
+        "current_stack": {"file": _shown(stack.path, repo_root), "name": stack.name,
+                          "digest": stack.digest(), "description": stack.description},
+        "candidate_stack": {"file": _shown(stack_out, repo_root), "name": written.name,
                             "digest": written.digest(), "description": written.description},
         "torch": decision.to_dict(),
         "pins": [r.to_dict() for r in pins],
