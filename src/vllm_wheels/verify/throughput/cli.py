@@ -42,13 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where <stamp>-<workload>/ goes (default: verify/results)")
     parser.add_argument("--json", type=Path, default=None, help="also copy result.json here")
     parser.add_argument("--report", type=Path, default=None, help="also copy report.md here")
+    parser.add_argument("--stack", type=Path, default=None,
+                        help="stack whose wheels make the default candidate (default: "
+                             "build/stack.toml)")
+    parser.add_argument("--prepare-candidate", action="store_true",
+                        help="only make (or check) the default candidate venv "
+                             "wheels/<stack>/venv from the stack's wheels, then exit")
 
 
-def _default_candidate(root: Path) -> str:
+def _default_candidate(root: Path, stack_file: Path | None, reporter: Reporter) -> str:
+    """venv:wheels/<stack>/venv, made from the stack's wheels if missing or stale."""
     from ...stack import load_stack
+    from .candidate import ensure_candidate_venv
 
-    stack = load_stack(root / "build" / "stack.toml")
-    return f"venv:{root / 'wheels' / stack.name / 'venv'}"
+    stack = load_stack(stack_file or root / "build" / "stack.toml")
+    return f"venv:{ensure_candidate_venv(stack, root / 'wheels' / stack.name, reporter)}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     root = _repo_root()
     verify_dir = root / "verify"
+    if args.prepare_candidate:
+        print(_default_candidate(root, args.stack, Reporter(None)))
+        return 0
     workload = load_workload(resolve_workload_path(args.workload, verify_dir / "workloads"))
     workload = workload.with_overrides(model=args.model, runs=args.runs)
     if not (workload.model / "config.json").is_file():
@@ -64,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                           why="vLLM needs the model's config.json and tokenizer files even "
                               "with random (dummy) weights",
                           fix="download them (see README, 'Throughput A/B') or pass --model DIR")
-    candidate_spec = arms.parse_arm_spec(args.candidate or _default_candidate(root))
+    candidate_spec = arms.parse_arm_spec(
+        args.candidate or _default_candidate(root, args.stack, Reporter(None)))
     baseline_spec = arms.parse_arm_spec(
         args.baseline or "image:" + arms.load_baseline_image(verify_dir / "baseline.toml"))
     candidate = arms.make_arm("candidate", candidate_spec, workload)
