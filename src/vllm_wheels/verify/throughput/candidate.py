@@ -54,7 +54,7 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
                      f"{len(wheels)} wheel(s))")
         run([python, "-m", "venv", tmp], reporter=reporter, error_cls=CouldNotRunError,
             what="create the candidate venv")
-        pip = [tmp / "bin" / "python", "-m", "pip", "install"]
+        pip: list[str | Path] = [tmp / "bin" / "python", "-m", "pip", "install"]
         companions = [f"{k}=={v}" for k, v in sorted(stack.torch.companions.items())]
         run([*pip, *index, torch_req, *companions], reporter=reporter, env_changes=env,
             error_cls=CouldNotRunError, what=f"install {torch_req} into the candidate venv",
