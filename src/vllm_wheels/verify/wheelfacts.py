@@ -10,6 +10,7 @@ colleagues' wheels can be checked too.
 from __future__ import annotations
 
 import email.parser
+import errno
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from ..cache import remove, temp_sibling
-from ..errors import CannotCheckError
+from ..errors import CannotCheckError, DiskFullError
 from ..sources import sha256_file
 from ..wheelmeta import MANIFEST_NAME
 from .elf import ElfInfo, NotElf, is_elf, read_elf
@@ -153,6 +154,13 @@ def unpack_wheel(wheel: Path, root: Path) -> tuple[str, Path]:
         remove(tmp)
         raise CannotCheckError(f"{wheel} is not a valid wheel (zip): {exc}",
                                fix="rebuild or re-download it") from None
+    except OSError as exc:
+        remove(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"disk full while unpacking {wheel.name} into {root}",
+                                why="verify_abi reads the wheel's files from an unpacked copy",
+                                fix="free space or point --cache-dir at a larger disk") from None
+        raise
     except BaseException:
         remove(tmp)
         raise
