@@ -124,3 +124,24 @@ def test_overlay_places_wheel_files_at_their_installed_paths(libs: Path) -> None
     loader = Loader(_runtime((2, 36)), overlay=overlay)
     objects, missing = loader.closure("/site/pkg/libmain.so")
     assert missing == [] and "/site/deps/libdep.so" in [p for p, _ in objects]
+
+
+def test_unpack_cache_is_pruned_by_age_and_dead_temp_dirs(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from vllm_wheels.verify.wheelfacts import clear_unpacked
+
+    old, recent, current = (tmp_path / n for n in ("old", "recent", "current"))
+    for d in (old, recent, current):
+        d.mkdir()
+    stale = time.time() - 30 * 86400
+    os.utime(old, (stale, stale))
+    os.utime(current, (stale, stale))
+    dead = tmp_path / ".abc.tmp-999999999"  # no such pid
+    live = tmp_path / f".abc.tmp-{os.getpid()}"
+    dead.mkdir()
+    live.mkdir()
+    clear_unpacked(tmp_path, keep={"current"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["recent", "current", live.name])

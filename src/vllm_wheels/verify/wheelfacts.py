@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,7 @@ def unpack_wheel(wheel: Path, root: Path) -> tuple[str, Path]:
     digest = sha256_file(wheel)
     target = root / digest[:24]
     if target.is_dir():
+        os.utime(target)  # recently used: kept by clear_unpacked
         return digest, target
     root.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
@@ -149,7 +151,12 @@ def unpack_wheel(wheel: Path, root: Path) -> tuple[str, Path]:
                 mode = (member.external_attr >> 16) & 0o777
                 if mode:
                     os.chmod(dest, mode)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            remove(tmp)  # a concurrent run unpacked the same wheel first: use its copy
     except zipfile.BadZipFile as exc:
         remove(tmp)
         raise CannotCheckError(f"{wheel} is not a valid wheel (zip): {exc}",
@@ -234,10 +241,33 @@ def collect_wheels(paths: list[Path]) -> list[Path]:
     return wheels
 
 
-def clear_unpacked(root: Path, keep: set[str]) -> None:
-    """Drop unpacked trees of wheels no longer checked (keeps the cache bounded)."""
+def clear_unpacked(root: Path, keep: set[str], max_age_days: float = 7) -> None:
+    """Drop unpacked trees not used for `max_age_days` (keeps the cache bounded). Age,
+    not "not in this run": another verify_abi (e.g. a build's) may be reading them now."""
     if not root.is_dir():
         return
+    cutoff = time.time() - max_age_days * 86400
     for child in root.iterdir():
-        if child.name not in keep and not child.name.startswith("."):
-            shutil.rmtree(child, ignore_errors=True)
+        if child.name.startswith("."):
+            # `.<name>.tmp-<pid>` of a run that was killed mid-unpack.
+            pid = child.name.rpartition(".tmp-")[2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(child, ignore_errors=True)
+            continue
+        if child.name in keep:
+            continue
+        try:
+            if child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+        except FileNotFoundError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
