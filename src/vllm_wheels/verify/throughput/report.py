@@ -127,7 +127,7 @@ def markdown(result: AbResult) -> str:
                 f"| {name} ({unit}){'' if m.gated else ' *'} | {float(np.median(m.baseline)):.2f} | "
                 f"{float(np.median(m.candidate)):.2f} | {m.change:+.2%} | "
                 f"[{m.ci_low - 1:+.2%}, {m.ci_high - 1:+.2%}] | "
-                f"{m.cv_baseline:.1%} / {m.cv_candidate:.1%} | {m.verdict} |")
+                f"{m.cv_baseline:.1%} / {m.cv_candidate:.1%} | {m.verdict if m.gated else '(not gated)'} |")
         lines.append("")
         lines.append("\\* reported, not gated. Change = median(candidate) / median(baseline) - 1 "
                      "over the valid runs; CI by bootstrap over runs.")
