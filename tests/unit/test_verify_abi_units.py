@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.tags import Tag
 
 from vllm_wheels.fatbin import FatbinEntry
-from vllm_wheels.verify.checks import parse_arch, runtime_tags
+from vllm_wheels.verify.checks import check_companions, parse_arch, runtime_tags
 from vllm_wheels.verify.elf import demangle, read_elf
 from vllm_wheels.verify.runtime import Loader, Runtime
+from vllm_wheels.verify.wheelfacts import WheelFacts
 
 
 @pytest.mark.parametrize(("entry", "gpu", "runs"), [
@@ -145,3 +147,27 @@ def test_unpack_cache_is_pruned_by_age_and_dead_temp_dirs(tmp_path: Path) -> Non
     clear_unpacked(tmp_path, keep={"current"})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["recent", "current", live.name])
+
+
+def _facts(name: str, version: str, requires: tuple[str, ...]) -> WheelFacts:
+    return WheelFacts(path=Path(f"/w/{name}-{version}-py3-none-any.whl"), sha256="0" * 64,
+                      name=name, version=version, tags=frozenset(), manifest=None,
+                      requires=[Requirement(r) for r in requires], unpacked=Path("/u"))
+
+
+def test_companions_flashinfer_family_and_tvm_ffi() -> None:
+    vllm = _facts("vllm", "0.11.2", ("flashinfer-python==0.5.2", "apache-tvm-ffi==0.1.4"))
+    rt = _runtime((2, 36))
+    rt.dists.update({"flashinfer-python": "0.5.2", "flashinfer-cubin": "0.5.2",
+                     "apache-tvm-ffi": "0.1.4"})
+    assert check_companions(vllm, rt, [vllm]).status == "pass"
+    rt.dists["flashinfer-cubin"] = "0.5.3"  # cubin from another release: kernels differ
+    result = check_companions(vllm, rt, [vllm])
+    assert result.status == "fail" and "FlashInfer packages differ" in result.summary
+    rt.dists["flashinfer-cubin"] = "0.5.2"
+    rt.dists["apache-tvm-ffi"] = "0.1.5"
+    result = check_companions(vllm, rt, [vllm])
+    assert result.status == "fail" and "apache-tvm-ffi 0.1.5" in result.summary
+    # The FlashInfer in the wheel set counts, not the runtime's.
+    fi = _facts("flashinfer-python", "0.5.3", ())
+    assert "0.5.3 in this wheel set" in check_companions(vllm, rt, [vllm, fi]).summary

@@ -233,11 +233,12 @@ def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]
             rows.append(f"{req}: {have} {where}")
             bad.append(f"{project} {have} {where} but the wheel needs {req.specifier}")
     # FlashInfer's packages are built together and must share one version.
-    family = {}
-    for project in FLASHINFER_FAMILY:
+    family: dict[str, str] = {}
+    uses_flashinfer = any(p in pins for p in FLASHINFER_FAMILY) or canonicalize_name(
+        w.name) in map(canonicalize_name, FLASHINFER_FAMILY)
+    for project in FLASHINFER_FAMILY if uses_flashinfer else ():
         v = in_set.get(canonicalize_name(project)) or rt.dists.get(project)
-        if v is not None and (project in pins or canonicalize_name(w.name) in
-                              map(canonicalize_name, FLASHINFER_FAMILY)):
+        if v is not None:
             family[project] = Version(v).public
     if len(set(family.values())) > 1:
         bad.append("FlashInfer packages differ: " +
