@@ -20,7 +20,7 @@ from ..log import Reporter
 from . import checks
 from .checks import FAIL, NA, PASS, UNKNOWN, CheckResult, LinkScope
 from .report import REPORT_SCHEMA_VERSION
-from .runtime import Loader, Runtime, probe
+from .runtime import Loader, Runtime, probe, runtime_env
 from .wheelfacts import WheelFacts, clear_unpacked, collect_wheels, read_wheel
 
 IMPORT_TIMEOUT_S = 600
@@ -193,8 +193,7 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
         return
     plan = {"torch": any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
             "modules": modules}
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    env = runtime_env()
     try:
         proc = subprocess.run([str(runtime.python), "-c", SMOKE, json.dumps(plan)],
                               capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S,

@@ -136,8 +136,8 @@ def probe(python: Path, timeout: float = 60) -> Runtime:
                 "against a venv made from the stack")
     code = PROBE.replace("WATCHED", repr(WATCHED_DISTS))
     try:
-        proc = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run([str(python), "-c", code], env=runtime_env(), capture_output=True,
+                              text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CannotCheckError(f"the runtime interpreter {python} could not be run: {exc}",
                                fix="pass --python with a working Python interpreter") from None
@@ -176,6 +176,14 @@ def probe(python: Path, timeout: float = 60) -> Runtime:
         ld_library_path=[p for p in data["ld_library_path"].split(":") if p],
         libpython=libpython, dists=data["dists"], torch=torch, torch_error=torch_error,
         gpus=detect_gpus())
+
+
+def runtime_env() -> dict[str, str]:
+    """The environment the runtime interpreter runs in, for the probe and the import test
+    alike: this process's, minus PYTHONPATH (which points at this tool, not the runtime)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 def detect_gpus() -> list[Gpu]:
