@@ -384,11 +384,47 @@ def test_throughput_stage_on_a_gpu_host(tmp_path: Path) -> None:
             reporter.close()
 
     assert "does not exist yet" in throughput(False).detail
-    missing = throughput(True)
-    assert missing.status == "not-run" and str(paths.wheels / "venv") in missing.detail
-    (paths.wheels / "venv" / "bin").mkdir(parents=True)
-    (paths.wheels / "venv" / "bin" / "python").write_text("")
     ran = throughput(True)
     assert ran.status == "passed" and "measured" in Path(ran.log or "").read_text()
-    assert stages.stage_commands(paths)["throughput"][3:5] == \
-        ["verify-throughput", "--candidate"]
+    # verify-throughput makes the candidate venv itself, from the trial's wheels and stack.
+    command = stages.stage_commands(paths)["throughput"]
+    assert command[3] == "verify-throughput" and "--candidate" not in command
+    assert command[command.index("--stack") + 1] == str(paths.stack)
+    assert command[command.index("--wheels") + 1] == str(paths.wheels)
+
+
+def test_a_stage_that_runs_again_invalidates_the_saved_later_stages(tmp_path: Path) -> None:
+    """build re-runs (its wheels were deleted): the abi pass saved for the old wheels must
+    not be reused; it runs again (and here fails, as it would for the new wheels)."""
+    paths = _paths(tmp_path)
+    state = stages.TrialState(tmp_path / "state.json", "k")
+    state.record(stages.StageResult("build", "passed"))
+    state.record(stages.StageResult("abi", "passed"))
+    assert not paths.wheels.exists()  # so build is not reusable
+    commands = {"build": _py(f"import os; os.makedirs({str(paths.wheels)!r})"),
+                "abi": _py("import sys; sys.exit(8)"), "throughput": _py("")}
+    reporter = _reporter(tmp_path)
+    try:
+        results = stages.run_stages(state, ["plan", "build", "abi"], commands=commands,
+                                    paths=paths, reporter=reporter, gpu=False,
+                                    throughput_available=True, first_step=2, total_steps=4)
+    finally:
+        reporter.close()
+    assert [(r.name, r.status, r.reused) for r in results] == [
+        ("build", "passed", False), ("abi", "failed", False)]
+    assert results[1].exit_code == 8
+
+
+def test_candidate_archs_follow_the_candidates_nvcc(repo_root: Path, tmp_path: Path) -> None:
+    """When torch's CUDA moves to 13, the candidate builds with nvcc 13 and takes CMake's
+    nvcc >= 13.0 branch: an arch only the 12.8 branch accepts (10.0 here) is dropped."""
+    facts = read_release(release_tree(tmp_path / "src"), "vllm", "9.9.9")
+    stack = dataclasses.replace(load_stack(repo_root / "build" / "stack.toml"),
+                                cuda_arch_list=("10.0", "12.0"))
+    same = compare.arch_support(stack, Version("12.8"), facts, facts)
+    assert same["candidate_drops"] == []
+    moved = compare.arch_support(stack, Version("12.8"), facts, facts, Version("13.0"))
+    assert moved["candidate_drops"] == ["10.0"]
+    assert moved["candidate"]["branch"]["min_nvcc"] == "13.0" or \
+        "13.0" in moved["candidate"]["branch"]["condition"]
+    assert moved["current"]["missing"] == []

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..cache import Cache, default_cache_root
+from ..errors import ConfigError
 from ..log import Reporter, format_duration
 from ..stack import load_stack
 from . import stages
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     patch_roots = [root / Path(spec.patches).parent for spec in stack.packages]
     key = stages.trial_key({"layout": PLAN_LAYOUT, "stack": str(stack_path),
                             "digest": stack.digest(), "request": request.to_dict(),
-                            "stack_out": str(stack_out), "wheels": str(wheels)}, patch_roots)
+                            "stack_out": str(stack_out), "wheels": str(wheels),
+                            "abi_python": str(args.abi_python or "")}, patch_roots)
     state = stages.TrialState.load(state_path, key, fresh=args.fresh)
     paths = stages.StagePaths(stack=stack_out, wheels=wheels,
                               abi_json=report_json.with_name(report_json.stem + ".abi.json"),
@@ -100,13 +102,21 @@ def run(args: argparse.Namespace) -> int:
         reporter.say(f"    {state.note}; state file: {state_path}")
         reporter.say(f"    full log: {log_path}")
         reuse = (state.plan is not None and state.passed("plan") and stack_out.is_file()
-                 and load_stack(stack_out).digest() == state.plan["candidate_stack"]["digest"])
+                 and _digest_or_none(stack_out) == state.plan["candidate_stack"]["digest"])
         total = (1 if reuse else PLAN_STEPS) + len(later) + 1
         if reuse:
             reporter.step(1, total, "plan: reused from the saved trial")
             state.results["plan"].reused = True
             reporter.step_done(f"candidate stack {stack_out}")
         else:
+            # A new plan makes every later result stale, and so are wheels a previous plan
+            # of this trial left in its own output dir (they would be verified and installed
+            # with the new ones).
+            for later_stage in ("build", "abi", "throughput"):
+                state.results.pop(later_stage, None)
+            if wheels.is_dir() and wheels == (root / "wheels" / request.name).resolve():
+                for stale in [*wheels.glob("*.whl"), wheels / "verify-abi.json"]:
+                    stale.unlink(missing_ok=True)
             started = time.monotonic()
             state.plan = plan_trial(stack, request, repo_root=root, cache=cache,
                                     reporter=reporter, stack_out=stack_out,
@@ -155,3 +165,12 @@ def run(args: argparse.Namespace) -> int:
         return (failed[0].exit_code or 1) if failed else 0
     finally:
         reporter.close()
+
+
+def _digest_or_none(stack_file: Path) -> str | None:
+    """The saved trial stack's digest; None when it no longer loads (edited by hand):
+    the trial then plans again instead of stopping."""
+    try:
+        return load_stack(stack_file).digest()
+    except ConfigError:
+        return None

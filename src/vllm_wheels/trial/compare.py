@@ -257,14 +257,19 @@ def _base_arch(arch: str) -> str:
 
 
 def arch_support(stack: Stack, nvcc_floor: Version | None, current: ReleaseFacts,
-                 candidate: ReleaseFacts) -> dict[str, Any]:
+                 candidate: ReleaseFacts, candidate_floor: Version | None = None
+                 ) -> dict[str, Any]:
     """The stack's arch list against the CUDA_SUPPORTED_ARCHS branch each release's CMake
-    takes with the stack's nvcc."""
+    takes with the nvcc it is built with: the current stack's for the current release, the
+    candidate stack's (which moves with torch's CUDA major) for the candidate."""
+    cand_floor = candidate_floor if candidate_floor is not None else nvcc_floor
     result: dict[str, Any] = {"stack_archs": list(stack.cuda_arch_list),
-                              "nvcc_floor": str(nvcc_floor) if nvcc_floor else None}
+                              "nvcc_floor": str(nvcc_floor) if nvcc_floor else None,
+                              "candidate_nvcc_floor": str(cand_floor) if cand_floor else None}
     unsupported: list[str] = []
-    for key, facts in (("current", current), ("candidate", candidate)):
-        branch = facts.branch_for(nvcc_floor)
+    for key, facts, floor in (("current", current, nvcc_floor),
+                              ("candidate", candidate, cand_floor)):
+        branch = facts.branch_for(floor)
         result[key] = {"branches": [b.to_dict() for b in facts.arch_branches],
                        "branch": branch.to_dict() if branch else None}
         if branch is None:

@@ -376,15 +376,6 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
 
     step += 1
     reporter.step(step, total_steps, f"write the candidate stack {stack_out}")
-    floor = toolkit_floor(stack.cuda_toolkit.version, stack.cuda_toolkit.pip_version)
-    archs = compare.arch_support(stack, floor, current["vllm"], cand_vllm)
-    if archs["candidate_drops"]:
-        blockers.append(f"vllm {request.vllm} does not accept {', '.join(archs['candidate_drops'])}"
-                        f" with nvcc {floor} (CUDA_SUPPORTED_ARCHS, "
-                        f"{archs['candidate']['branch']['where'] if archs['candidate']['branch'] else '?'})")
-    if not archs["found"]:
-        warnings.append(f"no CUDA_SUPPORTED_ARCHS found in vllm {request.vllm}'s CMakeLists.txt: "
-                        "the arch list is unverified")
     py_ok = python_supported(cand_vllm.requires_python, stack.python)
     if py_ok is False:
         blockers.append(f"vllm {request.vllm} requires Python {cand_vllm.requires_python}; the "
@@ -404,6 +395,19 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
         toolkit = dataclasses.replace(toolkit, version=toolkit_version)
     if decision.moves and decision.cuda_note.startswith("could not"):
         blockers.append(decision.cuda_note)
+    # The arch branch each release's CMake takes depends on the nvcc it is built with: the
+    # candidate's toolkit has moved with torch's CUDA major, when it moved.
+    floor = toolkit_floor(stack.cuda_toolkit.version, stack.cuda_toolkit.pip_version)
+    cand_floor = toolkit_floor(toolkit.version, toolkit.pip_version)
+    archs = compare.arch_support(stack, floor, current["vllm"], cand_vllm, cand_floor)
+    if archs["candidate_drops"]:
+        where = archs["candidate"]["branch"]["where"] if archs["candidate"]["branch"] else "?"
+        blockers.append(f"vllm {request.vllm} does not accept "
+                        f"{', '.join(archs['candidate_drops'])} with nvcc {cand_floor} "
+                        f"(CUDA_SUPPORTED_ARCHS, {where})")
+    if not archs["found"]:
+        warnings.append(f"no CUDA_SUPPORTED_ARCHS found in vllm {request.vllm}'s CMakeLists.txt: "
+                        "the arch list is unverified")
 
     patches_by_pkg = {r["package"]: r for r in patch_reports}
     new_packages = []

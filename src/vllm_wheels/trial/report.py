@@ -112,8 +112,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     archs = report["archs"]
     out += ["", "## CUDA architectures", "",
             f"The stack builds `{' '.join(archs['stack_archs'])}` with nvcc "
-            f"{archs['nvcc_floor'] or '?'} or newer; each release's CMake intersects that "
-            "with `CUDA_SUPPORTED_ARCHS` of the branch it takes for that nvcc.", ""]
+            f"{archs['nvcc_floor'] or '?'} or newer"
+            + (f" (the candidate stack with nvcc {archs['candidate_nvcc_floor']} or newer, its "
+               "toolkit having moved with torch's CUDA)"
+               if archs.get("candidate_nvcc_floor") not in (None, archs["nvcc_floor"]) else "")
+            + "; each release's CMake intersects that with `CUDA_SUPPORTED_ARCHS` of the "
+            "branch it takes for that nvcc.", ""]
     branch_rows = []
     for key in ("current", "candidate"):
         for b in archs[key]["branches"]:

@@ -221,10 +221,11 @@ def stage_commands(paths: StagePaths, *, abi_python: str | None = None) -> dict[
         "build": [*cli, "build-wheels", "--stack", str(paths.stack), "--output-dir",
                   str(paths.wheels), "--cache-dir", str(paths.cache)],
         "abi": abi,
-        # verify-throughput's candidate arm is a venv holding the wheels (venv:PATH); its
-        # baseline defaults to the nightly image named in verify/baseline.toml.
-        "throughput": [*cli, THROUGHPUT_COMMAND, "--candidate", f"venv:{paths.wheels / 'venv'}",
-                       "--json", str(paths.throughput_json), "--report",
+        # verify-throughput makes its candidate venv from the trial's wheels and the trial
+        # stack's torch (wheels/<...>/venv, verify_abi-gated); the baseline defaults to the
+        # nightly image named in verify/baseline.toml.
+        "throughput": [*cli, THROUGHPUT_COMMAND, "--stack", str(paths.stack), "--wheels",
+                       str(paths.wheels), "--json", str(paths.throughput_json), "--report",
                        str(paths.throughput_json.with_suffix(".md"))],
     }
 
@@ -238,12 +239,16 @@ def run_stages(state: TrialState, stages: Sequence[str], *, commands: Mapping[st
     results: list[StageResult] = []
     step = first_step
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    upstream_ran = False  # once a stage really runs, what later stages saved is stale
     for name in ("build", "abi", "throughput"):
         if name not in stages:
             continue
         reporter.step(step, total_steps, f"stage {name}")
         step += 1
         saved = state.results.get(name)
+        if upstream_ran and saved is not None:
+            del state.results[name]
+            saved = None
         if saved is not None and saved.status == "passed" and (
                 name != "build" or paths.wheels.is_dir()):
             saved.reused = True
@@ -263,6 +268,7 @@ def run_stages(state: TrialState, stages: Sequence[str], *, commands: Mapping[st
         state.record(result)
         on_result()
         results.append(result)
+        upstream_ran = upstream_ran or result.status not in ("not-run", "skipped")
         reporter.step_done(result.status)
     return results
 
@@ -282,12 +288,6 @@ def _one_stage(name: str, state: TrialState, commands: Mapping[str, Sequence[str
         build = state.results.get("build")
         why = f"build {build.status}" if build else "build not run"
         return StageResult(name, "skipped", detail=f"needs the build stage's wheels ({why})")
-    if name == "throughput" and not (paths.wheels / "venv" / "bin" / "python").exists():
-        return StageResult(name, "not-run",
-                           detail=f"not run: needs {paths.wheels / 'venv'}, a venv with the "
-                                  "trial's wheels and the trial stack's torch installed "
-                                  f"(python -m venv {paths.wheels / 'venv'}; pip install "
-                                  f"{paths.wheels}/*.whl torch==<the stack's>), then re-run")
     outputs = {"build": {"wheels": str(paths.wheels)},
                "abi": {"report": str(paths.abi_json)},
                "throughput": {"report": str(paths.throughput_json)}}[name]
