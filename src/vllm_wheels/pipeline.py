@@ -678,8 +678,10 @@ def _verify_before_publish(plan: Plan, built: dict[str, BuiltWheel], reporter: R
     if not built:
         return None
     python = plan.venv_path / "bin" / "python"
+    # The build host's GPU (if any) is not the target: the stack's arch list is.
     report = abi.verify([b.path for b in built.values()], python,
-                        work_dir=plan.cache.root / "verify", reporter=reporter)
+                        work_dir=plan.cache.root / "verify", host_gpus=False,
+                        reporter=reporter)
     reporter.log(report.render())
     if report.status != "pass":
         reporter.say(report.render())

@@ -48,7 +48,7 @@ for name, path in plan["modules"]:
         emit(module=name, ok=True, detail="imported")
     except BaseException as exc:
         emit(module=name, ok=False, detail=f"{type(exc).__name__}: {exc}"[:2000])
-if torch is not None and torch.cuda.is_available():
+if torch is not None and plan["gpu_op"] and torch.cuda.is_available():
     try:
         x = torch.ones(8, device="cuda")
         detail = f"torch op on {torch.cuda.get_device_name(0)}: sum={float(x.sum())}"
@@ -129,13 +129,17 @@ class Report:
 
 def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
            arch_targets: Sequence[str] = (), import_test: bool = True,
-           reporter: Reporter | None = None) -> Report:
+           host_gpus: bool = True, reporter: Reporter | None = None) -> Report:
     """Run every check of every wheel against the runtime whose interpreter is `python`.
-    `work_dir` holds the unpacked wheels (reused while their content is unchanged)."""
+    `work_dir` holds the unpacked wheels (reused while their content is unchanged).
+    `host_gpus=False` ignores this host's GPUs (a build host's GPU is not the target: the
+    recorded arch list is), both for arch coverage and for the GPU op of the import test."""
     started = time.monotonic()
     say = reporter.say if reporter else (lambda text: None)
     wheels = collect_wheels(list(wheel_paths))
     runtime = probe(python)
+    if not host_gpus:
+        runtime.gpus = []
     say(f"verify_abi: {len(wheels)} wheel(s) against {python}")
     unpack_root = work_dir / "unpacked"
     facts = [read_wheel(w, unpack_root, runtime.site_packages) for w in wheels]
@@ -192,7 +196,7 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
             r.checks.append(CheckResult("import", NA, "no Python extension modules"))
         return
     plan = {"torch": any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
-            "modules": modules}
+            "modules": modules, "gpu_op": bool(runtime.gpus)}
     env = runtime_env()
     try:
         proc = subprocess.run([str(runtime.python), "-c", SMOKE, json.dumps(plan)],

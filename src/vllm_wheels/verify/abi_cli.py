@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "arch list; a GPU present on this host is always checked)")
     parser.add_argument("--no-import", action="store_true",
                         help="static checks only (no import smoke test)")
+    parser.add_argument("--ignore-host-gpu", action="store_true",
+                        help="this host's GPU is not the target (e.g. checking RTX 5090 wheels "
+                             "on an H100 box): no GPU arch check or GPU op for it")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache root (default: $VLLM_WHEELS_CACHE or ~/.cache/vllm-wheels)")
 
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         targets = args.arch or []
         report = abi.verify(wheels, python.absolute(), work_dir=cache.root / "verify",
                             arch_targets=targets, import_test=not args.no_import,
+                            host_gpus=not args.ignore_host_gpu,
                             reporter=reporter)
         text = report.render()
         print(text, flush=True)

@@ -367,28 +367,43 @@ class ImageArm(_ServerArm):
                                        "all nvidia/cuda:12.8.1-base-ubuntu22.04 nvidia-smi`)")
 
     def resolve_digest(self, reporter: Reporter) -> None:
-        """Pull, then read the digest the registry gave; never make one up."""
+        """Pull, then read the digest the registry gave; never make one up. Called before
+        the first round (harness.prepare_arms), so every round runs repo@digest."""
         if self.digest:
             return
         from ...runner import run
 
+        fix = (f"check that the registry is reachable (`docker pull {self.ref}`), or pin "
+               "the digest in verify/baseline.toml / pass image:REPO@sha256:...")
         run(["docker", "pull", self.ref], reporter=reporter, error_cls=CouldNotRunError,
-            what=f"docker pull {self.ref}", fix="check the registry is reachable")
-        out = subprocess.run(["docker", "image", "inspect", "--format",
-                              "{{json .RepoDigests}}", self.ref],
-                             capture_output=True, text=True, timeout=60, check=False)
+            what=f"{self.label}: docker pull {self.ref}", fix=fix)
+        argv = ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", self.ref]
+        reporter.log(f"+ {shlex.join(argv)}")
         try:
-            digests = json.loads(out.stdout) if out.returncode == 0 else []
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise CouldNotRunError(f"{self.label}: docker image inspect {self.ref}: {exc}",
+                                   fix=fix) from exc
+        try:
+            digests = json.loads(out.stdout) if out.returncode == 0 else None
         except json.JSONDecodeError:
-            digests = []
+            digests = None
         repo = strip_tag(self.ref)
-        for entry in digests or []:
-            name, _, digest = entry.partition("@")
-            if name.endswith(repo.split("/", 1)[-1]) and digest:
+        for entry in digests if isinstance(digests, list) else []:
+            name, _, digest = str(entry).partition("@")
+            # Docker Hub names drop the docker.io/ (and library/) prefix in RepoDigests.
+            same_repo = name == repo or repo.endswith("/" + name) or name.endswith("/" + repo)
+            if same_repo and re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
                 self.digest = digest
+                reporter.say(f"{self.label}: {self.ref} is {self.run_ref}")
                 return
-        reporter.warn(f"{self.label}: no registry digest for {self.ref}; the report names "
-                      "the tag only")
+        detail = (out.stderr or out.stdout).strip()[:300]
+        raise CouldNotRunError(
+            f"{self.label}: no registry digest for {self.ref} after docker pull "
+            f"(docker image inspect exit {out.returncode}: {detail or 'no RepoDigests'})",
+            why="the A/B runs and records the image by digest, so the tag cannot move "
+                "between rounds; a digest is never made up",
+            fix=fix)
 
     def collect_facts(self) -> None:
         self._facts.update({"image": self.ref, "digest": self.digest, "run_ref": self.run_ref,

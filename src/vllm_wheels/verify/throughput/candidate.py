@@ -5,6 +5,8 @@ versions from the stack's index; then the wheels, with their dependencies from P
 a constraint that keeps that torch; then verify_abi against the result, so a venv whose
 wheels do not match its own torch is never benchmarked. It is built beside its final
 path and renamed (scripts relocated), and reused while the wheel set is unchanged.
+The marker records verify_abi's status: a venv it could not fully check ("unknown") is
+kept (it is expensive to make) with a warning, and checked again each time it is reused.
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
                                    "--candidate venv:PATH|image:REF|url:URL")
     venv = wheels_dir / "venv"
     marker = venv / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("wheels") == wheels:
+    recorded = json.loads(marker.read_text()) if marker.exists() else {}
+    if recorded.get("wheels") == wheels:
         reporter.say(f"candidate venv {venv}: reused (same wheels)")
+        if recorded.get("verify_abi") != "pass":
+            reporter.say(f"candidate venv {venv}: verify_abi was "
+                         f"{recorded.get('verify_abi', 'not recorded')}; checking again")
+            _verify(venv, wheels_dir, wheels, recorded.get("torch", ""), reporter)
         return venv
     python = find_python(stack.python)
     if python is None:
@@ -71,6 +78,13 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
     remove(venv)
     publish_dir(tmp, venv)
     _relocate_venv(tmp, venv)
+    _verify(venv, wheels_dir, wheels, torch_req, reporter)
+    return venv
+
+
+def _verify(venv: Path, wheels_dir: Path, wheels: dict[str, str], torch_req: str,
+            reporter: Reporter) -> None:
+    """verify_abi of the wheels against the venv's torch; the marker records its status."""
     report = abi.verify([wheels_dir / name for name in wheels], venv / "bin" / "python",
                         work_dir=wheels_dir / ".verify-work", reporter=reporter)
     abi.write_json(report, venv / "verify-abi.json")
@@ -79,6 +93,11 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
         raise AbiMismatchError(f"the candidate venv's wheels fail verify_abi against its own "
                                f"torch:\n{report.render()}",
                                fix="rebuild the wheels (`nox -s build_wheels`)")
-    marker.write_text(json.dumps({"schema_version": 1, "wheels": wheels,
-                                  "torch": torch_req}, indent=2) + "\n")
-    return venv
+    if report.status != "pass":
+        reporter.warn(f"verify_abi could not check everything in the candidate venv {venv} "
+                      f"(status {report.status}; see {venv / 'verify-abi.json'}); the venv is "
+                      "kept and checked again on its next use")
+    tmp_marker = venv / (MARKER + ".tmp")
+    tmp_marker.write_text(json.dumps({"schema_version": 1, "wheels": wheels, "torch": torch_req,
+                                      "verify_abi": report.status}, indent=2) + "\n")
+    tmp_marker.replace(venv / MARKER)

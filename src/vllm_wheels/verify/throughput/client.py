@@ -23,14 +23,18 @@ Per request, from the stream (`parse_stream`; `vllm/benchmarks/lib/endpoint_requ
     ITL       time between consecutive token messages (one entry per gap)
     E2EL      time of the last token message - st (the trailing usage message is not
               a token and does not extend it)
-    output_tokens / prompt_tokens  from `usage` (completion_tokens, prompt_tokens)
+    output_tokens  from `usage.completion_tokens`; `usage.prompt_tokens` is recorded
+              (prompt_tokens) but not used in the metrics
+    prompt_len     the prompt's length under the model's tokenizer, counted by the client
+              (`Prompt.tokens`; like vLLM's `RequestFuncInput.prompt_len`)
     TPOT      (E2EL - TTFT) / (output_tokens - 1), only when output_tokens > 1
 
 Per run (`compute_metrics`; `calculate_metrics` in `vllm/benchmarks/serve.py`):
     duration                from just before the first request to after the last one ends
     completed / failed      successful / unsuccessful requests
-    total_input_tokens      sum of prompt tokens (server's usage.prompt_tokens when given,
-                            else the requested input_len) of completed requests
+    total_input_tokens      sum of the client-side prompt_len of completed requests (as
+                            vLLM's bench; the server's usage.prompt_tokens may add a BOS
+                            or chat tokens and is not used; input_len when unknown)
     total_output_tokens     sum of output_tokens of completed requests
     request_throughput      completed / duration                          (req/s)
     output_throughput       total_output_tokens / duration                (tok/s)
@@ -55,6 +59,7 @@ Not computed: goodput and peak output tokens/s (`max_output_tokens_per_s`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -107,7 +112,7 @@ def make_prompts(model_dir: Path, count: int, input_len: int, seed: int) -> list
         # Decoding then re-encoding merges or splits tokens; trim or extend until the
         # text is exactly input_len tokens (vLLM's gen_prompt_decode_to_target_len). Like
         # vLLM, a prompt that does not converge keeps its nearest length, and the run
-        # counts the prompt tokens the server reports.
+        # counts that length (Prompt.tokens) as its input tokens.
         text = tokenizer.decode(ids)
         again = tokenizer.encode(text, add_special_tokens=False).ids
         for _ in range(20):
@@ -136,14 +141,16 @@ class RequestRecord:
     itl: tuple[float, ...] = ()
     latency: float = 0.0  # E2EL
     output_tokens: int | None = None
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # the server's usage.prompt_tokens (recorded only)
+    prompt_len: int | None = None  # the client's count: what total_input_tokens sums
     start: float = 0.0
     text: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"success": self.success, "error": self.error, "ttft": self.ttft,
                 "itl": list(self.itl), "latency": self.latency,
-                "output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens}
+                "output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens,
+                "prompt_len": self.prompt_len}
 
 
 def split_sse(chunks: Iterable[tuple[float, bytes]]) -> list[tuple[float, str]]:
@@ -269,8 +276,7 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, *,
 
     done = [r for r in records if r.success]
     outputs = [r.output_tokens or 0 for r in done]
-    total_input = sum(r.prompt_tokens if r.prompt_tokens is not None else input_len
-                      for r in done)
+    total_input = sum(r.prompt_len if r.prompt_len is not None else input_len for r in done)
     series: dict[str, list[float]] = {
         "ttft": [r.ttft for r in done],
         "tpot": [(r.latency - r.ttft) / (n - 1) for r, n in zip(done, outputs, strict=True)
@@ -363,6 +369,7 @@ async def _benchmark(base_url: str, model: str, prompts: Sequence[Prompt], *, ou
             payload["ignore_eos"] = True
         async with semaphore:
             record = await _one_request(session, url, payload)
+        record = dataclasses.replace(record, prompt_len=prompt.tokens)
         done += 1
         if on_progress is not None:
             on_progress(done, len(prompts))

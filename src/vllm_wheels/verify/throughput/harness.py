@@ -8,6 +8,10 @@ A warm-up that is itself invalid (failed requests, short outputs) stops the A/B 
 that arm cannot produce a valid run, and GPU time is better not spent on the rest.
 A measured run that is invalid is recorded and left out of the statistics; a cell with
 fewer than MIN_RUNS valid runs in an arm cannot be decided ("could not run").
+
+The overall verdict is the worst cell by regression > could-not-run > inconclusive >
+pass: a regression proven at one concurrency is the most important news even when
+another concurrency could not run (the report lists both).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Literal
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter, format_duration
 from . import client, stats
-from .arms import Arm
+from .arms import Arm, ImageArm
 from .workload import MIN_RUNS, Workload
 
 Outcome = Literal["pass", "regression", "inconclusive", "could-not-run"]
@@ -116,9 +120,7 @@ def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Repor
     order = (baseline, candidate)
     progress = _Progress(reporter, c.runs * len(order) * len(c.concurrency))
     try:
-        for arm in order:
-            arm.check()
-            arm.collect_facts()
+        prepare_arms(order, reporter)
         if candidate.served_model != baseline.served_model:
             result.notes.append(f"the arms serve different model names: candidate "
                                 f"'{candidate.served_model}', baseline '{baseline.served_model}'")
@@ -130,8 +132,8 @@ def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Repor
         lengths = sorted({p.tokens for p in prompts})
         if lengths != [c.input_len]:
             result.notes.append(f"prompt lengths under the tokenizer: {lengths} (target "
-                                f"{c.input_len}); total_input_tokens counts what the "
-                                "server reports")
+                                f"{c.input_len}); total_input_tokens counts these "
+                                "client-side lengths, as vLLM's bench does")
         for round_no in range(1, c.runs + 1):
             for arm in order:
                 _one_round(result, arm, round_no, prompts, warmup, reporter, progress,
@@ -139,13 +141,23 @@ def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Repor
                 if result.problems:
                     return _finish(result, t0)
     except CouldNotRunError as exc:
-        result.problems.append(exc.what)
+        result.problems.append(exc.what + (f" (fix: {exc.fix})" if exc.fix else ""))
         return _finish(result, t0)
     finally:
         for arm in order:
             arm.stop(reporter)
     _decide(result)
     return _finish(result, t0)
+
+
+def prepare_arms(order: tuple[Arm, ...], reporter: Reporter) -> None:
+    """Check each arm, pin image arms to the digest the registry gives (so every round
+    runs repo@digest and the report names the image that ran), then record the facts."""
+    for arm in order:
+        arm.check()
+        if isinstance(arm, ImageArm):
+            arm.resolve_digest(reporter)
+        arm.collect_facts()
 
 
 def _one_round(result: AbResult, arm: Arm, round_no: int, prompts: list[client.Prompt],
@@ -221,14 +233,24 @@ def _decide(result: AbResult) -> None:
         verdict = stats.worst([m.verdict for m in comparisons if m.gated])
         result.cell_verdicts[conc] = verdict
         verdicts.append(verdict)
-    if "could-not-run" in verdicts:
-        result.verdict = "could-not-run"
-    else:
-        result.verdict = stats.worst([v for v in verdicts if v != "could-not-run"])
+    result.verdict = overall_verdict(verdicts)
+
+
+_PRECEDENCE: tuple[Outcome, ...] = ("regression", "could-not-run", "inconclusive", "pass")
+
+
+def overall_verdict(cell_verdicts: list[Outcome]) -> Outcome:
+    """The worst cell, by regression > could-not-run > inconclusive > pass."""
+    for outcome in _PRECEDENCE:
+        if outcome in cell_verdicts:
+            return outcome
+    return "could-not-run"  # no cell at all: nothing was decided
 
 
 def _finish(result: AbResult, t0: float) -> AbResult:
     result.elapsed_s = time.monotonic() - t0
-    if result.problems:
+    # Problems without a proven regression (an aborted A/B, or cells short of valid runs)
+    # leave nothing decided; a regression stays the verdict, its problems are reported.
+    if result.problems and result.verdict != "regression":
         result.verdict = "could-not-run"
     return result
