@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,18 @@ def test_banner_prints_index_url_and_exact_install_commands(server: Server) -> N
     assert f'"tinyflash==1.0+{LABEL_CU130}"' in pip_line
     assert f"--index-url {server.url}" in pip_line
     assert f"--index {server.url}" in uv_line
+
+
+def test_a_second_server_on_the_same_port_is_a_config_error(server: Server,
+                                                           index: Path) -> None:
+    port = urllib.parse.urlsplit(server.url).port
+    proc = cli("serve-index", "--index", index, "--port", str(port), "--quiet", check=False,
+               timeout=30)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "--port 0" in proc.stderr and "Traceback" not in proc.stderr
+    with urllib.request.urlopen(server.url) as resp:  # the first one still serves
+        assert resp.status == 200
 
 
 def test_pip_installs_one_variant_with_its_pinned_dependency(

@@ -5,12 +5,16 @@ regenerating pages from files + state.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -216,6 +220,81 @@ def test_mirror_companion_wheel_by_pinned_hash(wheels: TinyWheels, tmp_path: Pat
     assert files[name]["origin"] == "mirror" and files[name]["sha256"] == good
     assert files[name]["verification_detail"] == url
     assert sha256(index / "files" / "yankme" / name) == good
+
+
+def test_publishing_into_a_copy_with_symlinks_followed_is_refused_not_emptied(
+        wheels: TinyWheels, tmp_path: Path) -> None:
+    """`cp -rL` (or rsync -L) turns `current` into a plain directory; rsync without -l
+    drops it. Either way the copy must be refused before anything in it is deleted."""
+    original = tmp_path / "index"
+    cli("publish", "--index", original, "--wheels", wheels.yankme["1.0"].parent)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-rL", str(original), str(copy)], check=True)
+    assert (copy / "current").is_dir() and not (copy / "current").is_symlink()
+    before = {p: p.read_bytes() for p in iter_files(copy)}
+    assert copy / "files" / "yankme" / (wheels.yankme["1.0"].name + ".metadata") in before
+
+    proc = cli("publish", "--index", copy, "--wheels", wheels.spare,
+               "--allow-unverified", "test", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "symlinks followed" in proc.stderr and "original index" in proc.stderr
+    assert {p: p.read_bytes() for p in iter_files(copy)} == before
+
+    remove_current = copy / "current"
+    shutil.rmtree(remove_current)  # as `rsync -r` (no -l) leaves it: no `current` at all
+    before = {p: b for p, b in before.items() if not p.is_relative_to(remove_current)}
+    proc = cli("publish", "--index", copy, "--wheels", wheels.spare,
+               "--allow-unverified", "test", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "is missing" in proc.stderr
+    assert {p: p.read_bytes() for p in iter_files(copy)} == before
+    # The original is untouched by all this and still publishes.
+    cli("publish", "--index", original, "--wheels", wheels.spare, "--allow-unverified", "test")
+    assert wheels.spare.name in _listed(original)
+
+
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def test_mirror_url_with_encoded_path_separators_is_refused_before_download(
+        tmp_path: Path) -> None:
+    """A URL whose last segment decodes to ../../victim.txt would be downloaded to (and,
+    on a hash mismatch, deleted from) a path outside the index's download folder."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "victim.txt").write_text("what the server has\n")
+    victim = tmp_path / "victim.txt"  # index/.incoming-PID/../../victim.txt
+    victim.write_text("precious\n")
+    handler = functools.partial(_RecordingHandler, directory=str(served))
+    _RecordingHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        index = tmp_path / "index"
+        for path in ("/..%2F..%2Fvictim.txt", "/x/..%2f..%2fvictim.txt", "/x/%2E%2E",
+                     "/x/.hidden-1.0-py3-none-any.whl", "/victim.txt", "/dir/"):
+            proc = cli("index-mirror", "--index", index, f"{base}{path}#sha256={'1' * 64}",
+                       check=False)
+            assert proc.returncode == 10, (path, proc.stderr)
+            assert "does not name a wheel file" in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert victim.read_text() == "precious\n"
+    assert _RecordingHandler.requests == []  # refused before any download
+    assert not list(index.glob(".incoming-*"))
 
 
 def test_regenerate_rebuilds_identical_pages_from_files_and_state(

@@ -7,9 +7,12 @@ the `docker` invocation, which is asserted argument by argument. hadolint is rea
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from vllm_wheels.images.commands import (
     BUILD_DOCKERFILE,
     RUNTIME_DOCKERFILE,
     build_image_args,
+    build_runtime,
     check_consistency,
     check_wheels,
     dockerfile_args,
@@ -366,7 +370,50 @@ def test_runtime_image_dry_run_cli(repo: Path, tmp_path: Path,
     data = json.loads(out.read_text())
     assert data["docker_build"]["tag"] == "vllm-wheels-runtime:rtx5090-cu128.torch290.sm120"
     assert data["docker_run"]["argv"][:5] == ["docker", "run", "--rm", "--gpus", "all"]
-    assert "--build-context" in data["docker_build"]["argv"]
+    argv = data["docker_build"]["argv"]
+    # The `wheels` context is a staging folder holding only the wheels, not wheels/<stack>/.
+    assert argv[argv.index("--build-context") + 1] == \
+        f"wheels={tmp_path / 'cache' / 'staging' / f'runtime-rtx5090-{os.getpid()}'}"
+
+
+def test_runtime_build_context_holds_only_the_wheels(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STAND-IN for docker (no Docker engine here): a `docker` script on PATH answers
+    `docker version` and, for `docker build`, records what the `wheels` build context
+    holds, which is what docker would send to the builder."""
+    wheels = tmp_path / "wheels"
+    names = ["flashinfer_python-0.5.2+cu128.torch290.sm120-py3-none-linux_x86_64.whl",
+             "vllm-0.11.2+cu128.torch290.sm120-cp38-abi3-linux_x86_64.whl"]
+    for name in names:
+        _wheel(wheels, name)
+    # What `verify_throughput --prepare-candidate` leaves beside the wheels.
+    (wheels / "venv" / "lib").mkdir(parents=True)
+    (wheels / "venv" / "lib" / "libbig.so").write_bytes(b"\0" * 4096)
+    (wheels / "verify-abi.json").write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "context.txt"
+    docker = bin_dir / "docker"
+    docker.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        if [ "$1" = version ]; then echo 27.3.1; exit 0; fi
+        for arg in "$@"; do
+            case "$arg" in wheels=*) context="${arg#wheels=}" ;; esac
+        done
+        echo "$context" > "$RECORD"
+        ls -A "$context" >> "$RECORD"
+        """))
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("RECORD", str(record))
+    args = argparse.Namespace(stack=None, wheels=wheels, index=None, repository="vllm-wheels",
+                              dry_run=False, json=None)
+    assert build_runtime(args, repo) == 0
+    context, *listed = record.read_text().splitlines()
+    assert listed == names
+    assert Path(context).parent == tmp_path / "cache" / "staging"
+    assert not Path(context).exists()  # removed afterwards
+    assert (wheels / "venv" / "lib" / "libbig.so").exists()  # the source folder is untouched
 
 
 # --------------------------------------------------------------------- hadolint
@@ -446,7 +493,10 @@ def test_runtime_image_verifies_itself_and_serves(repo_root: Path) -> None:
     verify = steps[steps.index(install) + 1]
     assert verify.startswith("RUN --mount=type=bind,from=wheels,target=/wheels,rw "
                              "/opt/vllm-wheels/bin/python -m vllm_wheels verify-abi "
-                             "--wheels /wheels --python /opt/venv/bin/python")
+                             "--wheels /wheels --python /opt/venv/bin/python "
+                             "--cache-dir /tmp/vllm-wheels-verify ")
+    # The checker's cache (unpacked wheels, logs) goes in the same step: no layer keeps it.
+    assert verify.endswith("&& rm -rf /tmp/vllm-wheels-verify")
     assert steps[-1] == 'ENTRYPOINT ["/opt/venv/bin/vllm", "serve"]'
     health = next(s for s in steps if s.startswith("HEALTHCHECK "))
     assert "VLLM_WHEELS_HEALTH_URL" in health

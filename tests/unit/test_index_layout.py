@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from vllm_wheels.errors import ConfigError, IndexPublishError
+from vllm_wheels.cache import temp_sibling
+from vllm_wheels.errors import ConfigError, DiskFullError, IndexPublishError
 from vllm_wheels.index import layout, listing, publish, yank
-from vllm_wheels.index.store import FileRecord, IndexDir, IndexState
+from vllm_wheels.index.store import FileRecord, IndexDir, IndexState, place_file
 from vllm_wheels.log import Reporter
 
 
@@ -213,3 +214,84 @@ def test_listing_falls_back_to_requires_dist(tmp_path: Path, reporter: Reporter)
         == (None, "12.8", "label")
     table = listing.render_table(list(rows.values()))
     assert "cu128.sm120" in table and "NO: unit test" in table
+
+
+def test_a_wheel_replaced_after_its_check_is_not_published(tmp_path: Path,
+                                                           reporter: Reporter) -> None:
+    """The wheel is hashed (and checked) before the lock is taken and copied after it: a
+    file swapped in between must not enter the index under the checked sha256."""
+    index = IndexDir(tmp_path / "index")
+    ok = make_wheel(tmp_path / "in", "okpkg", "1.0")
+    wheel = make_wheel(tmp_path / "in", "pkg", "1.0")
+    checked = candidates([ok, wheel])  # sha256 of the original bytes
+    swapped = make_wheel(tmp_path / "in", "pkg", "1.0", extra=b"# other bytes\n")
+    assert swapped == wheel
+    with pytest.raises(IndexPublishError, match="changed while publishing"):
+        publish.add_to_index(index, checked, reporter)
+    # Nothing of the batch is left, and the next publish is not refused because of it.
+    assert not [p for p in index.root.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert index.load() == IndexState()
+    assert publish.add_to_index(index, candidates([wheel]), reporter).added == (wheel.name,)
+
+    # The same for the local-path branch of mirror: checked against the pin, then swapped.
+    mirrored = make_wheel(tmp_path / "mirror", "mirrored", "2.0")
+    pin = hashlib.sha256(mirrored.read_bytes()).hexdigest()
+    found = publish.mirror_candidates([str(mirrored)], [pin], tmp_path / "incoming", reporter)
+    make_wheel(tmp_path / "mirror", "mirrored", "2.0", extra=b"# swapped\n")
+    with pytest.raises(IndexPublishError, match="changed while publishing"):
+        publish.add_to_index(index, found, reporter)
+    assert set(index.load().files) == {wheel.name}
+    assert not [p for p in index.files.rglob("mirrored*") if p.is_file()]
+
+
+def test_invalid_metadata_version_is_an_index_error(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path, "pkg", "1.0")
+    rewritten = tmp_path / "out" / wheel.name
+    rewritten.parent.mkdir()
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(rewritten, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("/METADATA"):
+                data = data.replace(b"Version: 1.0", b"Version: not/a.version")
+            dst.writestr(item, data)
+    with pytest.raises(IndexPublishError, match=r"invalid Version 'not/a.version'") as info:
+        layout.inspect_wheel(rewritten)
+    assert wheel.name in info.value.what
+
+
+def test_check_hashes_names_a_missing_file(tmp_path: Path, reporter: Reporter) -> None:
+    index = IndexDir(tmp_path / "index")
+    wheel = make_wheel(tmp_path / "in", "pkg", "1.0")
+    publish.add_to_index(index, candidates([wheel]), reporter)
+    index.file_path("pkg", wheel.name).unlink()
+    with pytest.raises(IndexPublishError, match="missing on disk") as info:
+        publish.regenerate(index, reporter, check_hashes=True)
+    assert wheel.name in info.value.what
+
+
+def test_a_stray_plain_file_under_files_is_left_alone(tmp_path: Path,
+                                                      reporter: Reporter) -> None:
+    index = IndexDir(tmp_path / "index")
+    first = make_wheel(tmp_path / "in", "pkg", "1.0")
+    publish.add_to_index(index, candidates([first]), reporter)
+    stray = index.files / "README.txt"
+    stray.write_text("copied here by hand\n")
+    second = make_wheel(tmp_path / "in", "other", "1.0")
+    assert publish.add_to_index(index, candidates([second]), reporter).added == (second.name,)
+    assert stray.read_text() == "copied here by hand\n"
+    assert set(index.load().files) == {first.name, second.name}
+
+
+def test_disk_full_while_placing_a_wheel_leaves_nothing(tmp_path: Path) -> None:
+    """A real ENOSPC from the kernel: the temporary name place_file writes to is made a
+    symlink to /dev/full, where every write fails with "No space left on device"."""
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full is Linux-only")
+    wheel = make_wheel(tmp_path / "in", "pkg", "1.0")
+    dest = tmp_path / "index" / "files" / "pkg" / wheel.name
+    dest.parent.mkdir(parents=True)
+    temp_sibling(dest).symlink_to("/dev/full")
+    with pytest.raises(DiskFullError, match="disk full while writing") as info:
+        place_file(wheel, dest, hashlib.sha256(wheel.read_bytes()).hexdigest())
+    assert info.value.exit_code == 7
+    assert list(dest.parent.iterdir()) == []  # neither the file nor its temporary name

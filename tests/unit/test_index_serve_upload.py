@@ -1,15 +1,19 @@
-"""Wheel index: PEP 691 Accept negotiation, the printed install commands, and the upload
-configuration (credentials only from the environment)."""
+"""Wheel index: PEP 691 Accept negotiation, the printed install commands, the upload
+configuration (credentials only from the environment), and the real server's answers to
+hostile paths and to a port already in use."""
 
 from __future__ import annotations
 
+import http.client
+import socket
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from vllm_wheels.errors import ConfigError
 from vllm_wheels.index import serve, upload
-from vllm_wheels.index.store import FileRecord, IndexState
+from vllm_wheels.index.store import FileRecord, IndexDir, IndexState
 
 JSON = "application/vnd.pypi.simple.v1+json"
 HTML = "application/vnd.pypi.simple.v1+html"
@@ -88,3 +92,60 @@ def test_upload_commands(tmp_path: Path) -> None:
     assert twine[1:] == ["-m", "twine", "upload", "--non-interactive", "--skip-existing",
                          "--repository-url", "https://x/", "a.whl"]
     assert not any("password" in part.lower() for part in cmd + twine)
+
+
+def test_upload_urls_with_credentials_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "index.toml"
+    for url, check in (("https://ci:s3cret-token@idx.example/", None),
+                       ("https://idx.example/", "https://ci:s3cret-token@idx.example/simple/"),
+                       ("https://only-a-token@idx.example/", None)):
+        config.write_text(f'[upload]\nurl = "{url}"\n'
+                          + (f'check_url = "{check}"\n' if check else ""))
+        with pytest.raises(ConfigError, match="holds credentials") as info:
+            upload.load_upload_config(config)
+        assert info.value.exit_code == 2
+        assert "s3cret" not in info.value.render() and "only-a-token" not in info.value.render()
+        assert "UV_PUBLISH_PASSWORD" in info.value.fix
+
+
+# ------------------------------------------------------------------ the real server
+
+
+def _get(url: str, path: str) -> http.client.HTTPResponse:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def test_server_answers_hostile_paths_without_injection_or_crash(tmp_path: Path) -> None:
+    """Real server on loopback, real HTTP client: encoded CR/LF must not reach the
+    Location header, and undecodable or NUL-bearing paths get an answer, not a traceback."""
+    with serve.serving(IndexDir(tmp_path / "index")) as url:
+        injected = _get(url, "/simple/pkg%0d%0aSet-Cookie:%20x=1")
+        assert injected.status == 301
+        assert injected.getheader("Set-Cookie") is None
+        location = injected.getheader("Location") or ""
+        assert location == "/simple/pkg%0D%0ASet-Cookie%3A%20x%3D1/"
+        assert not any(ch in location for ch in "\r\n")
+
+        wide = _get(url, "/simple/%C4%80?format=x")
+        assert (wide.status, wide.getheader("Location")) == (301, "/simple/%C4%80/?format=x")
+        assert _get(url, "/simple/%C4%80/").status == 404
+        assert _get(url, "/files/pkg/a%00b").status == 404
+        assert _get(url, "/files/pkg%00/a.whl").status == 404
+        assert _get(url, "/simple/pkg%0d%0aSet-Cookie:%20x=1/").status == 404
+
+
+def test_serving_on_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}") as info:
+            serve.make_server(IndexDir(tmp_path / "index"), "127.0.0.1", port)
+    assert info.value.exit_code == 2
+    assert "--port" in info.value.fix and str(port) in info.value.fix

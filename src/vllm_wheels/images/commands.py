@@ -417,27 +417,38 @@ def download_from_index(stack: Stack, index: str, dest: Path, reporter: Reporter
         fix="check that the index serves them (nox -s publish...) and is reachable")
 
 
+def stage_wheels(wheels: Sequence[Path], dest: Path) -> None:
+    """Put only these wheels into `dest`, the `wheels` build context: docker sends the
+    whole context to the builder, and a wheel folder may also hold e.g. the multi-GB
+    venv/ of `verify_throughput --prepare-candidate`. Hard links where possible."""
+    remove(dest)
+    dest.mkdir(parents=True)
+    for wheel in wheels:
+        try:
+            os.link(wheel, dest / wheel.name)
+        except OSError:  # another filesystem, or links not supported: copy
+            shutil.copy2(wheel, dest / wheel.name)
+
+
 def build_runtime(args: argparse.Namespace, root: Path) -> int:
     stack = load_stack(args.stack or root / DEFAULT_STACK)
     versions = load_versions(root / stack.docker.versions)
     reporter = _reporter("runtime", stack)
-    staging: Path | None = None
+    # The `wheels` build context: a folder holding only the wheels, removed afterwards.
+    staging = default_cache_root() / "staging" / f"runtime-{stack.name}-{os.getpid()}"
     try:
-        if args.index:
-            staging = default_cache_root() / "staging" / f"runtime-{stack.name}-{os.getpid()}"
-            if args.dry_run:
-                wheels = staging
-            else:
-                remove(staging)
-                download_from_index(stack, args.index, staging, reporter)
-                wheels = staging
-        else:
-            wheels = (args.wheels or root / "wheels" / stack.name).resolve()
         if not args.dry_run:
-            found = check_wheels(stack, wheels)
+            remove(staging)
+            if args.index:
+                download_from_index(stack, args.index, staging, reporter)
+                found = check_wheels(stack, staging)
+            else:
+                found = check_wheels(stack, (args.wheels or root / "wheels" / stack.name)
+                                     .resolve())
+                stage_wheels(found, staging)
             reporter.say(f"vllm-wheels: runtime image for stack {stack.name} from "
                          + ", ".join(w.name for w in found))
-        command = runtime_build_command(stack, versions, root, wheels, args.repository)
+        command = runtime_build_command(stack, versions, root, staging, args.repository)
         assert command.tag is not None
         serve = runtime_run_command(command.tag)
         _write_json(args.json, {"docker_build": command.to_dict(),
@@ -458,7 +469,7 @@ def build_runtime(args: argparse.Namespace, root: Path) -> int:
         reporter.say(f"image {command.tag} built. Serve a model with:\n    {serve.shell()}")
         return 0
     finally:
-        if staging is not None and not args.dry_run:
+        if not args.dry_run:
             remove(staging)
         reporter.close()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from ..errors import IndexPublishError
 
@@ -67,8 +67,15 @@ def inspect_wheel(path: Path) -> WheelFacts:
         raise IndexPublishError(f"{path} is not a readable wheel: {exc}") from None
     headers = email.parser.BytesHeaderParser().parsebytes(metadata)
     meta_name, meta_version = headers.get("Name"), headers.get("Version")
+    try:
+        parsed_version = None if meta_version is None else Version(meta_version)
+    except InvalidVersion:
+        raise IndexPublishError(
+            f"{path.name}: its METADATA has an invalid Version {meta_version!r}",
+            why="installers compare versions; they would reject or misorder this wheel",
+            fix="rebuild the wheel with a PEP 440 version") from None
     if meta_name is None or canonicalize_name(meta_name) != name or \
-            meta_version is None or Version(meta_version) != version:
+            parsed_version != version:
         raise IndexPublishError(
             f"{path.name}: its METADATA says {meta_name} {meta_version}",
             why="the filename and the metadata disagree; installers would reject it",

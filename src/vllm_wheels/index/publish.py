@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from ..cache import remove
 from ..errors import CannotCheckError, ConfigError, IndexPublishError, SourceError
 from ..log import Reporter
@@ -162,7 +164,7 @@ def add_to_index(index: IndexDir, candidates: Sequence[Candidate], reporter: Rep
         try:
             for c in new:
                 project = c.facts.project
-                place_file(c.path, index.file_path(project, c.path.name))
+                place_file(c.path, index.file_path(project, c.path.name), c.sha256)
                 write_bytes_atomic(index.metadata_path(project, c.path.name), c.facts.metadata)
                 records[c.path.name] = FileRecord(
                     filename=c.path.name, project=project, version=c.facts.version,
@@ -176,7 +178,7 @@ def add_to_index(index: IndexDir, candidates: Sequence[Candidate], reporter: Rep
         except BaseException:
             # Not switched in: the files just placed are listed nowhere; take them back
             # (a SIGKILL skips this, and the next writer's clean_leftovers does it).
-            listed = index.load().files
+            listed = index.load().files if index.current.is_symlink() else {}
             for c in new:
                 if c.path.name not in listed:
                     remove(index.file_path(c.facts.project, c.path.name))
@@ -191,6 +193,14 @@ def regenerate(index: IndexDir, reporter: Reporter, *, check_hashes: bool = Fals
     with index.lock(reporter):
         state = index.require()
         if check_hashes:
+            missing = [r.filename for r in state.files.values()
+                       if not index.file_path(r.project, r.filename).is_file()]
+            if missing:
+                raise IndexPublishError(f"files listed in the index are missing on disk: "
+                                        f"{missing}",
+                                        why="the pages link them; installers would get 404",
+                                        fix=f"restore them into {index.files}/<project>/ from a "
+                                            "backup, or yank them")
             bad = [r.filename for r in state.files.values()
                    if sha256_file(index.file_path(r.project, r.filename)) != r.sha256]
             if bad:
@@ -221,7 +231,7 @@ def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: 
         raise ConfigError(f"{len(sha256s)} --sha256 value(s) for {len(sources)} source(s)",
                           fix="give one --sha256 per source, in order, or none and put "
                               "#sha256=HEX on each URL")
-    candidates = []
+    planned: list[tuple[str, str, str | None]] = []  # (location, sha256, URL's filename)
     for i, source in enumerate(sources):
         location, from_fragment = _split_source(source)
         expected = sha256s[i].lower() if sha256s else from_fragment
@@ -233,8 +243,14 @@ def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: 
         if from_fragment and expected != from_fragment:
             raise ConfigError(f"{location}: --sha256 and the URL's #sha256 disagree")
         parsed = urllib.parse.urlsplit(location)
-        filename = urllib.parse.unquote(Path(parsed.path).name)
-        if parsed.scheme in ("http", "https", "file"):
+        remote = parsed.scheme in ("http", "https", "file")
+        # Decode first, then take the last segment: an encoded '/' (%2F) must not survive
+        # into a name that is joined to the download folder.
+        planned.append((location, expected,
+                        _url_filename(location, parsed.path) if remote else None))
+    candidates = []
+    for location, expected, filename in planned:
+        if filename is not None:
             dest = incoming / filename
             try:
                 download(location, dest, expected, reporter)
@@ -255,6 +271,30 @@ def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: 
                                     size=dest.stat().st_size, origin="mirror",
                                     verification="mirror-hash", verification_detail=location))
     return candidates
+
+
+def _url_filename(location: str, url_path: str) -> str:
+    """The wheel filename a URL names; IndexPublishError before anything is downloaded
+    when it is not a plain wheel filename (an encoded ../ could escape the download
+    folder and overwrite or delete a file outside it)."""
+    filename = Path(urllib.parse.unquote(url_path)).name
+    problem = ""
+    if not filename or filename.startswith(".") or "/" in filename or "\\" in filename \
+            or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in filename):
+        problem = "it is empty, hidden or holds path or control characters"
+    else:
+        try:
+            parse_wheel_filename(filename)
+        except InvalidWheelFilename as exc:
+            problem = str(exc)
+    if problem:
+        raise IndexPublishError(f"{location} does not name a wheel file ({filename!r}): "
+                                f"{problem}",
+                                why="the index mirrors wheels only, downloaded under the name "
+                                    "the URL ends with",
+                                fix="pass the wheel's own link, as the source index's page "
+                                    "shows it (.../NAME-VERSION-TAGS.whl#sha256=HEX)")
+    return filename
 
 
 def mirror(index: IndexDir, sources: Sequence[str], sha256s: Sequence[str],

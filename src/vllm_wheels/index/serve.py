@@ -11,6 +11,7 @@ an Accept map); this server is for trials, CI and small teams.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.server
 import re
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from ..errors import ConfigError
 from .layout import HTML_TYPE, JSON_TYPE
 from .store import IndexDir, IndexState
 
@@ -106,7 +108,11 @@ class IndexHandler(http.server.SimpleHTTPRequestHandler):
 
     def _page(self, path: str, query: dict[str, list[str]], raw_query: str) -> Any:
         if not path.endswith("/"):
-            return self._redirect(path + "/" + (f"?{raw_query}" if raw_query else ""))
+            # `path` is decoded: re-quote it, or an encoded CR/LF would end the Location
+            # header and start one of the client's choosing (and non-Latin-1 characters
+            # could not be sent at all).
+            return self._redirect(urllib.parse.quote(path + "/")
+                                  + (f"?{raw_query}" if raw_query else ""))
         segments = [s for s in path.split("/") if s]
         if len(segments) > 2:
             self.send_error(404)
@@ -155,6 +161,9 @@ class IndexHandler(http.server.SimpleHTTPRequestHandler):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             self.send_error(404)
             return None
+        except ValueError:  # a NUL byte or an unencodable name: no such file can exist
+            self.send_error(404)
+            return None
         size = target.stat().st_size
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8" if
@@ -188,7 +197,18 @@ class _BytesBody:
 def make_server(index: IndexDir, host: str, port: int, *, quiet: bool = False
                 ) -> http.server.ThreadingHTTPServer:
     handler = type("BoundIndexHandler", (IndexHandler,), {"index": index, "quiet": quiet})
-    server = http.server.ThreadingHTTPServer((host, port), handler)
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        in_use = exc.errno == errno.EADDRINUSE
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            why="another process already listens on this port" if in_use
+            else "the address is not one of this host's, or the port needs privileges",
+            fix=f"pass another --port (or --port 0 for any free one), or stop what listens "
+                f"on {port} (`ss -ltnp 'sport = :{port}'`)" if in_use
+            else "pass --host 127.0.0.1 or an address of this host, and a --port above 1023"
+        ) from None
     server.daemon_threads = True
     return server
 

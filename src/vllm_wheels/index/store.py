@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import remove, temp_sibling
-from ..errors import ConfigError, IndexPublishError
+from ..errors import ConfigError, DiskFullError, IndexPublishError
 from ..log import Reporter
 from . import layout
 
@@ -173,8 +175,24 @@ class IndexDir:
         return self.current.is_symlink() and self.state_path.is_file()
 
     def load(self) -> IndexState:
-        """The current state (an empty index when nothing was published yet)."""
+        """The current state (an empty index when nothing was published yet).
+
+        A directory without the `current` symlink but with content is refused: it is a
+        copy made with symlinks followed (rsync -L, cp -rL) or dropped (rsync without -l).
+        Treating it as empty would make clean_leftovers delete every file in it."""
         if not self.current.is_symlink():
+            if self.current.exists() or _holds_files(self.generations) \
+                    or _holds_files(self.files):
+                state = "is not a symlink" if self.current.exists() else "is missing"
+                raise ConfigError(
+                    f"{self.root} is not an index this tool can write: {self.current} {state}",
+                    why="this is a copy made with symlinks followed (rsync -L, cp -rL) or "
+                        "dropped; the index switches generations by replacing the `current` "
+                        "symlink, and without it every published file would look unlisted",
+                    fix=f"publish into the original index and copy it again afterwards; if "
+                        f"{self.root} is the original and its very first publish was killed, "
+                        f"nothing was published yet: remove {self.files} and "
+                        f"{self.generations}")
             return IndexState()
         try:
             text = self.state_path.read_text(encoding="utf-8")
@@ -212,7 +230,11 @@ class IndexDir:
     def clean_leftovers(self, state: IndexState, reporter: Reporter) -> None:
         """Remove what an interrupted writer left (call with the lock held): temporary
         generations, generations never switched in, and files that no state lists."""
-        current_gen = self.current.readlink().name if self.current.is_symlink() else ""
+        if not self.current.is_symlink():
+            # Nothing was ever switched in (load() refuses a non-empty directory without
+            # the link): there is no state to tell leftovers from published files.
+            return
+        current_gen = self.current.readlink().name
         if self.generations.is_dir():
             for entry in self.generations.iterdir():
                 if not _GENERATION.match(entry.name) or entry.name > current_gen:
@@ -226,6 +248,10 @@ class IndexDir:
         listed = {(r.project, r.filename) for r in state.files.values()}
         if self.files.is_dir():
             for project_dir in self.files.iterdir():
+                if project_dir.is_symlink() or not project_dir.is_dir():
+                    # Not something a publish writes (files/<project>/<file>): leave it.
+                    reporter.log(f"ignoring {project_dir}: not a project directory")
+                    continue
                 for entry in project_dir.iterdir():
                     wheel = entry.name.removesuffix(".metadata")
                     if (project_dir.name, wheel) not in listed:
@@ -277,6 +303,12 @@ class IndexDir:
             remove(self.generations / name)
 
 
+def _holds_files(directory: Path) -> bool:
+    """Anything but empty folders (a failed first publish leaves files/<project>/)."""
+    return directory.is_dir() and any(not p.is_dir() or p.is_symlink()
+                                      for p in directory.rglob("*"))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -299,19 +331,32 @@ def _replace_symlink(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def place_file(source: Path, dest: Path) -> None:
-    """Copy a file into the index under a temporary name, fsync it, then rename it."""
+def place_file(source: Path, dest: Path, expected_sha256: str) -> None:
+    """Copy a file into the index under a temporary name, fsync it, then rename it.
+
+    The copy is hashed as it is written: the wheel was checked (verify report, pinned
+    hash) before the lock was taken, and the bytes placed must be the bytes checked."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(dest)
+    digest = hashlib.sha256()
     try:
         with source.open("rb") as src, tmp.open("wb") as out:
             while chunk := src.read(1 << 22):
+                digest.update(chunk)
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
+        if digest.hexdigest() != expected_sha256:
+            raise IndexPublishError(
+                f"{source} changed while publishing: it was checked with sha256 "
+                f"{expected_sha256}, the copy has {digest.hexdigest()}",
+                why="the index records the sha256 that passed verification; it must be the "
+                    "sha256 of the bytes served",
+                fix="let whatever writes the wheel finish, then publish again")
         tmp.replace(dest)
-    except BaseException:
+    except BaseException as exc:
         remove(tmp)
+        _raise_if_disk_full(exc, dest)
         raise
 
 
@@ -321,6 +366,15 @@ def write_bytes_atomic(dest: Path, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         tmp.replace(dest)
-    except BaseException:
+    except BaseException as exc:
         remove(tmp)
+        _raise_if_disk_full(exc, dest)
         raise
+
+
+def _raise_if_disk_full(exc: BaseException, dest: Path) -> None:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        raise DiskFullError(f"disk full while writing {dest}",
+                            why="the partial file was removed; the index is unchanged",
+                            fix=f"free space on the filesystem of {dest.parent}, then publish "
+                                "again") from None

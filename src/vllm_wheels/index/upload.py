@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,16 @@ def load_upload_config(path: Path) -> UploadConfig:
         raise ConfigError(f"{path}: [upload] tool must be one of {TOOLS}, got {tool!r}")
     if check_url is not None and not isinstance(check_url, str):
         raise ConfigError(f"{path}: [upload] check_url must be a string")
+    for key, value in (("url", url), ("check_url", check_url)):
+        parts = urllib.parse.urlsplit(value or "")
+        if parts.username is not None or parts.password is not None:
+            # Never echo the URL itself: the secret is in it.
+            raise ConfigError(
+                f"{path}: [upload] {key} holds credentials (user:password@ in the URL)",
+                why="credentials never go into files in the repository, and the URL is "
+                    "printed and logged",
+                fix=f"remove them from the URL and set {' / '.join(_ENV[tool])} in the "
+                    "environment")
     return UploadConfig(url=url, tool=tool, check_url=check_url)
 
 
