@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,44 @@ def test_candidate_venv_from_the_stacks_wheels(repo_root: Path, tmp_path: Path) 
     assert not list(wheels.glob(".venv.tmp-*"))
     marker = json.loads((venv / MARKER).read_text())
     assert list(marker["wheels"]) == ["servedpkg-1.0-py3-none-any.whl"]
-    # Same wheels: reused as is; a changed wheel set: rebuilt.
+    assert marker["verify_abi"] == "pass"
+    # Same wheels: reused as is (a passed venv is not checked again).
     before = (venv / MARKER).stat().st_mtime_ns
     assert ensure_candidate_venv(stack, wheels, Reporter(None)) == venv
     assert (venv / MARKER).stat().st_mtime_ns == before
+
+    def prepare() -> subprocess.CompletedProcess[str]:
+        # What the trial runs: --stack and --wheels name the venv (--wheels DIR -> DIR/venv).
+        proc = subprocess.run([sys.executable, "-m", "vllm_wheels", "verify-throughput",
+                               "--prepare-candidate", "--stack", str(stack_file),
+                               "--wheels", str(wheels)], cwd=repo_root, capture_output=True,
+                              text=True, timeout=600, check=False)
+        print(proc.stderr[-4000:])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == f"venv:{venv}"
+        return proc
+
+    proc = prepare()
+    assert "reused (same wheels)" in proc.stderr and "checking again" not in proc.stderr
+    assert (venv / MARKER).stat().st_mtime_ns == before
+
+    # A changed wheel set: rebuilt. The second wheel requires torch without a version, so
+    # verify_abi cannot tell which torch it needs: "unknown", kept with a warning...
+    make_wheel(wheels, "torchuser", "1.0", "py3-none-any",
+               {"torchuser/__init__.py": b"import torch\n"}, requires=("torch",))
+    proc = prepare()
+    assert "creating" in proc.stderr
+    marker = json.loads((venv / MARKER).read_text())
+    assert sorted(marker["wheels"]) == ["servedpkg-1.0-py3-none-any.whl",
+                                        "torchuser-1.0-py3-none-any.whl"]
+    assert marker["verify_abi"] == "unknown"
+    assert "WARNING: verify_abi could not check everything" in proc.stderr
+    subprocess.run([str(python), "-c", "import torchuser"], check=True)
+    # ... and checked again each time it is reused.
+    proc = prepare()
+    assert "reused (same wheels)" in proc.stderr
+    assert "verify_abi was unknown; checking again" in proc.stderr
+    assert "WARNING: verify_abi could not check everything" in proc.stderr
 
 
 def test_candidate_venv_refused_when_its_wheels_fail_verify_abi(

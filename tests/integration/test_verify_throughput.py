@@ -9,8 +9,10 @@ spot, as url: arms. Nothing is faked: real processes, real HTTP on loopback, rea
 Differences from a GPU A/B, on purpose and named:
   * transformers serve answers 422 to `ignore_eos`, so the workload sets ignore_eos =
     false and the models have no EOS token (every answer is exactly max_tokens long);
-  * it sends several tokens per network read at times, so ITL has many zero gaps: the
-    test workload gates on throughput and median TTFT, not ITL;
+  * it sends several tokens per network read at times, so ITL has many zero gaps; and
+    TTFT on these tiny models is a few ms with 20-30 % spread under load, so the test
+    workload gates on throughput only (TTFT/ITL are reported; latency gating is checked
+    with exact numbers in tests/unit);
   * a shared 2-core CI machine is far noisier than an idle GPU (run-to-run CV 5-15 %
     measured here), so the test workload's tolerances are wide (50 %); the decision rule
     itself is the same and is checked with exact numbers in tests/unit.
@@ -137,7 +139,7 @@ def _workload(tmp_path: Path, model: Path, **client: object) -> Path:
              "[client]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     lines += ["[gate]", "throughput_drop = 0.5", "latency_rise = 0.5", "max_cv = 0.5",
-              'metrics = ["output_throughput", "total_token_throughput", "median_ttft_ms"]',
+              'metrics = ["output_throughput", "total_token_throughput"]',
               "bootstrap_resamples = 2000"]
     path = tmp_path / "cpu-tiny.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -152,8 +154,9 @@ def _ab(repo_root: Path, tmp_path: Path, workload: Path, candidate: str, baselin
          "--candidate", candidate, "--baseline", baseline, "--results-dir", str(results)],
         cwd=repo_root, capture_output=True, text=True, timeout=600)
     print(proc.stdout[-3000:], proc.stderr[-6000:])
-    out_dirs = sorted(p for p in results.iterdir() if not p.name.startswith("."))
-    assert len(out_dirs) == 1, out_dirs
+    out_dirs = sorted(results.iterdir())
+    # One report directory, and no hidden full log or server logs left beside it.
+    assert len(out_dirs) == 1 and not out_dirs[0].name.startswith("."), out_dirs
     return proc, json.loads((out_dirs[0] / "result.json").read_text()), out_dirs[0]
 
 
@@ -172,7 +175,8 @@ def test_equal_arms_pass(repo_root: Path, tmp_path: Path, models: dict[str, Path
     for run in result["runs"]:
         assert run["valid"] and run["failed"] == 0
         assert run["total_output_tokens"] == 16 * 48
-        assert run["total_input_tokens"] == 16 * 16  # as the server counted them
+        # The client's own prompt lengths (as vLLM's bench), exactly input_len each.
+        assert run["total_input_tokens"] == 16 * 16
     assert len(result["warmups"]) == 10
     assert [c["verdict"] for c in result["cells"]] == ["pass", "pass"]
     report = (out / "report.md").read_text()

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from vllm_wheels.errors import ConfigError
-from vllm_wheels.verify.throughput import arms, client, harness, stats
-from vllm_wheels.verify.throughput.workload import load_workload
+from vllm_wheels.errors import ConfigError, CouldNotRunError
+from vllm_wheels.log import Reporter
+from vllm_wheels.verify.throughput import arms, client, harness, report, stats
+from vllm_wheels.verify.throughput.workload import Workload, load_workload
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "throughput"
 
@@ -64,13 +71,15 @@ def test_vllm_shaped_stream_definitions() -> None:
 
 
 def test_run_metrics_by_hand() -> None:
+    # The server counts a's prompt as 11 tokens (a BOS, say); like vLLM's bench, the
+    # input tokens are the client's own prompt lengths (10), not the server's usage.
     a = client.RequestRecord(success=True, ttft=0.1, itl=(0.02, 0.03, 0.05), latency=0.2,
-                             output_tokens=4, prompt_tokens=10)
+                             output_tokens=4, prompt_tokens=11, prompt_len=10)
     b = client.RequestRecord(success=True, ttft=0.3, itl=(0.1,), latency=0.5,
-                             output_tokens=2, prompt_tokens=None)
+                             output_tokens=2, prompt_tokens=9)
     m = client.compute_metrics([a, b], duration=2.0, input_len=8)
     assert m["completed"] == 2 and m["failed"] == 0
-    assert m["total_input_tokens"] == 10 + 8  # b's server gave no prompt count: input_len
+    assert m["total_input_tokens"] == 10 + 8  # b has no client-side length: input_len
     assert m["total_output_tokens"] == 6
     assert m["request_throughput"] == pytest.approx(1.0)
     assert m["output_throughput"] == pytest.approx(3.0)
@@ -234,3 +243,263 @@ def test_invalid_runs_are_left_out_and_too_few_cannot_decide(repo_root: Path) ->
     harness._decide(result)
     assert result.verdict == "could-not-run"
     assert "candidate has 4 valid runs of 6" in result.problems[0]
+
+
+def _run(arm: str, n: int, tput: float, conc: int = 1, valid: bool = True) -> harness.ArmRun:
+    m = {k: 10.0 for k in stats.GATEABLE} | {"output_throughput": tput,
+                                             "total_token_throughput": tput}
+    return harness.ArmRun(arm=arm, round=n, concurrency=conc, metrics=client.RunMetrics(
+        concurrency=conc, num_prompts=16, metrics=m, valid=valid,
+        problems=() if valid else ("2/16 requests failed; first: HTTP 500",)))
+
+
+def test_a_proven_regression_outranks_a_cell_that_could_not_run(repo_root: Path) -> None:
+    assert harness.overall_verdict(["pass", "inconclusive"]) == "inconclusive"
+    assert harness.overall_verdict(["inconclusive", "could-not-run", "pass"]) == "could-not-run"
+    assert harness.overall_verdict(["could-not-run", "regression", "inconclusive"]) == \
+        "regression"
+    assert harness.overall_verdict([]) == "could-not-run"
+    w = load_workload(repo_root / "verify" / "workloads" / "single-stream.toml")
+    w = dataclasses.replace(w, client=dataclasses.replace(w.client, concurrency=(1, 4)))
+    result = harness.AbResult(
+        workload=w, candidate=arms.VenvArm("candidate", arms.parse_arm_spec("venv:/x"), w),
+        baseline=arms.VenvArm("baseline", arms.parse_arm_spec("venv:/y"), w), started="now")
+    # Concurrency 1: the candidate is 10 % slower in every run; concurrency 4: only 2 of
+    # the candidate's 5 runs are valid.
+    result.runs = [_run("baseline", n, 100.0 + n * 0.1) for n in range(1, 6)]
+    result.runs += [_run("candidate", n, 90.0 + n * 0.1) for n in range(1, 6)]
+    result.runs += [_run("baseline", n, 100.0 + n * 0.1, conc=4) for n in range(1, 6)]
+    result.runs += [_run("candidate", n, 100.0, conc=4, valid=n <= 2) for n in range(1, 6)]
+    harness._decide(result)
+    harness._finish(result, 0.0)
+    assert result.cell_verdicts == {1: "regression", 4: "could-not-run"}
+    assert result.verdict == "regression"
+    assert "concurrency 4: candidate has 2 valid runs of 5" in result.problems[0]
+    text = report.markdown(result)  # both are reported
+    assert text.startswith("# Throughput A/B: single-stream — **REGRESSION**")
+    assert "- concurrency 1: **regression**" in text
+    assert "- concurrency 4: **could-not-run**" in text and "2 valid runs of 5" in text
+
+
+DOCKER_STAND_IN = """#!{python}
+# STAND-IN for the docker CLI (no Docker engine on this machine): records its argv and
+# answers the calls the image arm makes the way docker does.
+import json, os, sys
+with open(os.environ["STAND_IN_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+args = sys.argv[1:]
+if args[0] == "info":
+    print("{{}}")
+elif args[0] == "pull":
+    print("nightly: Pulling from vllm/vllm-openai")
+    sys.exit(int(os.environ.get("STAND_IN_PULL_RC", "0")))
+elif args[:2] == ["image", "inspect"]:
+    print(os.environ.get("STAND_IN_DIGESTS", '["vllm/vllm-openai@sha256:{digest}"]'))
+elif args[0] == "run":
+    print(json.dumps({{"vllm": "0.0.0+stand-in", "torch": None}}))
+"""
+DIGEST = "sha256:" + "5e" * 32
+
+
+@pytest.fixture
+def docker_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "stand-in-bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(DOCKER_STAND_IN.format(python=sys.executable, digest=DIGEST[7:]))
+    docker.chmod(0o755)
+    log = tmp_path / "docker-calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STAND_IN_LOG", str(log))
+    return log
+
+
+def _calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _venv(path: Path) -> Path:
+    """A directory that passes the venv arm's check (its python is this interpreter)."""
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "python").symlink_to(sys.executable)
+    (path / "bin" / "vllm").write_text("")
+    return path
+
+
+@pytest.fixture
+def models_server() -> Iterator[str]:
+    """A real HTTP server on loopback answering GET /v1/models (a url: arm to check)."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = json.dumps({"data": [{"id": "gpt-oss-20b"}]}).encode()
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _single_stream(repo_root: Path) -> Workload:
+    return load_workload(repo_root / "verify" / "workloads" / "single-stream.toml")
+
+
+def test_image_arm_is_pinned_to_the_pulled_digest_before_its_facts(
+        repo_root: Path, tmp_path: Path, docker_stand_in: Path, models_server: str) -> None:
+    w = _single_stream(repo_root)
+    image = arms.make_arm("baseline", arms.parse_arm_spec("image:vllm/vllm-openai:nightly"), w)
+    venv = arms.make_arm("candidate", arms.parse_arm_spec(f"venv:{_venv(tmp_path / 'v')}"), w)
+    url = arms.make_arm("other", arms.parse_arm_spec(f"url:{models_server}"), w)
+    harness.prepare_arms((venv, image, url), Reporter(None))
+    calls = _calls(docker_stand_in)
+    # Only the image arm calls docker, in this order; the facts come from repo@digest.
+    assert [c[:2] for c in calls] == [["info", "--format"], ["pull", "vllm/vllm-openai:nightly"],
+                                      ["image", "inspect"], ["run", "--rm"]]
+    assert calls[2][-1] == "vllm/vllm-openai:nightly"
+    assert calls[3][calls[3].index("python3") + 1] == f"vllm/vllm-openai@{DIGEST}"
+    facts = image.facts()
+    assert facts["digest"] == DIGEST and facts["run_ref"] == f"vllm/vllm-openai@{DIGEST}"
+    assert f"--entrypoint vllm vllm/vllm-openai@{DIGEST} serve" in facts["command"]
+    assert facts["versions"]["vllm"] == "0.0.0+stand-in"
+    assert "digest" not in venv.facts() and "digest" not in url.facts()
+    assert url.facts()["models"] == ["gpt-oss-20b"]
+    # A digest given in the spec (or baseline.toml) is used as is: no pull.
+    docker_stand_in.unlink()
+    pinned = arms.make_arm("baseline", arms.parse_arm_spec(f"image:vllm/vllm-openai@{DIGEST}"),
+                           w)
+    harness.prepare_arms((pinned,), Reporter(None))
+    assert [c[0] for c in _calls(docker_stand_in)] == ["info", "run"]
+
+
+def test_image_arm_without_a_registry_digest_could_not_run(
+        repo_root: Path, tmp_path: Path, docker_stand_in: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w = _single_stream(repo_root)
+    venv = arms.make_arm("candidate", arms.parse_arm_spec(f"venv:{_venv(tmp_path / 'v')}"), w)
+    image = arms.make_arm("baseline", arms.parse_arm_spec("image:vllm/vllm-openai:nightly"), w)
+    # docker pull fails: the A/B stops before any round (no local :nightly is run).
+    monkeypatch.setenv("STAND_IN_PULL_RC", "1")
+    result = harness.run_ab(w, venv, image, reporter=Reporter(None),
+                            server_logs=tmp_path / "servers")
+    assert result.verdict == "could-not-run" and not result.runs
+    assert "baseline: docker pull vllm/vllm-openai:nightly failed with exit code 1" in \
+        result.problems[0]
+    assert "fix: check that the registry is reachable" in result.problems[0]
+    assert [c[0] for c in _calls(docker_stand_in)] == ["info", "pull"]
+    # The image has no digest from this registry: never made up.
+    monkeypatch.setenv("STAND_IN_PULL_RC", "0")
+    monkeypatch.setenv("STAND_IN_DIGESTS", '["other/vllm-openai@' + DIGEST + '"]')
+    image = arms.make_arm("baseline", arms.parse_arm_spec("image:vllm/vllm-openai:nightly"), w)
+    with pytest.raises(CouldNotRunError, match="no registry digest for vllm/vllm-openai:nightly"
+                       ) as caught:
+        harness.prepare_arms((image,), Reporter(None))
+    assert caught.value.exit_code == 13 and caught.value.why and caught.value.fix
+    assert image.facts().get("digest") is None
+
+
+_HIDE_NUMPY = """
+import sys
+class HideNumpy:  # the `throughput` extra not installed, as far as imports can tell
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" or name.startswith("numpy."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, HideNumpy())
+from vllm_wheels.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_missing_throughput_extra_could_not_run(repo_root: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _HIDE_NUMPY, "verify-throughput", "--candidate",
+         "url:http://127.0.0.1:9", "--baseline", "url:http://127.0.0.1:9",
+         "--model", str(tmp_path), "--results-dir", str(tmp_path / "results")],
+        cwd=repo_root, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 13, proc.stderr
+    assert "ERROR (could not run, exit 13): the throughput A/B needs numpy" in proc.stderr
+    assert "fix: pip install 'vllm-wheels[throughput]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_ab_that_stops_with_an_error_leaves_nothing_behind(
+        repo_root: Path, tmp_path: Path) -> None:
+    """run_ab raises a ConfigError (the model directory has no tokenizer.json) after the
+    hidden full log was opened: it must not stay in the results directory."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vllm_wheels", "verify-throughput", "--model", str(model),
+         "--candidate", f"venv:{_venv(tmp_path / 'a')}",
+         "--baseline", f"venv:{_venv(tmp_path / 'b')}", "--results-dir", str(results)],
+        cwd=repo_root, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "no tokenizer.json in the model directory" in proc.stderr
+    assert results.is_dir() and list(results.iterdir()) == []
+
+
+def _tiny_model(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)} | {"[UNK]": 64},
+                                           unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(path / "tokenizer.json"))
+    return path
+
+
+def test_server_logs_move_in_after_the_report_and_survive_a_failed_write(
+        repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from vllm_wheels.verify.throughput import cli as throughput_cli
+
+    parser = argparse.ArgumentParser()
+    throughput_cli.add_arguments(parser)
+    model = _tiny_model(tmp_path / "model")
+    cand = _venv(tmp_path / "a")
+    base = _venv(tmp_path / "b")
+
+    def args(results: Path) -> argparse.Namespace:
+        return parser.parse_args(["--model", str(model), "--candidate", f"venv:{cand}",
+                                  "--baseline", f"venv:{base}", "--results-dir", str(results)])
+
+    # The baseline's server cannot start (its vllm is an empty file), after its server
+    # log was opened. The report is published, then the logs move in.
+    with pytest.raises(CouldNotRunError, match="baseline: cannot start"):
+        throughput_cli.run(args(tmp_path / "ok"))
+    [out] = (tmp_path / "ok").iterdir()
+    assert not out.name.startswith(".")
+    assert sorted(p.name for p in out.iterdir()) == ["plot.png", "report.md", "result.json",
+                                                     "servers", "verify-throughput.log"]
+    assert [p.name for p in (out / "servers").iterdir()] == ["baseline-round1.log"]
+
+    # FAULT INJECTION (a full disk cannot be made here): publishing the report directory
+    # fails, after its files were written. The logs of the runs are kept, paths printed.
+    def no_space(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "publish_dir", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        throughput_cli.run(args(tmp_path / "full"))
+    left = sorted(p.name for p in (tmp_path / "full").iterdir())
+    assert len(left) == 2 and left[0].endswith(".log") and left[1].endswith(".servers")
+    assert [p.name for p in (tmp_path / "full" / left[1]).iterdir()] == ["baseline-round1.log"]
+    assert f"the report could not be written; kept the full log {tmp_path / 'full' / left[0]}" \
+        in capsys.readouterr().err

@@ -2,15 +2,23 @@
 
 Exit codes: 0 pass, 11 regression, 12 inconclusive, 13 could not run (2 for a bad
 workload or command line). The report is written in every case where runs happened.
+While it runs, the full log and the server logs live hidden in the results directory
+(`.<stamp>-<workload>.log`, `.<stamp>-<workload>.servers/`); they move into the report
+directory once it is published and are removed when the A/B stops without a report
+(an error or Ctrl-C). Only when writing the report itself fails are they kept, and
+their paths printed: they are then the only record of the runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import shutil
 import time
 from pathlib import Path
 
+from ...cache import remove
 from ...errors import (
     ConfigError,
     CouldNotRunError,
@@ -45,18 +53,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", type=Path, default=None,
                         help="stack whose wheels make the default candidate (default: "
                              "build/stack.toml)")
+    parser.add_argument("--wheels", type=Path, default=None,
+                        help="directory of the wheels that make the default candidate venv "
+                             "DIR/venv (default: wheels/<stack name>/)")
     parser.add_argument("--prepare-candidate", action="store_true",
                         help="only make (or check) the default candidate venv "
-                             "wheels/<stack>/venv from the stack's wheels, then exit")
+                             "(--wheels DIR)/venv from those wheels, then exit")
 
 
-def _default_candidate(root: Path, stack_file: Path | None, reporter: Reporter) -> str:
-    """venv:wheels/<stack>/venv, made from the stack's wheels if missing or stale."""
+# The `throughput` extra: the client (numpy, tokenizers, aiohttp) and the plot (matplotlib).
+EXTRA_MODULES = ("numpy", "tokenizers", "aiohttp", "matplotlib")
+
+
+def check_extra() -> None:
+    """Fail before any work when the optional `throughput` extra is not installed."""
+    missing = []
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise CouldNotRunError(f"the throughput A/B needs {', '.join(missing)} (not "
+                               "installed)",
+                               why="the benchmark client, its statistics and the plot use "
+                                   "the optional `throughput` extra",
+                               fix="pip install 'vllm-wheels[throughput]'")
+
+
+def _default_candidate(root: Path, stack_file: Path | None, wheels_dir: Path | None,
+                       reporter: Reporter) -> str:
+    """venv:DIR/venv (DIR: --wheels, else wheels/<stack>/), made from DIR's wheels if
+    missing or stale."""
     from ...stack import load_stack
     from .candidate import ensure_candidate_venv
 
     stack = load_stack(stack_file or root / "build" / "stack.toml")
-    return f"venv:{ensure_candidate_venv(stack, root / 'wheels' / stack.name, reporter)}"
+    wheels = (wheels_dir or root / "wheels" / stack.name).resolve()
+    return f"venv:{ensure_candidate_venv(stack, wheels, reporter)}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
     root = _repo_root()
     verify_dir = root / "verify"
     if args.prepare_candidate:
-        print(_default_candidate(root, args.stack, Reporter(None)))
+        print(_default_candidate(root, args.stack, args.wheels, Reporter(None)))
         return 0
+    # Once, before anything starts: the client would otherwise fail with a bare
+    # ModuleNotFoundError deep inside the first round.
+    check_extra()
     workload = load_workload(resolve_workload_path(args.workload, verify_dir / "workloads"))
     workload = workload.with_overrides(model=args.model, runs=args.runs)
     if not (workload.model / "config.json").is_file():
@@ -76,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                               "with random (dummy) weights",
                           fix="download them (see README, 'Throughput A/B') or pass --model DIR")
     candidate_spec = arms.parse_arm_spec(
-        args.candidate or _default_candidate(root, args.stack, Reporter(None)))
+        args.candidate or _default_candidate(root, args.stack, args.wheels, Reporter(None)))
     baseline_spec = arms.parse_arm_spec(
         args.baseline or "image:" + arms.load_baseline_image(verify_dir / "baseline.toml"))
     candidate = arms.make_arm("candidate", candidate_spec, workload)
@@ -88,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     server_logs = results_root / f".{stamp}-{workload.name}.servers"
     log_path = results_root / f".{stamp}-{workload.name}.log"
     reporter = Reporter(log_path)
+    keep_logs = False
     try:
         c = workload.client
         reporter.say(f"verify-throughput: workload {workload.name}; candidate {candidate_spec}; "
@@ -95,7 +133,17 @@ def run(args: argparse.Namespace) -> int:
                      f"{list(c.concurrency)}; full log: {log_path}")
         result = harness.run_ab(workload, candidate, baseline, reporter=reporter,
                                 server_logs=server_logs)
-        report.write(result, out_dir, server_logs=server_logs)
+        try:
+            report.write(result, out_dir)
+        except BaseException:
+            keep_logs = True
+            reporter.warn(f"the report could not be written; kept the full log {log_path}"
+                          + (f" and the server logs {server_logs}" if server_logs.is_dir()
+                             else ""))
+            raise
+        # Only now that the report directory exists: a failed write must not take them.
+        if server_logs.is_dir() and any(server_logs.iterdir()):
+            os.replace(server_logs, out_dir / "servers")
         shutil.copy2(log_path, out_dir / "verify-throughput.log")
         for extra, name in ((args.json, "result.json"), (args.report, "report.md")):
             if extra is not None:
@@ -104,11 +152,17 @@ def run(args: argparse.Namespace) -> int:
         reporter.say(f"verdict: {result.verdict}; report: {out_dir / 'report.md'}")
     finally:
         reporter.close()
-    log_path.unlink(missing_ok=True)
-    summary = report.markdown(result).split("\n\n", 2)[1] if result.cell_verdicts else ""
+        if not keep_logs:
+            # Moved into the report above; what is left belongs to an A/B that stopped
+            # without one (an error, Ctrl-C): nothing half-written stays behind.
+            remove(server_logs)
+            log_path.unlink(missing_ok=True)
+    summary = "\n".join(report.verdict_lines(result))
     where = f"see {out_dir / 'report.md'}"
     if result.verdict == "regression":
-        raise ThroughputRegressionError(f"the candidate is slower than the baseline\n{summary}",
+        raise ThroughputRegressionError(f"the candidate is slower than the baseline\n{summary}"
+                                        + "".join(f"\n  also could not run: {p}"
+                                                  for p in result.problems),
                                         why=where, fix="compare the arms' facts in the report "
                                         "(arch list, build type, FlashInfer, attention backend)")
     if result.verdict == "inconclusive":

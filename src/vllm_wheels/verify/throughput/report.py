@@ -3,7 +3,8 @@
     result.json   schema_version 1 (below); every run of both arms, the arms' facts
     report.md     the verdict first, then one table per workload x concurrency
     plot.png      per-run output throughput of both arms; TTFT and ITL distributions
-    servers/      the server logs of arms the harness started
+    servers/      the server logs of arms the harness started (moved in by cli.run once
+                  the directory is published, with verify-throughput.log)
 
 result.json, schema_version 1:
     {"schema_version": 1, "tool": "vllm-wheels verify-throughput",
@@ -26,7 +27,6 @@ result.json, schema_version 1:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,17 @@ def _arm_line(facts: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def verdict_lines(result: AbResult) -> list[str]:
+    """One line per concurrency: its verdict and the gated metrics that did not pass."""
+    lines = []
+    for conc, verdict in result.cell_verdicts.items():
+        bad = [m for m in result.comparisons.get(conc, []) if m.gated and m.verdict != "pass"]
+        lines.append(f"- concurrency {conc}: **{verdict}**"
+                     + ("".join(f"; {_LABELS[m.metric][0]} {m.change:+.1%}: {m.reason}"
+                                for m in bad)))
+    return lines
+
+
 def markdown(result: AbResult) -> str:
     import numpy as np
 
@@ -93,12 +104,8 @@ def markdown(result: AbResult) -> str:
     c = w.client
     lines = [f"# Throughput A/B: {w.name} — **{result.verdict.upper()}**", ""]
     if result.problems:
-        lines += ["Could not decide:", ""] + [f"- {p}" for p in result.problems] + [""]
-    for conc, verdict in result.cell_verdicts.items():
-        bad = [m for m in result.comparisons.get(conc, []) if m.gated and m.verdict != "pass"]
-        lines.append(f"- concurrency {conc}: **{verdict}**"
-                     + ("".join(f"; {_LABELS[m.metric][0]} {m.change:+.1%}: {m.reason}"
-                                for m in bad)))
+        lines += ["Could not run or decide:", ""] + [f"- {p}" for p in result.problems] + [""]
+    lines += verdict_lines(result)
     lines += ["", f"- candidate: {_arm_line(result.candidate.facts())}",
               f"- baseline: {_arm_line(result.baseline.facts())}",
               f"- workload `{w.path.name}` (fingerprint {w.fingerprint()}): model `{w.model}`, "
@@ -182,8 +189,9 @@ def plot(result: AbResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write(result: AbResult, out_dir: Path, *, server_logs: Path | None = None) -> Path:
-    """Write the three files into out_dir (atomically: all or nothing)."""
+def write(result: AbResult, out_dir: Path) -> Path:
+    """Write the three files into out_dir (atomically: all or nothing). Server logs are
+    not touched here: a failed write must not take them with its temporary directory."""
     tmp = temp_sibling(out_dir)
     remove(tmp)
     tmp.mkdir(parents=True)
@@ -191,8 +199,6 @@ def write(result: AbResult, out_dir: Path, *, server_logs: Path | None = None) -
         (tmp / "result.json").write_text(json.dumps(to_json(result), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(result))
         plot(result, tmp / "plot.png")
-        if server_logs is not None and server_logs.is_dir() and any(server_logs.iterdir()):
-            os.replace(server_logs, tmp / "servers")
         publish_dir(tmp, out_dir)
     except BaseException:
         remove(tmp)
