@@ -261,7 +261,7 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
                                             evidence, fix="the kernels do not run on this GPU"))
                 continue
         r.checks.append(CheckResult("import", PASS, f"imported {', '.join(names)} in the "
-                                                    f"runtime{gpu or ' (no GPU here: no op run)'}",
+                                                    f"runtime{gpu or ' (no target GPU on this host: no op run)'}",
                                     evidence))
 
 
