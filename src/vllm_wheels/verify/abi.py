@@ -260,9 +260,9 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
                 r.checks.append(CheckResult("import", FAIL, f"imported {', '.join(names)}{gpu}",
                                             evidence, fix="the kernels do not run on this GPU"))
                 continue
+        no_op = " (no target GPU on this host: no op run)"
         r.checks.append(CheckResult("import", PASS, f"imported {', '.join(names)} in the "
-                                                    f"runtime{gpu or ' (no target GPU on this host: no op run)'}",
-                                    evidence))
+                                                    f"runtime{gpu or no_op}", evidence))
 
 
 def write_json(report: Report, target: Path) -> None:
