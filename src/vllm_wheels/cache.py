@@ -8,12 +8,15 @@ run never leaves a half-written entry that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import DiskFullError
 
 
 def default_cache_root() -> Path:
@@ -73,6 +76,45 @@ class Cache:
 
 def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (for temporary names carrying their writer's pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def raise_if_disk_full(exc: BaseException, dest: Path, *,
+                       why: str = "the partial file was removed", fix: str = "") -> None:
+    """Turn ENOSPC into DiskFullError (exit 7); any other exception is left to the caller."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        raise DiskFullError(f"disk full while writing {dest}", why=why,
+                            fix=fix or f"free space on the filesystem of {dest.parent}, "
+                                       "then run the command again") from None
+
+
+def write_atomic(dest: Path, data: bytes | str, *,
+                 disk_full_why: str = "the partial file was removed; the old one is intact",
+                 disk_full_fix: str = "") -> None:
+    """Write to a temporary sibling, then rename over `dest`: readers see the old file or
+    the new one, never a part. The temporary file is removed on any failure."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(dest)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        remove(tmp)
+        raise_if_disk_full(exc, dest, why=disk_full_why, fix=disk_full_fix)
+        raise
 
 
 def remove(path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from . import builders, fetchcontent, patches, pins, sources, toolchain, wheelmeta
-from .cache import Cache, publish_dir, remove, temp_sibling
+from .cache import Cache, publish_dir, remove, temp_sibling, write_atomic
 from .errors import (
     AbiMismatchError,
     BuildError,
@@ -726,7 +726,4 @@ def _write_summary(plan: Plan, results: list[BuiltWheel], seconds: float) -> Non
                "seconds": round(seconds, 1), "log": str(plan.log_path),
                "wheels": [{"package": r.package, "file": r.path.name, "size": r.size,
                            "sha256": r.sha256, "seconds": round(r.seconds, 1)} for r in results]}
-    target = plan.output_dir / "build-summary.json"
-    tmp = temp_sibling(target)
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_atomic(plan.output_dir / "build-summary.json", json.dumps(summary, indent=2) + "\n")

@@ -25,7 +25,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from ..cache import default_cache_root, remove, temp_sibling
+from ..cache import default_cache_root, remove, temp_sibling, write_atomic
 from ..errors import BuildError, ConfigError, SourceError, ToolchainError
 from ..log import Reporter
 from ..runner import capture, run
@@ -287,10 +287,8 @@ def _announce(reporter: Reporter, command: DockerCommand) -> None:
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    tmp.write_text(json.dumps({"schema_version": PLAN_SCHEMA_VERSION, **data}, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"schema_version": PLAN_SCHEMA_VERSION, **data}, indent=2)
+                 + "\n")
 
 
 def _reporter(kind: str, stack: Stack) -> Reporter:

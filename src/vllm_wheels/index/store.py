@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import fcntl
 import hashlib
 import json
@@ -41,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import remove, temp_sibling
-from ..errors import ConfigError, DiskFullError, IndexPublishError
+from ..cache import pid_alive, raise_if_disk_full, remove, temp_sibling, write_atomic
+from ..errors import ConfigError, IndexPublishError
 from ..log import Reporter
 from . import layout
 
@@ -243,7 +242,7 @@ class IndexDir:
         for incoming in self.root.glob(".incoming-*"):
             # A mirror downloads before taking the lock: only a dead process's folder goes.
             pid = incoming.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 remove(incoming)
         listed = {(r.project, r.filename) for r in state.files.values()}
         if self.files.is_dir():
@@ -309,16 +308,6 @@ def _holds_files(directory: Path) -> bool:
                                       for p in directory.rglob("*"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _replace_symlink(link: Path, target: Path) -> None:
     """Point `link` at `target` atomically (rename(2) over the old link)."""
     if link.exists() and not link.is_symlink():
@@ -356,25 +345,16 @@ def place_file(source: Path, dest: Path, expected_sha256: str) -> None:
         tmp.replace(dest)
     except BaseException as exc:
         remove(tmp)
-        _raise_if_disk_full(exc, dest)
+        raise_if_disk_full(exc, dest, why=_DISK_FULL_WHY, fix=_disk_full_fix(dest))
         raise
+
+
+_DISK_FULL_WHY = "the partial file was removed; the index is unchanged"
+
+
+def _disk_full_fix(dest: Path) -> str:
+    return f"free space on the filesystem of {dest.parent}, then publish again"
 
 
 def write_bytes_atomic(dest: Path, data: bytes) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(dest)
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(dest)
-    except BaseException as exc:
-        remove(tmp)
-        _raise_if_disk_full(exc, dest)
-        raise
-
-
-def _raise_if_disk_full(exc: BaseException, dest: Path) -> None:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        raise DiskFullError(f"disk full while writing {dest}",
-                            why="the partial file was removed; the index is unchanged",
-                            fix=f"free space on the filesystem of {dest.parent}, then publish "
-                                "again") from None
+    write_atomic(dest, data, disk_full_why=_DISK_FULL_WHY, disk_full_fix=_disk_full_fix(dest))

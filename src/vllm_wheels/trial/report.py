@@ -6,13 +6,12 @@ the two never disagree and a saved trial renders the same after a resume.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cache import remove, temp_sibling
+from ..cache import write_atomic
 from ..log import format_duration
 from .stages import NO_GPU, STAGES, StageResult
 
@@ -180,11 +179,4 @@ def write_report(report: Mapping[str, Any], markdown_path: Path, json_path: Path
     """Both files, each written to a temporary sibling and renamed."""
     for path, text in ((json_path, json.dumps(report, indent=2, default=str) + "\n"),
                        (markdown_path, render_markdown(report))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(path)
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            remove(tmp)
-            raise
+        write_atomic(path, text)

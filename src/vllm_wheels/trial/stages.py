@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import temp_sibling
+from ..cache import write_atomic
 from ..errors import EXIT_CODES, InterruptedError_, PipelineError
 from ..log import Reporter, format_duration
 from ..runner import run
@@ -147,12 +147,9 @@ class TrialState:
         self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"schema_version": STATE_SCHEMA_VERSION, "key": self.key, "plan": self.plan,
                 "results": {n: r.to_dict() for n, r in self.results.items()}}
-        tmp = temp_sibling(self.path)
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _exit_code(exc: PipelineError) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import temp_sibling
+from ..cache import write_atomic
 from ..log import Reporter
 from . import checks
 from .checks import FAIL, NA, PASS, UNKNOWN, CheckResult, LinkScope
@@ -266,7 +265,4 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
 
 
 def write_json(report: Report, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(target)
-    tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps(report.to_dict(), indent=2) + "\n")

@@ -10,7 +10,6 @@ colleagues' wheels can be checked too.
 from __future__ import annotations
 
 import email.parser
-import errno
 import json
 import os
 import re
@@ -24,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from ..cache import remove, temp_sibling
-from ..errors import CannotCheckError, DiskFullError
+from ..cache import pid_alive, raise_if_disk_full, remove, temp_sibling
+from ..errors import CannotCheckError
 from ..sources import sha256_file
 from ..wheelmeta import MANIFEST_NAME
 from .elf import ElfInfo, NotElf, is_elf, read_elf
@@ -163,10 +162,9 @@ def unpack_wheel(wheel: Path, root: Path) -> tuple[str, Path]:
                                fix="rebuild or re-download it") from None
     except OSError as exc:
         remove(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"disk full while unpacking {wheel.name} into {root}",
-                                why="verify_abi reads the wheel's files from an unpacked copy",
-                                fix="free space or point --cache-dir at a larger disk") from None
+        raise_if_disk_full(exc, root, why=f"verify_abi reads {wheel.name}'s files from an "
+                                          "unpacked copy; the partial copy was removed",
+                           fix="free space or point --cache-dir at a larger disk")
         raise
     except BaseException:
         remove(tmp)
@@ -251,7 +249,7 @@ def clear_unpacked(root: Path, keep: set[str], max_age_days: float = 7) -> None:
         if child.name.startswith("."):
             # `.<name>.tmp-<pid>` of a run that was killed mid-unpack.
             pid = child.name.rpartition(".tmp-")[2]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(child, ignore_errors=True)
             continue
         if child.name in keep:
@@ -262,12 +260,3 @@ def clear_unpacked(root: Path, keep: set[str], max_age_days: float = 7) -> None:
         except FileNotFoundError:
             continue
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
