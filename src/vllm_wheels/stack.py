@@ -173,6 +173,19 @@ class Stack:
 # ---------------------------------------------------------------------------- reading
 
 
+def read_toml(path: Path, *, missing: str, fix: str = "") -> dict[str, Any]:
+    """The one way config files are read: a missing file, an unreadable one and bad TOML
+    each become a ConfigError (exit 2) naming the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{missing}: {path}", fix=fix) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
 class _Table:
     """A TOML table that remembers which keys were read, to reject the rest."""
 
@@ -325,14 +338,8 @@ def _read_package(name: str, table: _Table, file: Path) -> PackageSpec:
 def load_stack(path: Path) -> Stack:
     """Read and validate a stack file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"stack file not found: {path}",
-                          fix="pass --stack PATH, e.g. build/stack.toml or build/stacks/*.toml"
-                          ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, missing="stack file not found",
+                    fix="pass --stack PATH, e.g. build/stack.toml or build/stacks/*.toml")
     top = _Table(raw, "", path)
     schema = top.get("schema_version", int, SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:

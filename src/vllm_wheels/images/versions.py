@@ -12,7 +12,6 @@ import json
 import os
 import re
 import time
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +24,7 @@ from packaging.version import Version
 
 from ..cache import temp_sibling
 from ..errors import ConfigError, SourceError
-from ..stack import Stack, _Table
+from ..stack import Stack, _Table, read_toml
 
 SCHEMA_VERSION = 1
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -106,14 +105,9 @@ class Versions:
 
 
 def load_versions(path: Path) -> Versions:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"versions file not found: {path}",
-                          fix="[docker] versions in the stack names it, relative to the repo "
-                              "root (default docker/versions.toml)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, missing="versions file not found",
+                    fix="[docker] versions in the stack names it, relative to the repo root "
+                        "(default docker/versions.toml)")
     top = _Table(raw, "", path)
     schema = top.get("schema_version", int, required=True)
     if schema != SCHEMA_VERSION:

@@ -16,11 +16,9 @@ TWINE_USERNAME / TWINE_PASSWORD for twine. A credential key in the file is an er
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 import sys
-import tomllib
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 from ..errors import ConfigError, IndexPublishError
 from ..log import Reporter
 from ..runner import run
+from ..stack import _Table, read_toml
 
 CONFIG_SCHEMA_VERSION = 1
 TOOLS = ("uv", "twine")
@@ -45,22 +44,27 @@ class UploadConfig:
 
 
 def load_upload_config(path: Path) -> UploadConfig:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"index config not found: {path}",
-                          fix="create it with an [upload] table (README: 'Internal wheel "
-                              "index'), or pass --index-config FILE") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    _reject_unknown(raw, {"schema_version", "upload"}, path, "the top level")
-    if raw.get("schema_version", CONFIG_SCHEMA_VERSION) != CONFIG_SCHEMA_VERSION:
+    raw = read_toml(path, missing="index config not found",
+                    fix="create it with an [upload] table (README: 'Internal wheel index'), or "
+                        "pass --index-config FILE")
+    # Credentials are refused before anything else: the stack's unknown-key check would
+    # also stop at them, but with a "did you mean" instead of the reason.
+    _reject_credentials(raw, path, "the top level")
+    top = _Table(raw, "", path)
+    schema = top.get("schema_version", int, CONFIG_SCHEMA_VERSION)
+    upload = top.get("upload", dict)
+    top.finish()
+    if schema != CONFIG_SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version must be {CONFIG_SCHEMA_VERSION}")
-    table = raw.get("upload")
-    if not isinstance(table, dict):
+    if upload is None:
         raise ConfigError(f"{path}: no [upload] table", fix='add [upload] url = "..."')
-    _reject_unknown(table, {"url", "tool", "check_url"}, path, "[upload]")
-    url, tool, check_url = table.get("url"), table.get("tool", "uv"), table.get("check_url")
+    _reject_credentials(upload, path, "[upload]")
+    table = _Table(upload, "upload", path)
+    # Types are checked below with messages that say what a valid value looks like.
+    url = table.get("url", object)
+    tool = table.get("tool", object, "uv")
+    check_url = table.get("check_url", object)
+    table.finish()
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}: [upload] url must be an http(s) URL, got {url!r}")
     if tool not in TOOLS:
@@ -80,7 +84,7 @@ def load_upload_config(path: Path) -> UploadConfig:
     return UploadConfig(url=url, tool=tool, check_url=check_url)
 
 
-def _reject_unknown(table: dict[str, object], known: set[str], path: Path, where: str) -> None:
+def _reject_credentials(table: dict[str, object], path: Path, where: str) -> None:
     for key in sorted(table):
         if key.lower() in _CREDENTIAL_KEYS:
             raise ConfigError(
@@ -88,11 +92,6 @@ def _reject_unknown(table: dict[str, object], known: set[str], path: Path, where
                 why="credentials never go into files in the repository",
                 fix="remove it and set UV_PUBLISH_USERNAME/UV_PUBLISH_PASSWORD (uv) or "
                     "TWINE_USERNAME/TWINE_PASSWORD (twine) in the environment")
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ConfigError(f"{path}: unknown key {key!r} in {where}",
-                              fix=f"did you mean {close[0]!r}?" if close
-                              else f"known keys: {', '.join(sorted(known))}")
 
 
 def _uv() -> str:

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter
 from ...runner import apply_env, format_env_changes
+from ...stack import read_toml
 from .workload import Workload
 
 ArmKind = Literal["venv", "image", "url"]
@@ -96,10 +96,8 @@ def parse_arm_spec(text: str) -> ArmSpec:
 def load_baseline_image(path: Path) -> str:
     """verify/baseline.toml -> the image reference to run: by digest when one was
     resolved on a machine that reaches the registry, else by tag."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    data = read_toml(path, missing="baseline file not found",
+                     fix="verify/baseline.toml names the nightly image (image = \"...\")")
     unknown = set(data) - {"image", "digest", "resolved"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}",

@@ -19,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from ...stack import _Table
+from ...stack import _Table, read_toml
 
 MIN_RUNS = 5  # fewer independent runs per arm give no usable confidence interval
 
@@ -139,10 +138,8 @@ def resolve_workload_path(name_or_file: str, workloads_dir: Path) -> Path:
 
 
 def load_workload(path: Path) -> Workload:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read workload {path}: {exc}") from exc
+    raw = read_toml(path, missing="workload file not found",
+                    fix="pass --workload with a name in verify/workloads/ or a TOML file")
     top = _Table(raw, "", path)
     name = top.get("name", str, default=path.stem)
     model_text = top.get("model", str, required=True)
