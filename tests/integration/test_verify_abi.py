@@ -48,6 +48,13 @@ def verify(repo_root: Path, cache: Path, *args: str) -> tuple[subprocess.Complet
     return result, json.loads(report.read_text()) if report.exists() else None
 
 
+def built_wheels(ci_build: CiBuild) -> list[str]:
+    """The test stack's wheel files, named one by one: given the directory, verify-abi
+    would replace the verify-abi.json that build_wheels wrote there, which other tests
+    (publishing) read."""
+    return [str(p) for p in sorted(ci_build.out.glob("*.whl"))]
+
+
 def checks_of(report: dict, prefix: str) -> dict[str, dict]:  # type: ignore[type-arg]
     wheel = next(w for w in report["wheels"] if w["filename"].startswith(prefix))
     return {c["name"]: c for c in wheel["checks"]}
@@ -61,7 +68,7 @@ def test_build_writes_a_passing_report_for_exactly_its_wheels(ci_build: CiBuild)
 
 def test_pass_against_the_torch_they_were_built_with(ci_build: CiBuild, repo_root: Path,
                                                      shared_cache: Path) -> None:
-    result, report = verify(repo_root, shared_cache, "--wheels", str(ci_build.out),
+    result, report = verify(repo_root, shared_cache, "--wheels", *built_wheels(ci_build),
                             "--python", str(ci_build.build_python))
     assert result.returncode == 0, result.stderr
     assert report is not None and report["schema_version"] == 1 and report["passed"] is True
@@ -78,7 +85,7 @@ def test_pass_against_the_torch_they_were_built_with(ci_build: CiBuild, repo_roo
 
 def test_fail_against_another_real_torch_with_the_exact_symbols(
         ci_build: CiBuild, torch_cpu_213: Path, repo_root: Path, shared_cache: Path) -> None:
-    result, report = verify(repo_root, shared_cache, "--wheels", str(ci_build.out),
+    result, report = verify(repo_root, shared_cache, "--wheels", *built_wheels(ci_build),
                             "--python", str(torch_cpu_213))
     assert result.returncode == 8, result.stderr
     assert "ABI mismatch" in result.stderr
@@ -263,7 +270,7 @@ def test_fatbin_reader_agrees_with_cuobjdump(gencodes: tuple[str, ...], tmp_path
 
 def test_missing_interpreter_could_not_check(ci_build: CiBuild, repo_root: Path,
                                              shared_cache: Path, tmp_path: Path) -> None:
-    result, report = verify(repo_root, shared_cache, "--wheels", str(ci_build.out),
+    result, report = verify(repo_root, shared_cache, "--wheels", *built_wheels(ci_build),
                             "--python", str(tmp_path / "no" / "python"))
     assert result.returncode == 9
     assert "could not check" in result.stderr and "does not exist" in result.stderr
@@ -274,7 +281,7 @@ def test_runtime_without_torch_could_not_check(ci_build: CiBuild, repo_root: Pat
                                                shared_cache: Path, tmp_path: Path) -> None:
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
-    result, report = verify(repo_root, shared_cache, "--wheels", str(ci_build.out),
+    result, report = verify(repo_root, shared_cache, "--wheels", *built_wheels(ci_build),
                             "--python", str(bare / "bin" / "python"))
     assert result.returncode == 9, result.stdout
     assert report is not None and report["status"] == "unknown"
