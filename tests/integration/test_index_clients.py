@@ -24,7 +24,7 @@ from index_support import (
     LABEL_CU130,
     Server,
     TinyWheels,
-    build_tiny_wheels,
+    build_verified_tiny_wheels,
     cli,
     isolated_env,
     pip_resolve,
@@ -32,7 +32,6 @@ from index_support import (
     start_server,
     stop_server,
     uv_bin,
-    write_verify_report,
 )
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
@@ -41,11 +40,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> TinyWheels:
-    built = build_tiny_wheels(tmp_path_factory.mktemp("tiny"))
-    for variant in built.variants.values():
-        write_verify_report(variant)
-    write_verify_report(list(built.yankme.values()))
-    return built
+    return build_verified_tiny_wheels(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from index_support import (
     LABEL_CU128,
     LABEL_CU130,
     TinyWheels,
-    build_tiny_wheels,
+    build_verified_tiny_wheels,
     cli,
     iter_files,
     sha256,
@@ -45,11 +45,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> TinyWheels:
-    built = build_tiny_wheels(tmp_path_factory.mktemp("tiny"))
-    for variant in built.variants.values():
-        write_verify_report(variant)
-    write_verify_report(list(built.yankme.values()))
-    return built
+    return build_verified_tiny_wheels(tmp_path_factory.mktemp("tiny"))
 
 
 def _state(index: Path) -> dict[str, object]:
