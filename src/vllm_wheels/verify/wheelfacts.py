@@ -10,6 +10,7 @@ colleagues' wheels can be checked too.
 from __future__ import annotations
 
 import email.parser
+import functools
 import json
 import os
 import re
@@ -89,8 +90,10 @@ class WheelFacts:
         torch = (self.manifest or {}).get("torch")
         return torch if isinstance(torch, dict) else None
 
-    @property
+    @functools.cached_property
     def needs_torch(self) -> bool:
+        # Asked by most checks; scans every undefined symbol, so computed once (read_wheel
+        # has filled `elfs` before any check runs).
         if self.torch_manifest or self.pin("torch"):
             return True
         for elf in self.elfs:
