@@ -20,7 +20,6 @@ Differences from a GPU A/B, on purpose and named:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -36,22 +35,14 @@ import pytest
 
 pytestmark = pytest.mark.network  # the server venv comes from PyPI (torch from local disk)
 
-SERVER_REQUIREMENTS = ["torch==2.13.0", "transformers[serving]==5.24.0"]
 MAKE_MODEL = Path(__file__).parents[1] / "fixtures" / "throughput" / "make_tiny_model.py"
 
 
 @pytest.fixture(scope="module")
-def server_venv(shared_cache: Path) -> Path:
-    """python -m venv + pip (pip's config serves the CPU torch from local disk; uv would
-    fetch a CUDA torch from PyPI), cached by its requirements."""
-    key = hashlib.sha256("\n".join(SERVER_REQUIREMENTS).encode()).hexdigest()[:12]
-    venv = shared_cache / "test-venvs" / f"transformers-serve-{key}"
-    if not (venv / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", *SERVER_REQUIREMENTS], check=True)
-        (venv / ".complete").write_text("\n".join(SERVER_REQUIREMENTS) + "\n")
-    return venv
+def server_venv(torch_cpu_213: Path) -> Path:
+    """transformers' OpenAI-compatible server on torch 2.13.0 CPU: conftest's runtime venv
+    (python -m venv + pip, whose config serves the CPU torch from local disk)."""
+    return torch_cpu_213.parent.parent
 
 
 @pytest.fixture(scope="module")
