@@ -65,3 +65,14 @@ def compile_extension(source: str, module: str, out_dir: Path, *, cxx: bool = Fa
     subprocess.run([compiler, "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
                     str(src), "-o", str(target), *extra], check=True)
     return target
+
+
+def pypi_wheel(cache: Path, requirement: str, pattern: str) -> Path:
+    """One real wheel from PyPI (`pip download --no-deps`), kept in the test cache so a
+    rerun downloads nothing; `pattern` is its file-name glob."""
+    dl = cache / "test-downloads"
+    dl.mkdir(parents=True, exist_ok=True)
+    if not list(dl.glob(pattern)):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--disable-pip-version-check", requirement, "-d", str(dl)], check=True)
+    return next(dl.glob(pattern))

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ci_support import CiBuild, cli, compile_extension, make_wheel
+from ci_support import CiBuild, cli, compile_extension, make_wheel, pypi_wheel
 
 from vllm_wheels.fatbin import read_archs
 from vllm_wheels.sources import sha256_file
@@ -116,13 +116,9 @@ def cuda12_wheel(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -
     """An extension linking the real CUDA 12 runtime (nvidia-cuda-runtime-cu12 from
     PyPI), packaged without our manifest: facts come from the wheel's ELF files."""
     work = tmp_path_factory.mktemp("cu12")
-    dl = shared_cache / "test-downloads"
-    dl.mkdir(parents=True, exist_ok=True)
-    if not list(dl.glob("nvidia_cuda_runtime_cu12-12.9.79-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--disable-pip-version-check", "nvidia-cuda-runtime-cu12==12.9.79",
-                        "-d", str(dl)], check=True)
-    with zipfile.ZipFile(next(dl.glob("nvidia_cuda_runtime_cu12-12.9.79-*.whl"))) as zf:
+    wheel = pypi_wheel(shared_cache, "nvidia-cuda-runtime-cu12==12.9.79",
+                       "nvidia_cuda_runtime_cu12-12.9.79-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
         zf.extract("nvidia/cuda_runtime/lib/libcudart.so.12", work)
     libdir = work / "nvidia" / "cuda_runtime" / "lib"
     so = compile_extension(
@@ -221,16 +217,12 @@ def _nvcc() -> Path:
 @pytest.fixture(scope="module")
 def cuobjdump(shared_cache: Path) -> Path:
     """NVIDIA's cuobjdump from PyPI (nvidia-cuda-cuobjdump), the reference reader."""
-    dl = shared_cache / "test-downloads"
-    dl.mkdir(parents=True, exist_ok=True)
-    if not list(dl.glob("nvidia_cuda_cuobjdump-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--disable-pip-version-check", "nvidia-cuda-cuobjdump==13.5.37",
-                        "-d", str(dl)], check=True)
-    target = dl / "cuobjdump-bin"
+    wheel = pypi_wheel(shared_cache, "nvidia-cuda-cuobjdump==13.5.37",
+                       "nvidia_cuda_cuobjdump-13.5.37-*.whl")
+    target = wheel.parent / "cuobjdump-bin"
     binary = target / "nvidia" / "cu13" / "bin" / "cuobjdump"
     if not binary.exists():
-        with zipfile.ZipFile(next(dl.glob("nvidia_cuda_cuobjdump-*.whl"))) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             zf.extractall(target)
         binary.chmod(0o755)
     return binary
