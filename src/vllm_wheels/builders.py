@@ -23,6 +23,7 @@ from packaging.version import Version
 
 from .errors import BuildError
 from .fetchcontent import HEADERS_ONLY_CMAKE_ARGS
+from .runner import capture
 from .stack import PackageSpec, Stack
 from .toolchain import CompileCache, Parallelism
 
@@ -243,10 +244,7 @@ def vllm_configure_argv(ctx: BuildContext) -> tuple[str, ...]:
 
 def object_targets(build_dir: Path, sources: list[str], ninja: Path) -> tuple[str, ...]:
     """Ninja's object-file target names for the given source files."""
-    import subprocess
-
-    out = subprocess.run([str(ninja), "-C", str(build_dir), "-t", "targets", "all"],
-                         capture_output=True, text=True, check=True).stdout
+    out = capture([ninja, "-C", build_dir, "-t", "targets", "all"])
     targets = []
     for src in sources:
         suffix = "/" + src.lstrip("/") + ".o"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, PatchError
+from .errors import ConfigError, PatchError, ToolchainError
+from .runner import QueryResult, query
 
 _HUNK_FAILED = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
 _PATCHING = re.compile(r"^(?:patching|checking) file '?([^']+?)'?$")
@@ -64,11 +64,14 @@ def read_series(patch_dir: Path) -> list[PatchFile]:
             for n in names]
 
 
-def _patch(tree: Path, patch: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["patch", "-p1", "--batch", "--force", "--no-backup-if-mismatch", "-d", str(tree),
-         "-i", str(patch.resolve()), *extra],
-        capture_output=True, text=True, check=False)
+def _patch(tree: Path, patch: Path, *extra: str) -> QueryResult:
+    done = query(["patch", "-p1", "--batch", "--force", "--no-backup-if-mismatch", "-d", tree,
+                  "-i", patch.resolve(), *extra], timeout=600)
+    if done.not_run is not None:
+        raise ToolchainError(f"GNU patch could not run: {done.not_run}",
+                             why="local patches are applied with `patch -p1`",
+                             fix="install it (Debian/Ubuntu: apt-get install patch)")
+    return done
 
 
 def _failed_hunks(output: str) -> tuple[str, ...]:

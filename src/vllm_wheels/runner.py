@@ -4,6 +4,12 @@
 streams merged stdout/stderr into the full log, hands each line to an optional callback
 (progress parsing), and on failure raises a typed error whose message carries the
 compiler error lines and the last lines of output rather than the whole log.
+
+`query()` runs a short command whose output is a fact (a version, a probe, a listing) and
+never raises: what a failure means differs by caller (a toolchain error, "could not check",
+or a fact that is simply absent, like nvidia-smi on a host without a GPU). `capture()` is
+the toolchain flavour of it. `start()` launches a long-lived server in its own session,
+logged the same way as `run()`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError, DiskFullError, InterruptedError_, PipelineError, ToolchainError
@@ -139,21 +146,68 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class QueryResult:
+    """What a query printed. `not_run` says why there is no exit status to go by: the
+    command could not start, or it did not finish in time (it was killed)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    not_run: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.not_run is None and self.returncode == 0
+
+    def describe(self, limit: int = 2000) -> str:
+        """One line for an error message: why it did not run, or its exit and output tail."""
+        if self.not_run is not None:
+            return self.not_run
+        return (f"{shlex.join(self.argv)} failed (exit {self.returncode}): "
+                f"{(self.stderr or self.stdout).strip()[-limit:]}")
+
+
+def query(cmd: Sequence[str | os.PathLike[str]], *, env_changes: Mapping[str, str | None]
+          | None = None, cwd: Path | None = None, timeout: float = 120) -> QueryResult:
+    """Run a short command for its output; never raises (see the module docstring)."""
+    argv = tuple(os.fspath(c) for c in cmd)
+    try:
+        done = subprocess.run(argv, cwd=cwd, env=apply_env(env_changes or {}),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except OSError as exc:
+        return QueryResult(argv, -1, "", "", not_run=f"cannot run {argv[0]}: {exc}")
+    except subprocess.TimeoutExpired:
+        return QueryResult(argv, -1, "", "",
+                           not_run=f"{shlex.join(argv)} timed out after {timeout:g} s")
+    return QueryResult(argv, done.returncode, done.stdout, done.stderr)
+
+
 def capture(cmd: Sequence[str | os.PathLike[str]], *, env_changes: Mapping[str, str | None]
             | None = None, cwd: Path | None = None, timeout: float = 120) -> str:
     """Run a short query command (nvcc --version, python -c ...) and return stdout.
 
     Raises ToolchainError on failure: queries are about the toolchain.
     """
-    argv = [os.fspath(c) for c in cmd]
-    try:
-        done = subprocess.run(argv, cwd=cwd, env=apply_env(env_changes or {}),
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except (FileNotFoundError, PermissionError) as exc:
-        raise ToolchainError(f"cannot run {argv[0]}: {exc}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ToolchainError(f"{shlex.join(argv)} timed out after {timeout}s") from exc
-    if done.returncode != 0:
-        raise ToolchainError(f"{shlex.join(argv)} failed (exit {done.returncode}): "
-                             f"{(done.stderr or done.stdout).strip()[-2000:]}")
+    done = query(cmd, env_changes=env_changes, cwd=cwd, timeout=timeout)
+    if not done.ok:
+        raise ToolchainError(done.describe())
     return done.stdout
+
+
+def start(cmd: Sequence[str | os.PathLike[str]], *, reporter: Reporter, log_file: Path,
+          env_changes: Mapping[str, str | None] | None = None) -> subprocess.Popen[bytes]:
+    """Start a long-lived process (a model server) in its own session, its output appended
+    to `log_file`; the command and its environment changes go to the full log first. The
+    caller stops it (the whole group: servers fork workers). Raises OSError if it cannot
+    start."""
+    argv = [os.fspath(c) for c in cmd]
+    changes = dict(env_changes or {})
+    reporter.log(f"+ {shlex.join(argv)}")
+    for line in format_env_changes(changes):
+        reporter.log(line)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, env=apply_env(changes), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)

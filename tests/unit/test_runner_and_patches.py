@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from vllm_wheels.errors import BuildError, DiskFullError, PatchError, ToolchainError
 from vllm_wheels.log import Reporter
 from vllm_wheels.patches import PatchFile, apply_series, check_patch, read_series
-from vllm_wheels.runner import run
+from vllm_wheels.runner import capture, query, run, start
 from vllm_wheels.toolchain import parse_nvcc_version
 
 _open: list[Reporter] = []
@@ -94,3 +96,51 @@ def test_series_must_list_every_patch(tmp_path: Path) -> None:
     (tmp_path / "patches" / "series").write_text("one.patch\n")
     with pytest.raises(Exception, match="not listed in series: two.patch"):
         read_series(tmp_path / "patches")
+
+
+def test_query_never_raises_and_says_why_it_has_no_answer(tmp_path: Path) -> None:
+    missing = query(["definitely-not-a-tool-xyz", "--version"])
+    assert not missing.ok and missing.not_run is not None
+    assert missing.describe().startswith("cannot run definitely-not-a-tool-xyz")
+    slow = query([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    assert not slow.ok and slow.not_run is not None and "timed out after 0.5 s" in slow.not_run
+    failed = query([sys.executable, "-c", "import sys; print('out'); sys.exit('broken: x')"])
+    assert failed.not_run is None and failed.returncode == 1 and not failed.ok
+    assert failed.describe().endswith("failed (exit 1): broken: x")
+    env = query([sys.executable, "-c", "import os; print(os.environ.get('A'), "
+                 "os.environ.get('HOME') is None)"], env_changes={"A": "1", "HOME": None})
+    assert env.ok and env.stdout.split() == ["1", "True"]
+    # capture() is the toolchain flavour: the same failure becomes exit 3.
+    with pytest.raises(ToolchainError, match="failed \\(exit 1\\): broken: x") as info:
+        capture(failed.argv)
+    assert info.value.exit_code == 3
+
+
+def test_start_logs_the_command_and_runs_in_its_own_session(tmp_path: Path) -> None:
+    rep = reporter(tmp_path)
+    out = tmp_path / "server" / "server.log"
+    # It prints whether it leads its own session: stopping the server's process group
+    # then cannot reach this test's.
+    proc = start([sys.executable, "-c", "import os; print('up', os.environ['PORT'], "
+                  "os.getsid(0) == os.getpid(), flush=True)"],
+                 reporter=rep, log_file=out, env_changes={"PORT": "8123"})
+    assert proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while "up 8123" not in out.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.read_text() == "up 8123 True\n"
+    rep.close()
+    log = (tmp_path / "log.txt").read_text()
+    assert "+ " in log and "env +PORT=8123" in log
+
+
+def test_missing_gnu_patch_is_a_toolchain_error(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f.txt").write_text("a\nb\nc\n")
+    good = _patch(tmp_path, "good.patch", "b", "B")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # a real PATH without patch
+    with pytest.raises(ToolchainError, match="GNU patch could not run") as info:
+        check_patch(tree, good)
+    assert info.value.exit_code == 3 and "apt-get install patch" in info.value.fix

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +15,11 @@ from typing import Any
 
 from ..cache import write_atomic
 from ..log import Reporter
+from ..runner import query
 from . import checks
 from .checks import FAIL, NA, PASS, UNKNOWN, CheckResult, LinkScope
 from .report import REPORT_SCHEMA_VERSION
-from .runtime import Loader, Runtime, probe, runtime_env
+from .runtime import RUNTIME_ENV_CHANGES, Loader, Runtime, probe
 from .wheelfacts import WheelFacts, clear_unpacked, collect_wheels, read_wheel
 
 IMPORT_TIMEOUT_S = 600
@@ -196,16 +196,11 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
         return
     plan = {"torch": any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
             "modules": modules, "gpu_op": bool(runtime.gpus)}
-    env = runtime_env()
-    try:
-        proc = subprocess.run([str(runtime.python), "-c", SMOKE, json.dumps(plan)],
-                              capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S,
-                              env=env, check=False)
-        output = proc.stdout
-        crashed = proc.returncode != 0
-        tail = (proc.stderr or "").strip()[-800:]
-    except subprocess.TimeoutExpired:
-        output, crashed, tail = "", True, f"timed out after {IMPORT_TIMEOUT_S} s"
+    proc = query([runtime.python, "-c", SMOKE, json.dumps(plan)],
+                 env_changes=RUNTIME_ENV_CHANGES, timeout=IMPORT_TIMEOUT_S)
+    output = proc.stdout
+    crashed = not proc.ok
+    tail = proc.not_run or proc.stderr.strip()[-800:]
     results = {}
     for line in output.splitlines():
         if line.startswith("VLLM_WHEELS_SMOKE "):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
 from ..cache import Cache, default_cache_root, publish_dir, remove, temp_sibling
 from ..errors import AbiMismatchError, CannotCheckError
 from ..log import Reporter
+from ..runner import query
 from ..stack import Stack, load_stack
 from ..toolchain import ensure_build_venv
 from . import abi
@@ -59,11 +59,13 @@ def runtime_venv(stack: Stack, cache: Cache, reporter: Reporter) -> Path:
     remove(tmp)
     try:
         base_python = (base / "bin" / "python").resolve()
-        subprocess.run([str(base_python), "-m", "venv", "--without-pip", str(tmp)], check=True)
+        made = query([base_python, "-m", "venv", "--without-pip", tmp], timeout=300)
+        if not made.ok:
+            raise OSError(made.describe(400))
         site = next((tmp / "lib").glob("python3*/site-packages"))
         base_site = next((base / "lib").glob("python3*/site-packages"))
         (site / "_vllm_wheels_stack_torch.pth").write_text(str(base_site) + "\n")
-    except (OSError, subprocess.CalledProcessError, StopIteration) as exc:
+    except (OSError, StopIteration) as exc:
         remove(tmp)
         raise CannotCheckError(f"could not create the runtime venv {target}: {exc}",
                                fix="pass --python with an existing runtime") from None

@@ -17,11 +17,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CannotCheckError
+from ..runner import query
 from .elf import ElfInfo, NotElf, expand_origin, read_runtime_elf
 
 # Distributions whose versions matter for the checks (read from their metadata).
@@ -135,12 +135,11 @@ def probe(python: Path, timeout: float = 60) -> Runtime:
                 "the wheels (e.g. /opt/venv/bin/python), or leave --python out to check "
                 "against a venv made from the stack")
     code = PROBE.replace("WATCHED", repr(WATCHED_DISTS))
-    try:
-        proc = subprocess.run([str(python), "-c", code], env=runtime_env(), capture_output=True,
-                              text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CannotCheckError(f"the runtime interpreter {python} could not be run: {exc}",
-                               fix="pass --python with a working Python interpreter") from None
+    proc = query([python, "-c", code], env_changes=RUNTIME_ENV_CHANGES, timeout=timeout)
+    if proc.not_run is not None:
+        raise CannotCheckError(f"the runtime interpreter {python} could not be run: "
+                               f"{proc.not_run}",
+                               fix="pass --python with a working Python interpreter")
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("VLLM_WHEELS_PROBE ")),
                 None)
     if proc.returncode != 0 or line is None:
@@ -178,12 +177,9 @@ def probe(python: Path, timeout: float = 60) -> Runtime:
         gpus=detect_gpus())
 
 
-def runtime_env() -> dict[str, str]:
-    """The environment the runtime interpreter runs in, for the probe and the import test
-    alike: this process's, minus PYTHONPATH (which points at this tool, not the runtime)."""
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    return env
+# The environment the runtime interpreter runs in, for the probe and the import test
+# alike: this process's, minus PYTHONPATH (which points at this tool, not the runtime).
+RUNTIME_ENV_CHANGES: dict[str, str | None] = {"PYTHONPATH": None}
 
 
 def detect_gpus() -> list[Gpu]:
@@ -191,14 +187,12 @@ def detect_gpus() -> list[Gpu]:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
-    try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    done = query([smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+                 timeout=30)
+    if not done.ok:
         return []
     gpus = []
-    for line in out.strip().splitlines():
+    for line in done.stdout.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 3 and re.fullmatch(r"\d+\.\d+", parts[1]):
             major, minor = parts[1].split(".")
@@ -307,11 +301,7 @@ def _ld_so_cache() -> dict[str, list[str]]:
                                             else None)
     if ldconfig is None:
         return {}
-    try:
-        out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=30,
-                             check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
+    out = query([ldconfig, "-p"], timeout=30).stdout  # unreadable: an empty cache
     cache: dict[str, list[str]] = {}
     for line in out.splitlines():
         m = re.match(r"\s+(\S+) \(([^)]*)\) => (\S+)", line)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter
-from ...runner import apply_env, format_env_changes
+from ...runner import query, start
 from ...stack import read_toml
 from .workload import Workload
 
@@ -136,14 +136,12 @@ def gpu_facts() -> list[dict[str, str]] | None:
     """GPU name and driver per device, or None where nvidia-smi is absent."""
     if shutil.which("nvidia-smi") is None:
         return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-    except (subprocess.SubprocessError, OSError) as exc:
-        return [{"error": str(exc)}]
+    done = query(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                 timeout=30)
+    if not done.ok:
+        return [{"error": done.describe(300)}]
     return [dict(zip(("name", "driver"), (p.strip() for p in line.split(",")), strict=False))
-            for line in out.splitlines() if line.strip()]
+            for line in done.stdout.splitlines() if line.strip()]
 
 
 class Arm:
@@ -201,7 +199,6 @@ class _ServerArm(Arm):
     def __init__(self, label: str, spec: ArmSpec, workload: Workload) -> None:
         super().__init__(label, spec, workload)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
         self.port = 0
 
     def engine_flags(self, model_path: str, host: str, port: int) -> list[str]:
@@ -225,16 +222,10 @@ class _ServerArm(Arm):
     def start(self, reporter: Reporter, log_path: Path) -> str:
         self.port = free_port()
         argv, env_changes = self.command(self.port)
-        reporter.log(f"+ {shlex.join(argv)}")
-        for line in format_env_changes(env_changes):
-            reporter.log(line)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
         try:
-            self._proc = subprocess.Popen(argv, env=apply_env(env_changes), stdout=self._log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = start(argv, reporter=reporter, log_file=log_path,
+                               env_changes=env_changes)
         except OSError as exc:
-            self._log.close()
             raise CouldNotRunError(f"{self.label}: cannot start {argv[0]}: {exc}") from exc
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._wait_ready(log_path)
@@ -279,9 +270,6 @@ class _ServerArm(Arm):
                 proc.wait(timeout=30)
             except ProcessLookupError:
                 pass
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class VenvArm(_ServerArm):
@@ -306,12 +294,12 @@ class VenvArm(_ServerArm):
                                        "wheels/<stack>/vllm-*.whl")
 
     def collect_facts(self) -> None:
+        done = query([self.venv / "bin" / "python", "-c", VERSIONS_SNIPPET], timeout=120)
         try:
-            out = subprocess.run([str(self.venv / "bin" / "python"), "-c", VERSIONS_SNIPPET],
-                                 capture_output=True, text=True, timeout=120, check=True).stdout
-            self._facts["versions"] = json.loads(out)
-        except (subprocess.SubprocessError, OSError, ValueError) as exc:
-            self._facts["versions"] = {"error": str(exc)}
+            self._facts["versions"] = (json.loads(done.stdout) if done.ok
+                                       else {"error": done.describe(300)})
+        except ValueError as exc:
+            self._facts["versions"] = {"error": f"unreadable version report: {exc}"}
         self._facts["gpu"] = gpu_facts()
         self._facts["command"] = shlex.join(self.command(0)[0])
 
@@ -356,11 +344,10 @@ class ImageArm(_ServerArm):
         if shutil.which("docker") is None:
             raise CouldNotRunError(f"{self.label}: docker is not installed",
                                    fix="install Docker with the NVIDIA container toolkit")
-        info = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
-                              capture_output=True, text=True, timeout=60, check=False)
-        if info.returncode != 0:
+        info = query(["docker", "info", "--format", "{{json .Runtimes}}"], timeout=60)
+        if not info.ok:
             raise CouldNotRunError(f"{self.label}: no Docker engine answers "
-                                   f"({(info.stderr or info.stdout).strip()[:300]})",
+                                   f"({info.describe(300)})",
                                    fix="start the Docker daemon (and check `docker run --gpus "
                                        "all nvidia/cuda:12.8.1-base-ubuntu22.04 nvidia-smi`)")
 
@@ -377,13 +364,11 @@ class ImageArm(_ServerArm):
             what=f"{self.label}: docker pull {self.ref}", fix=fix)
         argv = ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", self.ref]
         reporter.log(f"+ {shlex.join(argv)}")
+        out = query(argv, timeout=60)
+        if out.not_run is not None:
+            raise CouldNotRunError(f"{self.label}: {out.not_run}", fix=fix)
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        except (subprocess.SubprocessError, OSError) as exc:
-            raise CouldNotRunError(f"{self.label}: docker image inspect {self.ref}: {exc}",
-                                   fix=fix) from exc
-        try:
-            digests = json.loads(out.stdout) if out.returncode == 0 else None
+            digests = json.loads(out.stdout) if out.ok else None
         except json.JSONDecodeError:
             digests = None
         repo = strip_tag(self.ref)
@@ -408,18 +393,17 @@ class ImageArm(_ServerArm):
                             "command": shlex.join(self.command(0)[0]), "gpu": gpu_facts()})
         if shutil.which("docker") is None:
             return
+        done = query(["docker", "run", "--rm", "--entrypoint", "python3", self.run_ref, "-c",
+                      VERSIONS_SNIPPET], timeout=600)
         try:
-            out = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python3",
-                                  self.run_ref, "-c", VERSIONS_SNIPPET],
-                                 capture_output=True, text=True, timeout=600, check=True).stdout
-            self._facts["versions"] = json.loads(out.strip().splitlines()[-1])
-        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
-            self._facts["versions"] = {"error": str(exc)}
+            self._facts["versions"] = (json.loads(done.stdout.strip().splitlines()[-1])
+                                       if done.ok else {"error": done.describe(300)})
+        except (ValueError, IndexError) as exc:
+            self._facts["versions"] = {"error": f"unreadable version report: {exc}"}
 
     def stop(self, reporter: Reporter) -> None:
         if self._proc is not None and shutil.which("docker"):
-            subprocess.run(["docker", "stop", "-t", "30", self.container],
-                           capture_output=True, timeout=120, check=False)
+            query(["docker", "stop", "-t", "30", self.container], timeout=120)
         super().stop(reporter)
 
 
