@@ -9,6 +9,7 @@ when its command runs, so `build-wheels` never pays for the others' imports.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import signal
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 
 from . import pipeline
-from .cache import Cache, default_cache_root
-from .errors import InterruptedError_, PipelineError
+from .cache import Cache, default_cache_root, write_atomic
+from .errors import DiskFullError, InterruptedError_, PipelineError
 from .log import Reporter
 from .stack import load_stack
 
@@ -118,8 +119,7 @@ def build_wheels(args: argparse.Namespace) -> int:
         reporter.step(2, total, "plan")
         text = pipeline.render_plan(plan)
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
+            write_atomic(args.json, json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
         if args.dry_run:
             print(text, flush=True)
             reporter.log(text)
@@ -161,6 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # The stages turn ENOSPC into exit 7 where they write (and remove what they left);
+        # this is the net for a write no stage expected to fail, so a full disk is never a
+        # traceback.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        full = DiskFullError(f"disk full: {exc}",
+                             why="a write failed for lack of space (or over a quota)",
+                             fix=f"free space on the filesystem of {exc.filename or 'the cache'}"
+                                 " and run the command again; finished steps are reused")
+        print(full.render(), file=sys.stderr)
+        return full.exit_code
     return 2
 
 
