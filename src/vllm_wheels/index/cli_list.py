@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cache import write_atomic
 from . import listing
 from .cli_common import add_index_argument, index_dir
 
@@ -29,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{index.root} (generation {data['generation']}, {len(rows)} file(s))")
     print(listing.render_table(rows), flush=True)
     if args.json is not None:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(args.json, json.dumps(data, indent=2) + "\n")
     return 0
