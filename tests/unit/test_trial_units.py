@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,17 @@ def test_failed_stage_is_recorded_with_exit_code_and_log(tmp_path: Path) -> None
 
 # runner.run does not close the child's stdout pipe when interrupted; the file object is
 # closed by the garbage collector, which pytest reports as an unraisable ResourceWarning.
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python turns SIGINT into KeyboardInterrupt only where SIGINT was not ignored when
+    it started; a test run started in the background (`cmd &`, nohup) inherits it ignored
+    and a Ctrl-C would do nothing. Install Ctrl-C's usual handler for the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_interrupted_trial_continues_from_the_interrupted_stage(tmp_path: Path) -> None:
     key = stages.trial_key({"stack": "s"}, [])
     state = stages.TrialState.load(tmp_path / "state.json", key)
