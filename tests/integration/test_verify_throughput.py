@@ -123,18 +123,28 @@ def servers(server_venv: Path, models: dict[str, Path], tmp_path_factory: pytest
             server.stop()
 
 
-def _workload(tmp_path: Path, model: Path, **client: object) -> Path:
+def _workload(tmp_path: Path, model: Path, engine: dict[str, object] | None = None,
+              **client: object) -> Path:
     settings = {"input_len": 16, "output_len": 48, "num_prompts": 16, "concurrency": [1, 4],
                 "warmup_prompts": 2, "runs": 5, "ignore_eos": False, **client}
     lines = ['name = "cpu-tiny"', f'model = "{model}"', f'served_model_name = "{model}"',
              "[client]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    if engine:
+        lines.append("[engine]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in engine.items()]
     lines += ["[gate]", "throughput_drop = 0.5", "latency_rise = 0.5", "max_cv = 0.5",
               'metrics = ["output_throughput", "total_token_throughput"]',
               "bootstrap_resamples = 2000"]
     path = tmp_path / "cpu-tiny.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
 
 
 def _ab(repo_root: Path, tmp_path: Path, workload: Path, candidate: str, baseline: str
@@ -215,3 +225,82 @@ def test_erroring_or_rejecting_server_makes_the_run_invalid(
                              f"url:{servers['b'].url}")
     assert proc.returncode == 13
     assert "HTTP 422" in result["problems"][0] and "ignore_eos" in result["problems"][0]
+
+
+# STAND-IN for vLLM's `vllm` command: no vLLM server runs without a GPU. It takes the
+# `vllm serve MODEL ... --host H --port P` line the venv arm builds, prints it (so the test
+# can read what the harness passed), and becomes transformers' server on that port.
+STANDIN_VLLM = """#!{python}
+import os, sys
+args = sys.argv[1:]
+print("stand-in vllm argv:", " ".join(args), "| OMP_NUM_THREADS=" +
+      os.environ.get("OMP_NUM_THREADS", "-"), flush=True)
+assert args[0] == "serve", args
+host, port = args[args.index("--host") + 1], args[args.index("--port") + 1]
+os.execv({transformers!r}, [{transformers!r}, "serve", args[1], "--host", host,
+                            "--port", port, "--device", "cpu"])
+"""
+
+
+def _standin_vllm_venv(server_venv: Path, where: Path) -> Path:
+    """A real venv (python -m venv) layered over the server venv through a .pth file, as
+    verify_abi layers its runtime venv, with the stand-in `vllm` in its bin/."""
+    venv = where / "standin-vllm-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    server_site = next((server_venv / "lib").glob("python3*/site-packages"))
+    (site / "server-venv.pth").write_text(f"{server_site}\n")
+    script = venv / "bin" / "vllm"
+    script.write_text(STANDIN_VLLM.format(python=venv / "bin" / "python",
+                                          transformers=str(server_venv / "bin" / "transformers")))
+    script.chmod(0o755)
+    return venv
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        if text in args:
+            found.append(args)
+    return found
+
+
+def test_venv_arms_get_a_fresh_server_each_round_and_stop_it(
+        repo_root: Path, tmp_path: Path, models: dict[str, Path], server_venv: Path) -> None:
+    """The arm users run for our wheels (`venv:`), whose server the harness starts and
+    stops itself: one fresh server per arm per round, the workload's engine settings on
+    its command line and in its environment, facts read from the venv, nothing left
+    running."""
+    venv = _standin_vllm_venv(server_venv, tmp_path)
+    workload = _workload(tmp_path, models["tiny"], concurrency=[2], num_prompts=8,
+                         output_len=16, warmup_prompts=1,
+                         engine={"args": ["--max-model-len", "64"],
+                                 "env": {"OMP_NUM_THREADS": "1"}})
+    proc, result, out = _ab(repo_root, tmp_path, workload, f"venv:{venv}", f"venv:{venv}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["verdict"] == "pass"
+    logs = sorted(p.name for p in (out / "servers").iterdir())
+    assert logs == sorted(f"{arm}-round{n}.log" for arm in ("baseline", "candidate")
+                          for n in range(1, 6))
+    model = models["tiny"]
+    ports = []
+    for name in logs:
+        text = (out / "servers" / name).read_text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("stand-in vllm argv:"))
+        assert line.startswith(f"stand-in vllm argv: serve {model} --served-model-name {model}"
+                               " --host 127.0.0.1 --port "), line
+        assert line.endswith("--load-format dummy --seed 0 --no-enable-prefix-caching "
+                             "--max-model-len 64 | OMP_NUM_THREADS=1"), line
+        ports.append(line.split(" --port ")[1].split()[0])
+    arm = result["arms"]["candidate"]
+    assert arm["kind"] == "venv" and arm["versions"]["torch"].startswith("2.13.0")
+    assert str(venv / "bin" / "vllm") in arm["command"]
+    # Every server was stopped with its process group: none is left behind (the module's
+    # url: servers serve the same model, so the stand-ins are told apart by their ports).
+    assert len(set(ports)) >= 2
+    for port in set(ports):
+        assert _processes_mentioning(f"--port {port} --device cpu") == [], port
