@@ -21,7 +21,7 @@ from . import pipeline
 from .cache import Cache, default_cache_root, write_atomic
 from .errors import DiskFullError, InterruptedError_, PipelineError
 from .log import Reporter
-from .stack import load_stack
+from .stack import DEFAULT_STACK, load_stack
 
 
 def repo_root() -> Path:
@@ -98,7 +98,7 @@ def build_wheels(args: argparse.Namespace) -> int:
         from .images.commands import build_in_docker
 
         return build_in_docker(args, root)
-    stack_path = args.stack or root / "build" / "stack.toml"
+    stack_path = args.stack or root / DEFAULT_STACK
     stack = load_stack(stack_path)
     cache = Cache((args.cache_dir or default_cache_root()).resolve())
     output = (args.output_dir or root / "wheels" / stack.name).resolve()

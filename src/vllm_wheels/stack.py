@@ -23,6 +23,8 @@ from packaging.version import InvalidVersion, Version
 from .errors import ConfigError
 
 SCHEMA_VERSION = 1
+# The stack every command uses unless --stack names another, relative to the repository.
+DEFAULT_STACK = "build/stack.toml"
 BUILDERS = ("vllm", "flashinfer", "setuptools")
 COMPILE_CACHES = ("auto", "ccache", "sccache", "none")
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug")

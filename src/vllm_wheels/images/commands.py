@@ -29,14 +29,13 @@ from ..cache import default_cache_root, remove, temp_sibling, write_atomic
 from ..errors import BuildError, ConfigError, SourceError, ToolchainError
 from ..log import Reporter
 from ..runner import capture, run
-from ..stack import Stack, load_stack
+from ..stack import DEFAULT_STACK, Stack, load_stack
 from ..wheelmeta import wheel_info
 from .versions import Versions, build_flavour, choose_cuda_image, load_versions
 
 PLAN_SCHEMA_VERSION = 1
 BUILD_DOCKERFILE = "docker/Dockerfile.build"
 RUNTIME_DOCKERFILE = "docker/Dockerfile.runtime"
-DEFAULT_STACK = "build/stack.toml"
 PYPI = "https://pypi.org/simple"
 # BuildKit is what gives RUN --mount=type=cache (compile cache, downloads), named build
 # contexts and --output; the classic builder has none of them.

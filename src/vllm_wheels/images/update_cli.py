@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..stack import load_stack
-from .commands import DEFAULT_STACK, synced_dockerfiles
+from ..stack import DEFAULT_STACK, load_stack
+from .commands import synced_dockerfiles
 from .versions import load_versions, resolve_all, set_pinned, today, write_atomically
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..log import Reporter
-from ..stack import load_stack
+from ..stack import DEFAULT_STACK, load_stack
 from ..verify.report import REPORT_FILENAME
 from . import publish, upload
 from .cli_common import add_index_argument, index_dir
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.wheels:
         paths = list(args.wheels)
     else:
-        stack = load_stack(args.stack or root / "build" / "stack.toml")
+        stack = load_stack(args.stack or root / DEFAULT_STACK)
         paths = [root / "wheels" / stack.name]
     wheels = publish.collect_wheels(paths)
     reporter.say(f"publishing {len(wheels)} wheel(s) into {index.root}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..cache import Cache, default_cache_root
 from ..errors import ConfigError
 from ..log import Reporter, format_duration
-from ..stack import load_stack
+from ..stack import DEFAULT_STACK, load_stack
 from . import stages
 from .plan import (
     PLAN_STEPS,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     request = parse_request(args.requirements)
     gpu = stages.gpu_present()
     wanted = stages.parse_stages(args.stages, gpu)
-    stack_path = (args.stack or root / "build" / "stack.toml").resolve()
+    stack_path = (args.stack or root / DEFAULT_STACK).resolve()
     stack = load_stack(stack_path)
     cache = Cache((args.cache_dir or default_cache_root()).resolve())
     stack_out = (args.stack_out or default_stack_path(root, request)).resolve()
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.monotonic()
             state.plan = plan_trial(stack, request, repo_root=root, cache=cache,
                                     reporter=reporter, stack_out=stack_out,
-                                    default_stack=root / "build" / "stack.toml",
+                                    default_stack=root / DEFAULT_STACK,
                                     total_steps=total)
             blockers = state.plan["blockers"]
             state.record(stages.StageResult(

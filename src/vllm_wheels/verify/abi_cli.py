@@ -11,7 +11,7 @@ from ..cache import Cache, default_cache_root, publish_dir, remove, temp_sibling
 from ..errors import AbiMismatchError, CannotCheckError
 from ..log import Reporter
 from ..runner import query
-from ..stack import Stack, load_stack
+from ..stack import DEFAULT_STACK, Stack, load_stack
 from ..toolchain import ensure_build_venv
 from . import abi
 from .checks import FAIL, UNKNOWN
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     cache = Cache((args.cache_dir or default_cache_root()).resolve())
     stack = None
     if args.wheels is None or args.python is None or args.stack is not None:
-        stack = load_stack(args.stack or root / "build" / "stack.toml")
+        stack = load_stack(args.stack or root / DEFAULT_STACK)
     wheels = args.wheels or [root / "wheels" / stack.name]  # type: ignore[union-attr]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = cache.logs / f"verify-abi-{stamp}.log"

@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter
-from ...runner import query, start
+from ...runner import query
+from ...runner import start as start_process
 from ...stack import read_toml
 from .workload import Workload
 
@@ -223,8 +224,8 @@ class _ServerArm(Arm):
         self.port = free_port()
         argv, env_changes = self.command(self.port)
         try:
-            self._proc = start(argv, reporter=reporter, log_file=log_path,
-                               env_changes=env_changes)
+            self._proc = start_process(argv, reporter=reporter, log_file=log_path,
+                                       env_changes=env_changes)
         except OSError as exc:
             raise CouldNotRunError(f"{self.label}: cannot start {argv[0]}: {exc}") from exc
         self.base_url = f"http://127.0.0.1:{self.port}"

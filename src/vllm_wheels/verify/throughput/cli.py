@@ -85,10 +85,10 @@ def _default_candidate(root: Path, stack_file: Path | None, wheels_dir: Path | N
                        reporter: Reporter) -> str:
     """venv:DIR/venv (DIR: --wheels, else wheels/<stack>/), made from DIR's wheels if
     missing or stale."""
-    from ...stack import load_stack
+    from ...stack import DEFAULT_STACK, load_stack
     from .candidate import ensure_candidate_venv
 
-    stack = load_stack(stack_file or root / "build" / "stack.toml")
+    stack = load_stack(stack_file or root / DEFAULT_STACK)
     wheels = (wheels_dir or root / "wheels" / stack.name).resolve()
     return f"venv:{ensure_candidate_venv(stack, wheels, reporter)}"
 
