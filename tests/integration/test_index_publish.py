@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -33,6 +32,7 @@ from index_support import (
     stop_server,
     write_verify_report,
 )
+from loopback import serve_on_loopback
 
 from vllm_wheels.index.store import PAUSE_ENV
 from vllm_wheels.wheelmeta import rewrite_wheel
@@ -271,11 +271,7 @@ def test_mirror_url_with_encoded_path_separators_is_refused_before_download(
     victim.write_text("precious\n")
     handler = functools.partial(_RecordingHandler, directory=str(served))
     _RecordingHandler.requests = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve_on_loopback(handler) as base:
         index = tmp_path / "index"
         for path in ("/..%2F..%2Fvictim.txt", "/x/..%2f..%2fvictim.txt", "/x/%2E%2E",
                      "/x/.hidden-1.0-py3-none-any.whl", "/victim.txt", "/dir/"):
@@ -284,10 +280,6 @@ def test_mirror_url_with_encoded_path_separators_is_refused_before_download(
             assert proc.returncode == 10, (path, proc.stderr)
             assert "does not name a wheel file" in proc.stderr, proc.stderr
             assert "Traceback" not in proc.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert victim.read_text() == "precious\n"
     assert _RecordingHandler.requests == []  # refused before any download
     assert not list(index.glob(".incoming-*"))

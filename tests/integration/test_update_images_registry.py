@@ -18,11 +18,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback import serve_on_loopback
 
 from vllm_wheels.images.commands import check_consistency
 from vllm_wheels.images.versions import load_versions
@@ -79,18 +79,12 @@ class _Registry(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def registry() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
     _Registry.tags = {("nvidia/cuda", t) for t in (
         "12.8.1-devel-ubuntu22.04", "12.8.1-runtime-ubuntu22.04", "13.0.3-base-ubuntu22.04",
         "13.0.3-devel-ubuntu22.04", "13.0.3-runtime-ubuntu22.04")} | {("astral-sh/uv", "0.13.9")}
     _Registry.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_loopback(_Registry) as url:
+        yield url.removeprefix("http://")
 
 
 @pytest.fixture
