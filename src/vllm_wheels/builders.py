@@ -21,8 +21,14 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from .errors import BuildError
-from .fetchcontent import HEADERS_ONLY_CMAKE_ARGS
+from .errors import BuildError, SourceError
+from .fetchcontent import (
+    HEADERS_ONLY_CMAKE_ARGS,
+    TRACE_FILENAME,
+    read_trace,
+    trace_sources,
+    unplanned,
+)
 from .runner import capture
 from .stack import PackageSpec, Stack
 from .toolchain import CompileCache, Parallelism
@@ -40,6 +46,9 @@ class Step:
     progress: bool = False
     # Computes the argv at run time (e.g. ninja target names known only after configure).
     resolve: Callable[[], tuple[str, ...]] | None = None
+    # Runs after the step, whether it failed (False) or not (True); may raise a clearer
+    # error than the step's own (e.g. naming an external the plan missed).
+    after: Callable[[bool], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,8 +214,25 @@ def vllm_cmake_args(ctx: BuildContext) -> list[str]:
     for ext in ctx.externals:
         if ext.headers_only and ext.name in HEADERS_ONLY_CMAKE_ARGS:
             args += [a.format(dir=ext.directory) for a in HEADERS_ONLY_CMAKE_ARGS[ext.name]]
+    # A hermetic configure: FetchContent never downloads (every external comes from the
+    # plan's prefetched, hashed cache or a stack override). FULLY_DISCONNECTED alone only
+    # warns for a declared-but-missing source unless policy CMP0170 is NEW, and a
+    # FetchContent_Populate() with its own arguments ignores it (measured with CMake 4.4),
+    # so vllm_env also points every proxy at a closed port for the configure.
+    args += ["-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DCMAKE_POLICY_DEFAULT_CMP0170=NEW"]
     args += [str(a) for a in ctx.spec.options.get("cmake_args", [])]
     return args
+
+
+# No process of a vLLM build step needs the network: git and CMake's file(DOWNLOAD) honour
+# these and fail at once on a closed local port, instead of fetching something unpinned.
+# (A remote compile cache, when one is configured, is reached directly, not over HTTP
+# proxies; NO_PROXY lists loopback for a local one.)
+OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "ALL_PROXY": "http://127.0.0.1:9", "all_proxy": "http://127.0.0.1:9",
+               "NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1",
+               "GIT_TERMINAL_PROMPT": "0"}
 
 
 def vllm_env(ctx: BuildContext) -> dict[str, str | None]:
@@ -223,6 +249,7 @@ def vllm_env(ctx: BuildContext) -> dict[str, str | None]:
     for ext in ctx.externals:
         if ext.env:
             env[ext.env] = str(ext.directory)
+    env.update(OFFLINE_ENV)
     return env
 
 
@@ -239,7 +266,32 @@ def vllm_configure_argv(ctx: BuildContext) -> tuple[str, ...]:
         "-DCMAKE_JOB_POOL_COMPILE:STRING=compile", f"-DCMAKE_JOB_POOLS:STRING=compile={jobs}",
         f"-DCMAKE_CUDA_COMPILER={ctx.cuda_home / 'bin' / 'nvcc'}",
         *vllm_cmake_args(ctx),
+        # CMake's own record of every FetchContent call (checked by check_fetches); trace
+        # options are not cached, so setup.py's later configure is unaffected.
+        "--trace-expand", "--trace-format=json-v1",
+        f"--trace-redirect={vllm_build_dir(ctx) / TRACE_FILENAME}",
+        *[f"--trace-source={p}" for p in trace_sources(ctx.tree)],
     )
+
+
+def check_fetches(ctx: BuildContext, configure_ok: bool) -> None:
+    """After the configure: every FetchContent call that would download must be an
+    external the plan knows. With the disconnected configure such a call fails the
+    configure; this names it and says how to add it."""
+    traced = read_trace(vllm_build_dir(ctx) / TRACE_FILENAME)
+    missed = unplanned(traced, {e.name for e in ctx.externals})
+    if not missed:
+        return
+    lines = [f"{m.name}: {m.url} @ {m.ref or '?'} ({m.command} at {m.where})" for m in missed]
+    raise SourceError(
+        f"{ctx.spec.name}'s configure declares external source(s) the plan does not know: "
+        + "; ".join(lines),
+        why="the configure is disconnected, so it cannot download them; a download there "
+            "would be unpinned and unhashed" + ("" if configure_ok else
+                                                 " (the configure failed because of it)"),
+        fix="add each to the stack: [packages." + ctx.spec.name + ".externals." + missed[0].name
+            + "] path = DIR_OR_ARCHIVE (or url + commit of a mirror); and report the missed "
+              "discovery as a bug of vllm_wheels.fetchcontent")
 
 
 def object_targets(build_dir: Path, sources: list[str], ninja: Path) -> tuple[str, ...]:
@@ -262,8 +314,9 @@ def object_targets(build_dir: Path, sources: list[str], ninja: Path) -> tuple[st
 def vllm_steps(ctx: BuildContext) -> list[Step]:
     env = vllm_env(ctx)
     build_dir = vllm_build_dir(ctx)
-    steps = [Step("CMake configure (as vLLM's setup.py does)", vllm_configure_argv(ctx), env,
-                  build_dir)]
+    steps = [Step("CMake configure (as vLLM's setup.py does), disconnected",
+                  vllm_configure_argv(ctx), env, build_dir,
+                  after=lambda ok: check_fetches(ctx, ok))]
     compile_only = [str(s) for s in ctx.spec.options.get("compile_only", [])]
     if compile_only:
         ninja = ctx.venv_path / "bin" / "ninja"

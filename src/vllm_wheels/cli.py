@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import pipeline
+from . import bundle, pipeline
 from .cache import Cache, default_cache_root, write_atomic
-from .errors import DiskFullError, InterruptedError_, PipelineError
+from .errors import ConfigError, DiskFullError, InterruptedError_, PipelineError
 from .log import Reporter
 from .stack import DEFAULT_STACK, load_stack
 
@@ -86,6 +86,16 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", default=None, help="build only these packages")
     b.add_argument("--no-fetch", action="store_true",
                    help="never clone external sources (fail if one is not in the cache)")
+    b.add_argument("--export-bundle", type=Path, default=None, metavar="DIR",
+                   help="write every source the build reads (sdists, externals at their "
+                        "pinned refs, patches, the stack) with a sha256 lock into DIR; "
+                        "builds nothing")
+    b.add_argument("--bundle-part-size", default=None, metavar="SIZE",
+                   help="with --export-bundle: split into part-NN/ directories of at most "
+                        "SIZE (e.g. 60M)")
+    b.add_argument("--bundle", type=Path, default=None, metavar="DIR",
+                   help="build from an exported bundle, with no network: its stack, "
+                        "patches and sources, every file checked against the lock")
     b.add_argument("--in-docker", action="store_true",
                    help="build inside docker/Dockerfile.build (the stack's CUDA image); "
                         "with --dry-run, print the docker build command")
@@ -98,9 +108,30 @@ def build_wheels(args: argparse.Namespace) -> int:
         from .images.commands import build_in_docker
 
         return build_in_docker(args, root)
-    stack_path = args.stack or root / DEFAULT_STACK
-    stack = load_stack(stack_path)
     cache = Cache((args.cache_dir or default_cache_root()).resolve())
+    source_bundle = None
+    if args.bundle_part_size and not args.export_bundle:
+        raise ConfigError("--bundle-part-size needs --export-bundle DIR")
+    part_size = bundle.parse_size(args.bundle_part_size) if args.bundle_part_size else None
+    if args.bundle and args.export_bundle:
+        raise ConfigError("--bundle and --export-bundle exclude each other",
+                          fix="export from a stack (with network), build from the bundle")
+    if args.bundle:
+        # Checked before anything else runs: a changed bundle is exit 4 with nothing built.
+        check_reporter = Reporter(cache.logs / f"bundle-check-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        try:
+            source_bundle = bundle.load(args.bundle, cache, check_reporter)
+        finally:
+            check_reporter.close()
+        if args.stack and load_stack(args.stack).digest() != \
+                load_stack(source_bundle.stack_path).digest():
+            raise ConfigError(f"--stack {args.stack} is not the stack of the bundle "
+                              f"({source_bundle.lock['stack']['file']})",
+                              fix="leave out --stack: a bundle build uses the bundle's stack")
+        stack_path = source_bundle.stack_path
+    else:
+        stack_path = args.stack or root / DEFAULT_STACK
+    stack = load_stack(stack_path)
     output = (args.output_dir or root / "wheels" / stack.name).resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = cache.logs / f"{'plan' if args.dry_run else 'build'}-{stack.name}-{stamp}.log"
@@ -112,10 +143,15 @@ def build_wheels(args: argparse.Namespace) -> int:
                                 "torch pins; discover external sources")
         plan = pipeline.make_plan(stack, repo_root=root, cache=cache, output_dir=output,
                                   log_path=log_path, reporter=reporter,
-                                  fetch_externals=False,
+                                  fetch_externals=bool(args.export_bundle),
                                   max_jobs=args.max_jobs, nvcc_threads=args.nvcc_threads,
-                                  build_venv=args.build_venv, only=args.only)
+                                  build_venv=args.build_venv, only=args.only,
+                                  source_bundle=source_bundle)
         reporter.step_done()
+        if args.export_bundle:
+            summary = bundle.export(plan, args.export_bundle.resolve(), reporter, part_size)
+            reporter.say(bundle.render_summary(summary))
+            return 0
         reporter.step(2, total, "plan")
         text = pipeline.render_plan(plan)
         if args.json:
@@ -133,7 +169,7 @@ def build_wheels(args: argparse.Namespace) -> int:
         reporter.log(text)
         reporter.step_done()
         pipeline.build(plan, reporter, build_venv=args.build_venv,
-                       fetch_externals=not args.no_fetch)
+                       fetch_externals=not args.no_fetch and source_bundle is None)
         return 0
     finally:
         reporter.close()

@@ -10,6 +10,7 @@ local directory/archive) and exports the override variables, so the compile runs
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,70 @@ def discover(tree: Path) -> list[ExternalSource]:
                 override_env=override_env, override_subdir=subdir,
                 declared_in=f"{path.relative_to(tree)}:{line}", device=_device_of(path)))
     return sorted(found.values(), key=lambda e: e.declared_in)
+
+
+# ------------------------------------------------------------- CMake's own view (trace)
+
+# The configure runs with `--trace-expand --trace-format=json-v1` restricted to the source's
+# own CMake files, so every FetchContent call is recorded with its arguments expanded by
+# CMake itself. That is the ground truth the discovery above is checked against, and what
+# names an external the plan missed when the disconnected configure refuses it.
+TRACE_FILENAME = "vllm-wheels-cmake-trace.json"
+_FETCH_COMMANDS = {"fetchcontent_declare", "fetchcontent_populate"}
+
+
+@dataclass(frozen=True)
+class TracedFetch:
+    name: str  # FetchContent lowercases names; kept as written
+    command: str  # FetchContent_Declare / FetchContent_Populate
+    url: str  # GIT_REPOSITORY or URL ("" when only SOURCE_DIR was given)
+    ref: str  # GIT_TAG or URL_HASH
+    source_dir: str  # SOURCE_DIR when given (an override or a fixed location)
+    where: str  # file:line
+
+    @property
+    def downloads(self) -> bool:
+        return bool(self.url)
+
+
+def trace_sources(tree: Path) -> list[Path]:
+    """The files `--trace-source` is given: the source's own CMake files."""
+    return _cmake_files(tree)
+
+
+def read_trace(path: Path) -> list[TracedFetch]:
+    """Every FetchContent_Declare / FetchContent_Populate call that carries arguments, in
+    the order CMake ran them. A missing trace (configure never ran) gives []."""
+    if not path.is_file():
+        return []
+    found: list[TracedFetch] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.startswith("{") or '"cmd"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the last line of a trace cut short by a failing configure
+        if str(record.get("cmd", "")).lower() not in _FETCH_COMMANDS:
+            continue
+        args = [str(a) for a in record.get("args", [])]
+        if len(args) < 2:
+            continue  # FetchContent_Populate(name): uses the declaration, already seen
+        fields: dict[str, str] = {}
+        for key in ("GIT_REPOSITORY", "GIT_TAG", "URL", "URL_HASH", "SOURCE_DIR"):
+            if key in args and args.index(key) + 1 < len(args):
+                fields[key] = args[args.index(key) + 1]
+        found.append(TracedFetch(
+            name=args[0], command=str(record["cmd"]),
+            url=fields.get("GIT_REPOSITORY") or fields.get("URL", ""),
+            ref=fields.get("GIT_TAG") or fields.get("URL_HASH", ""),
+            source_dir=fields.get("SOURCE_DIR", ""),
+            where=f"{Path(str(record.get('file', '?'))).name}:{record.get('line', '?')}"))
+    return found
+
+
+def unplanned(traced: list[TracedFetch], planned: set[str]) -> list[TracedFetch]:
+    """Calls that would download something the plan does not know (names compare as
+    FetchContent compares them: case-insensitively)."""
+    known = {n.lower() for n in planned}
+    return [t for t in traced if t.downloads and t.name.lower() not in known]

