@@ -45,6 +45,16 @@ machine_facts() {
   cat "$EV/machine.txt"
 }
 
+# The machine's torch lives in the site-packages of its python3, which may itself be a venv
+# (then --system-site-packages reaches only the base interpreter's): a .pth file puts that
+# directory after the new venv's own, so the venv's pins (setuptools<81) win and torch is
+# exactly the machine's.
+machine_site_pth() {
+  python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' \
+    > "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/machine-torch.pth"
+  "$1/bin/python" -c 'import torch; print("venv", "'"$1"'", "sees torch", torch.__version__, torch.__file__)'
+}
+
 follow_build() {
   local started=$SECONDS
   while [ ! -f "$W/build.rc" ] && [ $((SECONDS - started)) -lt "$LIMIT" ]; do
@@ -73,6 +83,7 @@ build)
   python3 -m pip install -q --no-deps --target "$W/tools" \
     $(ls .whl/tools/*.whl | grep -vE 'setuptools|vcs_versioning|apache_tvm|packaging') || exit 3
   python3 -m venv --system-site-packages "$W/bv"
+  machine_site_pth "$W/bv"
   "$W/bv/bin/python" -m pip install -q --no-deps .whl/tools/setuptools-80*.whl \
     .whl/tools/setuptools_scm-*.whl .whl/tools/vcs_versioning-*.whl .whl/tools/apache_tvm_ffi-*.whl || exit 3
   # cmake and ninja are the machine's (its pip packages); the venv gets links to them.
@@ -101,6 +112,7 @@ check)
   echo "verify-abi exit ${PIPESTATUS[0]}" | tee -a "$EV/verify-abi-h200.txt"
   say "2/4 install the wheels beside the machine's torch (runtime venv, carried wheels)"
   python3 -m venv --system-site-packages "$W/rv"
+  machine_site_pth "$W/rv"
   "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl "$W"/wheels/*.whl 2>&1 | tail -3
   "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|flashinfer|torch) ' | tee "$EV/installed.txt"
   say "3/4 vLLM kernels from the built _C against float64 references"
