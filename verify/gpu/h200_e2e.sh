@@ -30,9 +30,10 @@ export PIP_FIND_LINKS=$REPO/.whl/tools
 export VLLM_WHEELS_CACHE=$W/cache
 
 say() { echo "[$(date +%H:%M:%S)] $*"; }
-finish() {
-  tar -C "$W/evidence" -czf "$OUT/${STAGE}${2:+-$2}.tar.gz" "$(basename "$EV")" 2>/dev/null
-  say "evidence: $OUT/${STAGE}${2:+-$2}.tar.gz"
+finish() {  # the evidence of the stage whose directory $EV is, as $OUT/<that name>.tar.gz
+  local name; name=$(basename "$EV")
+  tar -C "$W/evidence" -czf "$OUT/$name.tar.gz" "$name" 2>/dev/null
+  say "evidence: $OUT/$name.tar.gz"
 }
 
 machine_facts() {
@@ -76,6 +77,36 @@ follow_build() {
   fi
 }
 
+do_check() {
+  [ -f "$W/build.rc" ] && [ "$(cat "$W/build.rc")" = 0 ] || { say "no finished build"; exit 1; }
+  pkill -f "MemAvailable" 2>/dev/null
+  export PYTHONPATH=$REPO/src:$W/tools
+  say "1/4 verify_abi against the machine's runtime, the H200 considered (import + GPU ops)"
+  python3 -m vllm_wheels verify-abi --wheels "$W"/wheels/*.whl --python "$(command -v python3)" \
+    --json "$EV/verify-abi-h200.json" 2>&1 | tee "$EV/verify-abi-h200.txt"
+  echo "verify-abi exit ${PIPESTATUS[0]}" | tee -a "$EV/verify-abi-h200.txt"
+  say "2/4 install the wheels beside the machine's torch (runtime venv, carried wheels)"
+  python3 -m venv --system-site-packages "$W/rv"
+  machine_site_pth "$W/rv"
+  "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl .whl/tools/apache_tvm_ffi-*.whl \
+    "$W"/wheels/*.whl 2>&1 | tail -3
+  "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|flashinfer|torch) ' | tee "$EV/installed.txt"
+  say "3/4 vLLM kernels from the built _C against float64 references"
+  "$W/rv/bin/python" verify/gpu/kernel_checks.py --json "$EV/kernels.json" 2>&1 | tee "$EV/kernels.txt"
+  say "4/4 tiny Llama (config + tokenizer), vllm serve, one completion"
+  python3 verify/gpu/make_tiny_llama.py "$W/model" > "$EV/model.json"
+  ( cd "$W" && setsid nohup "$W/rv/bin/vllm" serve "$W/model" --served-model-name tiny-llama \
+      --load-format dummy --enforce-eager --attention-backend TRITON_ATTN --port 8011 \
+      --max-model-len 2048 --gpu-memory-utilization 0.30 > "$EV/serve.log" 2>&1 & echo $! > "$W/serve.pid" )
+  for _ in $(seq 1 90); do curl -sf localhost:8011/health >/dev/null && break; sleep 2; done
+  curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' \
+    -d '{"model": "tiny-llama", "prompt": "abc def", "max_tokens": 32, "ignore_eos": true}' \
+    | tee "$EV/completion.json"; echo
+  curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' | tee "$EV/metrics.txt"
+  pkill -TERM -s "$(ps -o sid= -p "$(cat "$W/serve.pid")" | tr -d ' ')" 2>/dev/null; sleep 3
+  grep -aE "attention backend|Using .*backend|Loading weights|ERROR|Error" "$EV/serve.log" | head -20
+}
+
 case "$STAGE" in
 build)
   machine_facts
@@ -96,40 +127,19 @@ build)
       --output-dir '$W/wheels' --max-jobs 16; echo \$? > '$W/build.rc'" > "$W/build.log" 2>&1 &
   echo $! > "$W/build.pid"
   follow_build
-  finish "$@"
+  # One call can hold both when the build is quick: the check needs ~2 minutes.
+  finish
+  if [ "${THEN_CHECK:-0}" = 1 ] && [ "$(cat "$W/build.rc" 2>/dev/null)" = 0 ] && [ "$SECONDS" -lt 450 ]; then
+    EV=$W/evidence/check; mkdir -p "$EV"; do_check; finish
+  fi
   ;;
 wait)
   follow_build
-  finish "$@"
+  finish
   ;;
 check)
-  [ -f "$W/build.rc" ] && [ "$(cat "$W/build.rc")" = 0 ] || { say "no finished build"; exit 1; }
-  pkill -f "MemAvailable" 2>/dev/null
-  export PYTHONPATH=$REPO/src:$W/tools
-  say "1/4 verify_abi against the machine's runtime, the H200 considered (import + GPU ops)"
-  python3 -m vllm_wheels verify-abi --wheels "$W"/wheels/*.whl --python "$(command -v python3)" \
-    --json "$EV/verify-abi-h200.json" 2>&1 | tee "$EV/verify-abi-h200.txt"
-  echo "verify-abi exit ${PIPESTATUS[0]}" | tee -a "$EV/verify-abi-h200.txt"
-  say "2/4 install the wheels beside the machine's torch (runtime venv, carried wheels)"
-  python3 -m venv --system-site-packages "$W/rv"
-  machine_site_pth "$W/rv"
-  "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl "$W"/wheels/*.whl 2>&1 | tail -3
-  "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|flashinfer|torch) ' | tee "$EV/installed.txt"
-  say "3/4 vLLM kernels from the built _C against float64 references"
-  "$W/rv/bin/python" verify/gpu/kernel_checks.py --json "$EV/kernels.json" 2>&1 | tee "$EV/kernels.txt"
-  say "4/4 tiny Llama (config + tokenizer), vllm serve, one completion"
-  python3 verify/gpu/make_tiny_llama.py "$W/model" > "$EV/model.json"
-  ( cd "$W" && setsid nohup "$W/rv/bin/vllm" serve "$W/model" --served-model-name tiny-llama \
-      --load-format dummy --enforce-eager --attention-backend TRITON_ATTN --port 8011 \
-      --max-model-len 2048 --gpu-memory-utilization 0.30 > "$EV/serve.log" 2>&1 & echo $! > "$W/serve.pid" )
-  for _ in $(seq 1 90); do curl -sf localhost:8011/health >/dev/null && break; sleep 2; done
-  curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' \
-    -d '{"model": "tiny-llama", "prompt": "abc def", "max_tokens": 32, "ignore_eos": true}' \
-    | tee "$EV/completion.json"; echo
-  curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' | tee "$EV/metrics.txt"
-  pkill -TERM -s "$(ps -o sid= -p "$(cat "$W/serve.pid")" | tr -d ' ')" 2>/dev/null; sleep 3
-  grep -aE "attention backend|Using .*backend|Loading weights|ERROR|Error" "$EV/serve.log" | head -20
-  finish "$@"
+  do_check
+  finish
   ;;
 ab)
   NAME=${2:?workload name}
@@ -138,7 +148,7 @@ ab)
   python3 -m vllm_wheels verify-throughput --workload "$NAME" --candidate "venv:$W/rv" \
     --baseline "venv:$W/rv" --model "$W/model" --results-dir "$EV" 2>&1 | tee "$EV/ab.txt"
   echo "verify-throughput exit ${PIPESTATUS[0]}" | tee -a "$EV/ab.txt"
-  finish "$@"
+  finish
   ;;
 *)
   echo "unknown stage $STAGE" >&2; exit 2 ;;
