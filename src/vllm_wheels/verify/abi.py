@@ -256,8 +256,11 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
             evidence["needs_driver"] = needs_driver
             failed = {n: d for n, d in failed.items() if n not in needs_driver}
         if failed:
+            untested = (f"; not tried here ({', '.join(needs_driver)}): they need the NVIDIA "
+                        "driver, absent on this host" if needs_driver else "")
             r.checks.append(CheckResult(
-                "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()), evidence,
+                "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()) + untested,
+                evidence,
                 fix="see the static checks above for the cause; the import error is the "
                     "symptom users would hit"))
             continue
