@@ -67,12 +67,23 @@ def compile_extension(source: str, module: str, out_dir: Path, *, cxx: bool = Fa
     return target
 
 
-def pypi_wheel(cache: Path, requirement: str, pattern: str) -> Path:
+def pypi_wheel(cache: Path, requirement: str, pattern: str, sha256: str | None = None) -> Path:
     """One real wheel from PyPI (`pip download --no-deps`), kept in the test cache so a
-    rerun downloads nothing; `pattern` is its file-name glob."""
+    rerun downloads nothing; `pattern` is its file-name glob. With `sha256`, pip takes only
+    the file with that hash (--require-hashes), and a cached copy is checked against it."""
+    from vllm_wheels.sources import sha256_file
+
     dl = cache / "test-downloads"
     dl.mkdir(parents=True, exist_ok=True)
     if not list(dl.glob(pattern)):
+        source = [requirement]
+        if sha256 is not None:
+            pinned = dl / f".{pattern.replace('*', '_')}.requirements.txt"
+            pinned.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+            source = ["--require-hashes", "-r", str(pinned)]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--disable-pip-version-check", requirement, "-d", str(dl)], check=True)
-    return next(dl.glob(pattern))
+                        "--disable-pip-version-check", *source, "-d", str(dl)], check=True)
+    wheel = next(dl.glob(pattern))
+    if sha256 is not None:
+        assert sha256_file(wheel) == sha256, f"{wheel} is not the file pinned by sha256 {sha256}"
+    return wheel

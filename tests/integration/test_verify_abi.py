@@ -10,6 +10,8 @@
 - Fatbin reading compared with NVIDIA's cuobjdump on objects nvcc builds for 12.0, 12.0a,
   12.0f, 10.0a, 9.0a and PTX.
 - The CLI against a missing interpreter and one without torch: "could not check", exit 9.
+- vLLM 0.20.0's own DeepGEMM extension (cp38-abi3 wheel, but a .cpython-312 file) against
+  Python 3.11: the static check and the import by name both say it is never found.
 """
 
 from __future__ import annotations
@@ -279,6 +281,61 @@ def test_runtime_without_torch_could_not_check(ci_build: CiBuild, repo_root: Pat
     assert report is not None and report["status"] == "unknown"
     torch_check = checks_of(report, "tiny_cuda_ext")["torch-version"]
     assert torch_check["status"] == "unknown" and "no torch in the runtime" in torch_check["summary"]
+
+
+# The official vLLM 0.20.0 wheel (PyPI, 244 MB), pinned by sha256. Tagged cp38-abi3, yet
+# it carries DeepGEMM's extension built for CPython 3.12 only.
+VLLM_020 = "vllm==0.20.0"
+VLLM_020_SHA256 = "24d28892e210200f6e1bd13f699c42a74cd2bb7364c11248e2348f677c7f6dfb"
+DEEP_GEMM_SO = "vllm/third_party/deep_gemm/_C.cpython-312-x86_64-linux-gnu.so"
+
+
+@pytest.fixture(scope="module")
+def vllm_020_deep_gemm(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Path:
+    """A subset of the real vLLM 0.20.0 wheel, to keep the test small (verify_abi would
+    read 1.5 GB of ELF files otherwise): its DeepGEMM extension, the real file, and the
+    __init__.py files of the packages above it, under the real wheel's file name tag and
+    torch pin."""
+    real = pypi_wheel(shared_cache, VLLM_020, "vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl",
+                      sha256=VLLM_020_SHA256)
+    members = (DEEP_GEMM_SO, "vllm/__init__.py", "vllm/third_party/__init__.py",
+               "vllm/third_party/deep_gemm/__init__.py")
+    with zipfile.ZipFile(real) as zf:
+        files = {m: zf.read(m) for m in members}
+        metadata = zf.read("vllm-0.20.0.dist-info/METADATA").decode()
+    torch_pin = next(line.split(": ", 1)[1] for line in metadata.splitlines()
+                     if line.startswith("Requires-Dist: torch=="))
+    return make_wheel(tmp_path_factory.mktemp("vllm020"), "vllm", "0.20.0",
+                      "cp38-abi3-manylinux_2_35_x86_64", files, requires=(torch_pin,))
+
+
+def test_extension_the_runtime_python_never_finds(vllm_020_deep_gemm: Path, torch_cpu_213: Path,
+                                                  repo_root: Path, shared_cache: Path) -> None:
+    """The wheel's tag installs on Python 3.11, but 3.11 looks for .cpython-311-...so,
+    .abi3.so and .so: `import vllm.third_party.deep_gemm._C` finds nothing. Both the suffix
+    judgement and the import by name (not by file path) must say so."""
+    result, report = verify(repo_root, shared_cache, "--wheels", str(vllm_020_deep_gemm),
+                            "--python", str(torch_cpu_213))
+    assert result.returncode == 8
+    assert report is not None
+    assert report["runtime"]["python_version"].startswith("3.11.")
+    assert report["runtime"]["extension_suffixes"] == [
+        ".cpython-311-x86_64-linux-gnu.so", ".abi3.so", ".so"]
+    checks = checks_of(report, "vllm-0.20.0")
+    tag = checks["python-tag"]
+    assert tag["status"] == "fail"
+    assert tag["evidence"]["matched"] == "cp38-abi3-manylinux_2_35_x86_64"  # the tag is fine
+    assert tag["evidence"]["unfindable"] == {DEEP_GEMM_SO: {
+        "module": "vllm.third_party.deep_gemm._C", "suffix": ".cpython-312-x86_64-linux-gnu.so",
+        "needs": "CPython 3.12"}}
+    assert DEEP_GEMM_SO in tag["summary"] and "needs CPython 3.12" in tag["summary"]
+    assert "CPython 3.12" in tag["fix"]
+    imported = checks["import"]
+    assert imported["status"] == "fail"
+    # The import system's own answer, then which file and which Python.
+    assert "No module named 'vllm.third_party.deep_gemm._C'" in imported["summary"]
+    assert DEEP_GEMM_SO in imported["summary"] and "needs CPython 3.12" in imported["summary"]
+    assert "FAIL  python-tag" in result.stdout
 
 
 def test_arch_coverage_of_a_wheel_built_elsewhere(tmp_path: Path, repo_root: Path,

@@ -1,9 +1,11 @@
 """verify_abi building blocks: CUDA's arch compatibility rules, the runtime's wheel tags,
-and the ELF reader + loader model on small libraries gcc compiles here (real ELF files,
-milliseconds each)."""
+the extension suffixes it looks for, the ELF reader + loader model on small libraries gcc
+compiles here (real ELF files, milliseconds each), and the import test's program run by
+this interpreter over such a tree."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,10 +14,17 @@ from packaging.requirements import Requirement
 from packaging.tags import Tag
 
 from vllm_wheels.fatbin import FatbinEntry
-from vllm_wheels.verify.checks import check_companions, parse_arch, runtime_tags
+from vllm_wheels.verify.checks import (
+    check_companions,
+    check_python_tag,
+    file_found,
+    parse_arch,
+    python_for_suffix,
+    runtime_tags,
+)
 from vllm_wheels.verify.elf import demangle, read_elf
 from vllm_wheels.verify.runtime import Loader, Runtime
-from vllm_wheels.verify.wheelfacts import WheelFacts
+from vllm_wheels.verify.wheelfacts import WheelElf, WheelFacts
 
 
 @pytest.mark.parametrize(("entry", "gpu", "runs"), [
@@ -171,3 +180,130 @@ def test_companions_flashinfer_family_and_tvm_ffi() -> None:
     # The FlashInfer in the wheel set counts, not the runtime's.
     fi = _facts("flashinfer-python", "0.5.3", ())
     assert "0.5.3 in this wheel set" in check_companions(vllm, rt, [vllm, fi]).summary
+
+
+# ------------------------------------------------ extension suffixes the runtime looks for
+
+PY311_SUFFIXES = [".cpython-311-x86_64-linux-gnu.so", ".abi3.so", ".so"]
+
+
+@pytest.mark.parametrize(("suffix", "needs"), [
+    (".cpython-312-x86_64-linux-gnu.so", "CPython 3.12"),
+    (".cpython-313t-x86_64-linux-gnu.so", "CPython 3.13t (free-threaded)"),
+    (".cpython-311-aarch64-linux-gnu.so", "CPython 3.11 on aarch64-linux-gnu"),
+    (".pypy310-pp73-x86_64-linux-gnu.so", "PyPy 3.10"),
+    (".abi3.so", "a CPython that loads stable-ABI (abi3) modules (not a free-threaded build)"),
+])
+def test_python_a_suffix_needs(suffix: str, needs: str) -> None:
+    assert python_for_suffix(suffix, PY311_SUFFIXES) == needs
+
+
+def _extension(directory: Path, filename: str) -> Path:
+    """A real ELF shared object exporting PyInit_<module> (all the static check reads)."""
+    module = filename.split(".", 1)[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    source = directory / f"{module}.c"
+    source.write_text(f"void* PyInit_{module}(void) {{ return 0; }}\n")
+    target = directory / filename
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(target), str(source)], check=True)
+    return target
+
+
+def _wheel_with(root: Path, members: list[str]) -> WheelFacts:
+    facts = WheelFacts(path=Path("/w/vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl"),
+                       sha256="0" * 64, name="vllm", version="0.20.0",
+                       tags=frozenset({Tag("cp38", "abi3", "manylinux_2_35_x86_64")}),
+                       requires=[], manifest=None, unpacked=root)
+    for member in members:
+        so = _extension(root / Path(member).parent, Path(member).name)
+        facts.elfs.append(WheelElf(member, f"/site/{member}", so, read_elf(so, member)))
+    return facts
+
+
+def test_python_tag_judges_each_extension_suffix_not_only_the_tag(tmp_path: Path) -> None:
+    """vLLM 0.20.0's shape: a cp38-abi3 wheel (installs on 3.11) with a .cpython-312 file,
+    which Python 3.11's import system never finds."""
+    gemm = "vllm/third_party/deep_gemm/_C.cpython-312-x86_64-linux-gnu.so"
+    wheel = _wheel_with(tmp_path, ["vllm/_C.abi3.so", gemm])
+    rt = _runtime((2, 36))
+    rt.extension_suffixes = PY311_SUFFIXES
+    result = check_python_tag(wheel, rt)
+    assert result.status == "fail"
+    assert result.evidence["matched"] == "cp38-abi3-manylinux_2_35_x86_64"
+    assert result.evidence["unfindable"] == {gemm: {
+        "module": "vllm.third_party.deep_gemm._C",
+        "suffix": ".cpython-312-x86_64-linux-gnu.so", "needs": "CPython 3.12"}}
+    assert result.summary.endswith(
+        f"{gemm}: `import vllm.third_party.deep_gemm._C` never finds it on Python 3.11 (which "
+        "looks for .cpython-311-x86_64-linux-gnu.so, .abi3.so, .so): needs CPython 3.12")
+    # On 3.12 both files are found.
+    rt.version = (3, 12, 3)
+    rt.extension_suffixes = [".cpython-312-x86_64-linux-gnu.so", ".abi3.so", ".so"]
+    assert check_python_tag(wheel, rt).status == "pass"
+    # A free-threaded 3.13 has no abi3 suffix: vllm/_C.abi3.so is lost there (the tag too).
+    rt.version, rt.abiflags = (3, 13, 1), "t"
+    rt.extension_suffixes = [".cpython-313t-x86_64-linux-gnu.so", ".so"]
+    lost = check_python_tag(wheel, rt).evidence["unfindable"]
+    assert lost["vllm/_C.abi3.so"]["needs"].startswith("a CPython that loads stable-ABI")
+
+
+def test_one_file_per_python_is_fine_where_one_of_them_is_found(tmp_path: Path) -> None:
+    """The import system takes the first file of its suffix order; the others are unused."""
+    wheel = _wheel_with(tmp_path, ["pkg/_C.cpython-311-x86_64-linux-gnu.so",
+                                   "pkg/_C.cpython-312-x86_64-linux-gnu.so"])
+    files = wheel.extension_modules()["pkg._C"]
+    assert file_found(files, PY311_SUFFIXES) is files[0]
+    rt = _runtime((2, 36))
+    rt.extension_suffixes = PY311_SUFFIXES
+    assert check_python_tag(wheel, rt).status == "pass"
+
+
+def test_module_name_of_a_platlib_member_is_where_it_installs(tmp_path: Path) -> None:
+    wheel = _wheel_with(tmp_path, ["vllm-0.20.0.data/platlib/vllm/_C.abi3.so"])
+    assert list(wheel.extension_modules()) == ["vllm._C"]
+
+
+def test_import_helper_resolves_by_name_with_the_interpreters_own_suffixes(tmp_path: Path
+                                                                         ) -> None:
+    """The real import system of this interpreter, over an unpacked tree: a module whose
+    file has this Python's suffix imports (its package's __init__ is not run), one whose
+    file is for the next CPython is not found, as `import` would say after installing."""
+    import sys
+    import sysconfig
+
+    from vllm_wheels.verify.abi import IMPORT_SMOKE, WheelReport, import_plan
+
+    own = sysconfig.get_config_var("EXT_SUFFIX")
+    major, minor = sys.version_info[:2]
+    foreign = own.replace(f"-{major}{minor}", f"-{major}{minor + 1}")
+    include = sysconfig.get_paths()["include"]
+    root = tmp_path / "unpacked"
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("raise RuntimeError('__init__ must not run')\n")
+    for module, directory, suffix in (("ok", root / "pkg", own),
+                                      ("_C", root / "pkg" / "sub", foreign)):
+        source = tmp_path / f"{module}.c"
+        source.write_text(
+            "#include <Python.h>\n"
+            f"static struct PyModuleDef d = {{PyModuleDef_HEAD_INIT, \"{module}\", 0, -1, 0}};\n"
+            f"PyMODINIT_FUNC PyInit_{module}(void) {{ return PyModule_Create(&d); }}\n")
+        subprocess.run(["gcc", "-shared", "-fPIC", f"-I{include}", "-o",
+                        str(directory / f"{module}{suffix}"), str(source)], check=True)
+    facts = WheelFacts(path=Path("/w/pkg-1-py3-none-any.whl"), sha256="0" * 64, name="pkg",
+                       version="1", tags=frozenset(), requires=[], manifest=None, unpacked=root)
+    for member in (f"pkg/ok{own}", f"pkg/sub/_C{foreign}"):
+        facts.elfs.append(WheelElf(member, f"/site/{member}", root / member,
+                                   read_elf(root / member, member)))
+    plan = import_plan([WheelReport(facts)])
+    assert plan["packages"] == {"pkg": [str(root / "pkg")],
+                                "pkg.sub": [str(root / "pkg" / "sub")]}
+    plan.update(torch=False, gpu_op=False)
+    done = subprocess.run([sys.executable, str(IMPORT_SMOKE), json.dumps(plan)],
+                          capture_output=True, text=True, check=True)
+    results = {r["module"]: r for r in (json.loads(line.split(" ", 1)[1])
+                                        for line in done.stdout.splitlines())}
+    assert results["pkg.ok"]["ok"] is True
+    assert results["pkg.ok"]["origin"] == str(root / f"pkg/ok{own}")
+    assert results["pkg.sub._C"] == {
+        "module": "pkg.sub._C", "ok": False, "found": False, "origin": None,
+        "detail": "ModuleNotFoundError: No module named 'pkg.sub._C'"}

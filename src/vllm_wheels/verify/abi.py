@@ -1,6 +1,7 @@
 """verify_abi: will these wheels work in that environment? Answered before anyone imports
 them, from the wheels' build facts (our manifest, or the wheel itself) and the runtime's
-(read through its interpreter), then confirmed by a real import in a subprocess.
+(read through its interpreter), then confirmed by a real import in a subprocess: by module
+name, through the runtime's own import system (helpers/import_smoke.py).
 """
 
 from __future__ import annotations
@@ -20,46 +21,13 @@ from . import checks
 from .checks import FAIL, NA, PASS, UNKNOWN, CheckResult, LinkScope
 from .report import REPORT_SCHEMA_VERSION
 from .runtime import RUNTIME_ENV_CHANGES, Loader, Runtime, probe
-from .wheelfacts import WheelFacts, clear_unpacked, collect_wheels, read_wheel
+from .wheelfacts import WheelFacts, clear_unpacked, collect_wheels, install_parts, read_wheel
 
 IMPORT_TIMEOUT_S = 600
 
-# Loads each extension module by file, as its package would, without running the
-# package's __init__ (whose Python dependencies are not ABI questions).
-SMOKE = r"""
-import importlib.util, json, sys, traceback
-plan = json.loads(sys.argv[1])
-def emit(**kw):
-    print("VLLM_WHEELS_SMOKE " + json.dumps(kw), flush=True)
-torch = None
-if plan["torch"]:
-    try:
-        import torch
-        emit(module="torch", ok=True, detail=torch.__version__)
-    except BaseException as exc:
-        emit(module="torch", ok=False, detail=f"{type(exc).__name__}: {exc}")
-        sys.exit(0)
-for name, path in plan["modules"]:
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        emit(module=name, ok=True, detail="imported")
-    except BaseException as exc:
-        emit(module=name, ok=False, detail=f"{type(exc).__name__}: {exc}"[:2000])
-if torch is not None and plan["gpu_op"] and torch.cuda.is_available():
-    try:
-        x = torch.ones(8, device="cuda")
-        detail = f"torch op on {torch.cuda.get_device_name(0)}: sum={float(x.sum())}"
-        if hasattr(torch.ops, "_C") and hasattr(torch.ops._C, "silu_and_mul"):
-            out = torch.empty(4, 4, device="cuda", dtype=torch.float16)
-            torch.ops._C.silu_and_mul(out, torch.ones(4, 8, device="cuda", dtype=torch.float16))
-            torch.cuda.synchronize()
-            detail += f"; vLLM silu_and_mul ran ({float(out[0, 0]):.4f})"
-        emit(module="<gpu-op>", ok=True, detail=detail)
-    except BaseException as exc:
-        emit(module="<gpu-op>", ok=False, detail=f"{type(exc).__name__}: {exc}"[:2000])
-"""
+# The import test's program, run by the runtime's interpreter: it imports each extension
+# module by name through the normal import system, over the wheels' files as installed.
+IMPORT_SMOKE = Path(__file__).resolve().parent.parent / "helpers" / "import_smoke.py"
 
 
 @dataclass
@@ -187,16 +155,67 @@ def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
     return Report(runtime, reports, time.monotonic() - started, list(arch_targets))
 
 
+def import_plan(reports: list[WheelReport]) -> dict[str, Any]:
+    """What the import test imports and where the import system may look: each package on
+    the way to an extension module maps to its directories in the unpacked wheels (the
+    directory it will be once installed), top-level modules to the unpacked roots."""
+    packages: dict[str, list[str]] = {}
+    roots: list[str] = []
+    modules: list[str] = []
+    for r in reports:
+        for module, files in r.facts.extension_modules().items():
+            if module not in modules:
+                modules.append(module)
+            for e in files:
+                parts = install_parts(e.member)
+                # e.unpacked.parents[k] is the directory k levels above the file, i.e.
+                # the package parts[:len(parts) - 1 - k]; the top is the install root.
+                for depth in range(1, len(parts)):
+                    directory = str(e.unpacked.parents[len(parts) - 1 - depth].resolve())
+                    dirs = packages.setdefault(".".join(parts[:depth]), [])
+                    if directory not in dirs:
+                        dirs.append(directory)
+                root = str(e.unpacked.parents[len(parts) - 1].resolve())
+                if root not in roots:
+                    roots.append(root)
+    return {"packages": packages, "roots": roots, "modules": modules}
+
+
+def _import_verdicts(r: WheelReport, runtime: Runtime, results: dict[str, dict[str, Any]]
+                     ) -> dict[str, str]:
+    """module -> why it failed, judging each result against the static prediction: the
+    file the runtime's suffixes select (checks.file_found) is the one that must load."""
+    py = ".".join(map(str, runtime.version[:2]))
+    suffixes = runtime.extension_suffixes or []
+    failed: dict[str, str] = {}
+    for module, files in r.facts.extension_modules().items():
+        item = results.get(module)
+        if item is None:
+            continue
+        expected = checks.file_found(files, suffixes)
+        if not item.get("found"):
+            lost = [checks.Unfindable(module, e.member, e.suffix,
+                                      checks.python_for_suffix(e.suffix, suffixes)) for e in files]
+            failed[module] = f"{item['detail']}; " + "; ".join(u.describe(py, suffixes)
+                                                               for u in lost)
+        elif expected is None or not item.get("origin") or \
+                Path(item["origin"]).resolve() != expected.unpacked.resolve():
+            wanted = expected.member if expected else "files (none has a suffix it looks for)"
+            failed[module] = f"the import system found {item.get('origin')}, not the wheel's {wanted}"
+        elif not item["ok"]:
+            failed[module] = item["detail"]
+    return failed
+
+
 def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
-    modules = [(e.module_name, str(e.unpacked)) for r in reports for e in r.facts.elfs
-               if e.module_name]
-    if not modules:
+    plan = import_plan(reports)
+    if not plan["modules"]:
         for r in reports:
             r.checks.append(CheckResult("import", NA, "no Python extension modules"))
         return
-    plan = {"torch": any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
-            "modules": modules, "gpu_op": bool(runtime.gpus)}
-    proc = query([runtime.python, "-c", SMOKE, json.dumps(plan)],
+    plan.update(torch=any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
+                gpu_op=bool(runtime.gpus))
+    proc = query([runtime.python, IMPORT_SMOKE, json.dumps(plan)],
                  env_changes=RUNTIME_ENV_CHANGES, timeout=IMPORT_TIMEOUT_S)
     output = proc.stdout
     crashed = not proc.ok
@@ -209,7 +228,7 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
     torch_item = results.get("torch")
     gpu_item = results.get("<gpu-op>")
     for r in reports:
-        names = [e.module_name for e in r.facts.elfs if e.module_name]
+        names = list(r.facts.extension_modules())
         if not names:
             r.checks.append(CheckResult("import", NA, "no Python extension modules"))
             continue
@@ -222,29 +241,35 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
                                         f"{torch_item['detail']}",
                                         fix="repair the runtime's torch first"))
             continue
-        failed = {n: results[n]["detail"] for n in names if n in results and not results[n]["ok"]}
+        failed = _import_verdicts(r, runtime, results)
         absent = [n for n in names if n not in results]
         if absent and crashed:
             failed.update({n: f"the interpreter crashed while importing ({tail})" for n in absent})
         evidence: dict[str, Any] = {"modules": names}
         if gpu_item is not None:
             evidence["gpu_op"] = gpu_item
-        if failed and not runtime.gpus and all(
-                any(lib in detail for lib in checks.DRIVER_LIBS) for detail in failed.values()):
-            # Modules linking the driver cannot load on a GPU-less host; the others were
-            # imported for real. Only untestable modules left: n/a, not a failure.
-            imported = [n for n in names if n not in failed]
-            text = (f"imported {', '.join(imported)}; " if imported else "") + \
-                f"{', '.join(failed)} need the NVIDIA driver (libcuda.so.1), absent on this " \
-                "host without a GPU: run verify_abi on a GPU host to import them too"
-            r.checks.append(CheckResult("import", PASS if imported else NA, text,
-                                        {**evidence, "needs_driver": failed}))
-            continue
+        needs_driver = {n: d for n, d in failed.items()
+                        if not runtime.gpus and any(lib in d for lib in checks.DRIVER_LIBS)}
+        if needs_driver:
+            # Modules linking the driver cannot load on a GPU-less host: untestable here,
+            # not failed. The others were imported (or failed) for real.
+            evidence["needs_driver"] = needs_driver
+            failed = {n: d for n, d in failed.items() if n not in needs_driver}
         if failed:
+            untested = (f"; not tried here ({', '.join(needs_driver)}): they need the NVIDIA "
+                        "driver, absent on this host" if needs_driver else "")
             r.checks.append(CheckResult(
-                "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()), evidence,
+                "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()) + untested,
+                evidence,
                 fix="see the static checks above for the cause; the import error is the "
                     "symptom users would hit"))
+            continue
+        if needs_driver:
+            imported = [n for n in names if n not in needs_driver]
+            text = (f"imported {', '.join(imported)}; " if imported else "") + \
+                f"{', '.join(needs_driver)} need the NVIDIA driver (libcuda.so.1), absent on " \
+                "this host without a GPU: run verify_abi on a GPU host to import them too"
+            r.checks.append(CheckResult("import", PASS if imported else NA, text, evidence))
             continue
         gpu = ""
         if gpu_item is not None:

@@ -194,21 +194,109 @@ def runtime_tags(rt: Runtime) -> list[Tag]:
     return tags
 
 
+# The extension-module suffixes of CPython and PyPy on Linux (PEP 3149):
+# .cpython-312-x86_64-linux-gnu.so, .cpython-313t-...so (free-threaded), .pypy310-pp73-...so
+CPYTHON_SUFFIX = re.compile(r"^\.cpython-(\d)(\d+)([a-z]*)-([^.]+)\.so$")
+PYPY_SUFFIX = re.compile(r"^\.pypy(\d)(\d+)-pp\d+-([^.]+)\.so$")
+
+
+def python_for_suffix(suffix: str, runtime_suffixes: Sequence[str]) -> str:
+    """Which Python looks for extension files ending in `suffix` ('CPython 3.12'); the
+    platform is named only where it differs from the runtime's."""
+    own = next((m.group(4) for m in map(CPYTHON_SUFFIX.match, runtime_suffixes) if m), None)
+    m = CPYTHON_SUFFIX.match(suffix)
+    if m:
+        major, minor, flags, platform = m.groups()
+        text = f"CPython {major}.{minor}{'t (free-threaded)' if 't' in flags else ''}"
+        text += " debug build" if "d" in flags else ""
+        return text + (f" on {platform}" if own and platform != own else "")
+    m = PYPY_SUFFIX.match(suffix)
+    if m:
+        return f"PyPy {m.group(1)}.{m.group(2)}"
+    if suffix == ".abi3.so":
+        return "a CPython that loads stable-ABI (abi3) modules (not a free-threaded build)"
+    return f"a Python whose import system looks for {suffix} files"
+
+
+def file_found(files: Sequence[WheelElf], suffixes: Sequence[str]) -> WheelElf | None:
+    """The file `import name` loads among one module's files, or None: FileFinder tries
+    the runtime's EXTENSION_SUFFIXES in their order and takes the first file that exists."""
+    by_suffix = {e.suffix: e for e in files}
+    return next((by_suffix[s] for s in suffixes if s in by_suffix), None)
+
+
+@dataclass(frozen=True)
+class Unfindable:
+    """An extension file the runtime's import system never finds."""
+    module: str
+    member: str
+    suffix: str
+    needs: str
+
+    def describe(self, python: str, suffixes: Sequence[str]) -> str:
+        return (f"{self.member}: `import {self.module}` never finds it on Python {python} "
+                f"(which looks for {', '.join(suffixes)}): needs {self.needs}")
+
+
+def unfindable_extensions(w: WheelFacts, suffixes: Sequence[str]) -> list[Unfindable]:
+    """Every file of every extension module for which no file has a suffix the runtime
+    looks for. A file beside one that is found (a wheel carrying one per Python) is not
+    listed: the module imports."""
+    lost = []
+    for module, files in w.extension_modules().items():
+        if file_found(files, suffixes) is None:
+            lost += [Unfindable(module, e.member, e.suffix, python_for_suffix(e.suffix, suffixes))
+                     for e in files]
+    return lost
+
+
 def check_python_tag(w: WheelFacts, rt: Runtime) -> CheckResult:
+    """The wheel's tags, and then its files: a tag says what the wheel claims (vLLM 0.20.0
+    is cp38-abi3 yet carries DeepGEMM's _C.cpython-312-...so), the file suffixes are what
+    the runtime's import system will actually find."""
+    name = "python-tag"
     supported = runtime_tags(rt)
     best = next((t for t in supported if t in w.tags), None)
     wheel_tags = sorted(str(t) for t in w.tags)
     py = ".".join(map(str, rt.version[:2]))
+    evidence: dict[str, Any] = {}
+    problems: list[str] = []
+    fixes: list[str] = []
     if best is not None:
-        return CheckResult("python-tag", PASS, f"{', '.join(wheel_tags)} installs on Python {py} "
-                                               f"({rt.platform}, glibc "
-                                               f"{'.'.join(map(str, rt.glibc or ()))})",
-                           {"matched": str(best)})
-    return CheckResult("python-tag", FAIL,
-                       f"{', '.join(wheel_tags)} does not install on Python {py} ({rt.platform})",
-                       {"wheel": wheel_tags, "runtime_best": [str(t) for t in supported[:5]]},
-                       fix="build with the runtime's Python version (stack `python`) or use a "
-                           "runtime Python the wheel supports")
+        evidence["matched"] = str(best)
+        text = (f"{', '.join(wheel_tags)} installs on Python {py} ({rt.platform}, glibc "
+                f"{'.'.join(map(str, rt.glibc or ()))})")
+    else:
+        evidence.update(wheel=wheel_tags, runtime_best=[str(t) for t in supported[:5]])
+        text = f"{', '.join(wheel_tags)} does not install on Python {py} ({rt.platform})"
+        problems.append(text)
+        fixes.append("build with the runtime's Python version (stack `python`) or use a "
+                     "runtime Python the wheel supports")
+    modules = w.extension_modules()
+    if modules and rt.extension_suffixes is None:
+        if problems:
+            return CheckResult(name, FAIL, text, evidence, fix=fixes[0])
+        return CheckResult(name, UNKNOWN, f"{text}; the runtime's extension suffixes were not "
+                                          "probed", evidence)
+    suffixes = rt.extension_suffixes or []
+    if modules:
+        evidence["extension_suffixes"] = suffixes
+        lost = unfindable_extensions(w, suffixes)
+        if lost:
+            evidence["unfindable"] = {u.member: {"module": u.module, "suffix": u.suffix,
+                                                 "needs": u.needs} for u in lost}
+            problems += [u.describe(py, suffixes) for u in lost]
+            needs = sorted({u.needs for u in lost})
+            fixes.append(f"use a runtime with {' or '.join(needs)}, or build the wheel with the "
+                         f"runtime's Python (stack `python`) so that every extension carries a "
+                         f"suffix Python {py} looks for ({', '.join(suffixes[:2])})")
+    if problems:
+        # When the tag is fine, say so first: the files are the problem.
+        summary = ("" if best is None else f"{text}, but ") + "; ".join(problems)
+        return CheckResult(name, FAIL, summary, evidence, fix="; ".join(fixes))
+    if modules:
+        text += f"; all {len(modules)} extension module(s) have a suffix it finds"
+    return CheckResult(name, PASS, text, evidence)
 
 
 def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]) -> CheckResult:

@@ -4,7 +4,8 @@ dynamic loader's library search modelled on them.
 The probe runs `python -c PROBE` in the runtime: it reads torch's version.py as text
 (never imports torch: fast, and works when torch is broken or built for another GPU),
 the installed distributions' versions, sys.path, the loader-relevant environment, the
-glibc version. Everything else (ELF reading, resolution) happens in this process.
+glibc version, the extension-module file suffixes its import system looks for.
+Everything else (ELF reading, resolution) happens in this process.
 """
 
 # ruff: noqa: PTH100, PTH110, PTH113, PTH118, PTH119, PTH120, PTH101
@@ -29,7 +30,7 @@ WATCHED_DISTS = ("torch", "torchvision", "torchaudio", "vllm", "flashinfer-pytho
                  "flashinfer-cubin", "flashinfer-jit-cache", "apache-tvm-ffi", "triton")
 
 PROBE = r"""
-import importlib.metadata as md, importlib.util, json, os, sys, sysconfig
+import importlib.machinery, importlib.metadata as md, importlib.util, json, os, sys, sysconfig
 out = {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix,
        "version": list(sys.version_info[:3]), "implementation": sys.implementation.name,
        "abiflags": getattr(sys, "abiflags", ""), "soabi": sysconfig.get_config_var("SOABI"),
@@ -39,7 +40,8 @@ out = {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix,
        "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
        "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
        "glibc": os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None,
-       "purelib": sysconfig.get_paths()["purelib"], "platlib": sysconfig.get_paths()["platlib"]}
+       "purelib": sysconfig.get_paths()["purelib"], "platlib": sysconfig.get_paths()["platlib"],
+       "extension_suffixes": list(importlib.machinery.EXTENSION_SUFFIXES)}
 dists = {}
 for name in WATCHED:
     try:
@@ -106,6 +108,9 @@ class Runtime:
     torch: TorchRuntime | None
     torch_error: str | None
     gpus: list[Gpu] = field(default_factory=list)
+    # The file-name endings this interpreter's import system tries for an extension module,
+    # in its order (importlib.machinery.EXTENSION_SUFFIXES); None: not probed.
+    extension_suffixes: list[str] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -120,6 +125,7 @@ class Runtime:
                 "git_version": self.torch.git_version, "root": str(self.torch.root)},
             "torch_error": self.torch_error,
             "distributions": self.dists,
+            "extension_suffixes": self.extension_suffixes,
             "gpus": [{"name": g.name, "compute_capability": "{}.{}".format(*g.compute_capability),
                       "driver": g.driver} for g in self.gpus],
         }
@@ -174,7 +180,7 @@ def probe(python: Path, timeout: float = 60) -> Runtime:
         sys_path=[Path(p) for p in data["path"]], site_packages=Path(data["platlib"]),
         ld_library_path=[p for p in data["ld_library_path"].split(":") if p],
         libpython=libpython, dists=data["dists"], torch=torch, torch_error=torch_error,
-        gpus=detect_gpus())
+        gpus=detect_gpus(), extension_suffixes=list(data["extension_suffixes"]))
 
 
 # The environment the runtime interpreter runs in, for the probe and the import test

@@ -49,12 +49,21 @@ class WheelElf:
 
     @property
     def module_name(self) -> str | None:
-        """Dotted import name if this is a Python extension module (vllm._C)."""
+        """Dotted import name if this is a Python extension module (vllm._C), from where
+        the file lands once installed (a <name>.data/platlib/ prefix is no package)."""
         init = self.info.python_init
         if init is None:
             return None
-        parts = Path(self.member).parts
+        parts = install_parts(self.member)
         return ".".join((*parts[:-1], init))
+
+    @property
+    def suffix(self) -> str:
+        """What follows the module name in the file name ('.abi3.so',
+        '.cpython-312-x86_64-linux-gnu.so'): what the import system matches against its
+        EXTENSION_SUFFIXES (a module name has no dots)."""
+        name = Path(self.member).name
+        return name[len(name.split(".", 1)[0]):]
 
 
 @dataclass
@@ -102,6 +111,16 @@ class WheelFacts:
             if any(TORCH_SYMBOL.match(u.name) for u in elf.info.undefined):
                 return True
         return False
+
+    def extension_modules(self) -> dict[str, list[WheelElf]]:
+        """Import name -> the wheel's files for it: usually one, but a wheel may carry one
+        per Python version (_C.cpython-311-...so and _C.cpython-312-...so), of which the
+        import system loads the first its suffix order finds."""
+        modules: dict[str, list[WheelElf]] = {}
+        for elf in self.elfs:
+            if elf.module_name:
+                modules.setdefault(elf.module_name, []).append(elf)
+        return modules
 
     def cudart_majors(self) -> set[int]:
         majors = set()
@@ -175,12 +194,18 @@ def unpack_wheel(wheel: Path, root: Path) -> tuple[str, Path]:
     return digest, target
 
 
-def installed_path(member: str, site_packages: Path) -> str:
-    """Where pip puts a wheel member: <name>.data/{purelib,platlib}/x goes to x."""
+def install_parts(member: str) -> tuple[str, ...]:
+    """A wheel member's path under site-packages once installed, as parts:
+    <name>.data/{purelib,platlib}/x goes to x."""
     parts = Path(member).parts
     if len(parts) > 2 and parts[0].endswith(".data") and parts[1] in ("purelib", "platlib"):
         parts = parts[2:]
-    return os.path.normpath(os.path.join(site_packages, *parts))
+    return parts
+
+
+def installed_path(member: str, site_packages: Path) -> str:
+    """Where pip puts a wheel member."""
+    return os.path.normpath(os.path.join(site_packages, *install_parts(member)))
 
 
 def read_wheel(wheel: Path, unpack_root: Path, site_packages: Path) -> WheelFacts:
