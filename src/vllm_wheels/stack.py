@@ -204,9 +204,7 @@ class _Table:
         self.known.add(key)
         if key not in self.data:
             if required:
-                raise ConfigError(f"{self.file}: missing key '{key}' in [{self.where}]",
-                                  fix=f"add {key} = ... to [{self.where}] (see README, "
-                                      "'The stack file')")
+                raise self._missing(key)
             return default
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -216,6 +214,20 @@ class _Table:
             raise ConfigError(f"{self.file}: [{self.where}] {key} must be {names}, "
                               f"got {value!r}")
         return value
+
+    def _missing(self, key: str) -> ConfigError:
+        where = f"[{self.where}]" if self.where else "the top level"
+        # A required key is usually "missing" because it is misspelt: the misspelt key is
+        # then among the ones not read yet, and naming it is the whole fix.
+        unread = sorted(k for k in self.data if k not in self.known)
+        close = difflib.get_close_matches(key, unread, n=1, cutoff=0.6)
+        if close:
+            return ConfigError(f"{self.file}: missing key '{key}' in {where}",
+                               why=f"'{close[0]}' is there instead; no key of that name is read",
+                               fix=f"did you mean '{key}'? rename '{close[0]}' to '{key}'")
+        return ConfigError(f"{self.file}: missing key '{key}' in {where}",
+                           why="it has no default: the build cannot be pinned without it",
+                           fix=f"add {key} = ... to {where} (see README, 'The stack file')")
 
     def sub(self, key: str, *, required: bool = False) -> _Table:
         value = self.get(key, dict, default={}, required=required)

@@ -71,6 +71,27 @@ def test_bad_stacks_are_rejected(tmp_path: Path, text: str, message: str, fix: s
         assert fix in info.value.fix
 
 
+@pytest.mark.parametrize(("old", "new", "message", "fix"), [
+    # The misspelt key is named, with the rename that fixes it.
+    ('cuda_arch_list = "9.0 12.0"', 'cuda_arch_lst = "9.0 12.0"',
+     "missing key 'cuda_arch_list' in the top level",
+     "did you mean 'cuda_arch_list'? rename 'cuda_arch_lst' to 'cuda_arch_list'"),
+    ('version = "2.9.0"', 'verison = "2.9.0"', "missing key 'version' in [torch]",
+     "rename 'verison' to 'version'"),
+    # Nothing close: say where to add it, never "in []".
+    ('cuda_arch_list = "9.0 12.0"', "", "missing key 'cuda_arch_list' in the top level",
+     "add cuda_arch_list = ... to the top level"),
+])
+def test_missing_required_key_suggests_the_misspelt_one(tmp_path: Path, old: str, new: str,
+                                                        message: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_stack(write(tmp_path, GOOD.replace(old, new)))
+    assert message in info.value.what
+    assert "[]" not in info.value.what
+    assert fix in info.value.fix
+    assert info.value.why
+
+
 def test_digest_ignores_comments_but_not_pins(tmp_path: Path) -> None:
     a = load_stack(write(tmp_path, GOOD))
     b = load_stack(write(tmp_path, "# comment\n" + GOOD))

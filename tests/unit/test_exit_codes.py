@@ -1,0 +1,279 @@
+"""The documented exit codes, as a script sees them: each run goes through the installed
+`vllm-wheels` console script in a subprocess (nox turns every failure into 1, so scripts
+and CI call this entry point). Sources are local path sources and a loopback socket, so
+nothing here needs the network, a GPU or a torch venv.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vllm_wheels.errors import EXIT_CODES
+
+REPO = Path(__file__).resolve().parents[2]
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def console_script() -> list[str]:
+    """The entry point pip installs from [project.scripts] next to this interpreter;
+    `python -m vllm_wheels` only where the test venv has no scripts."""
+    script = Path(sys.executable).parent / "vllm-wheels"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vllm_wheels"]
+
+
+def run_script(*args: str, cwd: Path, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    merged = {k: v for k, v in os.environ.items() if k not in ("MAX_JOBS", "NVCC_THREADS")}
+    merged.update(env or {})
+    return subprocess.run([*console_script(), *args], cwd=cwd, env=merged, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+# Toolkit from pip: its nvcc is a "todo" check until the build assembles it, so a dry run
+# of this stack passes its checks on any host with git, patch and gcc.
+PIP_TOOLKIT = 'version = ">=13.0,<14"\nsource = "pip"\npip_version = "13.0.3.0"'
+# No nvcc anywhere satisfies this: the nvcc check fails on every host (missing or mismatched).
+IMPOSSIBLE_TOOLKIT = 'version = ">=99,<100"\nsource = "system"'
+
+
+def make_project(root: Path, *, toolkit: str = PIP_TOOLKIT, extra: str = "") -> Path:
+    """A stack of two local packages: `donor` (plain setuptools) and a vLLM-builder package
+    whose CUTLASS external comes from the donor's source (from_source), as the CUDA 13
+    test stack takes it from FlashInfer's sdist."""
+    (root / "donor" / "3rdparty" / "cutlass" / "include").mkdir(parents=True)
+    (root / "donor" / "setup.py").write_text(
+        'from setuptools import setup\nsetup(name="donor", version="0.1.0")\n')
+    shutil.copytree(REPO / "tests" / "fixtures" / "cmake_externals", root / "vllmsrc")
+    stack = root / "stack.toml"
+    stack.write_text(f"""schema_version = 1
+name = "ec"
+python = "{PY}"
+cuda_arch_list = "12.0"
+[torch]
+version = "2.14.1"
+cuda = "13.0"
+[cuda_toolkit]
+{toolkit}
+[build]
+compile_cache = "none"
+[packages.donor]
+source = {{ path = "donor", version = "0.1.0" }}
+[packages.vllm]
+source = {{ path = "vllmsrc", version = "0.0.1" }}
+[packages.vllm.externals.cutlass]
+from_source = "donor:3rdparty/cutlass"
+{extra}""")
+    return stack
+
+
+def dry_run(root: Path, stack: Path, *extra: str, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return run_script("build-wheels", "--stack", str(stack), "--cache-dir", str(root / "cache"),
+                      "--dry-run", *extra, cwd=root, env=env)
+
+
+def write_wheel(directory: Path) -> Path:
+    """A minimal valid pure-Python wheel (METADATA, WHEEL, RECORD with hashes)."""
+    files = {"tiny/__init__.py": b"",
+             "tiny-0.1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tiny\nVersion: 0.1.0\n",
+             "tiny-0.1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
+                                           b"Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = ""
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{name},sha256={digest},{len(data)}\n"
+    files["tiny-0.1.0.dist-info/RECORD"] = (record + "tiny-0.1.0.dist-info/RECORD,,\n").encode()
+    path = directory / "tiny-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+# ------------------------------------------------------------- one test per exit code
+
+
+def test_0_a_clean_dry_run(tmp_path: Path) -> None:
+    result = dry_run(tmp_path, make_project(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "Plan for stack 'ec'" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--max-jobs", "-3"], {}, "--max-jobs must be a whole number >= 0, got '-3'"),
+    (["--nvcc-threads", "-1"], {}, "--nvcc-threads must be a whole number >= 0, got '-1'"),
+    ([], {"MAX_JOBS": "-2"}, "MAX_JOBS must be a whole number >= 0, got '-2'"),
+    ([], {"NVCC_THREADS": "-1"}, "NVCC_THREADS must be a whole number >= 0, got '-1'"),
+    # Refused before the docker build it would be forwarded to.
+    (["--max-jobs", "-3", "--in-docker"], {}, "--max-jobs must be a whole number >= 0"),
+])
+def test_2_negative_parallelism_is_refused(tmp_path: Path, args: list[str],
+                                           env: dict[str, str], message: str) -> None:
+    result = dry_run(tmp_path, make_project(tmp_path), *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"ERROR (configuration, exit 2): {message}" in result.stderr
+    assert "fix:" in result.stderr
+    # Refused before any source was prepared.
+    assert not (tmp_path / "cache" / "src").exists()
+
+
+def test_2_a_mistyped_stack_key(tmp_path: Path) -> None:
+    stack = make_project(tmp_path)
+    stack.write_text(stack.read_text().replace("cuda_arch_list", "cuda_arch_lst"))
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 2, result.stderr
+    assert "did you mean 'cuda_arch_list'?" in result.stderr
+
+
+def test_2_bad_arguments() -> None:
+    result = run_script("build-wheels", "--no-such-option", cwd=REPO)
+    assert result.returncode == 2, result.stderr
+
+
+def test_3_dry_run_with_a_failing_check_prints_the_plan_then_exits_3(tmp_path: Path) -> None:
+    plan_json = tmp_path / "plan.json"
+    result = dry_run(tmp_path, make_project(tmp_path, toolkit=IMPOSSIBLE_TOOLKIT),
+                     "--json", str(plan_json))
+    assert result.returncode == 3, result.stderr
+    # The whole plan came first (down to its last line), and the JSON was written.
+    assert "[FAIL] nvcc" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("Log: ")
+    checks = json.loads(plan_json.read_text())["toolchain"]["checks"]
+    assert any(c["status"] == "fail" and c["name"].startswith("nvcc") for c in checks)
+    assert "ERROR (toolchain, exit 3): nvcc" in result.stderr
+    assert "a real build would stop" in result.stderr
+
+
+def test_4_missing_local_source(tmp_path: Path) -> None:
+    stack = make_project(tmp_path)
+    shutil.rmtree(tmp_path / "vllmsrc")
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 4, result.stderr
+    assert "ERROR (source, exit 4)" in result.stderr
+
+
+def test_5_patch_that_does_not_apply(tmp_path: Path) -> None:
+    patches = tmp_path / "patches-vllm"
+    patches.mkdir()
+    (patches / "0001-bad.patch").write_text(
+        "--- a/CMakeLists.txt\n+++ b/CMakeLists.txt\n@@ -1,1 +1,1 @@\n"
+        "-this line is not in the file\n+replacement\n")
+    (patches / "series").write_text("0001-bad.patch\n")
+    stack = make_project(tmp_path)
+    stack.write_text(stack.read_text().replace(
+        'source = { path = "vllmsrc"', f'patches = "{patches}"\nsource = {{ path = "vllmsrc"'))
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 5, result.stderr
+    assert "ERROR (patch, exit 5)" in result.stderr and "0001-bad.patch" in result.stderr
+
+
+def test_9_verify_abi_without_the_runtime_interpreter(tmp_path: Path) -> None:
+    wheel = write_wheel(tmp_path)
+    result = run_script("verify-abi", "--wheels", str(wheel), "--python", str(tmp_path / "nope"),
+                        "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert result.returncode == 9, result.stderr
+    assert "ERROR (could not check, exit 9)" in result.stderr
+
+
+def test_10_publishing_an_unverified_wheel(tmp_path: Path) -> None:
+    wheel = write_wheel(tmp_path)
+    result = run_script("publish", "--wheels", str(wheel), "--index", str(tmp_path / "index"),
+                        cwd=tmp_path)
+    assert result.returncode == 10, result.stderr
+    assert "ERROR (index, exit 10)" in result.stderr
+
+
+def test_130_terminated_while_waiting_for_the_index(tmp_path: Path) -> None:
+    """SIGTERM while a download hangs: a real loopback socket that accepts the connection
+    (the kernel's backlog) and never answers."""
+    stack = make_project(tmp_path)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple"
+        stack.write_text(stack.read_text().replace(
+            'source = { path = "donor", version = "0.1.0" }',
+            f'source = {{ pypi = "0.1.0", sha256 = "{"a" * 64}", index = "{index}" }}'))
+        process = subprocess.Popen(
+            [*console_script(), "build-wheels", "--stack", str(stack), "--cache-dir",
+             str(tmp_path / "cache"), "--dry-run"], cwd=tmp_path, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # The step line (progress goes to stderr) comes before the index is asked.
+            assert process.stderr is not None
+            seen = ""
+            while "sources:" not in seen:
+                line = process.stderr.readline()
+                assert line, process.wait()
+                seen += line
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=60)
+            err = seen + err
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 130, err
+    assert "ERROR (interrupted, exit 130)" in err
+
+
+def test_every_code_is_documented_in_the_readme() -> None:
+    """The README's table for scripts lists every code of errors.py."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## For CI and automation", 1)[1].split("\n## ", 1)[0]
+    for kind, code in EXIT_CODES.items():
+        assert f"| {code} | {kind} |" in section, (code, kind)
+    assert "| 0 |" in section
+
+
+# ------------------------------------------------------------------- --only and donors
+
+
+def test_only_prepares_a_from_source_donor_without_building_it(tmp_path: Path) -> None:
+    plan_json = tmp_path / "plan.json"
+    result = dry_run(tmp_path, make_project(tmp_path), "--only", "vllm", "--json", str(plan_json))
+    assert result.returncode == 0, result.stderr
+    assert "no package donor" not in result.stderr
+    plan = json.loads(plan_json.read_text())
+    assert [p["name"] for p in plan["packages"]] == ["vllm"]
+    assert [p["name"] for p in plan["source_only"]] == ["donor"]
+    donor_tree = plan["source_only"][0]["tree"]
+    cutlass = next(e for e in plan["packages"][0]["externals"] if e["name"] == "cutlass")
+    assert cutlass["directory"] == f"{donor_tree}/3rdparty/cutlass"
+    assert cutlass["origin"] == "from-source:donor"
+    assert "Source only donor (not built: left out by --only" in result.stdout
+
+
+DONOR_TABLE = '[packages.donor]\nsource = { path = "donor", version = "0.1.0" }\n'
+
+
+@pytest.mark.parametrize(("edit", "message", "fix"), [
+    (lambda text: text.replace('from_source = "donor:', 'from_source = "donr:'),
+     "no package donr in this stack", "did you mean 'donor'?"),
+    # The donor listed after its user.
+    (lambda text: text.replace(DONOR_TABLE, "") + DONOR_TABLE,
+     "package donor is listed after vllm", "move [packages.donor] above [packages.vllm]"),
+])
+def test_from_source_naming_errors(tmp_path: Path, edit: Callable[[str], str], message: str,
+                                   fix: str) -> None:
+    stack = make_project(tmp_path)
+    stack.write_text(edit(stack.read_text()))
+    result = dry_run(tmp_path, stack, "--only", "vllm")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and fix in result.stderr
+    assert not (tmp_path / "cache" / "src").exists()  # refused before preparing anything
