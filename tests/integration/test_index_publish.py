@@ -395,8 +395,8 @@ def test_the_gate_survives_a_run_that_could_not_check(wheels: TinyWheels, tmp_pa
                "--no-import", "--cache-dir", tmp_path / "cache", check=False)
     assert proc.returncode == 9, proc.stdout + proc.stderr
     assert "no torch in the runtime" in proc.stdout
-    assert "left as it was" in proc.stderr
     assert (folder / "verify-abi.json").read_bytes() == before
+    assert "left as it was" in proc.stderr
     # --json F that already holds a report is not replaced by a run that could not check;
     # a new F is written (to read why).
     kept = tmp_path / "kept.json"
@@ -479,10 +479,10 @@ def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
                                            tmp_path / "verify", built, reporter)
     finally:
         reporter.close()
-    assert [p.path.name for p in placed] == [staged.name]
-    assert kept == [vllm_10]
     on_disk = {p.name: sha256(p) for p in out.glob("*.whl")}
     assert set(on_disk) == {staged.name, vllm_10.name}
+    assert [p.path.name for p in placed] == [staged.name]
+    assert kept == [vllm_10]
     assert passing_wheels(out / "verify-abi.json") == on_disk
     results = json.loads((out / "verify-abi.json").read_text())
     assert results["schema_version"] == 2
