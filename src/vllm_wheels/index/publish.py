@@ -129,7 +129,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
 
 
 def _against(entry: dict[str, Any]) -> str:
-    """' against torch X (python P)' from a result's runtime facts, when it has them."""
+    """' against PYTHON with torch X' from a result's runtime facts, when it has them."""
     runtime = entry.get("runtime")
     if not isinstance(runtime, dict) or "python" not in runtime:
         return ""
