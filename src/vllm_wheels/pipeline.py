@@ -14,11 +14,12 @@ import platform
 import shlex
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from . import builders, bundle, fetchcontent, patches, pins, sources, toolchain, wheelmeta
 from .cache import Cache, publish_dir, remove, temp_sibling, write_atomic
@@ -35,7 +36,7 @@ from .log import NinjaProgress, Reporter, format_duration
 from .runner import capture, run
 from .stack import PackageSpec, Stack
 from .verify import abi
-from .verify.report import REPORT_FILENAME
+from .verify.report import record_results
 
 PLAN_SCHEMA_VERSION = 1
 SUMMARY_SCHEMA_VERSION = 1
@@ -769,11 +770,11 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                 prep.spec.name, path, sources.sha256_file(path), path.stat().st_size, seconds)
     step += 1
     reporter.step(step, total, f"verify_abi against the build venv, publish into {plan.output_dir}")
-    report = _verify_before_publish(plan, built, reporter)
-    results = _publish(plan, built)
-    if report is not None:
-        abi.write_json(report, plan.output_dir / REPORT_FILENAME)
-    _write_summary(plan, results, time.monotonic() - started)
+    # The build host's GPU (if any) is not the target: the stack's arch list is.
+    results, kept = _verify_and_publish(plan.output_dir, plan.stack.digest(),
+                                        plan.venv_path / "bin" / "python",
+                                        plan.cache.root / "verify", built, reporter)
+    _write_summary(plan, results, kept, time.monotonic() - started)
     reporter.step_done()
     reporter.say("Summary:")
     for item in results:
@@ -785,34 +786,102 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
     return results
 
 
-def _verify_before_publish(plan: Plan, built: dict[str, BuiltWheel], reporter: Reporter
-                           ) -> abi.Report | None:
+@dataclass(frozen=True)
+class Earlier:
+    """Wheels an earlier build left in the output dir: those that stay beside the new ones
+    (same stack definition, a package not rebuilt now; verified again with the new wheels)
+    and those removed, each with why."""
+
+    keep: list[Path]
+    drop: list[tuple[Path, str]]
+
+
+def _earlier_wheels(out: Path, stack_digest: str, built: dict[str, BuiltWheel]) -> Earlier:
+    """Sort the wheels already in `out` (after `--only`, or from a build of another stack
+    definition). The output dir holds one coherent set: the wheels of one stack digest,
+    one per package, every one verified with the others. A wheel of a package built now
+    is replaced; one built from another stack definition (other versions, pins, options,
+    torch) or without our manifest does not belong to this set and is removed."""
+    keep: list[Path] = []
+    drop: list[tuple[Path, str]] = []
+    new_names = {b.path.name for b in built.values()}
+    if not out.is_dir():
+        return Earlier(keep, drop)
+    for wheel in sorted(p for p in out.glob("*.whl") if not p.name.startswith(".")):
+        if wheel.name in new_names:
+            continue  # overwritten by the new file of the same name
+        try:
+            project = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+            manifest = wheelmeta.read_manifest(wheel)
+        except (InvalidWheelFilename, OSError, ValueError, zipfile.BadZipFile) as exc:
+            drop.append((wheel, f"not a wheel this pipeline can read ({exc})"))
+            continue
+        stack = manifest.get("stack") if isinstance(manifest, dict) else None
+        digest = stack.get("digest") if isinstance(stack, dict) else None
+        if project in built:
+            drop.append((wheel, f"replaced by the new {built[project].path.name}"))
+        elif digest is None:
+            drop.append((wheel, "no build manifest: not built by this pipeline"))
+        elif digest != stack_digest:
+            drop.append((wheel, f"built from another definition of the stack (digest "
+                                f"{str(digest)[:12]}..., now {stack_digest[:12]}...): "
+                                "rebuild its package"))
+        else:
+            keep.append(wheel)
+    return Earlier(keep, drop)
+
+
+def _verify_and_publish(out: Path, stack_digest: str, python: Path, work_dir: Path,
+                        built: dict[str, BuiltWheel], reporter: Reporter
+                        ) -> tuple[list[BuiltWheel], list[Path]]:
+    """The last build step: verify the new wheels with the earlier ones that stay, move
+    them into `out`, record the results. Returns the wheels placed and those kept. A build
+    that made no wheel (compile_only packages only) leaves `out` as it was."""
+    earlier = _earlier_wheels(out, stack_digest, built) if built else Earlier([], [])
+    report = _verify_before_publish(python, work_dir, built, earlier.keep, reporter)
+    results = _publish(out, built, earlier, report.to_dict() if report is not None else None,
+                       reporter)
+    return results, earlier.keep
+
+
+def _verify_before_publish(python: Path, work_dir: Path, built: dict[str, BuiltWheel],
+                           kept: list[Path], reporter: Reporter) -> abi.Report | None:
     """The same check as `nox -s verify_abi`, against the build venv (the one runtime
-    these wheels are certain to target): a wheel that fails never enters wheels/."""
+    these wheels are certain to target): a wheel that fails never enters wheels/. The
+    earlier wheels that stay beside them are checked with them, as one set (companion
+    pins, symbols between the packages)."""
     if not built:
         return None
-    python = plan.venv_path / "bin" / "python"
-    # The build host's GPU (if any) is not the target: the stack's arch list is.
-    report = abi.verify([b.path for b in built.values()], python,
-                        work_dir=plan.cache.root / "verify", host_gpus=False,
-                        reporter=reporter)
+    report = abi.verify([*(b.path for b in built.values()), *kept], python,
+                        work_dir=work_dir, host_gpus=False, reporter=reporter)
     reporter.log(report.render())
     if report.status != "pass":
         reporter.say(report.render())
+        bad_kept = [w.facts.filename for w in report.wheels
+                    if w.status != "pass" and w.facts.filename in {k.name for k in kept}]
         raise AbiMismatchError(
             "the built wheels fail verify_abi against their own build venv "
-            f"{python.parent.parent}; nothing was published",
+            f"{python.parent.parent}; nothing was published"
+            + (f" (failing wheels of an earlier build kept beside them: "
+               f"{', '.join(bad_kept)})" if bad_kept else ""),
             why="a wheel that does not import beside the torch it was built with would "
                 "fail for every user",
             fix="see the FAIL lines above (an unresolved internal symbol is a source bug: "
-                "add a patch under patches/)")
-    reporter.log(f"verify_abi: all {len(built)} wheel(s) pass in {report.seconds:.1f} s")
+                "add a patch under patches/)"
+                + ("; the earlier wheels no longer fit the new ones: rebuild their packages "
+                   "too (drop --only or name them in it)" if bad_kept else ""))
+    reporter.log(f"verify_abi: all {len(report.wheels)} wheel(s) pass in "
+                 f"{report.seconds:.1f} s")
     return report
 
 
-def _publish(plan: Plan, built: dict[str, BuiltWheel]) -> list[BuiltWheel]:
-    """Move every finished wheel into the output dir; nothing lands unless all built."""
-    out = plan.output_dir
+def _publish(out: Path, built: dict[str, BuiltWheel], earlier: Earlier,
+             report: dict[str, Any] | None, reporter: Reporter) -> list[BuiltWheel]:
+    """Move every finished wheel into the output dir; nothing lands unless all built.
+    Then remove the earlier wheels that are not part of this set and record the build's
+    verify_abi results (per sha256, pruned to what the dir holds): the dir and its
+    verify-abi.json agree. Until the results are recorded, a new wheel has no passing
+    result for its sha256, so an interruption leaves nothing publishable by mistake."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp-*"):
         remove(stale)
@@ -831,13 +900,26 @@ def _publish(plan: Plan, built: dict[str, BuiltWheel]) -> list[BuiltWheel]:
             raise DiskFullError(f"disk full while writing wheels into {out}",
                                 fix="free space and re-run (builds are reused)") from None
         raise
+    for wheel, why in earlier.drop:
+        remove(wheel)
+        reporter.say(f"    removed {wheel.name} from {out}: {why}")
+    for wheel in earlier.keep:
+        reporter.say(f"    kept {wheel.name} (same stack, not rebuilt; verified with the "
+                     "new wheels)")
+    if report is not None:
+        record_results(out, report)
     return results
 
 
-def _write_summary(plan: Plan, results: list[BuiltWheel], seconds: float) -> None:
+def _write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path],
+                   seconds: float) -> None:
+    """`wheels`: built by this run; `kept`: from an earlier build of the same stack, left
+    beside them (see _earlier_wheels). Together they are what the output dir holds."""
     summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "stack": plan.stack.name,
                "stack_digest": plan.stack.digest(), "local_label": plan.stack.local_label(),
                "seconds": round(seconds, 1), "log": str(plan.log_path),
                "wheels": [{"package": r.package, "file": r.path.name, "size": r.size,
-                           "sha256": r.sha256, "seconds": round(r.seconds, 1)} for r in results]}
+                           "sha256": r.sha256, "seconds": round(r.seconds, 1)} for r in results],
+               "kept": [{"file": k.name, "size": k.stat().st_size,
+                         "sha256": sources.sha256_file(k)} for k in kept]}
     write_atomic(plan.output_dir / "build-summary.json", json.dumps(summary, indent=2) + "\n")

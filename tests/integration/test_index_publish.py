@@ -375,3 +375,120 @@ def test_build_verify_publish_chain_with_the_real_verify_abi(
     refused = cli("publish", "--wheels", wheels, "--index", fresh, check=False)
     assert refused.returncode == 10, refused.stderr
     assert not (fresh / "index-state.json").exists() or not _listed(fresh)
+
+
+def _copy_folder(folder: Path, dest: Path) -> Path:
+    """A variant's folder (its wheels and the stand-in passing report) to change freely."""
+    shutil.copytree(folder, dest)
+    return dest
+
+
+def test_the_gate_survives_a_run_that_could_not_check(wheels: TinyWheels, tmp_path: Path
+                                                      ) -> None:
+    """A real verify-abi run against a Python without torch (exit 9) over the directory:
+    the passing results beside the wheels stay, and publishing still accepts them."""
+    folder = _copy_folder(wheels.variants[LABEL_CU128][0].parent, tmp_path / "wheels")
+    before = (folder / "verify-abi.json").read_bytes()
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    proc = cli("verify-abi", "--wheels", folder, "--python", bare / "bin" / "python",
+               "--no-import", "--cache-dir", tmp_path / "cache", check=False)
+    assert proc.returncode == 9, proc.stdout + proc.stderr
+    assert "no torch in the runtime" in proc.stdout
+    assert (folder / "verify-abi.json").read_bytes() == before
+    assert "left as it was" in proc.stderr
+    # --json F that already holds a report is not replaced by a run that could not check;
+    # a new F is written (to read why).
+    kept = tmp_path / "kept.json"
+    kept.write_bytes(before)
+    fresh = tmp_path / "fresh.json"
+    for target in (kept, fresh):
+        proc = cli("verify-abi", "--wheels", folder, "--python", bare / "bin" / "python",
+                   "--no-import", "--cache-dir", tmp_path / "cache", "--json", target,
+                   check=False)
+        assert proc.returncode == 9
+    assert kept.read_bytes() == before
+    assert json.loads(fresh.read_text())["status"] == "unknown"
+    index = tmp_path / "index"
+    cli("publish", "--wheels", folder, "--index", index)
+    assert _listed(index) == {w.name for w in wheels.variants[LABEL_CU128]}
+
+
+def test_the_gate_survives_a_mismatch_run_with_json_elsewhere(
+        wheels: TinyWheels, torch_cpu_213: Path, tmp_path: Path) -> None:
+    """A real verify-abi run against another torch (2.13.0 CPU; the wheels say 2.9.0+cu128)
+    with --json F: it fails (exit 8) and writes F only; the results beside the wheels,
+    and so the gate, are untouched."""
+    folder = _copy_folder(wheels.variants[LABEL_CU128][0].parent, tmp_path / "wheels")
+    before = (folder / "verify-abi.json").read_bytes()
+    elsewhere = tmp_path / "against-2.13.json"
+    proc = cli("verify-abi", "--wheels", folder, "--python", torch_cpu_213, "--no-import",
+               "--cache-dir", tmp_path / "cache", "--json", elsewhere, check=False)
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    report = json.loads(elsewhere.read_text())
+    assert report["status"] == "fail"
+    assert report["runtime"]["torch"]["version"].startswith("2.13.0")
+    assert (folder / "verify-abi.json").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*(w.name for w in wheels.variants[LABEL_CU128]), "verify-abi.json"])
+    index = tmp_path / "index"
+    cli("publish", "--wheels", folder, "--index", index)
+    assert _listed(index) == {w.name for w in wheels.variants[LABEL_CU128]}
+    # Publishing from F itself follows F: it failed there.
+    refused = cli("publish", "--wheels", folder, "--index", tmp_path / "other",
+                  "--report", elsewhere, check=False)
+    assert refused.returncode == 10 and "its latest result there is fail" in refused.stderr
+
+
+def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
+    """The last step of build_wheels (pipeline._verify_and_publish, with the real
+    verify_abi against this interpreter: these tiny wheels use no torch) after an earlier
+    full build: `--only tinyflash` makes tinyflash 1.1. The earlier tinyflash 1.0 (replaced),
+    a wheel of an older stack definition and a wheel without our manifest are removed;
+    tinyvllm of the same stack stays, verified with the new wheel; the directory, its
+    verify-abi.json agree, and publishing takes exactly that set."""
+    from index_support import _build_project
+
+    from vllm_wheels.log import Reporter
+    from vllm_wheels.pipeline import BuiltWheel, _verify_and_publish
+    from vllm_wheels.verify.report import passing_wheels
+
+    digest, older = "d" * 64, "e" * 64
+    label = "cpu.tiny"
+    src, plain = tmp_path / "src", tmp_path / "plain"
+
+    def ours(name: str, version: str, out: Path, stack_digest: str = digest) -> Path:
+        return rewrite_wheel(_build_project(src / f"{name}{version}", name, version, plain),
+                             out, label=label, pins={},
+                             manifest={"local_label": label,
+                                       "stack": {"name": "tiny", "digest": stack_digest}})
+
+    out = tmp_path / "wheels" / "tiny"
+    flash_10 = ours("tinyflash", "1.0", out)
+    vllm_10 = ours("tinyvllm", "1.0", out)
+    gone = ours("tinygone", "1.0", out, stack_digest=older)
+    foreign = _build_project(src, "foreign", "1.0", out)
+    write_verify_report([flash_10, vllm_10, gone, foreign])  # stand-in: the earlier build's
+    staged = ours("tinyflash", "1.1", tmp_path / "staging")
+    built = {"tinyflash": BuiltWheel("tinyflash", staged, sha256(staged),
+                                     staged.stat().st_size, 1.0)}
+    log = tmp_path / "build.log"
+    reporter = Reporter(log)
+    try:
+        placed, kept = _verify_and_publish(out, digest, Path(sys.executable),
+                                           tmp_path / "verify", built, reporter)
+    finally:
+        reporter.close()
+    on_disk = {p.name: sha256(p) for p in out.glob("*.whl")}
+    assert set(on_disk) == {staged.name, vllm_10.name}
+    assert [p.path.name for p in placed] == [staged.name]
+    assert kept == [vllm_10]
+    assert passing_wheels(out / "verify-abi.json") == on_disk
+    results = json.loads((out / "verify-abi.json").read_text())
+    assert results["schema_version"] == 2
+    # Both were checked by this run (the real one, not the stand-in of the earlier build).
+    assert all(r["runtime"]["python"] == sys.executable
+               for r in results["results"].values()), results
+    index = tmp_path / "index"
+    cli("publish", "--wheels", out, "--index", index)
+    assert _listed(index) == set(on_disk)

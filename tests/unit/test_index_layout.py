@@ -17,6 +17,7 @@ from vllm_wheels.errors import ConfigError, DiskFullError, IndexPublishError
 from vllm_wheels.index import layout, listing, publish, yank
 from vllm_wheels.index.store import FileRecord, IndexDir, IndexState, place_file
 from vllm_wheels.log import Reporter
+from vllm_wheels.verify.report import passing_wheels, read_results, record_results
 
 
 def make_wheel(folder: Path, name: str, version: str, *, requires_python: str | None = None,
@@ -295,3 +296,45 @@ def test_disk_full_while_placing_a_wheel_leaves_nothing(tmp_path: Path) -> None:
         place_file(wheel, dest, hashlib.sha256(wheel.read_bytes()).hexdigest())
     assert info.value.exit_code == 7
     assert list(dest.parent.iterdir()) == []  # neither the file nor its temporary name
+
+
+def _run(runtime: str, verdicts: dict[Path, str]) -> dict[str, object]:
+    """A run's report (schema 1, the shape abi.Report.to_dict gives) with these verdicts."""
+    return {"schema_version": 1, "created": "2026-01-01T00:00:00Z",
+            "runtime": {"python": runtime, "torch": {"version": runtime}},
+            "wheels": [{"filename": w.name, "sha256": hashlib.sha256(w.read_bytes()).hexdigest(),
+                        "passed": status == "pass", "status": status, "checks": []}
+                       for w, status in verdicts.items()]}
+
+
+def test_results_beside_the_wheels_are_kept_per_sha256(tmp_path: Path,
+                                                       reporter: Reporter) -> None:
+    """A run changes a wheel's result only when it reached a verdict on those bytes: a run
+    over other files or one that could not check a wheel keeps its pass; results of files
+    no longer there are dropped; the gate looks results up by sha256."""
+    folder = tmp_path / "w"
+    a, b = make_wheel(folder, "a", "1.0"), make_wheel(folder, "b", "1.0")
+    shas = {w: hashlib.sha256(w.read_bytes()).hexdigest() for w in (a, b)}
+    target = record_results(folder, _run("good", {a: "pass", b: "pass"}))
+    assert passing_wheels(target) == {a.name: shas[a], b.name: shas[b]}
+    record_results(folder, _run("other", {b: "unknown"}))  # could not check b
+    record_results(folder, _run("other", {}))  # a run over nothing in this folder
+    assert passing_wheels(target) == {a.name: shas[a], b.name: shas[b]}
+    assert read_results(target)[shas[b]]["runtime"]["python"] == "good"
+    verdict = publish.verification_of([a, b], shas, report=None, allow_unverified=None,
+                                      reporter=reporter)
+    assert {v[0] for v in verdict.values()} == {"verify-abi"}
+    # A verdict on the same bytes replaces the earlier one: the gate follows the latest.
+    record_results(folder, _run("2.13", {b: "fail"}))
+    assert passing_wheels(target) == {a.name: shas[a]}
+    with pytest.raises(IndexPublishError, match="its latest result there is fail against 2.13"):
+        publish.verification_of([b], shas, report=None, allow_unverified=None,
+                                reporter=reporter)
+    # b rebuilt (other bytes): its old result is dropped, a's stays.
+    b2 = make_wheel(folder, "b", "1.0", extra=b"# rebuilt\n")
+    record_results(folder, _run("good", {}))
+    assert set(read_results(target)) == {shas[a]}
+    with pytest.raises(IndexPublishError, match="no passing result for it"):
+        publish.verification_of([b2], {b2: hashlib.sha256(b2.read_bytes()).hexdigest()},
+                                report=None, allow_unverified=None, reporter=reporter)
+    assert json.loads(target.read_text())["schema_version"] == 2

@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
@@ -20,7 +21,7 @@ from ..cache import remove
 from ..errors import CannotCheckError, ConfigError, IndexPublishError, SourceError
 from ..log import Reporter
 from ..sources import download, sha256_file
-from ..verify.report import REPORT_FILENAME, passing_wheels
+from ..verify.report import REPORT_FILENAME, read_results
 from . import layout
 from .store import FileRecord, IndexDir, IndexState, place_file, utc_now, write_bytes_atomic
 
@@ -77,27 +78,38 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
                           why="the reason is recorded in the index for whoever installs it",
                           fix='e.g. --allow-unverified "no GPU host to verify on; smoke-'
                               'tested by hand on gpu-7"')
-    reports: dict[Path, dict[str, str] | str] = {}
+    reports: dict[Path, dict[str, dict[str, Any]] | str] = {}
     result: dict[Path, tuple[str, str]] = {}
     problems: list[str] = []
     for wheel in wheels:
         report_path = (report or wheel.parent / REPORT_FILENAME).resolve()
         if report_path not in reports:
             try:
-                reports[report_path] = passing_wheels(report_path)
+                reports[report_path] = read_results(report_path)
             except CannotCheckError as exc:
                 reports[report_path] = exc.what
-        passing = reports[report_path]
+        results = reports[report_path]
         sha = shas[wheel]
-        if isinstance(passing, str):
-            problems.append(f"{wheel.name}: {passing}")
-        elif passing.get(wheel.name) == sha:
+        if isinstance(results, str):
+            problems.append(f"{wheel.name}: {results}")
+            continue
+        # Looked up by the file's sha256: a result for other bytes never counts, and one
+        # for these bytes under another name does not either (the name carries the tags
+        # installers select by).
+        entry = results.get(sha)
+        if entry is not None and entry["passed"] and entry["filename"] == wheel.name:
             result[wheel] = ("verify-abi",
                              f"{report_path.name} sha256:{sha256_file(report_path)}")
-        elif wheel.name in passing:
+            continue
+        same_name = [s for s, r in results.items() if r["filename"] == wheel.name
+                     and r["passed"]]
+        if entry is not None and entry["filename"] == wheel.name:
+            problems.append(f"{wheel.name}: no passing result for it in {report_path} (its "
+                            f"latest result there is {entry['status']}"
+                            f"{_against(entry)})")
+        elif same_name:
             problems.append(f"{wheel.name}: {report_path} passed a different file under this "
-                            f"name (sha256 {passing[wheel.name][:12]}..., this file "
-                            f"{sha[:12]}...)")
+                            f"name (sha256 {same_name[0][:12]}..., this file {sha[:12]}...)")
         else:
             problems.append(f"{wheel.name}: no passing result for it in {report_path}")
     if problems and allow_unverified is None:
@@ -114,6 +126,17 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
             reporter.warn(f"publishing {wheel.name} unverified: {allow_unverified}")
             result[wheel] = ("unverified", allow_unverified.strip())
     return result
+
+
+def _against(entry: dict[str, Any]) -> str:
+    """' against PYTHON with torch X' from a result's runtime facts, when it has them."""
+    runtime = entry.get("runtime")
+    if not isinstance(runtime, dict) or "python" not in runtime:
+        return ""
+    torch = runtime.get("torch")
+    version = torch.get("version") if isinstance(torch, dict) else None
+    return f" against {runtime['python']}" + (f" with torch {version}" if version else
+                                              " without torch")
 
 
 def built_candidates(wheels: Sequence[Path], *, report: Path | None,

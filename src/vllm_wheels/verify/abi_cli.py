@@ -15,7 +15,7 @@ from ..stack import DEFAULT_STACK, Stack, load_stack
 from ..toolchain import ensure_build_venv
 from . import abi
 from .checks import FAIL, UNKNOWN
-from .report import REPORT_FILENAME
+from .report import REPORT_FILENAME, record_results
 from .wheelfacts import collect_wheels
 
 
@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", type=Path, default=None,
                         help="interpreter of the runtime environment to check against "
                              "(default: a venv made from the stack's pinned torch)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write this run's report here, and nowhere else (without it, a "
+                             "run over one directory records its results in "
+                             f"DIR/{REPORT_FILENAME}, which publishing reads)")
     parser.add_argument("--stack", type=Path, default=None,
                         help="stack file (default: build/stack.toml)")
     parser.add_argument("--arch", nargs="+", default=None,
@@ -101,15 +104,7 @@ def run(args: argparse.Namespace) -> int:
         text = report.render()
         print(text, flush=True)
         reporter.log(text)
-        written = []
-        if args.json:
-            abi.write_json(report, args.json)
-            written.append(args.json)
-        if len(wheels) == 1 and wheels[0].is_dir():
-            abi.write_json(report, wheels[0] / REPORT_FILENAME)
-            written.append(wheels[0] / REPORT_FILENAME)
-        for path in written:
-            reporter.say(f"report written to {path}")
+        _write(report, args.json, wheels, reporter)
         reporter.log(json.dumps(report.to_dict(), indent=2))
         if report.status == FAIL:
             bad = [w.facts.filename for w in report.wheels if w.status == FAIL]
@@ -123,3 +118,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         reporter.close()
+
+
+def _write(report: abi.Report, json_path: Path | None, wheels: list[Path],
+           reporter: Reporter) -> None:
+    """--json F: this run's report goes to F only (checking against another runtime must
+    not touch what publishing reads). Else a run over one directory records its verdicts
+    in DIR/verify-abi.json, per sha256 (report.record_results). A run that could not
+    check (exit 9) replaces neither: its report is in the log."""
+    could_not_check = report.status == UNKNOWN
+    if json_path is not None:
+        if could_not_check and json_path.exists():
+            reporter.say(f"{json_path} left as it was: this run could not check (its report "
+                         "is in the log)")
+        else:
+            abi.write_json(report, json_path)
+            reporter.say(f"report written to {json_path}")
+    elif len(wheels) == 1 and wheels[0].is_dir():
+        if could_not_check:
+            reporter.say(f"{wheels[0] / REPORT_FILENAME} left as it was: this run could not "
+                         "check (its report is in the log)")
+        else:
+            path = record_results(wheels[0], report.to_dict())
+            reporter.say(f"results recorded in {path}")
