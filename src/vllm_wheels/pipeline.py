@@ -590,11 +590,13 @@ def _postprocess(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
     wheel = raw[-1]
     assert plan.torch is not None
     torch_dist_version = _dist_version(ctx.python, "torch")
-    pin_map = {"torch": f"=={torch_dist_version}"}
-    pin_map.update({name: f"=={v}" for name, v in plan.stack.torch.companions.items()})
-    for name, other in built.items():
-        info = wheelmeta.wheel_info(other.path)
-        pin_map[name] = f"=={info.version}"
+    always = {"torch": f"=={torch_dist_version}"}
+    always.update({name: f"=={v}" for name, v in plan.stack.torch.companions.items()})
+    # Packages built earlier are pinned only where this wheel already requires them (vLLM ->
+    # FlashInfer), as its own Requires-Dist says; the others are no runtime dependency.
+    pin_map = wheelmeta.select_pins(
+        wheelmeta.requires_dist(wheel), always,
+        {name: f"=={wheelmeta.wheel_info(other.path).version}" for name, other in built.items()})
     add_files: dict[str, Path] = {}
     platform_tag = None
     extra: dict[str, Any] = {}

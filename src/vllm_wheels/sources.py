@@ -5,12 +5,14 @@ commit, and unpack archives safely.
 
 from __future__ import annotations
 
+import email.parser
 import hashlib
 import html.parser
 import json
 import shutil
 import tarfile
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.version import InvalidVersion, Version
 
 from .cache import Cache, publish_dir, remove, temp_sibling
 from .errors import DiskFullError, SourceError
@@ -248,14 +251,171 @@ def resolve_pypi(spec: PackageSpec) -> IndexFile:
     return find_sdist(src.index, spec.name, src.version)
 
 
+def _same_version(a: str, b: str) -> bool:
+    """PEP 440 equality (0.11.2 == 0.11.2.0 == v0.11.2); plain text for non-PEP 440."""
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a.strip() == b.strip()
+
+
+def sdist_filename_disagreement(filename: str, name: str, version: str) -> str | None:
+    """What `filename` is when it is not the sdist of `name` `version` (None when it is).
+    The name is compared canonicalized and the version normalized (PEP 625, packaging's
+    parse_sdist_filename): flashinfer_python-0.5.2.tar.gz is flashinfer-python 0.5.2."""
+    try:
+        file_name, file_version = parse_sdist_filename(filename)
+    except InvalidSdistFilename:
+        return f"{filename}, not an sdist file name (NAME-VERSION.tar.gz)"
+    if file_name != canonicalize_name(name) or not _same_version(str(file_version), version):
+        return f"{filename} ({file_name} {file_version})"
+    return None
+
+
+@dataclass(frozen=True)
+class SourceMetadata:
+    """The name and version a source states about itself."""
+
+    name: str | None
+    version: str | None
+    where: str  # e.g. "PKG-INFO", "pyproject.toml"
+
+
+def _metadata_from(pkg_info: str | None, pyproject: str | None) -> SourceMetadata | None:
+    if pkg_info is not None:
+        headers = email.parser.HeaderParser().parsestr(pkg_info)
+        return SourceMetadata(headers.get("Name"), headers.get("Version"), "PKG-INFO")
+    if pyproject is not None:
+        try:
+            project = tomllib.loads(pyproject).get("project", {})
+        except tomllib.TOMLDecodeError:
+            return None
+        # A dynamic version (setuptools-scm, a version file) is only known after a build.
+        version = None if "version" in project.get("dynamic", []) else project.get("version")
+        return SourceMetadata(project.get("name"), version, "pyproject.toml")
+    return None
+
+
+def read_source_metadata(path: Path) -> SourceMetadata | None:
+    """PKG-INFO (an sdist's own metadata), else pyproject.toml's static [project] name and
+    version, at the top of a directory or archive (below its single top-level folder, as
+    `unpack` strips it). None when the source states neither."""
+    wanted = ("PKG-INFO", "pyproject.toml")
+    found: dict[str, str] = {}
+    if path.is_dir():
+        for name in wanted:
+            if (path / name).is_file():
+                found[name] = (path / name).read_text(encoding="utf-8", errors="replace")
+        return _metadata_from(found.get("PKG-INFO"), found.get("pyproject.toml"))
+
+    roots: list[str] = []
+
+    def top(member: str) -> str | None:
+        """"PKG-INFO" for PKG-INFO or ROOT/PKG-INFO, ROOT being the first top-level entry."""
+        parts = [p for p in member.split("/") if p not in ("", ".")]
+        if parts and not roots:
+            roots.append(parts[0])
+        if parts and parts[-1] in wanted and (len(parts) == 1 or
+                                              (len(parts) == 2 and parts[0] == roots[0])):
+            return parts[-1]
+        return None
+
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.namelist():
+                    if (key := top(member)) and key not in found:
+                        found[key] = zf.read(member).decode("utf-8", "replace")
+        else:
+            with tarfile.open(path) as tar:
+                # Stop at PKG-INFO: the rest of the archive need not be decompressed
+                # (vLLM 0.11.2's 17 MB sdist lists it 159th: 0.05 s instead of a full pass).
+                for info in tar:
+                    key = top(info.name)
+                    handle = tar.extractfile(info) if key and key not in found else None
+                    if key and handle is not None:
+                        found[key] = handle.read().decode("utf-8", "replace")
+                        if key == "PKG-INFO":
+                            break
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}",
+                          fix="delete the cached file and re-run to download it again") from None
+    return _metadata_from(found.get("PKG-INFO"), found.get("pyproject.toml"))
+
+
+def check_source_metadata(spec: PackageSpec, fetched: FetchedSource) -> None:
+    """The source must be what the stack says: its own metadata's name and version (PKG-INFO,
+    else pyproject.toml) must agree with [packages.NAME] and its version. A disagreement is
+    a SourceError naming both, whatever the cache holds: a build would otherwise compile one
+    release and label the wheel as another. Git and path sources are checked when the
+    stack gives them a version; a source without metadata (or a dynamic version) is not."""
+    src = spec.source
+    if src.version is None:
+        return
+    location = fetched.archive or fetched.directory
+    assert location is not None
+    meta = read_source_metadata(location)
+    if meta is None:
+        return
+    problems = []
+    if meta.name is not None and canonicalize_name(meta.name) != canonicalize_name(spec.name):
+        problems.append(f"name: the stack says {spec.name}, {meta.where} says {meta.name}")
+    if meta.version is not None and not _same_version(meta.version, src.version):
+        problems.append(f"version: the stack says {src.version}, {meta.where} says "
+                        f"{meta.version}")
+    if problems:
+        raise SourceError(f"[packages.{spec.name}]: the source {location} is not what the stack "
+                          "says\n  " + "\n  ".join(problems),
+                          why="the wheel would be built from one release and labelled as "
+                              "another",
+                          fix="make the stack's name, version and sha256/commit/path describe "
+                              "the same release")
+
+
 def fetch(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter) -> FetchedSource:
+    """The pristine source of `spec`, checked to be the name and version the stack states
+    (see check_source_metadata)."""
+    fetched = _fetch(spec, cache, repo_root, reporter)
+    check_source_metadata(spec, fetched)
+    return fetched
+
+
+def _cached_sdist(spec: PackageSpec, cache: Cache) -> Path | None:
+    """The cached sdist with the pinned sha256, if it is also the sdist of the stack's name
+    and version. A cached file with the right hash but another name is a SourceError (the
+    stack pairs a sha256 with the wrong release), not a reason to go to the index."""
+    src = spec.source
+    assert src.sha256 is not None and src.version is not None
+    disagreements = []
+    for cached in sorted((cache.downloads / "sha256" / src.sha256[:2] / src.sha256)
+                         .glob("*.tar.gz")):
+        if sha256_file(cached) != src.sha256:
+            continue
+        why = sdist_filename_disagreement(cached.name, spec.name, src.version)
+        if why is None:
+            return cached
+        disagreements.append(why)
+    if disagreements:
+        raise SourceError(f"[packages.{spec.name}]: the stack says {spec.name} {src.version}, "
+                          f"but its sha256 {src.sha256} is the sdist "
+                          f"{' and '.join(disagreements)}",
+                          why="the sha256 pins one file, and that file is another release "
+                              "(or package) than the stack names",
+                          fix=f"put the sha256 of {spec.name} {src.version}'s sdist in the "
+                              "stack (`pip download --no-deps --no-binary :all: "
+                              f"{spec.name}=={src.version}` and sha256sum it), or the version "
+                              "that sha256 belongs to")
+    return None
+
+
+def _fetch(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter) -> FetchedSource:
     src: Source = spec.source
     if src.kind == "pypi":
-        assert src.sha256 is not None
+        assert src.sha256 is not None and src.version is not None
         # A cached file with the pinned hash needs no index at all (offline rebuilds).
-        for cached in (cache.downloads / "sha256" / src.sha256[:2] / src.sha256).glob("*.tar.gz"):
-            if sha256_file(cached) == src.sha256:
-                return FetchedSource(cached, None, src.sha256, None, None)
+        cached = _cached_sdist(spec, cache)
+        if cached is not None:
+            return FetchedSource(cached, None, src.sha256, None, None)
         found = resolve_pypi(spec)
         if found.sha256 and found.sha256 != src.sha256:
             raise SourceError(f"sha256 mismatch for {found.filename} on {src.index}\n"

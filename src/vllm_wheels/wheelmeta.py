@@ -1,5 +1,6 @@
 """Wheel post-processing: give a built wheel its local version label, its runtime pins on
-the exact torch (and FlashInfer) it was built with, the build manifest, extra files (e.g.
+the exact torch it was built with (and on the packages built with it that it requires,
+e.g. vLLM on FlashInfer), the build manifest, extra files (e.g.
 FlashInfer's AOT kernels) and a regenerated RECORD; written to a temporary file and then
 renamed, so no reader ever sees a half-written wheel.
 """
@@ -13,7 +14,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,32 @@ def _rewrite_requirements(metadata: str, replace: Mapping[str, str]) -> str:
         if name not in seen:
             out.append(f"Requires-Dist: {name}{spec}")
     return "\n".join(out) + "\n\n" + body if body else "\n".join(out) + "\n"
+
+
+def declared_names(requirements: Iterable[str]) -> set[str]:
+    """The canonical project names of Requires-Dist lines (any marker or extra)."""
+    names: set[str] = set()
+    for text in requirements:
+        try:
+            names.add(canonicalize_name(Requirement(text).name))
+        except InvalidRequirement:
+            continue
+    return names
+
+
+def select_pins(declared: Iterable[str], always: Mapping[str, str],
+                built: Mapping[str, str]) -> dict[str, str]:
+    """The runtime pins of one wheel: `always` (torch, its companions: what every wheel
+    of the stack is built against), plus each package built earlier in the stack that the
+    wheel itself declares in Requires-Dist (`declared`), tightened to ==its version. A built
+    package the wheel does not require is not added: a FlashInfer wheel must not pull in
+    whatever happened to be built before it. `built` maps names to the exact specifier."""
+    requires = declared_names(declared)
+    pins: dict[str, str] = {canonicalize_name(k): v for k, v in always.items()}
+    for name, spec in built.items():
+        if canonicalize_name(name) in requires:
+            pins[canonicalize_name(name)] = spec
+    return pins
 
 
 def _set_header(text: str, key: str, value: str) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from ci_support import CiBuild, cli
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from vllm_wheels.fatbin import read_archs
 from vllm_wheels.wheelmeta import read_manifest, requires_dist, verify_record
@@ -51,6 +53,21 @@ def test_wheels_are_labelled_pinned_and_carry_a_manifest(built: tuple[Path, obje
     summary = json.loads((out / "build-summary.json").read_text())
     assert summary["schema_version"] == 1 and len(summary["wheels"]) == 2
     assert not list(out.glob(".*tmp*"))
+
+
+def test_wheels_pin_only_what_they_require(built: tuple[Path, object]) -> None:
+    """tiny-cuda-ext is built before FlashInfer in this stack, but FlashInfer does not use
+    it: installing FlashInfer from the index must not pull in the fixture. FlashInfer's own
+    requirements (apache-tvm-ffi) and torch stay pinned."""
+    out, _ = built
+    fi = wheel(out, "flashinfer_python")
+    names = {canonicalize_name(Requirement(r).name) for r in requires_dist(fi)}
+    assert "tiny-cuda-ext" not in names, requires_dist(fi)
+    assert {"torch", "apache-tvm-ffi"} <= names
+    manifest = read_manifest(fi)
+    assert manifest is not None
+    assert "tiny-cuda-ext" not in manifest["runtime_pins"]  # type: ignore[operator]
+    assert manifest["runtime_pins"]["torch"] == "==2.14.1"  # type: ignore[index]
 
 
 def test_extension_and_aot_kernels_contain_sm120(built: tuple[Path, object], tmp_path: Path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,99 @@ def test_dry_run_prints_the_full_plan_and_json(repo_root: Path, shared_cache: Pa
     failing = [c for c in plan["toolchain"]["checks"] if c["status"] == "fail"]
     assert result.returncode == (3 if failing else 0), result.stderr
     assert [p["name"] for p in plan["packages"]] == ["flashinfer-python", "vllm"]
+
+
+# ------------------------------------------------- a source is what the stack says
+
+
+@pytest.fixture
+def warm_flashinfer(repo_root: Path, shared_cache: Path, reporter: Reporter) -> Path:
+    """The real FlashInfer 0.5.2 sdist in the shared cache (downloaded once)."""
+    from vllm_wheels import sources
+
+    spec = load_stack(repo_root / "build" / "stack.toml").package("flashinfer-python")
+    assert spec is not None
+    fetched = sources.fetch(spec, Cache(shared_cache), repo_root, reporter)
+    assert fetched.archive is not None and fetched.archive.name == "flashinfer_python-0.5.2.tar.gz"
+    return fetched.archive
+
+
+def test_version_the_cached_sdist_is_not_is_refused(repo_root: Path, shared_cache: Path,
+                                                    tmp_path: Path, warm_flashinfer: Path
+                                                    ) -> None:
+    """Stack says 0.5.99 with 0.5.2's sha256: the warm cache has a file with that hash, but
+    it is 0.5.2's sdist, so nothing is built and labelled 0.5.99; exit 4 naming both. An
+    empty cache gives exit 4 as well (the index has no 0.5.99)."""
+    stack = _stack_variant(repo_root, tmp_path, 'pypi = "0.5.2"', 'pypi = "0.5.99"')
+    result = cli("build-wheels", "--stack", str(stack), "--cache-dir", str(shared_cache),
+                 "--dry-run", cwd=repo_root)
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr
+    assert "the stack says flashinfer-python 0.5.99" in result.stderr
+    assert "flashinfer_python-0.5.2.tar.gz (flashinfer-python 0.5.2)" in result.stderr
+    assert not list((shared_cache / "src").glob("flashinfer-python-0.5.99-*"))
+    empty = cli("build-wheels", "--stack", str(stack), "--cache-dir", str(tmp_path / "empty"),
+                "--dry-run", cwd=repo_root)
+    assert empty.returncode == 4, empty.stderr
+
+
+def test_sha256_of_another_package_is_refused(repo_root: Path, shared_cache: Path,
+                                              tmp_path: Path, reporter: Reporter) -> None:
+    """flashinfer-python 0.5.2 pinned to vLLM 0.11.2's sha256 (cached): exit 4, not a
+    FlashInfer wheel built from vLLM's source."""
+    from vllm_wheels import sources
+
+    stack = load_stack(repo_root / "build" / "stack.toml")
+    vllm = stack.package("vllm")
+    assert vllm is not None and vllm.source.sha256 is not None
+    sources.fetch(vllm, Cache(shared_cache), repo_root, reporter)  # warm
+    variant = _stack_variant(repo_root, tmp_path, "99d097a28be1e98c7f85e4a767e9e9a4794374f9318c27"
+                             "db14d21e367149063f", vllm.source.sha256)
+    result = cli("build-wheels", "--stack", str(variant), "--cache-dir", str(shared_cache),
+                 "--dry-run", cwd=repo_root)
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr
+    assert "the stack says flashinfer-python 0.5.2" in result.stderr
+    assert "vllm-0.11.2.tar.gz (vllm 0.11.2)" in result.stderr
+
+
+def test_mislabelled_cached_sdist_is_refused_by_its_pkg_info(
+        repo_root: Path, tmp_path: Path, warm_flashinfer: Path, reporter: Reporter) -> None:
+    """The real 0.5.2 sdist cached under the file name of 0.5.3 (same bytes, same sha256):
+    the file name agrees with the stack, the sdist's own PKG-INFO does not."""
+    from vllm_wheels import sources
+    from vllm_wheels.errors import SourceError
+
+    sha = sources.sha256_file(warm_flashinfer)
+    cache = Cache(tmp_path / "cache")
+    target = cache.download_path(sha, "flashinfer_python-0.5.3.tar.gz")
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(warm_flashinfer, target)
+    variant = _stack_variant(repo_root, tmp_path, 'pypi = "0.5.2"', 'pypi = "0.5.3"')
+    spec = load_stack(variant).package("flashinfer-python")
+    assert spec is not None and spec.source.sha256 == sha
+    with pytest.raises(SourceError) as info:
+        prepare_package(spec, cache, repo_root, reporter)
+    assert info.value.exit_code == 4
+    assert "version: the stack says 0.5.3, PKG-INFO says 0.5.2" in str(info.value)
+    assert not list(cache.sources.glob("flashinfer*"))
+
+
+def test_path_archive_with_a_version_is_checked_against_pkg_info(
+        repo_root: Path, tmp_path: Path, warm_flashinfer: Path, reporter: Reporter) -> None:
+    """A local sdist (path source) with a stated version: the real 0.5.2 sdist stated as
+    0.5.2 prepares; stated as vllm 0.5.2 (another name) it is refused."""
+    from vllm_wheels.errors import SourceError
+
+    archive = tmp_path / warm_flashinfer.name
+    shutil.copyfile(warm_flashinfer, archive)
+    stack = tmp_path / "local.toml"
+    base = (repo_root / "build" / "stacks" / "ci-cuda13.toml").read_text().split("[packages.")[0]
+    stack.write_text(base + f'[packages.flashinfer-python]\nsource = {{ path = "{archive}", '
+                     'version = "0.5.2" }\n[packages.vllm]\nbuilder = "setuptools"\n'
+                     f'source = {{ path = "{archive}", version = "0.5.2" }}\n')
+    loaded = load_stack(stack)
+    cache = Cache(tmp_path / "cache")
+    ok = prepare_package(loaded.packages[0], cache, repo_root, reporter)
+    assert (ok.tree / "PKG-INFO").is_file()
+    with pytest.raises(SourceError) as info:
+        prepare_package(loaded.packages[1], cache, repo_root, reporter)
+    assert "name: the stack says vllm, PKG-INFO says flashinfer-python" in str(info.value)

@@ -62,3 +62,30 @@ def test_pure_wheel_becomes_platform_wheel_with_kernels(tmp_path: Path) -> None:
     with zipfile.ZipFile(out) as zf:
         wheel = zf.read("fi-0.5.2+x.dist-info/WHEEL").decode()
     assert "Root-Is-Purelib: false" in wheel and "Tag: py3-none-linux_x86_64" in wheel
+
+
+def test_runtime_pins_only_for_built_packages_the_wheel_requires(tmp_path: Path) -> None:
+    """FlashInfer built after the tiny-cuda-ext fixture must not require the fixture; a
+    vLLM built after FlashInfer pins FlashInfer (it requires it) and its cubin companion
+    when its METADATA requires that too. torch is pinned always."""
+    from vllm_wheels.wheelmeta import select_pins
+
+    built = {"tiny-cuda-ext": "==0.1.0+x", "flashinfer-python": "==0.5.2+x",
+             "flashinfer-cubin": "==0.5.2+x"}
+    always = {"torch": "==2.14.1", "torchvision": "==0.29.1"}
+    fi_declares = ["apache-tvm-ffi<0.2,>=0.1", "numpy", "torch"]
+    assert select_pins(fi_declares, always, {"tiny-cuda-ext": "==0.1.0+x"}) == always
+    vllm_declares = ["torch==2.9.0", "Flashinfer_Python==0.5.2; platform_system == 'Linux'",
+                     "flashinfer-cubin ; extra == 'cubin'", "numpy"]
+    assert select_pins(vllm_declares, always, built) == {
+        **always, "flashinfer-python": "==0.5.2+x", "flashinfer-cubin": "==0.5.2+x"}
+    # Through rewrite_wheel: the demo wheel requires flashinfer-python, not tiny-cuda-ext.
+    raw = make_wheel(tmp_path)
+    from vllm_wheels.wheelmeta import requires_dist as reqs_of
+
+    pins = select_pins(reqs_of(raw), {"torch": "==2.14.1"}, built)
+    out = rewrite_wheel(raw, tmp_path / "out", label="x", pins=pins, manifest={})
+    reqs = requires_dist(out)
+    assert 'flashinfer-python==0.5.2+x ; platform_system == "Linux"' in reqs
+    assert "torch==2.14.1" in reqs
+    assert not [r for r in reqs if r.startswith(("tiny-cuda-ext", "flashinfer-cubin"))]
