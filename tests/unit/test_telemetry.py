@@ -1,0 +1,171 @@
+"""Build telemetry: the launcher on real compiles, the summary math on a hand-written
+.ninja_log sample and on a real ninja build, and the build-time prediction on a synthetic
+set of units."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vllm_wheels import telemetry
+
+# .ninja_log v5 as ninja writes it: start ms, end ms, mtime, output, command hash. An older
+# line for a.o is superseded by the later one; b.o was built in an earlier run, not this one.
+NINJA_LOG = """# ninja log v5
+0\t900\t1700000000000000000\tCMakeFiles/_C.dir/csrc/a.cu.o\t1111
+0\t4000\t1700000000000000000\tCMakeFiles/_C.dir/csrc/a.cu.o\t1111
+10\t2500\t1700000000000000000\tCMakeFiles/_C.dir/csrc/b.cu.o\t2222
+20\t1000\t1700000000000000000\tCMakeFiles/_moe_C.dir/csrc/moe.cu.o\t3333
+4000\t4600\t1700000000000000000\t_C.abi3.so\t4444
+1000\t1200\t1700000000000000000\t_moe_C.abi3.so\t5555
+"""
+# `ninja -t query` for the two link outputs (format of ninja 1.11/1.12).
+NINJA_QUERY = """_C.abi3.so:
+  input: CUDA_SHARED_LIBRARY_LINKER__C_Release
+    CMakeFiles/_C.dir/csrc/a.cu.o
+    CMakeFiles/_C.dir/csrc/b.cu.o
+    | /usr/lib/libcuda.so
+    || cmake_object_order_depends_target__C
+  outputs:
+_moe_C.abi3.so:
+  input: CUDA_SHARED_LIBRARY_LINKER__moe_C_Release
+    CMakeFiles/_moe_C.dir/csrc/moe.cu.o
+  outputs:
+"""
+
+
+def test_critical_path_from_a_ninja_log_sample() -> None:
+    entries = telemetry.parse_ninja_log(NINJA_LOG)
+    assert {e.output: e.seconds for e in entries}["CMakeFiles/_C.dir/csrc/a.cu.o"] == 4.0
+    graph = telemetry.parse_ninja_query(NINJA_QUERY)
+    assert graph["_C.abi3.so"][:3] == ["CMakeFiles/_C.dir/csrc/a.cu.o",
+                                       "CMakeFiles/_C.dir/csrc/b.cu.o", "/usr/lib/libcuda.so"]
+    seconds, chain = telemetry.critical_path(entries, graph)
+    # a.cu.o (4.0 s) -> _C.abi3.so (0.6 s); b (2.49) and moe (0.98) + 0.2 are shorter.
+    assert seconds == 4.6
+    assert chain == ["CMakeFiles/_C.dir/csrc/a.cu.o", "_C.abi3.so"]
+    # Without the graph each output stands alone: the longest single one.
+    assert telemetry.critical_path(entries, {}) == (4.0, ["CMakeFiles/_C.dir/csrc/a.cu.o"])
+
+
+@pytest.mark.skipif(shutil.which("ninja") is None, reason="needs ninja")
+def test_critical_path_of_a_real_ninja_build_counts_only_this_run(tmp_path: Path) -> None:
+    (tmp_path / "build.ninja").write_text(
+        "rule work\n  command = sleep $secs && touch $out\n"
+        "build slow.o: work\n  secs = 0.6\n"
+        "build fast.o: work\n  secs = 0.1\n"
+        "build lib.so: work slow.o fast.o\n  secs = 0.2\n"
+        "build other.o: work\n  secs = 0.3\n")
+    ninja = Path(shutil.which("ninja") or "ninja")
+    subprocess.run([ninja, "-C", tmp_path, "other.o"], check=True, capture_output=True)
+    before = telemetry.ninja_log_sizes(tmp_path)
+    subprocess.run([ninja, "-C", tmp_path, "lib.so"], check=True, capture_output=True)
+    build = telemetry.ninja_build(tmp_path / ".ninja_log", before[tmp_path / ".ninja_log"],
+                                  ninja)
+    assert build["outputs"] == 3  # other.o was an earlier run
+    assert build["critical_path"] == ["slow.o", "lib.so"]
+    assert build["critical_path_s"] >= 0.8
+    assert build["graph"] == "ninja -t query"
+
+
+def _unit(name: str, wall: float, cpu: float, kb: int, cache: str | None = None,
+          start: float = 0.0, tool: str | None = None) -> dict[str, Any]:
+    return {"source": name, "wall_s": wall, "cpu_s": cpu, "peak_rss_kb": kb, "cache": cache,
+            "start": start, "cache_tool": tool, "package": "vllm"}
+
+
+def test_summary_efficiency_hit_rate_peak_and_table() -> None:
+    units = [_unit("a.cu", 100, 150, 6_000_000, "miss"), _unit("b.cu", 50, 40, 2_000_000, "hit"),
+             _unit("c.cpp", 5, 10, 500_000, "hit"), _unit("d.cpp", 1, 0.5, 100_000, None)]
+    builds = [{"critical_path_s": 101.5}, {"critical_path_s": 20.0}]
+    s = telemetry.summarize(units, compile_wall_s=200.0, jobs=2, ninja_builds=builds)
+    assert s["cpu_seconds"] == 200.5
+    assert s["parallel_efficiency"] == round(200.5 / (200.0 * 2), 3)
+    assert s["critical_path_s"] == 121.5
+    assert s["peak_rss_kb"] == 6_000_000 and s["peak_rss_unit"] == "a.cu"
+    assert s["cache"] == {"hits": 2, "misses": 1, "unknown": 0, "hit_rate": 0.667}
+    assert telemetry.hit_rate([_unit("x", 1, 1, 1)]) is None  # no cache: no rate
+    table = telemetry.render_table(units, s, top=2)
+    rows = table.splitlines()
+    assert rows[0].startswith("Build telemetry: 2 most expensive of 4")
+    assert "vllm: a.cu" in rows[2] and "vllm: b.cu" in rows[3] and "c.cpp" not in table
+    assert "parallel efficiency 0.50" in table and "hit rate 67%" in table
+
+
+def test_sccache_result_is_unknown_when_another_unit_overlapped() -> None:
+    units = [_unit("a.cu", 10, 1, 1, "miss", start=0, tool="sccache"),
+             _unit("b.cu", 10, 1, 1, "hit", start=5, tool="sccache"),
+             _unit("c.cu", 1, 1, 1, "hit", start=20, tool="sccache"),
+             _unit("d.c", 1, 1, 1, "hit", start=0, tool="ccache")]
+    telemetry.mark_overlapping_sccache(units)
+    assert [u["cache"] for u in units] == ["unknown", "unknown", "hit", "hit"]
+
+
+def test_predicted_wall_on_synthetic_units_follows_lpt_and_the_memory_budget() -> None:
+    """Synthetic units (not measured): 4 units, 2 jobs."""
+    units = [("synthetic-a", 10.0, 6), ("synthetic-b", 8.0, 6), ("synthetic-c", 4.0, 2),
+             ("synthetic-d", 3.0, 2)]
+    # Memory is no limit: LPT puts a | b, then c after b (t=8), d after a (t=10) -> 13.
+    free = telemetry.simulate(units, jobs=2, budget_kb=100)
+    assert free.schedule[:2] == [(0.0, 10.0, "synthetic-a"), (0.0, 8.0, "synthetic-b")]
+    assert free.wall_s == 13.0 and free.peak_kb == 12
+    # Budget 8: a (6) runs with a small one only; b must wait for a.
+    tight = telemetry.simulate(units, jobs=2, budget_kb=8)
+    assert tight.peak_kb <= 8
+    assert tight.schedule[0] == (0.0, 10.0, "synthetic-a")
+    assert tight.schedule[1] == (0.0, 4.0, "synthetic-c")
+    assert tight.wall_s == 18.0  # a 0-10 | c 0-4, d 4-7 | b 10-18
+    # A unit bigger than the whole budget still runs, alone.
+    alone = telemetry.simulate([("synthetic-huge", 5.0, 50), ("synthetic-x", 1.0, 1)], 4, 10)
+    assert alone.oversized == ["synthetic-huge"] and alone.wall_s == 6.0
+
+
+LAUNCHER = [sys.executable, "-S", str(telemetry.LAUNCHER)]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_launcher_measures_a_real_compile_and_keeps_its_exit_status(tmp_path: Path) -> None:
+    src = tmp_path / "unit.c"
+    src.write_text("".join(f"int f{i}(int x) {{ return x * {i} + {i}; }}\n"
+                           for i in range(800)))
+    log = tmp_path / "units.jsonl"
+    env = {**os.environ, telemetry.ENV: str(log)}
+    ok = subprocess.run([*LAUNCHER, "gcc", "-O2", "-c", str(src), "-o", str(tmp_path / "u.o")],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "u.o").exists()
+    (tmp_path / "bad.c").write_text("this is not C;\n")
+    bad = subprocess.run([*LAUNCHER, "gcc", "-c", str(tmp_path / "bad.c"), "-o",
+                          str(tmp_path / "bad.o")], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "error" in bad.stderr  # the compiler's own status and text
+    first, second = [json.loads(line) for line in log.read_text().splitlines()]
+    assert first["source"] == str(src) and first["output"] == str(tmp_path / "u.o")
+    assert first["compiler"] == "gcc" and first["cache_tool"] is None and first["exit"] == 0
+    # gcc runs cc1 and as as children: their CPU and memory are in the numbers.
+    assert first["wall_s"] > 0 and first["cpu_s"] > 0
+    assert first["rss_max_single_kb"] > 1000 and first["peak_rss_kb"] >= first["rss_max_single_kb"]
+    assert second["exit"] == 1
+
+
+def test_launcher_without_the_variable_runs_the_command_unchanged() -> None:
+    env = {k: v for k, v in os.environ.items() if k != telemetry.ENV}
+    out = subprocess.run([*LAUNCHER, "sh", "-c", "echo $0; exit 3", "passed"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 3 and out.stdout == "passed\n"
+
+
+def test_concurrent_launchers_append_whole_lines(tmp_path: Path) -> None:
+    log = tmp_path / "units.jsonl"
+    env = {**os.environ, telemetry.ENV: str(log)}
+    procs = [subprocess.Popen([*LAUNCHER, "sh", "-c", "true", f"x{i}.c", "-o", f"x{i}.o"],
+                              env=env) for i in range(12)]
+    assert all(p.wait() == 0 for p in procs)
+    units = telemetry.read_units(log)
+    assert sorted(u["output"] for u in units) == sorted(f"x{i}.o" for i in range(12))
