@@ -169,3 +169,27 @@ def test_concurrent_launchers_append_whole_lines(tmp_path: Path) -> None:
     assert all(p.wait() == 0 for p in procs)
     units = telemetry.read_units(log)
     assert sorted(u["output"] for u in units) == sorted(f"x{i}.o" for i in range(12))
+
+
+def test_predict_build_tool_on_a_synthetic_telemetry_file(tmp_path: Path) -> None:
+    """A synthetic build-telemetry.json (made-up units) through tools/predict_build.py."""
+    gib = 1024 * 1024
+    units = [{"package": "synthetic", "source": f"synthetic-{n}.cu", "wall_s": s,
+              "peak_rss_kb": kb} for n, s, kb in
+             [("a", 100.0, 6 * gib), ("b", 80.0, 6 * gib), ("c", 40.0, 2 * gib),
+              ("d", 30.0, 2 * gib)]]
+    path = tmp_path / "build-telemetry.json"
+    path.write_text(json.dumps({"schema_version": telemetry.SCHEMA_VERSION, "units": units,
+                                "summary": {"jobs": 1, "compile_wall_s": 250.0,
+                                            "critical_path_s": 100.0}}))
+    tool = Path(__file__).resolve().parents[2] / "tools" / "predict_build.py"
+
+    def predict(*args: str) -> str:
+        out = subprocess.run([sys.executable, str(tool), str(path), *args], text=True,
+                             capture_output=True, check=True)
+        return out.stdout
+
+    assert "predicted compile wall: 130.0 s" in predict("--jobs", "2", "--memory-gb", "100")
+    tight = predict("--jobs", "2", "--memory-gb", "8")
+    assert "predicted compile wall: 180.0 s" in tight
+    assert "predicted peak memory: 8.00 GiB" in tight

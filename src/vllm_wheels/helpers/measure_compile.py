@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 ENV = "VLLM_WHEELS_TELEMETRY"
 RECORD_VERSION = 1
@@ -63,7 +64,8 @@ def unit_of(argv: list[str]) -> tuple[str | None, str | None]:
 def _proc_table() -> dict[int, tuple[int, int, int]]:
     """pid -> (ppid, rss_kb, cpu_ticks) for every process we may read."""
     table = {}
-    for name in os.listdir("/proc"):
+    for entry in os.scandir("/proc"):
+        name = entry.name
         if not name.isdigit():
             continue
         try:
@@ -98,7 +100,7 @@ def _sccache_server(table: dict[int, tuple[int, int, int]]) -> int | None:
                 args = f.read().split(b"\0")
         except OSError:
             continue
-        if os.path.basename(args[0]) == b"sccache" and not any(args[1:]):
+        if args[0].rsplit(b"/", 1)[-1] == b"sccache" and not any(args[1:]):
             return pid
     return None
 
@@ -109,7 +111,7 @@ def _names_unit(pid: int, stem: bytes) -> bool:
             args = f.read().split(b"\0")
     except OSError:
         return False
-    return any(os.path.basename(a).startswith(stem) for a in args[1:])
+    return any(a.rsplit(b"/", 1)[-1].startswith(stem) for a in args[1:])
 
 
 def _sccache_counts(tool: str) -> tuple[int, int] | None:
@@ -143,18 +145,18 @@ def main(argv: list[str]) -> int:
     path = os.environ.get(ENV)
     if not path:
         os.execvp(argv[0], argv)
-    tool = os.path.basename(argv[0])
+    tool = Path(argv[0]).name
     cache_tool = tool if tool in ("ccache", "sccache") and len(argv) > 1 else None
     compiler = argv[1] if cache_tool else argv[0]
     source, output = unit_of(argv[2:] if cache_tool else argv[1:])
-    env = os.environ
+    env = dict(os.environ)
     statslog = None
     if cache_tool == "ccache":
         fd, statslog = tempfile.mkstemp(prefix="vllm-wheels-ccache-", suffix=".log")
         os.close(fd)
-        env = {**os.environ, "CCACHE_STATSLOG": statslog}
+        env["CCACHE_STATSLOG"] = statslog
     before = _sccache_counts(argv[0]) if cache_tool == "sccache" else None
-    stem = (os.path.splitext(os.path.basename(source))[0] + ".").encode() if source else None
+    stem = (Path(source).stem + ".").encode() if source else None
 
     started_at = time.time()
     t0 = time.monotonic()
@@ -190,7 +192,7 @@ def main(argv: list[str]) -> int:
     cache = None
     if statslog:
         cache = _ccache_result(statslog)
-        os.unlink(statslog)
+        Path(statslog).unlink()
     after = _sccache_counts(argv[0]) if before is not None else None
     delta = None
     if before is not None and after is not None:
@@ -198,8 +200,8 @@ def main(argv: list[str]) -> int:
         cache = "miss" if delta["misses"] > 0 else "hit" if delta["hits"] > 0 else None
     cpu = usage.ru_utime + usage.ru_stime + sum(server_cpu.values()) / TICKS
     record = {
-        "v": RECORD_VERSION, "source": source, "output": output, "cwd": os.getcwd(),
-        "compiler": os.path.basename(compiler), "cache_tool": cache_tool, "cache": cache,
+        "v": RECORD_VERSION, "source": source, "output": output, "cwd": str(Path.cwd()),
+        "compiler": Path(compiler).name, "cache_tool": cache_tool, "cache": cache,
         "sccache_delta": delta, "start": round(started_at, 3), "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3), "cpu_user_s": round(usage.ru_utime, 3),
         "cpu_sys_s": round(usage.ru_stime, 3),
