@@ -177,6 +177,8 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
                         "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
         aot_env["FLASHINFER_NVCC"] = " ".join([*ctx.launcher(),
                                                str(ctx.cuda_home / "bin" / "nvcc")])
+        # FlashInfer's JIT writes CXX verbatim into its build.ninja (host units, links).
+        aot_env["CXX"] = " ".join([*ctx.launcher(), env.get("CXX") or "c++"])
         steps.append(Step(
             f"AOT-compile FlashInfer kernels for {arch}",
             (str(ctx.python), str(HELPERS / "flashinfer_aot.py"), "--source-root", str(ctx.tree),

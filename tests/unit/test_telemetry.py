@@ -232,6 +232,7 @@ def test_every_builder_puts_the_measuring_launcher_before_the_cache_and_nvcc(
                                      telemetry.UNITS_FILENAME)
     aot = builders.steps_for(ctx("flashinfer-python"))[1].env
     assert aot["FLASHINFER_NVCC"] == " ".join([*launcher, "/opt/cuda/bin/nvcc"])
+    assert aot["CXX"] == " ".join([*launcher, "c++"])
     args = builders.vllm_cmake_args(ctx("vllm"))
     for lang in ("C", "CXX", "CUDA"):
         assert f"-DCMAKE_{lang}_COMPILER_LAUNCHER={';'.join(launcher)}" in args
