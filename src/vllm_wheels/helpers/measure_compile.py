@@ -93,14 +93,20 @@ def _descendants(root: int, table: dict[int, tuple[int, int, int]]) -> list[int]
 
 
 def _sccache_server(table: dict[int, tuple[int, int, int]]) -> int | None:
-    """The sccache server: a process named sccache with no arguments (clients have some)."""
+    """Our sccache server: a process named sccache with no arguments (clients have some)
+    and our SCCACHE_DIR (other builds on the machine run servers of their own)."""
+    want = ("SCCACHE_DIR=" + os.environ.get("SCCACHE_DIR", "")).encode()
     for pid in table:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
+            if args[0].rsplit(b"/", 1)[-1] != b"sccache" or any(args[1:]):
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
         except OSError:
             continue
-        if args[0].rsplit(b"/", 1)[-1] == b"sccache" and not any(args[1:]):
+        if "SCCACHE_DIR" not in os.environ or want in environ:
             return pid
     return None
 
