@@ -43,6 +43,7 @@ from pathlib import Path
 ENV = "VLLM_WHEELS_TELEMETRY"
 RECORD_VERSION = 1
 INTERVAL = 0.2
+SERVER_RESCAN = 5.0
 SOURCE_SUFFIXES = (".cu", ".cpp", ".cc", ".cxx", ".c", ".C", ".c++")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -172,6 +173,7 @@ def main(argv: list[str]) -> int:
     tree_peak = 0
     server_cpu: dict[int, int] = {}
     server: int | None = None
+    server_scan = -SERVER_RESCAN
     samples = 0
     while True:
         try:
@@ -183,8 +185,10 @@ def main(argv: list[str]) -> int:
         samples += 1
         pids = _descendants(proc.pid, table)
         if cache_tool == "sccache" and stem:
-            if server is None or server not in table:
-                server = _sccache_server(table)
+            # Finding the server reads every process's cmdline: not on every sample.
+            if (server is None or server not in table) and \
+                    time.monotonic() - server_scan >= SERVER_RESCAN:
+                server, server_scan = _sccache_server(table), time.monotonic()
             if server is not None:
                 mine = [p for p in _descendants(server, table)[1:] if _names_unit(p, stem)]
                 for p in mine:
