@@ -34,10 +34,10 @@ ENV = "VLLM_WHEELS_TELEMETRY"
 
 MEASURED = {
     "wall_s": "wall time of the compiler command (launcher's monotonic clock)",
-    "cpu_s": "user+sys of all waited-for descendants (getrusage RUSAGE_CHILDREN), plus for "
+    "cpu_s": "user+sys of all waited-for descendants (wait4 rusage of the command), plus for "
              "sccache units the sampled CPU of the sccache server's processes naming the unit",
     "peak_rss_kb": "max(sampled peak of the summed RSS of the unit's process tree every 0.2 s, "
-                   "largest single descendant's ru_maxrss)",
+                   "largest single descendant's ru_maxrss from wait4)",
     "cache": "ccache: per-invocation stats log (exact); sccache: server counters before/after, "
              "'unknown' when another sccache unit ran at the same time",
 }

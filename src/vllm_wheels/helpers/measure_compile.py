@@ -7,13 +7,14 @@ FLASHINFER_NVCC). With VLLM_WHEELS_TELEMETRY unset it execs the command unchange
 set, it runs the command and appends to that file one line:
 
   wall_s      monotonic wall time of the whole command
-  cpu_s       user+sys of every descendant that was waited for (getrusage RUSAGE_CHILDREN,
+  cpu_s       user+sys of every descendant that was waited for (wait4 rusage of the command,
               exact: nvcc, cicc, ptxas, cudafe++ and gcc all reap their children), plus, with
               sccache, the CPU seen by sampling the sccache server's processes of this unit
   rss_tree_peak_kb   the largest SUM of RSS over the unit's process tree, sampled every
               0.2 s from /proc (a peak shorter than the interval can be missed)
-  rss_max_single_kb  the largest single descendant (RUSAGE_CHILDREN ru_maxrss, exact)
-  peak_rss_kb        max of the two: what the unit needs at least
+  rss_max_single_kb  the largest single descendant (wait4 ru_maxrss, exact)
+  peak_rss_kb        max of the two: what the unit needs at least (ru_maxrss of a spawned
+              child starts at the launcher's own ~15 MB, the memory it was spawned from)
   cache       "hit"/"miss" (ccache: its per-invocation stats log, exact; sccache: the
               server's hit/miss counters before and after, exact only when no other unit
               ran at the same time; the summary checks that), null without a cache
@@ -31,12 +32,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +122,39 @@ def _names_unit(pid: int, stem: bytes) -> bool:
     return any(a.rsplit(b"/", 1)[-1].startswith(stem) for a in args[1:])
 
 
+class _Sampler(threading.Thread):
+    """Every INTERVAL: the summed RSS of the unit's process tree (and, with sccache, of the
+    server's processes naming the unit, whose CPU it also keeps)."""
+
+    def __init__(self, pid: int, sccache_stem: bytes | None) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stem = pid, sccache_stem
+        self.stop = threading.Event()
+        self.tree_peak = 0
+        self.server_cpu: dict[int, int] = {}
+        self.samples = 0
+
+    def run(self) -> None:
+        server: int | None = None
+        server_scan = -SERVER_RESCAN
+        while not self.stop.wait(INTERVAL):
+            table = _proc_table()
+            self.samples += 1
+            pids = _descendants(self.pid, table)
+            if self.stem:
+                # Finding the server reads every process's cmdline: not on every sample.
+                if (server is None or server not in table) and \
+                        time.monotonic() - server_scan >= SERVER_RESCAN:
+                    server, server_scan = _sccache_server(table), time.monotonic()
+                if server is not None:
+                    mine = [p for p in _descendants(server, table)[1:]
+                            if _names_unit(p, self.stem)]
+                    for p in mine:
+                        self.server_cpu[p] = table[p][2]
+                    pids += mine
+            self.tree_peak = max(self.tree_peak, sum(table[p][1] for p in pids if p in table))
+
+
 def _sccache_counts(tool: str) -> tuple[int, int] | None:
     try:
         out = subprocess.run([tool, "--show-stats", "--stats-format", "json"], text=True,
@@ -169,35 +203,22 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     # ninja's Ctrl-C reaches the whole process group; the compiler decides, we report.
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    proc = subprocess.Popen(argv, env=env)
-    tree_peak = 0
-    server_cpu: dict[int, int] = {}
-    server: int | None = None
-    server_scan = -SERVER_RESCAN
-    samples = 0
-    while True:
-        try:
-            proc.wait(timeout=INTERVAL)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        table = _proc_table()
-        samples += 1
-        pids = _descendants(proc.pid, table)
-        if cache_tool == "sccache" and stem:
-            # Finding the server reads every process's cmdline: not on every sample.
-            if (server is None or server not in table) and \
-                    time.monotonic() - server_scan >= SERVER_RESCAN:
-                server, server_scan = _sccache_server(table), time.monotonic()
-            if server is not None:
-                mine = [p for p in _descendants(server, table)[1:] if _names_unit(p, stem)]
-                for p in mine:
-                    server_cpu[p] = table[p][2]
-                pids += mine
-        tree_peak = max(tree_peak, sum(table[p][1] for p in pids if p in table))
+    try:
+        pid = os.posix_spawnp(argv[0], argv, env)
+    except OSError as exc:
+        print(f"measure_compile: cannot run {argv[0]}: {exc}", file=sys.stderr)
+        return 127
+    sampler = _Sampler(pid, stem if cache_tool == "sccache" else None)
+    sampler.start()
+    # wait4: the rusage of this child and everything it reaped, exactly, and nothing of
+    # our own other children (the sccache --show-stats calls).
+    _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - t0
+    sampler.stop.set()
+    sampler.join()
     signal.signal(signal.SIGINT, old)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    returncode = os.waitstatus_to_exitcode(status)
+    tree_peak, server_cpu, samples = sampler.tree_peak, sampler.server_cpu, sampler.samples
 
     cache = None
     if statslog:
@@ -218,7 +239,7 @@ def main(argv: list[str]) -> int:
         "cpu_sccache_server_s": round(sum(server_cpu.values()) / TICKS, 3),
         "rss_tree_peak_kb": tree_peak, "rss_max_single_kb": usage.ru_maxrss,
         "peak_rss_kb": max(tree_peak, usage.ru_maxrss), "samples": samples,
-        "exit": proc.returncode,
+        "exit": returncode,
     }
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
     try:
@@ -229,10 +250,10 @@ def main(argv: list[str]) -> int:
             os.close(fd)
     except OSError as exc:  # telemetry never fails a build
         print(f"measure_compile: cannot append to {path}: {exc}", file=sys.stderr)
-    if proc.returncode < 0:
-        signal.signal(-proc.returncode, signal.SIG_DFL)
-        os.kill(os.getpid(), -proc.returncode)
-    return proc.returncode
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -returncode)
+    return returncode
 
 
 if __name__ == "__main__":
