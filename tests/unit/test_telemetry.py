@@ -236,3 +236,16 @@ def test_every_builder_puts_the_measuring_launcher_before_the_cache_and_nvcc(
     args = builders.vllm_cmake_args(ctx("vllm"))
     for lang in ("C", "CXX", "CUDA"):
         assert f"-DCMAKE_{lang}_COMPILER_LAUNCHER={';'.join(launcher)}" in args
+
+
+def test_each_sccache_directory_gets_its_own_server_port(tmp_path: Path) -> None:
+    """Without it every build on the host shares sccache's default server (port 4226):
+    another cache's directory and statistics, and the units' server processes are not
+    ours to measure."""
+    from vllm_wheels.toolchain import CompileCache
+
+    a = CompileCache("sccache", Path("sccache"), tmp_path / "a").env(tmp_path)
+    b = CompileCache("sccache", Path("sccache"), tmp_path / "b").env(tmp_path)
+    again = CompileCache("sccache", Path("sccache"), tmp_path / "a").env(tmp_path / "x")
+    assert a["SCCACHE_SERVER_PORT"] == again["SCCACHE_SERVER_PORT"] != b["SCCACHE_SERVER_PORT"]
+    assert 10000 <= int(a["SCCACHE_SERVER_PORT"]) < 30000
