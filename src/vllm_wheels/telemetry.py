@@ -142,10 +142,17 @@ def ninja_build(log: Path, offset: int, ninja: Path | None) -> dict[str, Any]:
     if ninja is not None and entries:
         # Objects' inputs are sources (not built); the graph is in the link steps.
         targets = [e.output for e in entries if not e.output.endswith(".o")]
-        if targets:
-            proc = subprocess.run([str(ninja), "-C", str(log.parent), "-t", "query", *targets],
-                                  text=True, capture_output=True, check=False)
-            inputs = parse_ninja_query(proc.stdout)
+        # The build file: build.ninja, or (FlashInfer runs `ninja -f tmp/flashinfer_jit.ninja`)
+        # the first .ninja file below the log's directory that knows every target.
+        default = log.parent / "build.ninja"
+        files = [default] if default.exists() else sorted(log.parent.rglob("*.ninja"))
+        for file in files if targets else []:
+            proc = subprocess.run([str(ninja), "-C", str(log.parent), "-f", str(file), "-t",
+                                   "query", *targets], text=True, capture_output=True,
+                                  check=False)
+            if proc.returncode == 0:
+                inputs = parse_ninja_query(proc.stdout)
+                break
     seconds, chain = critical_path(entries, inputs)
     span = (max(e.end_ms for e in entries) - min(e.start_ms for e in entries)) / 1000 \
         if entries else 0.0

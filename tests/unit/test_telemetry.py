@@ -75,6 +75,22 @@ def test_critical_path_of_a_real_ninja_build_counts_only_this_run(tmp_path: Path
     assert build["graph"] == "ninja -t query"
 
 
+@pytest.mark.skipif(shutil.which("ninja") is None, reason="needs ninja")
+def test_critical_path_finds_a_build_file_given_with_f(tmp_path: Path) -> None:
+    """FlashInfer's JIT runs `ninja -C cached_ops -f tmp/flashinfer_jit.ninja`."""
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "jit.ninja").write_text(
+        "rule work\n  command = sleep $secs && touch $out\n"
+        "build m/a.o: work\n  secs = 0.3\n"
+        "build m/m.so: work m/a.o\n  secs = 0.1\n")
+    ninja = Path(shutil.which("ninja") or "ninja")
+    subprocess.run([ninja, "-C", tmp_path, "-f", "tmp/jit.ninja"], check=True,
+                   capture_output=True)
+    build = telemetry.ninja_build(tmp_path / ".ninja_log", 0, ninja)
+    assert build["critical_path"] == ["m/a.o", "m/m.so"]
+    assert build["graph"] == "ninja -t query"
+
+
 def _unit(name: str, wall: float, cpu: float, kb: int, cache: str | None = None,
           start: float = 0.0, tool: str | None = None) -> dict[str, Any]:
     return {"source": name, "wall_s": wall, "cpu_s": cpu, "peak_rss_kb": kb, "cache": cache,
