@@ -1,7 +1,8 @@
 """Predict a build's compile wall time and peak memory from measured units.
 
 Reads build-telemetry.json (written beside the wheels by build-wheels), and simulates the
-compile with list scheduling: longest unit first, a unit starts when one of `--jobs` slots
+compile with list scheduling, package by package (the pipeline builds them in turn):
+longest unit first, a unit starts when one of `--jobs` slots
 is free and the measured peak memory of the running units plus its own fits
 `--memory-gb` (the pipeline's memory rule). Each unit takes its measured wall time; links,
 configure and Python steps are not in the model (compare with the measured compile wall).
@@ -36,19 +37,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{telemetry.SCHEMA_VERSION}", file=sys.stderr)
         return 2
     units = [u for u in data["units"] if not args.package or u.get("package") in args.package]
-    items = [(f"{u.get('package')}:{telemetry.unit_name(u)}#{i}", float(u["wall_s"]),
-              int(u["peak_rss_kb"])) for i, u in enumerate(units)]
     budget_kb = int(args.memory_gb * 1024 * 1024)
-    result = telemetry.simulate(items, args.jobs, budget_kb)
+    # The pipeline builds packages one after another: each is its own pool of units.
+    packages: dict[str, list[tuple[str, float, int]]] = {}
+    for i, u in enumerate(units):
+        packages.setdefault(str(u.get("package")), []).append(
+            (f"{u.get('package')}:{telemetry.unit_name(u)}#{i}", float(u["wall_s"]),
+             int(u["peak_rss_kb"])))
+    print(f"{len(units)} unit(s), Σ wall {sum(float(u['wall_s']) for u in units):.1f} s, "
+          f"jobs {args.jobs}, memory budget {args.memory_gb:g} GiB")
+    wall, peak = 0.0, 0
+    for package, items in packages.items():
+        result = telemetry.simulate(items, args.jobs, budget_kb)
+        wall, peak = wall + result.wall_s, max(peak, result.peak_kb)
+        print(f"  {package}: {len(items)} unit(s), {result.wall_s:.1f} s, peak "
+              f"{result.peak_kb / 1024 / 1024:.2f} GiB")
+        for name in result.oversized:
+            print(f"  warning: {name} alone needs more than the budget; it ran by itself")
     measured = data["summary"]
-    print(f"{len(items)} unit(s), Σ wall {sum(i[1] for i in items):.1f} s, jobs {args.jobs}, "
-          f"memory budget {args.memory_gb:g} GiB")
-    print(f"predicted compile wall: {result.wall_s:.1f} s")
-    print(f"predicted peak memory: {result.peak_kb / 1024 / 1024:.2f} GiB")
+    print(f"predicted compile wall: {wall:.1f} s")
+    print(f"predicted peak memory: {peak / 1024 / 1024:.2f} GiB")
     print(f"measured (jobs {measured['jobs']}): compile wall {measured['compile_wall_s']:.1f} s,"
           f" critical path {measured['critical_path_s']:.1f} s")
-    for name in result.oversized:
-        print(f"warning: {name} alone needs more than the budget; it was run by itself")
     return 0
 
 

@@ -206,6 +206,17 @@ def test_predict_build_tool_on_a_synthetic_telemetry_file(tmp_path: Path) -> Non
         return out.stdout
 
     assert "predicted compile wall: 130.0 s" in predict("--jobs", "2", "--memory-gb", "100")
+    # Packages are built one after another: a second package's unit adds its time.
+    units.append({"package": "synthetic-2", "source": "synthetic-e.cu", "wall_s": 7.0,
+                  "peak_rss_kb": gib})
+    path.write_text(json.dumps({"schema_version": telemetry.SCHEMA_VERSION, "units": units,
+                                "summary": {"jobs": 1, "compile_wall_s": 257.0,
+                                            "critical_path_s": 100.0}}))
+    assert "predicted compile wall: 137.0 s" in predict("--jobs", "2", "--memory-gb", "100")
+    units.pop()
+    path.write_text(json.dumps({"schema_version": telemetry.SCHEMA_VERSION, "units": units,
+                                "summary": {"jobs": 1, "compile_wall_s": 250.0,
+                                            "critical_path_s": 100.0}}))
     tight = predict("--jobs", "2", "--memory-gb", "8")
     assert "predicted compile wall: 180.0 s" in tight
     assert "predicted peak memory: 8.00 GiB" in tight
