@@ -219,7 +219,8 @@ def render_table(units: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
                                           unit_name(u)))[:top]
     lines = [f"Build telemetry: {len(ranked)} most expensive of {len(units)} compile unit(s) "
              "(by CPU-s)",
-             f"  {'wall':>8} {'cpu':>8} {'peak MB':>8}  cache    package: unit"]
+             f"  {'wall':>8} {'cpu':>8} {'peak MB':>8}  cache    package: unit"] if units else \
+        ["Build telemetry: no unit went through the compiler launcher (everything up to date)"]
     for u in ranked:
         lines.append(f"  {float(u.get('wall_s', 0)):>7.1f}s {float(u.get('cpu_s', 0)):>7.1f}s "
                      f"{int(u.get('peak_rss_kb', 0)) / 1024:>8.0f}  {str(u.get('cache') or '-'):<8} "

@@ -113,6 +113,9 @@ def test_summary_efficiency_hit_rate_peak_and_table() -> None:
     assert rows[0].startswith("Build telemetry: 2 most expensive of 4")
     assert "vllm: a.cu" in rows[2] and "vllm: b.cu" in rows[3] and "c.cpp" not in table
     assert "parallel efficiency 0.50" in table and "hit rate 67%" in table
+    empty = telemetry.render_table([], telemetry.summarize([], compile_wall_s=3.0, jobs=2,
+                                                           ninja_builds=[]))
+    assert empty.startswith("Build telemetry: no unit went through the compiler launcher")
 
 
 def test_sccache_result_is_unknown_when_another_unit_overlapped() -> None:
