@@ -31,6 +31,9 @@ from .fetchcontent import (
 )
 from .runner import capture
 from .stack import PackageSpec, Stack
+from .telemetry import ENV as TELEMETRY_ENV
+from .telemetry import LAUNCHER as MEASURE_LAUNCHER
+from .telemetry import UNITS_FILENAME
 from .toolchain import CompileCache, Parallelism
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -84,6 +87,18 @@ class BuildContext:
     def target_version(self) -> str:
         return f"{Version(self.version).public}+{self.stack.local_label()}"
 
+    @property
+    def telemetry_units(self) -> Path:
+        """Where the measuring launcher appends one JSON line per compiled unit."""
+        return self.staging / UNITS_FILENAME
+
+    def launcher(self) -> list[str]:
+        """The command put in front of every compiler: the measuring launcher (run with the
+        build venv's python; -S skips site-packages, it needs only the standard library),
+        then the compile cache, if any."""
+        cache = self.compile_cache.launcher()
+        return [str(self.python), "-S", str(MEASURE_LAUNCHER), *([cache] if cache else [])]
+
     def base_env(self) -> dict[str, str | None]:
         path = os.pathsep.join([str(self.venv_path / "bin"), str(self.cuda_home / "bin"),
                                 os.environ.get("PATH", "")])
@@ -97,6 +112,7 @@ class BuildContext:
             "NVCC_THREADS": str(self.parallelism.nvcc_threads),
             "CMAKE_BUILD_TYPE": self.stack.build.build_type,
             "PYTHONNOUSERSITE": "1",
+            TELEMETRY_ENV: str(self.telemetry_units),
         }
         env.update(self.compile_cache.env(self.tree))
         env.update(self.spec.env)  # the user's values win
@@ -115,10 +131,10 @@ def _wheel_step(ctx: BuildContext, env: Mapping[str, str | None]) -> Step:
 
 def setuptools_steps(ctx: BuildContext) -> list[Step]:
     env = ctx.base_env()
-    if ctx.compile_cache.path is not None:
-        # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to
-        # put a compiler cache in front of nvcc (the expensive translation units).
-        env["PYTORCH_NVCC"] = f"{ctx.compile_cache.launcher()} {ctx.cuda_home / 'bin' / 'nvcc'}"
+    # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to put
+    # a launcher (measurement, compile cache) in front of nvcc (the expensive units). Its
+    # host C++ units (CXX) are not wrapped: torch checks CXX as a single compiler path.
+    env["PYTORCH_NVCC"] = " ".join([*ctx.launcher(), str(ctx.cuda_home / "bin" / "nvcc")])
     return [_wheel_step(ctx, env)]
 
 
@@ -159,9 +175,10 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
         aot_env = dict(env)
         aot_env.update({"FLASHINFER_CUDA_ARCH_LIST": arch,
                         "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
-        if ctx.compile_cache.path is not None:
-            aot_env["FLASHINFER_NVCC"] = f"{ctx.compile_cache.launcher()} " \
-                                         f"{ctx.cuda_home / 'bin' / 'nvcc'}"
+        aot_env["FLASHINFER_NVCC"] = " ".join([*ctx.launcher(),
+                                               str(ctx.cuda_home / "bin" / "nvcc")])
+        # FlashInfer's JIT writes CXX verbatim into its build.ninja (host units, links).
+        aot_env["CXX"] = " ".join([*ctx.launcher(), env.get("CXX") or "c++"])
         steps.append(Step(
             f"AOT-compile FlashInfer kernels for {arch}",
             (str(ctx.python), str(HELPERS / "flashinfer_aot.py"), "--source-root", str(ctx.tree),
@@ -208,9 +225,10 @@ def vllm_build_dir(ctx: BuildContext) -> Path:
 
 def vllm_cmake_args(ctx: BuildContext) -> list[str]:
     args = []
-    cache = ctx.compile_cache
+    # A CMake list: vLLM's setup.py splits CMAKE_ARGS at whitespace.
+    launcher = ";".join(ctx.launcher())
     for lang in ("C", "CXX", "CUDA"):
-        args.append(f"-DCMAKE_{lang}_COMPILER_LAUNCHER={cache.launcher()}")
+        args.append(f"-DCMAKE_{lang}_COMPILER_LAUNCHER={launcher}")
     for ext in ctx.externals:
         if ext.headers_only and ext.name in HEADERS_ONLY_CMAKE_ARGS:
             args += [a.format(dir=ext.directory) for a in HEADERS_ONLY_CMAKE_ARGS[ext.name]]

@@ -21,7 +21,17 @@ from typing import Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from . import builders, bundle, fetchcontent, patches, pins, sources, toolchain, wheelmeta
+from . import (
+    builders,
+    bundle,
+    fetchcontent,
+    patches,
+    pins,
+    sources,
+    telemetry,
+    toolchain,
+    wheelmeta,
+)
 from .cache import Cache, publish_dir, remove, temp_sibling, write_atomic
 from .errors import (
     AbiMismatchError,
@@ -745,6 +755,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
     reporter.step_done()
     built: dict[str, BuiltWheel] = {}
     cc = plan.compile_cache
+    measured: list[tuple[builders.BuildContext, float, list[dict[str, Any]]]] = []
     for prep, ctx in zip(plan.packages, plan.contexts, strict=True):
         step += 1
         reporter.step(step, total, f"build {prep.spec.name} {prep.spec.source.version or ''}")
@@ -752,6 +763,8 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         ctx.staging.mkdir(parents=True)
         cc_env = cc.env(ctx.tree)
         stats = None
+        # ninja logs accumulate across builds: remember where this run's entries start.
+        ninja_logs = telemetry.ninja_log_sizes(ctx.tree / "build")
         t0 = time.monotonic()
         try:
             toolchain.zero_compile_cache_stats(cc, cc_env)
@@ -764,6 +777,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                 except PipelineError:
                     pass
         seconds = time.monotonic() - t0
+        measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
         path = _postprocess(plan, ctx, prep, built, seconds, stats)
         detail = f"compile cache: {stats['hits']} hits / {stats['misses']} misses" if stats else ""
         reporter.step_done(detail)
@@ -776,8 +790,10 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
     results, kept = _verify_and_publish(plan.output_dir, plan.stack.digest(),
                                         plan.venv_path / "bin" / "python",
                                         plan.cache.root / "verify", built, reporter)
-    _write_summary(plan, results, kept, time.monotonic() - started)
+    table, build_telemetry = _write_telemetry(plan, measured)
+    _write_summary(plan, results, kept, time.monotonic() - started, build_telemetry)
     reporter.step_done()
+    reporter.say(table)
     reporter.say("Summary:")
     for item in results:
         reporter.say(f"  {item.path.name}  {item.size / 1e6:.1f} MB  sha256 {item.sha256}  "
@@ -913,8 +929,50 @@ def _publish(out: Path, built: dict[str, BuiltWheel], earlier: Earlier,
     return results
 
 
+def _ninja_builds(ctx: builders.BuildContext, before: dict[Path, int]) -> list[dict[str, Any]]:
+    """The ninja builds this package's steps ran (vLLM's CMake dir, torch cpp_extension's
+    build/temp.*, FlashInfer's AOT workspace): each with its critical path."""
+    ninja = ctx.venv_path / "bin" / "ninja"
+    return [telemetry.ninja_build(log, before.get(log, 0), ninja if ninja.exists() else None)
+            for log, size in telemetry.ninja_log_sizes(ctx.tree / "build").items()
+            if size > before.get(log, 0) or size < before.get(log, size)]
+
+
+def _write_telemetry(plan: Plan, measured: list[tuple[builders.BuildContext, float,
+                                                       list[dict[str, Any]]]]
+                     ) -> tuple[str, dict[str, Any]]:
+    """build-telemetry.json beside the wheels (every unit, every ninja build) and the table
+    printed at the end of the build; returns (table, what build-summary.json references)."""
+    units: list[dict[str, Any]] = []
+    packages = []
+    for ctx, seconds, ninja_builds in measured:
+        mine = [{"package": ctx.spec.name, **u} for u in telemetry.read_units(ctx.telemetry_units)]
+        telemetry.mark_overlapping_sccache(mine)
+        units += mine
+        packages.append({"package": ctx.spec.name, "seconds": round(seconds, 3),
+                         "units": len(mine), "ninja": ninja_builds,
+                         "summary": telemetry.summarize(
+                             mine, compile_wall_s=seconds, jobs=plan.parallelism.jobs,
+                             ninja_builds=ninja_builds)})
+    summary = telemetry.summarize(
+        units, compile_wall_s=sum(s for _, s, _ in measured), jobs=plan.parallelism.jobs,
+        ninja_builds=[b for _, _, builds in measured for b in builds])
+    data = {"schema_version": telemetry.SCHEMA_VERSION, "stack": plan.stack.name,
+            "jobs": plan.parallelism.jobs, "nvcc_threads": plan.parallelism.nvcc_threads,
+            "compile_cache": plan.compile_cache.tool, "measured": telemetry.MEASURED,
+            "not_measured": "host C++ units of torch cpp_extension builds (CXX), links, "
+                            "and compilers a package's build runs without a launcher",
+            "summary": summary, "packages": packages,
+            "units": sorted(units, key=lambda u: (u["package"], telemetry.unit_name(u),
+                                                  u.get("start", 0)))}
+    write_atomic(plan.output_dir / telemetry.FILENAME, json.dumps(data, indent=2) + "\n")
+    return (telemetry.render_table(units, summary),
+            {"file": telemetry.FILENAME, "schema_version": telemetry.SCHEMA_VERSION,
+             "summary": summary})
+
+
 def _write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path],
-                   seconds: float) -> None:
+                   seconds: float, build_telemetry: dict[str, Any] | None = None) -> None:
     """`wheels`: built by this run; `kept`: from an earlier build of the same stack, left
     beside them (see _earlier_wheels). Together they are what the output dir holds."""
     summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "stack": plan.stack.name,
@@ -924,4 +982,6 @@ def _write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path],
                            "sha256": r.sha256, "seconds": round(r.seconds, 1)} for r in results],
                "kept": [{"file": k.name, "size": k.stat().st_size,
                          "sha256": sources.sha256_file(k)} for k in kept]}
+    if build_telemetry is not None:
+        summary["telemetry"] = build_telemetry
     write_atomic(plan.output_dir / "build-summary.json", json.dumps(summary, indent=2) + "\n")

@@ -483,11 +483,21 @@ class CompileCache:
                     "CCACHE_COMPILERCHECK": "content", "CCACHE_MAXSIZE": "50G"}
         if self.tool == "sccache" and self.directory:
             return {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
-                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": str(source_root)}
+                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": str(source_root),
+                    "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
         return {}
 
     def launcher(self) -> str:
         return str(self.path) if self.path else ""
+
+
+def sccache_port(directory: Path) -> int:
+    """A server port per cache directory. Every sccache client talks to 127.0.0.1:4226
+    unless told otherwise, so two builds on one host (other caches, other users) would
+    share one server: its cache directory, its statistics, and our --stop-server would
+    end the other build's server. 10000-29999 stays below Linux's ephemeral ports."""
+    digest = hashlib.sha256(str(directory.resolve()).encode()).digest()
+    return 10000 + int.from_bytes(digest[:4], "big") % 20000
 
 
 def choose_compile_cache(setting: str, cache: Cache, venv_bin: Path | None = None

@@ -153,3 +153,41 @@ def test_mismatched_stack_is_refused_before_compiling(repo_root: Path, tmp_path:
     assert "fix:" in result.stderr
     assert not (tmp_path / "out").exists()
     assert not list((shared_cache / "venvs").glob("py3.11-torch2.9.0-*"))
+
+
+def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, object],
+                                                              repo_root: Path,
+                                                              shared_cache: Path,
+                                                              tmp_path: Path) -> None:
+    """Every unit through the measuring launcher: vLLM's TU via CMake's compiler launcher,
+    the fixture's kernel via PYTORCH_NVCC. Their objects are removed first so that this
+    build compiles them whatever the cache held (the compile cache may still serve them)."""
+    vllm_obj = next((shared_cache / "src").glob(
+        "vllm-0.11.2-*/build/temp.*/CMakeFiles/_C.dir/csrc/quantization/activation_kernels.cu.o"))
+    ext_objs = list((shared_cache / "src").glob("tiny-cuda-ext-0.1.0-*/build/temp.*/**/*.o"))
+    assert ext_objs
+    for obj in [vllm_obj, *ext_objs]:
+        obj.unlink()
+    out = tmp_path / "wheels"
+    result = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
+                 str(shared_cache), "--output-dir", str(out), cwd=repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "build-summary.json").read_text())
+    assert summary["telemetry"]["file"] == "build-telemetry.json"
+    data = json.loads((out / "build-telemetry.json").read_text())
+    assert data["schema_version"] == 1 and data["compile_cache"] == "sccache"
+    units = {(u["package"], Path(u["source"]).name): u for u in data["units"] if u["source"]}
+    for key in [("vllm", "activation_kernels.cu"), ("tiny-cuda-ext", "kernel.cu")]:
+        unit = units[key]
+        assert unit["compiler"] == "nvcc" and unit["exit"] == 0, unit
+        assert unit["wall_s"] > 0 and unit["cpu_s"] > 0 and unit["peak_rss_kb"] > 0, unit
+        assert unit["cache"] in ("hit", "miss", "unknown"), unit
+    s = data["summary"]
+    assert s["units"] == len(data["units"]) and s["cpu_seconds"] > 0
+    assert s["parallel_efficiency"] is not None and s["peak_rss_kb"] > 0
+    vllm_ninja = next(p for p in data["packages"] if p["package"] == "vllm")["ninja"]
+    assert any(b["critical_path"][-1].endswith("activation_kernels.cu.o") for b in vllm_ninja)
+    # The table at the end of the build, on the console.
+    table = result.stderr[result.stderr.index("Build telemetry:"):]
+    assert "vllm: activation_kernels.cu" in table and "tiny-cuda-ext: kernel.cu" in table
+    assert "parallel efficiency" in table and "hit rate" in table
