@@ -150,6 +150,52 @@ ab)
   echo "verify-throughput exit ${PIPESTATUS[0]}" | tee -a "$EV/ab.txt"
   finish
   ;;
+serve-ab)
+  # A second lease, with wheels built elsewhere (.e2e/wheels/, carried): install, verify,
+  # kernels, then ONE server and verify_throughput A/As as url: arms on it (the same server
+  # as both arms: vLLM's own run-to-run spread, without 10 server starts per A/A).
+  EV=$W/evidence/serve-ab; mkdir -p "$EV"; machine_facts
+  python3 -m pip install -q --no-deps --target "$W/tools" .whl/tools/pyelftools-*.whl || exit 3
+  export PYTHONPATH=$REPO/src:$W/tools
+  say "1/5 verify_abi of the carried wheels against the machine's runtime, the H200 considered"
+  python3 -m vllm_wheels verify-abi --wheels .e2e/wheels/*.whl --python "$(command -v python3)" \
+    --json "$EV/verify-abi-h200.json" > "$EV/verify-abi-h200.txt" 2>&1
+  echo "verify-abi exit $?" | tee -a "$EV/verify-abi-h200.txt"; grep -E "^  (PASS|FAIL)  (import|gpu-archs)" "$EV/verify-abi-h200.txt"
+  say "2/5 runtime venv: the machine's torch + carried runtime wheels + the vLLM wheel"
+  python3 -m venv --system-site-packages "$W/rv"; machine_site_pth "$W/rv"
+  # apache-tvm-ffi: vLLM 0.20.0 pins ==0.1.9, but the small xgrammar 0.2.9 carried here needs
+  # >=0.1.10 (0.1.9's load_lib_module lacks extra_lib_paths: the first lease's server died on
+  # it). The serving venv takes 0.1.15.post2; the record says so.
+  "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl .e2e/wheels/vllm-*.whl 2>&1 | tail -2
+  "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|torch|apache-tvm-ffi|xgrammar) ' | tee "$EV/installed.txt"
+  say "3/5 vLLM kernels from the built _C against float64 references"
+  "$W/rv/bin/python" verify/gpu/kernel_checks.py --json "$EV/kernels.json" > "$EV/kernels.txt" 2>&1
+  echo "kernel checks exit $?"; grep -c PASS "$EV/kernels.txt"
+  say "4/5 tiny Llama, one vllm serve (eager, TRITON_ATTN), one completion"
+  python3 verify/gpu/make_tiny_llama.py "$W/model" > "$EV/model.json"
+  t0=$SECONDS
+  ( cd "$W" && PYTHONPATH= setsid nohup "$W/rv/bin/vllm" serve "$W/model" --served-model-name tiny-llama \
+      --load-format dummy --seed 0 --no-enable-prefix-caching --enforce-eager \
+      --attention-backend TRITON_ATTN --port 8011 --max-model-len 2048 --max-num-seqs 64 \
+      --gpu-memory-utilization 0.30 > "$EV/serve.log" 2>&1 & echo $! > "$W/serve.pid" )
+  for _ in $(seq 1 120); do curl -sf localhost:8011/health >/dev/null && break; sleep 1; done
+  echo "server ready after $((SECONDS - t0)) s" | tee "$EV/startup.txt"
+  curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' \
+    -d '{"model": "tiny-llama", "prompt": "abc def", "max_tokens": 32, "ignore_eos": true}' \
+    > "$EV/completion.json"; head -c 400 "$EV/completion.json"; echo
+  say "5/5 verify_throughput A/A (url arms, same server): single-stream, then throughput"
+  for wl in h200-tiny-llama-single h200-tiny-llama-throughput; do
+    timeout "${AB_TIMEOUT:-150}" python3 -m vllm_wheels verify-throughput --workload "$wl" \
+      --candidate url:http://127.0.0.1:8011 --baseline url:http://127.0.0.1:8011 \
+      --model "$W/model" --results-dir "$EV/ab" > "$EV/ab-$wl.txt" 2>&1
+    echo "verify-throughput $wl exit $?" | tee -a "$EV/ab-$wl.txt"
+    grep -aE "CV|median|verdict|tok/s|PASS|INCONCLUSIVE|REGRESSION|inconclusive|pass" "$EV/ab-$wl.txt" | head -12
+    finish
+  done
+  curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' > "$EV/metrics.txt"
+  pkill -TERM -s "$(ps -o sid= -p "$(cat "$W/serve.pid")" | tr -d ' ')" 2>/dev/null; sleep 2
+  finish
+  ;;
 *)
   echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
