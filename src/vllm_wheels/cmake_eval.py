@@ -142,12 +142,10 @@ def tokenize(text: str, file: Path = Path("<string>")) -> list[Command]:
                 elif c == "[" and _BRACKET_OPEN.match(text, i):
                     m2 = _BRACKET_OPEN.match(text, i)
                     assert m2 is not None
-                    start_line = line
                     end = skip_bracket(i)
                     body = text[m2.end():end - len(m2.group(1)) - 2]
                     if body.startswith("\n"):  # CMake drops a newline right after `[[`
                         body = body[1:]
-                    del start_line
                     args.append(Arg(body, "bracket"))
                     i = end
                 elif c == '"':
@@ -611,7 +609,7 @@ class Interpreter:
         if value is None:
             return None
         if value == UNSET:
-            return False if name not in self.cache else True
+            return name in self.cache
         return True if isinstance(value, str) else None
 
     def _get(self, name: str) -> Value:
