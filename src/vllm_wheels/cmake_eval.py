@@ -1016,12 +1016,13 @@ def _join(vals: list[Val]) -> Value:
 
 
 def _merge(states: list[dict[str, Value]]) -> dict[str, Value]:
-    merged: dict[str, Value] = {}
-    for key in set().union(*states):
-        values = [s.get(key) for s in states]
-        first = values[0]
-        merged[key] = first if first is not None and all(v == first for v in values) \
-            else UNKNOWN
+    """Variables after several possible paths: a value all of them agree on, else unknown."""
+    merged = dict(states[0])
+    for other in states[1:]:
+        differ = {k for k, v in other.items() if merged.get(k) != v}
+        differ |= merged.keys() - other.keys()
+        for key in differ:
+            merged[key] = UNKNOWN
     return merged
 
 
