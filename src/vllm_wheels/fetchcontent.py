@@ -1,8 +1,10 @@
 """vLLM's external sources (CUTLASS, vllm-flash-attn, FlashMLA, qutlass, triton_kernels,
 DeepGEMM, ...), discovered from the unpacked source's own CMake files, never from a
-table per release: every `FetchContent_Declare(NAME GIT_REPOSITORY URL GIT_TAG REF ...)`
-is one external; the `DEFINED ENV{X}` test guarding it names the override variable that
-makes CMake use a local directory instead of cloning.
+table per release: the CMake files are evaluated from CMakeLists.txt for the target
+device (cmake_eval, which says why not CMake itself), and every FetchContent_Declare /
+FetchContent_Populate that downloads (GIT_REPOSITORY + GIT_TAG, or URL + URL_HASH) on the
+device's branch is one external; the environment variable tested by the if-chain that
+avoids the download names the override that makes CMake use a local directory instead.
 
 The pipeline prefetches each into the cache at its pinned ref (or takes the user's
 local directory/archive) and exports the override variables, so the compile runs offline.
@@ -15,10 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_SET = re.compile(r'^\s*set\(\s*([A-Za-z_][A-Za-z0-9_]*)\s+"?([^"\s)]+)"?', re.MULTILINE)
-_DECLARE = re.compile(r"FetchContent_Declare\s*\(", re.IGNORECASE)
+from . import cmake_eval
+
 _DEFINED_ENV = re.compile(r"DEFINED\s+ENV\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEX_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 # Facts no CMake file states in a parseable way, kept as data with their source:
@@ -61,29 +62,9 @@ def _cmake_files(tree: Path) -> list[Path]:
     return files
 
 
-def _balanced_args(text: str, start: int) -> tuple[str, int]:
-    depth, i = 1, start
-    while i < len(text) and depth:
-        if text[i] == "(":
-            depth += 1
-        elif text[i] == ")":
-            depth -= 1
-        i += 1
-    return text[start:i - 1], i
-
-
 def _strip_comments(text: str) -> str:
     return "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
                      for line in text.splitlines())
-
-
-def _resolve(value: str, variables: dict[str, str]) -> str:
-    for _ in range(5):
-        new = _VAR.sub(lambda m: variables.get(m.group(1), m.group(0)), value)
-        if new == value:
-            break
-        value = new
-    return value
 
 
 _OTHER_DEVICES = ("cpu", "xpu", "rocm", "hip", "tpu")
@@ -96,43 +77,47 @@ def _device_of(path: Path) -> str:
     return next((d for d in _OTHER_DEVICES if stem.startswith(d)), "cuda")
 
 
-def discover(tree: Path) -> list[ExternalSource]:
-    files = _cmake_files(tree)
-    texts = {f: f.read_text(encoding="utf-8", errors="replace") for f in files}
-    variables: dict[str, str] = {}
-    for text in texts.values():
-        for name, value in _SET.findall(_strip_comments(text)):
-            variables.setdefault(name, value)
+def discover(tree: Path, device: str = "cuda", *,
+             cuda_version: str | None = None) -> list[ExternalSource]:
+    """The external sources a configure of `tree` for `device` fetches, found by
+    evaluating its CMake files from CMakeLists.txt (cmake_eval): only what the device's
+    branch reaches, a superset where the plan cannot know a condition. An external whose
+    URL or tag the evaluation cannot know has url/ref "" (the caller refuses it).
+    `cuda_version` (nvcc's, e.g. "12.8") decides the branches that test it."""
+    known = {"VLLM_TARGET_DEVICE": device}
+    if cuda_version is not None:
+        known |= {"CMAKE_CUDA_COMPILER_VERSION": cuda_version, "CUDA_VERSION": cuda_version}
     found: dict[str, ExternalSource] = {}
-    for path, raw in texts.items():
-        text = _strip_comments(raw)
-        for match in _DECLARE.finditer(text):
-            args_text, _ = _balanced_args(text, match.end())
-            tokens = args_text.split()
-            if not tokens or "GIT_REPOSITORY" not in tokens:
-                continue  # the SOURCE_DIR branch of an override, or a URL download
-            name = tokens[0]
-            fields: dict[str, str] = {}
-            for key in ("GIT_REPOSITORY", "GIT_TAG", "SOURCE_SUBDIR"):
-                if key in tokens and tokens.index(key) + 1 < len(tokens):
-                    fields[key] = _resolve(tokens[tokens.index(key) + 1].strip('"'), variables)
-            # The override test sits just above the declaration (`if (DEFINED ENV{X})`
-            # ... `else()` ... declare); look back a few lines only, so an unrelated
-            # variable further up is never taken for it.
-            before = "\n".join(text[:match.start()].splitlines()[-30:])
+    texts: dict[Path, str] = {}
+    for fetch in cmake_eval.evaluate(tree, known).fetches:
+        path = fetch.command.file
+        if path not in texts:
+            texts[path] = _strip_comments(path.read_text(encoding="utf-8", errors="replace"))
+        text = texts[path]
+        fields = {k: (v if isinstance(v, str) else "") for k, v in fetch.fields.items()}
+        override_env = fetch.override_env
+        if override_env is None:
+            # No enclosing if-chain names one: the `DEFINED ENV{X}` test a few lines
+            # above (never further, so an unrelated variable is never taken for it).
+            before = "\n".join(text.splitlines()[max(0, fetch.command.line - 31):
+                                                  fetch.command.line - 1])
             envs = _DEFINED_ENV.findall(before)
             override_env = envs[-1] if envs else None
-            # When the override path is used as-is but the git checkout is entered at a
-            # subdirectory (`${name_SOURCE_DIR}/python/...`), the override must point there.
-            subdir = ""
-            sub = re.search(r"\$\{" + re.escape(name) + r"_SOURCE_DIR\}/([^\"\s)]+)", text)
-            if sub and fields.get("SOURCE_SUBDIR"):
-                subdir = sub.group(1).strip("/")
-            line = text[:match.start()].count("\n") + 1
-            found.setdefault(name, ExternalSource(
-                name=name, url=fields.get("GIT_REPOSITORY", ""), ref=fields.get("GIT_TAG", ""),
-                override_env=override_env, override_subdir=subdir,
-                declared_in=f"{path.relative_to(tree)}:{line}", device=_device_of(path)))
+        # When the override path is used as-is but the git checkout is entered at a
+        # subdirectory (`${name_SOURCE_DIR}/python/...`), the override must point there.
+        subdir = ""
+        sub = re.search(r"\$\{" + re.escape(fetch.name) + r"_SOURCE_DIR\}/([^\"\s)]+)", text)
+        if sub and fields.get("SOURCE_SUBDIR"):
+            subdir = sub.group(1).strip("/")
+        # The git form pins GIT_TAG; the archive form pins URL_HASH.
+        url = fields.get("GIT_REPOSITORY", fields.get("URL", ""))
+        ref = fields.get("GIT_TAG", "") if "GIT_REPOSITORY" in fields \
+            else fields.get("URL_HASH", "")
+        found.setdefault(fetch.name, ExternalSource(
+            name=fetch.name, url=url, ref=ref, override_env=override_env,
+            override_subdir=subdir,
+            declared_in=f"{path.relative_to(tree.resolve())}:{fetch.command.line}",
+            device=device))
     return sorted(found.values(), key=lambda e: e.declared_in)
 
 

@@ -246,6 +246,19 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
         override = prep.spec.externals.get(ext.name)
         url = (override.url if override and override.url else None) or ext.url
         ref = (override.commit if override and override.commit else None) or ext.ref
+        local = bool(override and (override.path or override.from_source))
+        if not (url and ref) and not local and source_bundle is None:
+            # The evaluation reached this download but could not know where from (a URL
+            # or tag computed by something it does not evaluate): never guess, never drop.
+            missing = " and ".join(w for w, v in (("URL", url), ("tag", ref)) if not v)
+            raise ConfigError(
+                f"{prep.spec.name}: the {missing} of external '{ext.name}' "
+                f"({ext.declared_in}) cannot be known before the configure",
+                why="the pipeline prefetches every external the CUDA configure downloads, "
+                    "and this one's CMake computes where it comes from",
+                fix=f"pin it in the stack: [packages.{prep.spec.name}.externals.{ext.name}] "
+                    f"with url = \"...\" and commit = \"...\" (read them from "
+                    f"{ext.declared_in}), or path = DIR_OR_ARCHIVE")
         directory: Path | None = None
         commit: str | None = ref if ext.ref_is_commit else None
         if override and override.from_source:

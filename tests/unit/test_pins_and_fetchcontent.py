@@ -33,4 +33,7 @@ def test_discover_fetchcontent_from_cmake(repo_root: Path) -> None:
     new = found["newthing"]
     assert new.ref_is_commit and new.override_env == "NEWTHING_SRC_DIR"
     assert new.override_subdir == "python/newthing/newthing"
-    assert found["oneDNN"].device == "cpu" and cutlass.device == "cuda"
+    # cpu_extension.cmake is included only for VLLM_TARGET_DEVICE=cpu.
+    assert "oneDNN" not in found and cutlass.device == "cuda"
+    cpu = discover(repo_root / "tests/fixtures/cmake_externals", "cpu")
+    assert [(e.name, e.device) for e in cpu if e.name == "oneDNN"] == [("oneDNN", "cpu")]
