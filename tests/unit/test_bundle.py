@@ -320,6 +320,30 @@ def test_parts_of_two_exports_are_refused(tmp_path: Path) -> None:
     assert info.value.exit_code == 4
 
 
+def test_export_never_wipes_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
+    repo = _tiny_repo(tmp_path / "repo")
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me\n")
+    with pytest.raises(ConfigError, match="exists and is not a source bundle") as info:
+        _export(repo, precious, tmp_path, None)
+    assert info.value.exit_code == 2
+    assert (precious / "notes.txt").read_text() == "keep me\n"
+    # Through the command line it is refused before the source step.
+    result = subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack",
+                             str(repo / "build/stacks/tiny.toml"), "--cache-dir",
+                             str(tmp_path / "c"), "--export-bundle", str(precious)],
+                            cwd=repo, text=True, capture_output=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "is not a source bundle" in result.stderr and not (tmp_path / "c" / "src").exists()
+    # An earlier bundle, split or not, and an empty directory are replaced.
+    _export(repo, tmp_path / "again", tmp_path, bundle.parse_size("1M"))
+    _export(repo, tmp_path / "again", tmp_path, None)
+    assert (tmp_path / "again" / bundle.LOCK_NAME).is_file()
+    (tmp_path / "empty").mkdir()
+    _export(repo, tmp_path / "empty", tmp_path, None)
+
+
 def test_not_a_bundle_is_exit_4(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="is not a source bundle") as info:
