@@ -166,8 +166,14 @@ def test_offline_build_from_the_bundle(exported: Path, ci_build: CiBuild,
     assert len(list((cache / "externals/bundled").iterdir())) == 3
     trees = list((cache / "src").glob("vllm-0.11.2-*"))
     assert len(trees) == 1
-    cmake_cache = next(trees[0].glob("build/temp.*/CMakeCache.txt")).read_text()
-    assert str(cache / "externals/bundled") in cmake_cache  # where FetchContent took them
+    # CMake's own record: every external from the bundle's archives (CUTLASS from the
+    # FlashInfer sdist of the bundle), none downloaded.
+    traced = read_trace(next(trees[0].glob(f"build/temp.*/{TRACE_FILENAME}")))
+    sources = {t.name: t.source_dir for t in traced}
+    assert all(not t.downloads for t in traced)
+    for name in ("vllm-flash-attn", "flashmla", "qutlass"):
+        assert sources[name].startswith(str(cache / "externals/bundled")), sources
+    assert sources["cutlass"].startswith(str(cache / "src" / "flashinfer-python-0.5.2-"))
     assert not list(workdir.iterdir())  # nothing written where it ran
 
 

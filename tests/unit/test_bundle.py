@@ -366,7 +366,7 @@ if(DEFINED ENV{{KNOWN_SRC_DIR}})
   FetchContent_Declare(knownthing SOURCE_DIR $ENV{{KNOWN_SRC_DIR}})
 endif()
 FetchContent_MakeAvailable(knownthing)
-FetchContent_Declare(hiddenthing GIT_REPOSITORY {url} GIT_TAG v9.9.9)
+{declare}
 FetchContent_MakeAvailable(hiddenthing)
 message(STATUS "hiddenthing is at ${{hiddenthing_SOURCE_DIR}}")
 """
@@ -378,7 +378,17 @@ def _git(*args: str, cwd: Path) -> None:
                    capture_output=True)
 
 
-def _configure_context(tmp_path: Path, planned: tuple[str, ...]) -> tuple[BuildContext, str]:
+# The hidden declaration as written out, or with its arguments in a list variable (which
+# the CMake trace records as one ';'-joined argument).
+DECLARES = {
+    "literal": "\nFetchContent_Declare(hiddenthing GIT_REPOSITORY {url} GIT_TAG v9.9.9)",
+    "list-variable": "set(_args GIT_REPOSITORY {url} GIT_TAG v9.9.9)\n"
+                     "FetchContent_Declare(hiddenthing ${{_args}})",
+}
+
+
+def _configure_context(tmp_path: Path, planned: tuple[str, ...], declare: str = "literal"
+                       ) -> tuple[BuildContext, str]:
     upstream = tmp_path / "hiddenthing.git"
     upstream.mkdir()
     _git("init", "-q", cwd=upstream)
@@ -392,7 +402,8 @@ def _configure_context(tmp_path: Path, planned: tuple[str, ...]) -> tuple[BuildC
     (known / "CMakeLists.txt").write_text('message(STATUS "knownthing configured")\n')
     tree = tmp_path / "tree"
     tree.mkdir()
-    (tree / "CMakeLists.txt").write_text(TINY_CMAKE.format(url=url))
+    (tree / "CMakeLists.txt").write_text(
+        TINY_CMAKE.format(declare=DECLARES[declare].format(url=url)))
     stack = load_stack(Path(__file__).parents[2] / "build" / "stacks" / "ci-cuda13.toml")
     spec = next(p for p in stack.packages if p.name == "vllm")
     externals = tuple(ExternalDir(name, "KNOWN_SRC_DIR" if name == "knownthing" else None,
@@ -422,9 +433,10 @@ def _run_configure(ctx: BuildContext) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.compile
+@pytest.mark.parametrize("declare", sorted(DECLARES))
 def test_disconnected_configure_refuses_and_trace_names_the_hidden_external(
-        tmp_path: Path) -> None:
-    ctx, url = _configure_context(tmp_path, planned=("knownthing",))
+        tmp_path: Path, declare: str) -> None:
+    ctx, url = _configure_context(tmp_path, planned=("knownthing",), declare=declare)
     result = _run_configure(ctx)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
@@ -441,7 +453,7 @@ def test_disconnected_configure_refuses_and_trace_names_the_hidden_external(
     assert set(by_name) == {"knownthing", "hiddenthing"}
     assert by_name["hiddenthing"].url == url and by_name["hiddenthing"].ref == "v9.9.9"
     assert by_name["hiddenthing"].downloads
-    assert by_name["hiddenthing"].where == "CMakeLists.txt:9"
+    assert by_name["hiddenthing"].where == "CMakeLists.txt:10"
     assert not by_name["knownthing"].downloads
     assert by_name["knownthing"].source_dir == str(tmp_path / "known")
     assert unplanned(traced, {"knownthing"}) == [by_name["hiddenthing"]]
@@ -451,7 +463,7 @@ def test_disconnected_configure_refuses_and_trace_names_the_hidden_external(
         check_fetches(ctx, False)
     message = info.value.render()
     assert info.value.exit_code == 4
-    assert f"hiddenthing: {url} @ v9.9.9 (FetchContent_Declare at CMakeLists.txt:9)" in message
+    assert f"hiddenthing: {url} @ v9.9.9 (FetchContent_Declare at CMakeLists.txt:10)" in message
     assert "the configure failed because of it" in message
     assert "[packages.vllm.externals.hiddenthing]" in message
 
