@@ -154,9 +154,26 @@ def _relative_to_root(path: Path, root: Path, what: str) -> str:
                           fix="move it into the repository, or use a pypi/git source") from None
 
 
+def check_export_dest(dest: Path) -> None:
+    """The export replaces `dest` whole: refuse anything there but an earlier bundle or an
+    empty directory, so `--export-bundle .` (or a typo naming a real directory) never
+    deletes what it holds."""
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if dest.is_dir() and not dest.is_symlink() and (
+            (dest / LOCK_NAME).is_file() or any(dest.glob(f"part-*/{LOCK_NAME}"))
+            or not any(dest.iterdir())):
+        return
+    raise ConfigError(f"--export-bundle {dest} exists and is not a source bundle",
+                      why="the export replaces the directory whole, and would delete what "
+                          "it holds",
+                      fix="give a new or empty directory (or an earlier bundle to replace)")
+
+
 def export(plan: Plan, dest: Path, reporter: Reporter, part_size: int | None = None
            ) -> ExportSummary:
     """Write the bundle of `plan` (made with every external prefetched) into `dest`."""
+    check_export_dest(dest)
     stage = temp_sibling(dest)
     remove(stage)
     stage.mkdir(parents=True)
@@ -462,5 +479,5 @@ def render_summary(summary: ExportSummary) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BUNDLE_SCHEMA_VERSION", "Bundle", "ExportSummary", "export", "external_directory",
-           "load", "parse_size", "render_summary", "tree_digest", "write_tree_archive"]
+__all__ = ["BUNDLE_SCHEMA_VERSION", "Bundle", "ExportSummary", "check_export_dest", "export",
+           "external_directory", "load", "parse_size", "render_summary", "tree_digest", "write_tree_archive"]

@@ -120,6 +120,9 @@ def build_wheels(args: argparse.Namespace) -> int:
     if args.bundle and args.export_bundle:
         raise ConfigError("--bundle and --export-bundle exclude each other",
                           fix="export from a stack (with network), build from the bundle")
+    if args.export_bundle:
+        # Before the source step (minutes): a directory the export would wipe is refused.
+        bundle.check_export_dest(args.export_bundle.resolve())
     if args.bundle:
         # Checked before anything else runs: a changed bundle is exit 4 with nothing built.
         check_reporter = Reporter(cache.logs / f"bundle-check-{time.strftime('%Y%m%d-%H%M%S')}.log")

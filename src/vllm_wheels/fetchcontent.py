@@ -165,7 +165,12 @@ def read_trace(path: Path) -> list[TracedFetch]:
             continue  # the last line of a trace cut short by a failing configure
         if str(record.get("cmd", "")).lower() not in _FETCH_COMMANDS:
             continue
-        args = [str(a) for a in record.get("args", [])]
+        # The trace records each argument as expanded but not yet split: an unquoted
+        # `${args}` holding a list (`set(args GIT_REPOSITORY url GIT_TAG tag)`) is one
+        # "GIT_REPOSITORY;url;GIT_TAG;tag" string. Split it as CMake does for the command.
+        args: list[str] = []
+        for arg in (str(a) for a in record.get("args", [])):
+            args += [part for part in arg.split(";") if part] if ";" in arg else [arg]
         if len(args) < 2:
             continue  # FetchContent_Populate(name): uses the declaration, already seen
         fields: dict[str, str] = {}
