@@ -510,8 +510,13 @@ class CompileCache:
                     "CCACHE_BASEDIR": str(source_root), "CCACHE_NOHASHDIR": "true",
                     "CCACHE_COMPILERCHECK": "content", "CCACHE_MAXSIZE": "50G"}
         if self.tool == "sccache" and self.directory:
+            # Base dirs (longest prefix wins): the source tree, then the cache root, so the
+            # CUDA_HOME assembled under it and its managed venvs hash relative too: two
+            # builders with different cache dirs share hits (measured in README, "Shared
+            # compile cache": without the cache root, device code, PTX and host C++ missed).
+            basedirs = os.pathsep.join([str(source_root), str(self.directory.parent)])
             return {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
-                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": str(source_root),
+                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
                     "SCCACHE_SERVER_PORT": str(sccache_port(self.directory)),
                     **(self.remote.sccache_env() if self.remote and
                        self.backend == self.remote.backend else {})}
