@@ -60,7 +60,13 @@ def test_second_builder_hits_the_first_builders_objects(tmp_path: Path, cuda13_b
     first, second = build_a["compile_cache_stats"], build_b["compile_cache_stats"]
     print("first:", first, "second:", second, "redis keys after the first:", stored)
     assert first["hits"] == 0 and first["misses"] > 0 and stored > 0
-    # Every phase sccache splits nvcc into (CUDA, device code, PTX, CUBIN, host C/C++) hits,
-    # although the tree and CUDA_HOME of the second build are at other absolute paths.
-    assert second["by_language"]["CUDA"]["hits"] >= 1
-    assert second["misses"] == 0, second
+    # sccache splits nvcc into phases. From Redis, although the second build's tree and
+    # CUDA_HOME are at other absolute paths: nvcc's own key (CUDA), the host compile
+    # (C/C++: hashes CUDA_HOME's include paths, relative only with the cache root in
+    # SCCACHE_BASEDIRS) and ptxas (CUBIN).
+    by_language = second["by_language"]
+    for phase in ("CUDA", "C/C++", "CUBIN"):
+        assert by_language[phase]["hits"] >= 1 and by_language[phase]["misses"] == 0, second
+    # Not asserted, measured (README): cudafe++ ("CUDA (Device code)") and cicc ("PTX") get
+    # the source's absolute path as --orig_src_path_name (it names the module ID in the
+    # output), so they hit only when both builders' trees are at the same path.
