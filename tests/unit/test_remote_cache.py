@@ -209,3 +209,13 @@ def test_plan_json_of_a_reachable_remote(tmp_path: Path) -> None:
     assert env["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
     assert any(c["name"] == "compile cache remote" and c["status"] == "ok"
                for c in plan["toolchain"]["checks"])
+
+
+def test_flag_is_refused_with_in_docker(repo_root: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack",
+                             "build/stacks/ci-cuda13.toml", "--in-docker", "--dry-run",
+                             "--compile-cache-remote", "redis://10.0.0.5:6379"],
+                            cwd=repo_root, text=True, capture_output=True, timeout=120,
+                            check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--compile-cache-remote does not apply with --in-docker" in result.stderr
