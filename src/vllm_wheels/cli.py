@@ -84,6 +84,11 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
                    help="threads per nvcc, >= 0 (default or 0: 1)")
     b.add_argument("--build-venv", type=Path, default=None,
                    help="use this existing venv (must hold exactly the pinned torch)")
+    b.add_argument("--compile-cache-remote", default=None, metavar="URL",
+                   help="shared sccache backend for this machine: redis://HOST:PORT, "
+                        "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or 'none' (default: "
+                        "$VLLM_WHEELS_COMPILE_CACHE_REMOTE, then the stack's [build] "
+                        "compile_cache_remote); no password here: use the variable")
     b.add_argument("--only", nargs="+", default=None, help="build only these packages")
     b.add_argument("--no-fetch", action="store_true",
                    help="never clone external sources (fail if one is not in the cache)")
@@ -153,7 +158,8 @@ def build_wheels(args: argparse.Namespace) -> int:
                                   fetch_externals=bool(args.export_bundle),
                                   max_jobs=args.max_jobs, nvcc_threads=args.nvcc_threads,
                                   build_venv=args.build_venv, only=args.only,
-                                  source_bundle=source_bundle)
+                                  source_bundle=source_bundle,
+                                  compile_cache_remote=args.compile_cache_remote)
         reporter.step_done()
         if args.export_bundle:
             summary = bundle.export(plan, args.export_bundle.resolve(), reporter, part_size)

@@ -6,6 +6,8 @@ downloads and patches the sources, which is cheap, and checks the toolchain) and
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -15,6 +17,7 @@ import shlex
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from . import (
     fetchcontent,
     patches,
     pins,
+    remote_cache,
     sources,
     telemetry,
     toolchain,
@@ -124,7 +128,10 @@ class Plan:
                                 "rule": self.parallelism.reason},
                 "compile_cache": {"tool": self.compile_cache.tool,
                                   "path": str(self.compile_cache.path or ""),
-                                  "directory": str(self.compile_cache.directory or "")},
+                                  "directory": str(self.compile_cache.directory or ""),
+                                  "backend": self.compile_cache.backend,
+                                  "remote": self.compile_cache.remote.to_dict()
+                                  if self.compile_cache.remote else None},
             },
             "packages": [self._package_dict(p, c) for p, c in
                          zip(self.packages, _or_nones(self.contexts, len(self.packages)),
@@ -401,10 +408,12 @@ def _source_donors(stack: Stack, selected: list[PackageSpec]) -> list[PackageSpe
 def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, log_path: Path,
               reporter: Reporter, fetch_externals: bool, max_jobs: int | None = None,
               nvcc_threads: int | None = None, build_venv: Path | None = None,
-              only: list[str] | None = None, source_bundle: bundle.Bundle | None = None
-              ) -> Plan:
-    # A bad --max-jobs or MAX_JOBS fails here, before any download.
+              only: list[str] | None = None, source_bundle: bundle.Bundle | None = None,
+              compile_cache_remote: str | None = None) -> Plan:
+    # A bad --max-jobs or MAX_JOBS fails here, before any download; so does a bad remote
+    # cache URL (or one with a password on the command line).
     parallelism_overrides(max_jobs, nvcc_threads)
+    remote = remote_cache.resolve(stack.build.compile_cache_remote, compile_cache_remote)
     specs = list(stack.packages)
     if only:
         wanted = {canonicalize_name(n) for n in only}
@@ -478,6 +487,17 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                                       "" if found else f"install {tool}"))
     compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
                                                    venv_path / "bin")
+    compile_cache, remote_warning = remote_cache.attach(compile_cache, remote)
+    if remote_warning:
+        reporter.warn(remote_warning)
+        checks.append(toolchain.Check("compile cache remote", "warn", remote_warning,
+                                      "start or reach the server (or unset the remote); "
+                                      "the build itself is unaffected"))
+    elif compile_cache.remote is not None:
+        r = compile_cache.remote
+        checks.append(toolchain.Check("compile cache remote", "ok",
+                                      f"{r.backend} {r.redacted} ({r.source}): "
+                                      f"{'reachable, ' if r.reachable else ''}{r.detail}"))
     if compile_cache.tool == "none":
         checks.append(toolchain.Check("compile cache", "warn", "no ccache or sccache found: "
                                       "rebuilds in a fresh tree recompile everything",
@@ -536,8 +556,13 @@ def render_plan(plan: Plan) -> str:
     lines.append(f"  build venv: {tc['build_venv']}")
     lines.append(f"    requirements: {', '.join(tc['build_venv_requirements'])}")
     lines.append(f"  parallelism: {tc['parallelism']['rule']}")
-    lines.append(f"  compile cache: {tc['compile_cache']['tool']} "
-                 f"{tc['compile_cache']['directory']}")
+    cc = tc["compile_cache"]
+    lines.append(f"  compile cache: {cc['tool']} {cc['directory']}, backend {cc['backend']}")
+    if cc["remote"]:
+        state = {True: "reachable", False: "UNREACHABLE (local only)",
+                 None: "not checked"}[cc["remote"]["reachable"]]
+        lines.append(f"    remote: {cc['remote']['url']} from {cc['remote']['source']}: "
+                     f"{state}, {cc['remote']['detail']}")
     for pkg in data["packages"]:
         src = pkg["source"]
         lines.append(f"Package {pkg['name']} ({pkg['builder']} builder)")
@@ -613,7 +638,7 @@ def _execute_steps(ctx: builders.BuildContext, reporter: Reporter) -> None:
 
 
 def _postprocess(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
-                 built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, int] | None
+                 built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, Any] | None
                  ) -> Path | None:
     if not builders.makes_wheel(prep.spec):
         return None
@@ -667,7 +692,7 @@ def _dist_version(python: Path, dist: str, missing_ok: bool = False) -> str | No
 
 
 def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
-              built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, int] | None,
+              built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, Any] | None,
               pin_map: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
     assert plan.torch is not None and plan.nvcc is not None
     return {
@@ -681,7 +706,9 @@ def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
                   "jobs": plan.parallelism.jobs, "nvcc_threads": plan.parallelism.nvcc_threads,
-                  "compile_cache": plan.compile_cache.tool, "compile_cache_stats": cache_stats,
+                  "compile_cache": plan.compile_cache.tool,
+                  "compile_cache_backend": plan.compile_cache.backend,
+                  "compile_cache_stats": cache_stats,
                   "options": dict(prep.spec.options),
                   "cmake_args": builders.vllm_cmake_args(ctx) if prep.spec.builder == "vllm"
                   else None, "seconds": round(seconds, 1)},
@@ -725,9 +752,27 @@ def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) ->
         toolchain.check_torch(plan.stack, venv.torch)
     compile_cache = toolchain.choose_compile_cache(plan.stack.build.compile_cache, plan.cache,
                                                    venv.bin)
-    plan.compile_cache = compile_cache
+    # The remote was checked when the plan was made: the build does what the plan said.
+    plan.compile_cache = dataclasses.replace(compile_cache, remote=plan.compile_cache.remote)
     plan.contexts = [_context(plan, p) for p in plan.packages]
     return plan
+
+
+@contextlib.contextmanager
+def _hidden_environ(values: dict[str, str]) -> Iterator[None]:
+    """Credentials for the compilers (the sccache server they start inherits them), set in
+    this process's environment for the build: the runner logs only the changes it is
+    given, so they reach no log, plan or manifest."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 def _or_nones(contexts: list[builders.BuildContext] | None, count: int
@@ -790,9 +835,10 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         ninja_logs = telemetry.ninja_log_sizes(ctx.tree / "build")
         t0 = time.monotonic()
         try:
-            toolchain.zero_compile_cache_stats(cc, cc_env)
-            _execute_steps(ctx, reporter)
-            stats = toolchain.compile_cache_stats(cc, cc_env)
+            with _hidden_environ(cc.secret_env()):
+                toolchain.zero_compile_cache_stats(cc, cc_env)
+                _execute_steps(ctx, reporter)
+                stats = toolchain.compile_cache_stats(cc, cc_env)
         finally:
             if cc.tool == "sccache" and cc.path and cc.path.exists():
                 try:
@@ -803,6 +849,9 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
         path = _postprocess(plan, ctx, prep, built, seconds, stats)
         detail = f"compile cache: {stats['hits']} hits / {stats['misses']} misses" if stats else ""
+        if stats and stats.get("by_language"):
+            detail += " (" + ", ".join(f"{lang} {n['hits']}/{n['misses']}" for lang, n in
+                                       stats["by_language"].items()) + ")"
         reporter.step_done(detail)
         if path is not None:
             built[canonicalize_name(prep.spec.name)] = BuiltWheel(

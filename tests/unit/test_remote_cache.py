@@ -1,0 +1,221 @@
+"""The shared compile cache's URL handling, credential rules and reachability check, as a
+user meets them: `build-wheels --dry-run` through the console script against a real
+redis-server on loopback (or a port where nothing listens)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis_server import free_port, redis_server
+
+from vllm_wheels import remote_cache
+from vllm_wheels.errors import ConfigError
+from vllm_wheels.stack import load_stack
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+SECRET = "hunter2-not-for-logs"
+
+
+def project(root: Path, build_extra: str = "") -> Path:
+    (root / "pkg").mkdir()
+    (root / "pkg" / "setup.py").write_text(
+        'from setuptools import setup\nsetup(name="pkg", version="0.1.0")\n')
+    stack = root / "stack.toml"
+    stack.write_text(f"""schema_version = 1
+name = "rc"
+python = "{PY}"
+cuda_arch_list = "12.0"
+[torch]
+version = "2.14.1"
+cuda = "13.0"
+[cuda_toolkit]
+version = ">=13.0,<14"
+source = "pip"
+pip_version = "13.0.3.0"
+[build]
+compile_cache = "sccache"
+{build_extra}
+[packages.pkg]
+source = {{ path = "pkg", version = "0.1.0" }}
+""")
+    return stack
+
+
+def dry_run(root: Path, stack: Path, *args: str, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    merged = {k: v for k, v in os.environ.items() if k != remote_cache.ENV_VAR}
+    merged.update(env or {})
+    return subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack",
+                           str(stack), "--cache-dir", str(root / "cache"), "--dry-run",
+                           "--json", str(root / "plan.json"), *args],
+                          cwd=root, env=merged, text=True, capture_output=True, timeout=120,
+                          check=False)
+
+
+def logs(root: Path) -> str:
+    return "".join(p.read_text() for p in (root / "cache" / "logs").glob("*.log"))
+
+
+# ------------------------------------------------------------------ parsing, redaction
+
+
+def test_redis_url_parts_and_redaction() -> None:
+    r = remote_cache.parse(f"redis://:{SECRET}@cache.example:6380/2", "test")
+    assert (r.backend, r.host, r.port) == ("redis", "cache.example", 6380)
+    assert r.redacted == "redis://:***@cache.example:6380/2"
+    env = r.sccache_env()
+    # sccache 0.16 reads SCCACHE_REDIS_ENDPOINT; the password goes separately and unlogged.
+    assert env["SCCACHE_REDIS_ENDPOINT"] == "redis://cache.example:6380"
+    assert env["SCCACHE_REDIS_DB"] == "2"
+    assert env["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
+    assert SECRET not in json.dumps(env) and SECRET not in json.dumps(r.to_dict())
+    assert r.secret_env() == {"SCCACHE_REDIS_PASSWORD": SECRET}
+    user = remote_cache.parse(f"rediss://ci:{SECRET}@h", "test")
+    assert user.redacted == "rediss://ci:***@h:6379" and user.port == 6379
+    assert user.sccache_env()["SCCACHE_REDIS_USERNAME"] == "ci"
+    plain = remote_cache.parse("redis://10.0.0.5:6379", "test")
+    assert plain.redacted == "redis://10.0.0.5:6379" and plain.secret_env() == {}
+
+
+def test_s3_and_gcs_pass_through() -> None:
+    s3 = remote_cache.parse("s3://team-sccache/vllm", "test").sccache_env()
+    assert s3["SCCACHE_BUCKET"] == "team-sccache" and s3["SCCACHE_S3_KEY_PREFIX"] == "vllm"
+    assert s3["SCCACHE_MULTILEVEL_CHAIN"] == "disk,s3"
+    gcs = remote_cache.parse("gs://team-sccache", "test").sccache_env()
+    assert gcs["SCCACHE_GCS_BUCKET"] == "team-sccache" and gcs["SCCACHE_MULTILEVEL_CHAIN"] == \
+        "disk,gcs"
+    assert remote_cache.ping(remote_cache.parse("s3://b", "t")).reachable is None
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://cache:6379", "not a remote compile cache URL"),
+    ("redis://", "not a remote compile cache URL"),
+    ("redis://h:notaport", "invalid port"),
+    ("redis://h:6379/cache", "Redis database number"),
+    (f"s3://key:{SECRET}@bucket", "carries credentials"),
+])
+def test_bad_urls_are_config_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        remote_cache.parse(url, "test")
+    assert message in err.value.what and SECRET not in err.value.render()
+
+
+def test_precedence_flag_then_variable_then_stack() -> None:
+    env = {remote_cache.ENV_VAR: "redis://from-env:1"}
+    assert remote_cache.resolve("redis://stack:1", None, {}).host == "stack"  # type: ignore[union-attr]
+    assert remote_cache.resolve("redis://stack:1", None, env).host == "from-env"  # type: ignore[union-attr]
+    assert remote_cache.resolve("redis://stack:1", "redis://flag:1", env).host == "flag"  # type: ignore[union-attr]
+    assert remote_cache.resolve("redis://stack:1", "none", env) is None
+    assert remote_cache.resolve("", None, {}) is None
+
+
+# ------------------------------------------------------------- credentials: exit 2
+
+
+def test_password_in_the_stack_is_exit_2(tmp_path: Path) -> None:
+    stack = project(tmp_path, f'compile_cache_remote = "redis://:{SECRET}@127.0.0.1:6379"')
+    with pytest.raises(ConfigError):
+        load_stack(stack)
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 2, result.stderr
+    assert "carries a password (redis://:***@127.0.0.1:6379)" in result.stderr
+    assert remote_cache.ENV_VAR in result.stderr  # the fix names where the password goes
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_password_on_the_command_line_is_exit_2(tmp_path: Path) -> None:
+    result = dry_run(tmp_path, project(tmp_path), "--compile-cache-remote",
+                     f"redis://:{SECRET}@127.0.0.1:6379")
+    assert result.returncode == 2, result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_stack_remote_without_sccache_is_exit_2(tmp_path: Path) -> None:
+    stack = project(tmp_path, 'compile_cache_remote = "redis://127.0.0.1:6379"')
+    stack.write_text(stack.read_text().replace('compile_cache = "sccache"',
+                                               'compile_cache = "ccache"'))
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 2 and "needs compile_cache" in result.stderr
+
+
+def test_the_remote_does_not_change_the_stack_digest(tmp_path: Path) -> None:
+    plain = load_stack(project(tmp_path)).digest()
+    stack = tmp_path / "stack.toml"
+    stack.write_text(stack.read_text().replace(
+        'compile_cache = "sccache"', 'compile_cache = "sccache"\n'
+                                     'compile_cache_remote = "redis://10.0.0.5:6379"'))
+    assert load_stack(stack).build.compile_cache_remote == "redis://10.0.0.5:6379"
+    assert load_stack(stack).digest() == plain
+
+
+# -------------------------------------------------------------- reachability, the plan
+
+
+def test_unreachable_remote_warns_and_builds_local(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens there
+    result = dry_run(tmp_path, project(tmp_path), "--compile-cache-remote",
+                     f"redis://127.0.0.1:{closed}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert f"compile cache remote redis://127.0.0.1:{closed}" in out
+    assert "is unreachable" in out and "building with the local cache only" in out
+    assert "backend local" in result.stdout and "UNREACHABLE (local only)" in result.stdout
+    cc = json.loads((tmp_path / "plan.json").read_text())["toolchain"]["compile_cache"]
+    assert cc["backend"] == "local" and cc["remote"]["reachable"] is False
+    steps_env = json.loads((tmp_path / "plan.json").read_text())["packages"][0]["steps"][0]["env"]
+    assert "SCCACHE_REDIS_ENDPOINT" not in steps_env
+
+
+def test_reachable_remote_from_the_environment_is_used_and_redacted(tmp_path: Path) -> None:
+    with redis_server(password=SECRET) as port:
+        result = dry_run(tmp_path, project(tmp_path), env={
+            remote_cache.ENV_VAR: f"redis://:{SECRET}@127.0.0.1:{port}"})
+        wrong = dry_run(tmp_path, tmp_path / "stack.toml", env={
+            remote_cache.ENV_VAR: f"redis://:wrong@127.0.0.1:{port}"})
+    assert result.returncode == 0, result.stderr
+    assert "backend redis" in result.stdout
+    assert f"remote: redis://:***@127.0.0.1:{port} from {remote_cache.ENV_VAR}: reachable" \
+        in result.stdout
+    plan_text = (tmp_path / "plan.json").read_text()
+    for where in (result.stdout, result.stderr, logs(tmp_path)):
+        assert SECRET not in where
+    # The JSON was rewritten by the second run: check the first run's facts from stdout,
+    # the second's (wrong password) from its JSON.
+    plan = json.loads(plan_text)
+    assert plan["toolchain"]["compile_cache"]["remote"]["reachable"] is False
+    assert "AUTH refused" in plan["toolchain"]["compile_cache"]["remote"]["detail"]
+    assert wrong.returncode == 0 and "backend local" in wrong.stdout
+
+
+def test_plan_json_of_a_reachable_remote(tmp_path: Path) -> None:
+    with redis_server() as port:
+        result = dry_run(tmp_path, project(tmp_path), "--compile-cache-remote",
+                         f"redis://127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    cc = plan["toolchain"]["compile_cache"]
+    assert cc["tool"] == "sccache" and cc["backend"] == "redis"
+    assert cc["remote"] == {"url": f"redis://127.0.0.1:{port}", "backend": "redis",
+                            "source": remote_cache.CLI_FLAG, "reachable": True,
+                            "detail": cc["remote"]["detail"]}
+    assert cc["remote"]["detail"].startswith("PONG in ")
+    env = plan["packages"][0]["steps"][0]["env"]
+    assert env["SCCACHE_REDIS_ENDPOINT"] == f"redis://127.0.0.1:{port}"
+    assert env["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
+    assert any(c["name"] == "compile cache remote" and c["status"] == "ok"
+               for c in plan["toolchain"]["checks"])
+
+
+def test_flag_is_refused_with_in_docker(repo_root: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack",
+                             "build/stacks/ci-cuda13.toml", "--in-docker", "--dry-run",
+                             "--compile-cache-remote", "redis://10.0.0.5:6379"],
+                            cwd=repo_root, text=True, capture_output=True, timeout=120,
+                            check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--compile-cache-remote does not apply with --in-docker" in result.stderr
