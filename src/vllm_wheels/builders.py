@@ -28,6 +28,10 @@ from .stack import PackageSpec, Stack
 from .toolchain import CompileCache, Parallelism
 
 HELPERS = Path(__file__).parent / "helpers"
+# The SOURCE_DATE_EPOCH of the build steps when the caller sets none: a constant (the
+# earliest zip time, 1980-01-01), so that whatever a tool stamps with "now" is the same
+# in every build of the same inputs.
+DEFAULT_SOURCE_DATE_EPOCH = "315532800"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class BuildContext:
     compile_cache: CompileCache
     staging: Path  # where raw wheels are written
     externals: tuple[ExternalDir, ...] = ()
+    # Mapped out of objects (prefix_map); empty = not mapped.
+    repo_root: Path = Path()
+    cache_root: Path = Path()
     python_tag: str = field(default_factory=lambda: sys.implementation.cache_tag)
 
     @property
@@ -74,6 +81,41 @@ class BuildContext:
 
     def target_version(self) -> str:
         return f"{Version(self.version).public}+{self.stack.local_label()}"
+
+    def prefix_map(self) -> list[tuple[str, str]]:
+        """(build path, portable name) pairs, longest path last. Compilers write the paths
+        they were given into objects (__FILE__ in asserts, debug info); these places differ
+        between builders (cache dir, venv, checkout) but not their contents. gcc lets the
+        last matching map win, so a directory inside another keeps its own name."""
+        pairs = [(self.repo_root, "/repo"), (self.cache_root, "/cache"),
+                 (self.venv_path, "/venv"), (self.cuda_home, "/cuda"),
+                 *[(e.directory, f"/ext/{e.name}") for e in self.externals],
+                 (self.tree, f"/src/{self.spec.name}")]
+        return sorted(((str(p), name) for p, name in pairs
+                       if p.is_absolute() and str(p) != "/"), key=lambda pair: len(pair[0]))
+
+    def portable(self, text: str) -> str:
+        """text with the build's paths replaced as the compilers see them replaced."""
+        for path, name in sorted(self.prefix_map(), key=lambda pair: -len(pair[0])):
+            text = text.replace(path, name)
+        return text
+
+    def reproducibility_env(self) -> dict[str, str]:
+        """SOURCE_DATE_EPOCH and path prefix maps: gcc/g++ through CFLAGS/CXXFLAGS (read by
+        setuptools and by CMake's first configure), nvcc (and the host compiler it drives)
+        through NVCC_APPEND_FLAGS, which nvcc itself reads, so torch's cpp_extension,
+        FlashInfer's AOT ninja files and CMake all get it without knowing of it; CUDAFLAGS
+        too, so CMake's nvcc command lines (what a compile cache hashes) carry them."""
+        maps = [f"-ffile-prefix-map={path}={name}" for path, name in self.prefix_map()]
+        flags = " ".join(maps)
+        host = " ".join(f"-Xcompiler={m}" for m in maps)
+        env = {"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH")
+               or DEFAULT_SOURCE_DATE_EPOCH}
+        for key, value in (("CFLAGS", flags), ("CXXFLAGS", flags), ("NVCC_APPEND_FLAGS", host),
+                           ("CUDAFLAGS", host)):
+            # The caller's own flags stay, ours come after them.
+            env[key] = f"{os.environ[key]} {value}" if os.environ.get(key) else value
+        return env
 
     def base_env(self) -> dict[str, str | None]:
         path = os.pathsep.join([str(self.venv_path / "bin"), str(self.cuda_home / "bin"),
@@ -89,6 +131,7 @@ class BuildContext:
             "CMAKE_BUILD_TYPE": self.stack.build.build_type,
             "PYTHONNOUSERSITE": "1",
         }
+        env.update(self.reproducibility_env())
         env.update(self.compile_cache.env(self.tree))
         env.update(self.spec.env)  # the user's values win
         return env

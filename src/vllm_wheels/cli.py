@@ -86,6 +86,11 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", default=None, help="build only these packages")
     b.add_argument("--no-fetch", action="store_true",
                    help="never clone external sources (fail if one is not in the cache)")
+    b.add_argument("--verify-reproducible", action="store_true",
+                   help="after the build, build again from clean source trees in a second "
+                        "cache directory (CACHE/reproduce: other paths, empty compile cache; "
+                        "build venv and downloads shared) and compare the wheels byte for "
+                        "byte; exit 14 naming the differing files if they differ")
     b.add_argument("--in-docker", action="store_true",
                    help="build inside docker/Dockerfile.build (the stack's CUDA image); "
                         "with --dry-run, print the docker build command")
@@ -132,8 +137,12 @@ def build_wheels(args: argparse.Namespace) -> int:
             return 0
         reporter.log(text)
         reporter.step_done()
-        pipeline.build(plan, reporter, build_venv=args.build_venv,
-                       fetch_externals=not args.no_fetch)
+        results = pipeline.build(plan, reporter, build_venv=args.build_venv,
+                                 fetch_externals=not args.no_fetch)
+        if args.verify_reproducible:
+            from . import reproduce
+
+            reproduce.verify(plan, results, reporter, fetch_externals=not args.no_fetch)
         return 0
     finally:
         reporter.close()
