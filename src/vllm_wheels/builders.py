@@ -100,15 +100,23 @@ class BuildContext:
             text = text.replace(path, name)
         return text
 
+    def _maps(self) -> list[str]:
+        return [f"-ffile-prefix-map={path}={name}" for path, name in self.prefix_map()]
+
+    def nvcc_prefix_flags(self) -> str:
+        """The prefix maps as nvcc passes them to its host compiler. Also put on the nvcc
+        command a compile cache runs, which hashes command lines (an object cached before
+        the maps existed must not be reused)."""
+        return " ".join(f"-Xcompiler={m}" for m in self._maps())
+
     def reproducibility_env(self) -> dict[str, str]:
         """SOURCE_DATE_EPOCH and path prefix maps: gcc/g++ through CFLAGS/CXXFLAGS (read by
         setuptools and by CMake's first configure), nvcc (and the host compiler it drives)
         through NVCC_APPEND_FLAGS, which nvcc itself reads, so torch's cpp_extension,
         FlashInfer's AOT ninja files and CMake all get it without knowing of it; CUDAFLAGS
         too, so CMake's nvcc command lines (what a compile cache hashes) carry them."""
-        maps = [f"-ffile-prefix-map={path}={name}" for path, name in self.prefix_map()]
-        flags = " ".join(maps)
-        host = " ".join(f"-Xcompiler={m}" for m in maps)
+        flags = " ".join(self._maps())
+        host = self.nvcc_prefix_flags()
         env = {"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH")
                or DEFAULT_SOURCE_DATE_EPOCH}
         for key, value in (("CFLAGS", flags), ("CXXFLAGS", flags), ("NVCC_APPEND_FLAGS", host),
@@ -152,7 +160,8 @@ def setuptools_steps(ctx: BuildContext) -> list[Step]:
     if ctx.compile_cache.path is not None:
         # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to
         # put a compiler cache in front of nvcc (the expensive translation units).
-        env["PYTORCH_NVCC"] = f"{ctx.compile_cache.launcher()} {ctx.cuda_home / 'bin' / 'nvcc'}"
+        env["PYTORCH_NVCC"] = f"{ctx.compile_cache.launcher()} {ctx.cuda_home / 'bin' / 'nvcc'}" \
+                              f" {ctx.nvcc_prefix_flags()}"
     return [_wheel_step(ctx, env)]
 
 
@@ -195,7 +204,8 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
                         "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
         if ctx.compile_cache.path is not None:
             aot_env["FLASHINFER_NVCC"] = f"{ctx.compile_cache.launcher()} " \
-                                         f"{ctx.cuda_home / 'bin' / 'nvcc'}"
+                                         f"{ctx.cuda_home / 'bin' / 'nvcc'} " \
+                                         f"{ctx.nvcc_prefix_flags()}"
         steps.append(Step(
             f"AOT-compile FlashInfer kernels for {arch}",
             (str(ctx.python), str(HELPERS / "flashinfer_aot.py"), "--source-root", str(ctx.tree),
