@@ -28,6 +28,12 @@ from .stack import PackageSpec, Stack
 from .toolchain import CompileCache, Parallelism
 
 HELPERS = Path(__file__).parent / "helpers"
+# nvcc hands the host compiler a temporary file named after its process id
+# (tmpxft_<pid>_...cudafe1.cpp), and gcc records that name as the object's STT_FILE symbol;
+# no prefix map can hide a pid. Dropping local symbols (.symtab only: nothing the loader
+# or the dynamic symbol table uses) at link makes the shared objects identical. Measured
+# with nvcc 13.0: two objects of one .cu differ in exactly those bytes.
+DISCARD_LOCAL_SYMBOLS = "-Wl,--discard-all"
 # The SOURCE_DATE_EPOCH of the build steps when the caller sets none: a constant (the
 # earliest zip time, 1980-01-01), so that whatever a tool stamps with "now" is the same
 # in every build of the same inputs.
@@ -114,13 +120,14 @@ class BuildContext:
         setuptools and by CMake's first configure), nvcc (and the host compiler it drives)
         through NVCC_APPEND_FLAGS, which nvcc itself reads, so torch's cpp_extension,
         FlashInfer's AOT ninja files and CMake all get it without knowing of it; CUDAFLAGS
-        too, so CMake's nvcc command lines (what a compile cache hashes) carry them."""
+        too, so CMake's nvcc command lines (what a compile cache hashes) carry them.
+        LDFLAGS (setuptools, CMake) drops local symbols at link: see DISCARD_LOCAL_SYMBOLS."""
         flags = " ".join(self._maps())
         host = self.nvcc_prefix_flags()
         env = {"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH")
                or DEFAULT_SOURCE_DATE_EPOCH}
         for key, value in (("CFLAGS", flags), ("CXXFLAGS", flags), ("NVCC_APPEND_FLAGS", host),
-                           ("CUDAFLAGS", host)):
+                           ("CUDAFLAGS", host), ("LDFLAGS", DISCARD_LOCAL_SYMBOLS)):
             # The caller's own flags stay, ours come after them.
             env[key] = f"{os.environ[key]} {value}" if os.environ.get(key) else value
         return env
@@ -200,6 +207,8 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
         arch = flashinfer_arch_list(ctx.stack, ctx.nvcc_release, str(options.get("aot_arch_list")
                                                                       or ""))
         aot_env = dict(env)
+        # FlashInfer's ninja files link with $cxx or nvcc: -Xlinker is understood by both.
+        aot_env["FLASHINFER_EXTRA_LDFLAGS"] = "-Xlinker --discard-all"
         aot_env.update({"FLASHINFER_CUDA_ARCH_LIST": arch,
                         "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
         if ctx.compile_cache.path is not None:
