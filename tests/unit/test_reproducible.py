@@ -190,3 +190,28 @@ def test_second_cache_shares_inputs_only(tmp_path: Path) -> None:
     assert not stale.exists()  # clean build trees every time
     assert (second.downloads / "sha256").is_dir() and second.downloads.is_symlink()
     assert not second.sources.exists() and not second.staging.exists()
+
+
+def test_trial_report_rerun_with_unchanged_inputs_leaves_the_files(tmp_path: Path) -> None:
+    """The recorded trial report (verify/trials/), re-written as a re-run would write it:
+    other date, duration, host paths, reuse flag: the tracked files keep their bytes. A real
+    change (another pin) is written."""
+    import json
+
+    from vllm_wheels.trial.report import write_report
+
+    recorded = json.loads((REPO / "verify" / "trials" / "trial-vllm-0.12.0.json").read_text())
+    md, js = tmp_path / "trial.md", tmp_path / "trial.json"
+    assert write_report(recorded, md, js)
+    before = (md.read_bytes(), js.read_bytes())
+    rerun = json.loads(json.dumps(recorded).replace("/root/.cache/vllm-wheels", "/home/b/c"))
+    rerun["generated"] = "2031-01-01T00:00:00+0000"
+    rerun["trial"].update(state="continuing the saved trial (done: plan)", plan_seconds=99.0,
+                          report_json="/elsewhere/trial.json")
+    rerun["stages"][0].update(seconds=99.0, reused=True, log="/home/b/c/logs/x.log")
+    assert rerun != recorded
+    assert not write_report(rerun, md, js)
+    assert (md.read_bytes(), js.read_bytes()) == before
+    rerun["pins"][0]["candidate"] = "9.9.9"
+    assert write_report(rerun, md, js)
+    assert js.read_bytes() != before[1] and "9.9.9" in js.read_text()

@@ -19,6 +19,7 @@ REPORT_SCHEMA_VERSION = 1
 PATCH_STATUS = {"applies": "applies cleanly",
                 "already-applied": "already upstream (reverse-applies)",
                 "conflicts": "CONFLICTS"}
+EARLIER_RUN = "(from an earlier run of this trial)"
 
 
 def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
@@ -31,7 +32,7 @@ def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
             entry = result.to_dict()
             if name not in requested and not result.reused:
                 entry["detail"] = (entry["detail"] + " " if entry["detail"] else "") + \
-                    "(from an earlier run of this trial)"
+                    EARLIER_RUN
         elif name == "throughput" and not gpu:
             entry = StageResult(name, "not-run", detail=NO_GPU).to_dict()
         else:
@@ -180,7 +181,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 # (the cache, the checkout). The reports are tracked in git, so a re-run that differs only
 # here leaves them untouched.
 VOLATILE_TRIAL_KEYS = ("state", "state_file", "report_markdown", "report_json", "plan_seconds")
-VOLATILE_STAGE_KEYS = ("seconds", "finished", "reused", "log", "detail", "command", "outputs")
+VOLATILE_STAGE_KEYS = ("seconds", "finished", "reused", "log", "command", "outputs")
 
 
 def _without_volatile(value: Any) -> Any:
@@ -191,8 +192,11 @@ def _without_volatile(value: Any) -> Any:
             out["trial"] = {k: v for k, v in out["trial"].items()
                             if k not in VOLATILE_TRIAL_KEYS}
         if isinstance(out.get("stages"), list):
-            out["stages"] = [{k: v for k, v in st.items() if k not in VOLATILE_STAGE_KEYS}
-                             if isinstance(st, dict) else st for st in out["stages"]]
+            out["stages"] = [
+                {k: (v.replace(" " + EARLIER_RUN, "").replace(EARLIER_RUN, "")
+                     if k == "detail" and isinstance(v, str) else v)
+                 for k, v in st.items() if k not in VOLATILE_STAGE_KEYS}
+                if isinstance(st, dict) else st for st in out["stages"]]
         return out
     if isinstance(value, list):
         return [_without_volatile(v) for v in value]
