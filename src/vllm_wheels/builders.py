@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import sysconfig
@@ -95,10 +96,24 @@ class BuildContext:
         last matching map win, so a directory inside another keeps its own name."""
         pairs = [(self.repo_root, "/repo"), (self.cache_root, "/cache"),
                  (self.venv_path, "/venv"), (self.cuda_home, "/cuda"),
+                 (self.base_python_prefix(), "/python"),
                  *[(e.directory, f"/ext/{e.name}") for e in self.externals],
                  (self.tree, f"/src/{self.spec.name}")]
         return sorted(((str(p), name) for p, name in pairs
                        if p.is_absolute() and str(p) != "/"), key=lambda pair: len(pair[0]))
+
+    def base_python_prefix(self) -> Path:
+        """The installation the build venv was made from (its Python.h is included by
+        every extension), read from pyvenv.cfg; Path() when unknown."""
+        try:
+            cfg = (self.venv_path / "pyvenv.cfg").read_text(encoding="utf-8")
+        except OSError:
+            return Path()
+        for line in cfg.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home" and value.strip():
+                return Path(value.strip()).parent  # home is the bin/ directory
+        return Path()
 
     def portable(self, text: str) -> str:
         """text with the build's paths replaced as the compilers see them replaced."""
@@ -115,6 +130,19 @@ class BuildContext:
         the maps existed must not be reused)."""
         return " ".join(f"-Xcompiler={m}" for m in self._maps())
 
+    def nvcc_launcher(self) -> list[str]:
+        """Goes in front of every nvcc command (and of the compile cache wrapping it):
+        helpers/nvcc_source_path.py gives nvcc the mapped source path, from which nvcc
+        hashes the names of internal-linkage device entities (no prefix map reaches it)."""
+        return [str(self.python), str(HELPERS / "nvcc_source_path.py")]
+
+    def nvcc_command(self) -> str:
+        """The nvcc command line for builders that take one string (torch's PYTORCH_NVCC,
+        FLASHINFER_NVCC): launcher, compile cache, nvcc, prefix maps."""
+        return " ".join([*self.nvcc_launcher(), self.compile_cache.launcher(),
+                         str(self.cuda_home / "bin" / "nvcc"), self.nvcc_prefix_flags()]
+                        ).replace("  ", " ")
+
     def reproducibility_env(self) -> dict[str, str]:
         """SOURCE_DATE_EPOCH and path prefix maps: gcc/g++ through CFLAGS/CXXFLAGS (read by
         setuptools and by CMake's first configure), nvcc (and the host compiler it drives)
@@ -125,7 +153,8 @@ class BuildContext:
         flags = " ".join(self._maps())
         host = self.nvcc_prefix_flags()
         env = {"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH")
-               or DEFAULT_SOURCE_DATE_EPOCH}
+               or DEFAULT_SOURCE_DATE_EPOCH,
+               "VLLM_WHEELS_PREFIX_MAP": json.dumps(self.prefix_map())}
         for key, value in (("CFLAGS", flags), ("CXXFLAGS", flags), ("NVCC_APPEND_FLAGS", host),
                            ("CUDAFLAGS", host), ("LDFLAGS", DISCARD_LOCAL_SYMBOLS)):
             # The caller's own flags stay, ours come after them.
@@ -164,11 +193,10 @@ def _wheel_step(ctx: BuildContext, env: Mapping[str, str | None]) -> Step:
 
 def setuptools_steps(ctx: BuildContext) -> list[Step]:
     env = ctx.base_env()
-    if ctx.compile_cache.path is not None:
-        # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to
-        # put a compiler cache in front of nvcc (the expensive translation units).
-        env["PYTORCH_NVCC"] = f"{ctx.compile_cache.launcher()} {ctx.cuda_home / 'bin' / 'nvcc'}" \
-                              f" {ctx.nvcc_prefix_flags()}"
+    # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to
+    # put a compiler cache (the expensive translation units) and the source-path launcher
+    # in front of nvcc.
+    env["PYTORCH_NVCC"] = ctx.nvcc_command()
     return [_wheel_step(ctx, env)]
 
 
@@ -211,10 +239,7 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
         aot_env["FLASHINFER_EXTRA_LDFLAGS"] = "-Xlinker --discard-all"
         aot_env.update({"FLASHINFER_CUDA_ARCH_LIST": arch,
                         "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
-        if ctx.compile_cache.path is not None:
-            aot_env["FLASHINFER_NVCC"] = f"{ctx.compile_cache.launcher()} " \
-                                         f"{ctx.cuda_home / 'bin' / 'nvcc'} " \
-                                         f"{ctx.nvcc_prefix_flags()}"
+        aot_env["FLASHINFER_NVCC"] = ctx.nvcc_command()
         steps.append(Step(
             f"AOT-compile FlashInfer kernels for {arch}",
             (str(ctx.python), str(HELPERS / "flashinfer_aot.py"), "--source-root", str(ctx.tree),
@@ -262,8 +287,11 @@ def vllm_build_dir(ctx: BuildContext) -> Path:
 def vllm_cmake_args(ctx: BuildContext) -> list[str]:
     args = []
     cache = ctx.compile_cache
-    for lang in ("C", "CXX", "CUDA"):
+    for lang in ("C", "CXX"):
         args.append(f"-DCMAKE_{lang}_COMPILER_LAUNCHER={cache.launcher()}")
+    # A CMake list: the source-path launcher, then the compile cache (if any), then nvcc.
+    args.append("-DCMAKE_CUDA_COMPILER_LAUNCHER="
+                + ";".join([*ctx.nvcc_launcher(), *([cache.launcher()] if cache.path else [])]))
     for ext in ctx.externals:
         if ext.headers_only and ext.name in HEADERS_ONLY_CMAKE_ARGS:
             args += [a.format(dir=ext.directory) for a in HEADERS_ONLY_CMAKE_ARGS[ext.name]]

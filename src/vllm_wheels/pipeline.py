@@ -539,9 +539,8 @@ def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
     cmake_args = None
     if prep.spec.builder == "vllm":
         # Without the compile-cache launcher (not an input) and with paths made portable.
-        launcher = f"_COMPILER_LAUNCHER={plan.compile_cache.launcher()}"
         cmake_args = [ctx.portable(a) for a in builders.vllm_cmake_args(ctx)
-                      if not a.endswith(launcher)]
+                      if "_COMPILER_LAUNCHER=" not in a]
     return {
         "package": prep.spec.name,
         "local_label": plan.stack.local_label(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ def explain(name: str, a: bytes, b: bytes, paths: tuple[Path, ...]) -> str:
         if needle and (needle in a or needle in b):
             return (f"contains the build path {path} (a path prefix the compilers were not "
                     "told to map: -ffile-prefix-map)")
+    pattern = re.compile(rb"_(?:GLOBAL__N__|INTERNAL_)([0-9a-f]{8})_")
+    if set(pattern.findall(a)) != set(pattern.findall(b)):
+        return ("nvcc's names of internal-linkage device entities (_GLOBAL__N__/_INTERNAL_ "
+                "hash) differ: nvcc hashes the source file's absolute path, which "
+                "helpers/nvcc_source_path.py maps; a compile that bypassed it")
     if name.endswith(".json"):
         keys = _json_diff(a, b)
         if keys:
