@@ -215,3 +215,27 @@ def test_trial_report_rerun_with_unchanged_inputs_leaves_the_files(tmp_path: Pat
     rerun["pins"][0]["candidate"] = "9.9.9"
     assert write_report(rerun, md, js)
     assert js.read_bytes() != before[1] and "9.9.9" in js.read_text()
+
+
+def test_nvcc_launcher_names_the_source_by_its_mapped_path(tmp_path: Path) -> None:
+    """helpers/nvcc_source_path.py in front of a stand-in for nvcc (a Python that prints
+    its arguments; nvcc itself is measured by the CI build test): the same source in two
+    cache directories gets the same --orig_src_path_name for cudafe++ and cicc."""
+    import json
+    import os
+    import sys
+
+    seen = []
+    for name in ("one", "second-cache"):
+        tree = tmp_path / name / "src" / "pkg"
+        tree.mkdir(parents=True)
+        (tree / "k.cu").write_text("__global__ void k() {}\n")
+        env = {**os.environ, "VLLM_WHEELS_PREFIX_MAP": json.dumps(
+            [[str(tmp_path / name), "/cache"], [str(tree), "/src/pkg"]])}
+        out = subprocess.run(
+            [sys.executable, str(builders.HELPERS / "nvcc_source_path.py"), sys.executable,
+             "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", "-c", "k.cu"],
+            cwd=tree, env=env, text=True, capture_output=True, check=True).stdout
+        seen.append(json.loads(out))
+    assert seen[0] == seen[1] == ["-c", "k.cu", "-Xcudafe=--orig_src_path_name=/src/pkg/k.cu",
+                                  "-Xcicc=--orig_src_path_name=/src/pkg/k.cu"]
