@@ -43,7 +43,10 @@ PLAN_SCHEMA_VERSION = 1
 SUMMARY_SCHEMA_VERSION = 2
 PREPARED_MARKER = ".vllm-wheels-prepared.json"
 # Bump when the way a source tree is prepared changes (invalidates prepared trees).
-PREPARE_LAYOUT = 1
+# 2: reproducible builds (prefix maps, nvcc source-path launcher): a tree built before
+# keeps objects and a CMake cache without them, and FlashInfer's AOT step keeps its
+# kernels; new trees rebuild everything once.
+PREPARE_LAYOUT = 2
 
 
 @dataclass(frozen=True)
