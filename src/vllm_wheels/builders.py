@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import sysconfig
@@ -37,6 +38,16 @@ from .telemetry import UNITS_FILENAME
 from .toolchain import CompileCache, Parallelism
 
 HELPERS = Path(__file__).parent / "helpers"
+# nvcc hands the host compiler a temporary file named after its process id
+# (tmpxft_<pid>_...cudafe1.cpp), and gcc records that name as the object's STT_FILE symbol;
+# no prefix map can hide a pid. Dropping local symbols (.symtab only: nothing the loader
+# or the dynamic symbol table uses) at link makes the shared objects identical. Measured
+# with nvcc 13.0: two objects of one .cu differ in exactly those bytes.
+DISCARD_LOCAL_SYMBOLS = "-Wl,--discard-all"
+# The SOURCE_DATE_EPOCH of the build steps when the caller sets none: a constant (the
+# earliest zip time, 1980-01-01), so that whatever a tool stamps with "now" is the same
+# in every build of the same inputs.
+DEFAULT_SOURCE_DATE_EPOCH = "315532800"
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,9 @@ class BuildContext:
     compile_cache: CompileCache
     staging: Path  # where raw wheels are written
     externals: tuple[ExternalDir, ...] = ()
+    # Mapped out of objects (prefix_map); empty = not mapped.
+    repo_root: Path = Path()
+    cache_root: Path = Path()
     python_tag: str = field(default_factory=lambda: sys.implementation.cache_tag)
 
     @property
@@ -97,7 +111,84 @@ class BuildContext:
         build venv's python; -S skips site-packages, it needs only the standard library),
         then the compile cache, if any."""
         cache = self.compile_cache.launcher()
-        return [str(self.python), "-S", str(MEASURE_LAUNCHER), *([cache] if cache else [])]
+        return [*self.measure_launcher(), *([cache] if cache else [])]
+
+    def measure_launcher(self) -> list[str]:
+        return [str(self.python), "-S", str(MEASURE_LAUNCHER)]
+
+    def prefix_map(self) -> list[tuple[str, str]]:
+        """(build path, portable name) pairs, longest path last. Compilers write the paths
+        they were given into objects (__FILE__ in asserts, debug info); these places differ
+        between builders (cache dir, venv, checkout) but not their contents. gcc lets the
+        last matching map win, so a directory inside another keeps its own name."""
+        pairs = [(self.repo_root, "/repo"), (self.cache_root, "/cache"),
+                 (self.venv_path, "/venv"), (self.cuda_home, "/cuda"),
+                 (self.base_python_prefix(), "/python"),
+                 *[(e.directory, f"/ext/{e.name}") for e in self.externals],
+                 (self.tree, f"/src/{self.spec.name}")]
+        return sorted(((str(p), name) for p, name in pairs
+                       if p.is_absolute() and str(p) != "/"), key=lambda pair: len(pair[0]))
+
+    def base_python_prefix(self) -> Path:
+        """The installation the build venv was made from (its Python.h is included by
+        every extension), read from pyvenv.cfg; Path() when unknown."""
+        try:
+            cfg = (self.venv_path / "pyvenv.cfg").read_text(encoding="utf-8")
+        except OSError:
+            return Path()
+        for line in cfg.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home" and value.strip():
+                return Path(value.strip()).parent  # home is the bin/ directory
+        return Path()
+
+    def portable(self, text: str) -> str:
+        """text with the build's paths replaced as the compilers see them replaced."""
+        for path, name in sorted(self.prefix_map(), key=lambda pair: -len(pair[0])):
+            text = text.replace(path, name)
+        return text
+
+    def _maps(self) -> list[str]:
+        return [f"-ffile-prefix-map={path}={name}" for path, name in self.prefix_map()]
+
+    def nvcc_prefix_flags(self) -> str:
+        """The prefix maps as nvcc passes them to its host compiler. Also put on the nvcc
+        command a compile cache runs, which hashes command lines (an object cached before
+        the maps existed must not be reused)."""
+        return " ".join(f"-Xcompiler={m}" for m in self._maps())
+
+    def nvcc_launcher(self) -> list[str]:
+        """Goes in front of every nvcc command (and of the compile cache wrapping it):
+        helpers/nvcc_source_path.py gives nvcc the mapped source path, from which nvcc
+        hashes the names of internal-linkage device entities (no prefix map reaches it)."""
+        return [str(self.python), str(HELPERS / "nvcc_source_path.py")]
+
+    def nvcc_command(self) -> str:
+        """The nvcc command line for builders that take one string (torch's PYTORCH_NVCC,
+        FLASHINFER_NVCC): the measuring launcher, the source-path launcher, the compile
+        cache, nvcc, prefix maps."""
+        return " ".join(p for p in [*self.measure_launcher(), *self.nvcc_launcher(),
+                                    self.compile_cache.launcher(),
+                                    str(self.cuda_home / "bin" / "nvcc"), self.nvcc_prefix_flags()]
+                        if p)
+
+    def reproducibility_env(self) -> dict[str, str]:
+        """SOURCE_DATE_EPOCH and path prefix maps: gcc/g++ through CFLAGS/CXXFLAGS (read by
+        setuptools and by CMake's first configure), nvcc (and the host compiler it drives)
+        through NVCC_APPEND_FLAGS, which nvcc itself reads, so torch's cpp_extension,
+        FlashInfer's AOT ninja files and CMake all get it without knowing of it; CUDAFLAGS
+        too, so CMake's nvcc command lines (what a compile cache hashes) carry them.
+        LDFLAGS (setuptools, CMake) drops local symbols at link: see DISCARD_LOCAL_SYMBOLS."""
+        flags = " ".join(self._maps())
+        host = self.nvcc_prefix_flags()
+        env = {"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH")
+               or DEFAULT_SOURCE_DATE_EPOCH,
+               "VLLM_WHEELS_PREFIX_MAP": json.dumps(self.prefix_map())}
+        for key, value in (("CFLAGS", flags), ("CXXFLAGS", flags), ("NVCC_APPEND_FLAGS", host),
+                           ("CUDAFLAGS", host), ("LDFLAGS", DISCARD_LOCAL_SYMBOLS)):
+            # The caller's own flags stay, ours come after them.
+            env[key] = f"{os.environ[key]} {value}" if os.environ.get(key) else value
+        return env
 
     def base_env(self) -> dict[str, str | None]:
         path = os.pathsep.join([str(self.venv_path / "bin"), str(self.cuda_home / "bin"),
@@ -114,6 +205,7 @@ class BuildContext:
             "PYTHONNOUSERSITE": "1",
             TELEMETRY_ENV: str(self.telemetry_units),
         }
+        env.update(self.reproducibility_env())
         env.update(self.compile_cache.env(self.tree))
         env.update(self.spec.env)  # the user's values win
         return env
@@ -132,9 +224,9 @@ def _wheel_step(ctx: BuildContext, env: Mapping[str, str | None]) -> Step:
 def setuptools_steps(ctx: BuildContext) -> list[Step]:
     env = ctx.base_env()
     # torch.utils.cpp_extension takes its nvcc from PYTORCH_NVCC, the supported way to put
-    # a launcher (measurement, compile cache) in front of nvcc (the expensive units). Its
-    # host C++ units (CXX) are not wrapped: torch checks CXX as a single compiler path.
-    env["PYTORCH_NVCC"] = " ".join([*ctx.launcher(), str(ctx.cuda_home / "bin" / "nvcc")])
+    # launchers (measurement, source path, compile cache) in front of nvcc (the expensive
+    # units). Its host C++ units (CXX) are not wrapped: torch checks CXX as one compiler path.
+    env["PYTORCH_NVCC"] = ctx.nvcc_command()
     return [_wheel_step(ctx, env)]
 
 
@@ -173,10 +265,11 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
         arch = flashinfer_arch_list(ctx.stack, ctx.nvcc_release, str(options.get("aot_arch_list")
                                                                       or ""))
         aot_env = dict(env)
+        # FlashInfer's ninja files link with $cxx or nvcc: -Xlinker is understood by both.
+        aot_env["FLASHINFER_EXTRA_LDFLAGS"] = "-Xlinker --discard-all"
         aot_env.update({"FLASHINFER_CUDA_ARCH_LIST": arch,
                         "FLASHINFER_WORKSPACE_BASE": str(ctx.tree / "build" / "workspace")})
-        aot_env["FLASHINFER_NVCC"] = " ".join([*ctx.launcher(),
-                                               str(ctx.cuda_home / "bin" / "nvcc")])
+        aot_env["FLASHINFER_NVCC"] = ctx.nvcc_command()
         # FlashInfer's JIT writes CXX verbatim into its build.ninja (host units, links).
         aot_env["CXX"] = " ".join([*ctx.launcher(), env.get("CXX") or "c++"])
         steps.append(Step(
@@ -225,10 +318,14 @@ def vllm_build_dir(ctx: BuildContext) -> Path:
 
 def vllm_cmake_args(ctx: BuildContext) -> list[str]:
     args = []
-    # A CMake list: vLLM's setup.py splits CMAKE_ARGS at whitespace.
-    launcher = ";".join(ctx.launcher())
-    for lang in ("C", "CXX", "CUDA"):
-        args.append(f"-DCMAKE_{lang}_COMPILER_LAUNCHER={launcher}")
+    # CMake lists: vLLM's setup.py splits CMAKE_ARGS at whitespace. C/C++: the measuring
+    # launcher, then the compile cache; CUDA: also the source-path launcher before the cache.
+    cache = ctx.compile_cache
+    args.append(f"-DCMAKE_C_COMPILER_LAUNCHER={';'.join(ctx.launcher())}")
+    args.append(f"-DCMAKE_CXX_COMPILER_LAUNCHER={';'.join(ctx.launcher())}")
+    args.append("-DCMAKE_CUDA_COMPILER_LAUNCHER=" + ";".join(
+        [*ctx.measure_launcher(), *ctx.nvcc_launcher(),
+         *([cache.launcher()] if cache.path else [])]))
     for ext in ctx.externals:
         if ext.headers_only and ext.name in HEADERS_ONLY_CMAKE_ARGS:
             args += [a.format(dir=ext.directory) for a in HEADERS_ONLY_CMAKE_ARGS[ext.name]]

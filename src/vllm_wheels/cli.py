@@ -102,6 +102,11 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     b.add_argument("--bundle", type=Path, default=None, metavar="DIR",
                    help="build from an exported bundle, with no network: its stack, "
                         "patches and sources, every file checked against the lock")
+    b.add_argument("--verify-reproducible", action="store_true",
+                   help="after the build, build again from clean source trees in a second "
+                        "cache directory (CACHE/reproduce: other paths, empty compile cache; "
+                        "build venv and downloads shared) and compare the wheels byte for "
+                        "byte; exit 14 naming the differing files if they differ")
     b.add_argument("--in-docker", action="store_true",
                    help="build inside docker/Dockerfile.build (the stack's CUDA image); "
                         "with --dry-run, print the docker build command")
@@ -185,8 +190,13 @@ def build_wheels(args: argparse.Namespace) -> int:
             return 0
         reporter.log(text)
         reporter.step_done()
-        pipeline.build(plan, reporter, build_venv=args.build_venv,
-                       fetch_externals=not args.no_fetch and source_bundle is None)
+        results = pipeline.build(plan, reporter, build_venv=args.build_venv,
+                                 fetch_externals=not args.no_fetch and source_bundle is None)
+        if args.verify_reproducible:
+            from . import reproduce
+
+            reproduce.verify(plan, results, reporter,
+                             fetch_externals=not args.no_fetch and source_bundle is None)
         return 0
     finally:
         reporter.close()

@@ -115,6 +115,13 @@ class CouldNotRunError(PipelineError):
     kind = "could not run"
 
 
+class NotReproducibleError(PipelineError):
+    """build_wheels --verify-reproducible: a rebuild from clean trees gave different bytes."""
+
+    exit_code = 14
+    kind = "not reproducible"
+
+
 class InterruptedError_(PipelineError):  # noqa: N801 - avoid shadowing the builtin
     """The user interrupted the run (Ctrl-C / SIGTERM); partial outputs were removed."""
 
@@ -137,6 +144,7 @@ EXIT_CODES: dict[str, int] = {
         ThroughputRegressionError,
         ThroughputInconclusiveError,
         CouldNotRunError,
+        NotReproducibleError,
         InterruptedError_,
     )
 }

@@ -53,10 +53,15 @@ from .verify import abi
 from .verify.report import record_results
 
 PLAN_SCHEMA_VERSION = 1
-SUMMARY_SCHEMA_VERSION = 1
+# 2: build facts that left the wheel's manifest (host, jobs, compile cache, per-package
+# seconds and cache statistics) are recorded here.
+SUMMARY_SCHEMA_VERSION = 2
 PREPARED_MARKER = ".vllm-wheels-prepared.json"
 # Bump when the way a source tree is prepared changes (invalidates prepared trees).
-PREPARE_LAYOUT = 1
+# 2: reproducible builds (prefix maps, nvcc source-path launcher): a tree built before
+# keeps objects and a CMake cache without them, and FlashInfer's AOT step keeps its
+# kernels; new trees rebuild everything once.
+PREPARE_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -531,6 +536,7 @@ def _context(plan: Plan, prep: PreparedPackage) -> builders.BuildContext:
         externals=tuple(builders.ExternalDir(e.source.name, e.source.override_env,
                                              e.directory or Path(f"<{e.source.name}>"),
                                              e.headers_only) for e in prep.externals),
+        repo_root=plan.repo_root, cache_root=plan.cache.root,
         python_tag=f"cpython-{plan.stack.python.replace('.', '')}")
 
 
@@ -694,24 +700,28 @@ def _dist_version(python: Path, dist: str, missing_ok: bool = False) -> str | No
 def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
               built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, Any] | None,
               pin_map: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
+    """What the wheel was built from, and nothing else: the same inputs give the same
+    manifest, so a rebuild gives the same wheel bytes. What varies per build (seconds,
+    cache_stats, jobs, host, paths) goes to build-summary.json (`_write_summary`); the two
+    are still passed here so that the callers' signature stays as it was."""
+    del seconds, cache_stats
     assert plan.torch is not None and plan.nvcc is not None
+    torch = {k: v for k, v in plan.torch.to_dict().items() if k != "location"}
+    cmake_args = None
+    if prep.spec.builder == "vllm":
+        # Without the compile-cache launcher (not an input) and with paths made portable.
+        cmake_args = [ctx.portable(a) for a in builders.vllm_cmake_args(ctx)
+                      if "_COMPILER_LAUNCHER=" not in a]
     return {
         "package": prep.spec.name,
         "local_label": plan.stack.local_label(),
         "stack": {"name": plan.stack.name, "digest": plan.stack.digest(),
-                  "file": str(plan.stack.path)},
-        "torch": {**plan.torch.to_dict(), "pin": pin_map.get("torch")},
-        "nvcc": {"version": plan.nvcc.full_version, "release": plan.nvcc.release,
-                 "found_via": plan.nvcc.found_via},
+                  "file": _repo_relative(plan.stack.path, plan.repo_root)},
+        "torch": {**torch, "pin": pin_map.get("torch")},
+        "nvcc": {"version": plan.nvcc.full_version, "release": plan.nvcc.release},
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
-                  "jobs": plan.parallelism.jobs, "nvcc_threads": plan.parallelism.nvcc_threads,
-                  "compile_cache": plan.compile_cache.tool,
-                  "compile_cache_backend": plan.compile_cache.backend,
-                  "compile_cache_stats": cache_stats,
-                  "options": dict(prep.spec.options),
-                  "cmake_args": builders.vllm_cmake_args(ctx) if prep.spec.builder == "vllm"
-                  else None, "seconds": round(seconds, 1)},
+                  "options": dict(prep.spec.options), "cmake_args": cmake_args},
         "source": {"kind": prep.spec.source.kind, "version": prep.spec.source.version,
                    "sha256": prep.fetched.sha256, "url": prep.fetched.url,
                    "commit": prep.fetched.commit},
@@ -721,11 +731,18 @@ def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
                        "commit": e.commit, "origin": e.origin} for e in prep.externals],
         "runtime_pins": pin_map,
         "built_with": {name: wheelmeta.wheel_info(w.path).version for name, w in built.items()},
-        "host": {"cores": plan.parallelism.cores,
-                 "available_gb": round(plan.parallelism.available_gb, 1),
-                 "machine": platform.machine(), "system": platform.system()},
+        "target": {"machine": platform.machine(), "system": platform.system()},
         **extra,
     }
+
+
+def _repo_relative(path: Path, repo_root: Path) -> str:
+    """A path inside the checkout as the checkout names it (two builders' checkouts
+    live in different places); others as given."""
+    try:
+        return path.resolve().relative_to(repo_root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) -> Plan:
@@ -822,6 +839,8 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                  f"{plan.nvcc.full_version}, {plan.parallelism.reason}")
     reporter.step_done()
     built: dict[str, BuiltWheel] = {}
+    # Per package, what varied in this build (for build-summary.json, not the wheel).
+    facts: list[dict[str, Any]] = []
     cc = plan.compile_cache
     measured: list[tuple[builders.BuildContext, float, list[dict[str, Any]]]] = []
     for prep, ctx in zip(plan.packages, plan.contexts, strict=True):
@@ -848,6 +867,9 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         seconds = time.monotonic() - t0
         measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
         path = _postprocess(plan, ctx, prep, built, seconds, stats)
+        facts.append({"package": prep.spec.name, "seconds": round(seconds, 1),
+                      "compile_cache_stats": stats, "tree": str(prep.tree),
+                      "wheel": path.name if path is not None else None})
         detail = f"compile cache: {stats['hits']} hits / {stats['misses']} misses" if stats else ""
         if stats and stats.get("by_language"):
             detail += " (" + ", ".join(f"{lang} {n['hits']}/{n['misses']}" for lang, n in
@@ -863,7 +885,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                                         plan.venv_path / "bin" / "python",
                                         plan.cache.root / "verify", built, reporter)
     table, build_telemetry = _write_telemetry(plan, measured)
-    _write_summary(plan, results, kept, time.monotonic() - started, build_telemetry)
+    _write_summary(plan, results, kept, time.monotonic() - started, facts, build_telemetry)
     reporter.step_done()
     reporter.say(table)
     reporter.say("Summary:")
@@ -1043,17 +1065,37 @@ def _write_telemetry(plan: Plan, measured: list[tuple[builders.BuildContext, flo
              "summary": summary})
 
 
-def _write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path],
-                   seconds: float, build_telemetry: dict[str, Any] | None = None) -> None:
-    """`wheels`: built by this run; `kept`: from an earlier build of the same stack, left
-    beside them (see _earlier_wheels). Together they are what the output dir holds."""
+def _write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path], seconds: float,
+                   packages: list[dict[str, Any]] | None = None,
+                   build_telemetry: dict[str, Any] | None = None) -> None:
+    """build-summary.json beside the wheels: `wheels` built by this run, `kept` from an
+    earlier build of the same stack (see _earlier_wheels), together what the output dir
+    holds; and everything about this particular build that the wheels themselves leave out
+    so that they are reproducible (durations, host, parallelism, compile cache statistics,
+    paths, telemetry)."""
+    par = plan.parallelism
     summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "stack": plan.stack.name,
                "stack_digest": plan.stack.digest(), "local_label": plan.stack.local_label(),
                "seconds": round(seconds, 1), "log": str(plan.log_path),
                "wheels": [{"package": r.package, "file": r.path.name, "size": r.size,
                            "sha256": r.sha256, "seconds": round(r.seconds, 1)} for r in results],
                "kept": [{"file": k.name, "size": k.stat().st_size,
-                         "sha256": sources.sha256_file(k)} for k in kept]}
+                         "sha256": sources.sha256_file(k)} for k in kept],
+               "build": {"jobs": par.jobs, "nvcc_threads": par.nvcc_threads,
+                         "parallelism_rule": par.reason,
+                         "compile_cache": plan.compile_cache.tool,
+                         "compile_cache_backend": plan.compile_cache.backend,
+                         "compile_cache_dir": str(plan.compile_cache.directory or ""),
+                         "cache": str(plan.cache.root), "build_venv": str(plan.venv_path),
+                         "torch_location": plan.torch.location if plan.torch else None,
+                         "nvcc": {"path": str(plan.nvcc.path), "found_via": plan.nvcc.found_via}
+                         if plan.nvcc else None,
+                         "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH")
+                         or builders.DEFAULT_SOURCE_DATE_EPOCH},
+               "host": {"name": platform.node(), "cores": par.cores,
+                        "available_gb": round(par.available_gb, 1),
+                        "machine": platform.machine(), "system": platform.system()},
+               "packages": packages or []}
     if build_telemetry is not None:
         summary["telemetry"] = build_telemetry
     write_atomic(plan.output_dir / "build-summary.json", json.dumps(summary, indent=2) + "\n")

@@ -272,6 +272,14 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         if not python.exists():
             raise ToolchainError(f"--build-venv {existing} is not a virtual environment")
         facts = read_torch_facts(python)
+        marker = existing / "vllm-wheels-venv.json"
+        if marker.exists():
+            # A venv this pipeline made records which torch wheel it installed (name and
+            # sha256, part of every manifest): the same venv must give the same manifest
+            # whether it is found in the cache or given here.
+            recorded = TorchFacts(**json.loads(marker.read_text())["torch"])
+            if (recorded.version, recorded.git_version) == (facts.version, facts.git_version):
+                facts = recorded
         raise_on_failed(check_torch(stack, facts))
         _check_existing_requirements(existing, requirements)
         return BuildVenv(existing, facts, tuple(requirements))

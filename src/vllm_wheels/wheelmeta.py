@@ -3,18 +3,26 @@ the exact torch it was built with (and on the packages built with it that it req
 e.g. vLLM on FlashInfer), the build manifest, extra files (e.g.
 FlashInfer's AOT kernels) and a regenerated RECORD; written to a temporary file and then
 renamed, so no reader ever sees a half-written wheel.
+
+The zip is written reproducibly: members in a fixed order (package files sorted, then the
+.dist-info files sorted, RECORD last), one timestamp (SOURCE_DATE_EPOCH, else 1980-01-01),
+modes reduced to 0644/0755, so equal contents give a byte-identical wheel whatever order
+the build tool wrote its zip in, when, or under which umask.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import io
 import json
+import os
 import re
+import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +33,42 @@ from packaging.version import Version
 from .cache import remove, temp_sibling
 
 MANIFEST_NAME = "vllm_wheels_build.json"
-MANIFEST_SCHEMA_VERSION = 1
+# 2: only the build's inputs; what varies per build (duration, host, jobs, compile cache
+# statistics) moved to build-summary.json, so a rebuild gives the same bytes.
+MANIFEST_SCHEMA_VERSION = 2
+# The earliest time a zip entry can hold (1980-01-01 00:00:00 UTC): the default member
+# timestamp, a constant so that no build's wall clock reaches the wheel.
+ZIP_EPOCH = 315532800
+
+
+def zip_date_time(environ: Mapping[str, str] | None = None) -> tuple[int, int, int, int, int, int]:
+    """The timestamp of every member: SOURCE_DATE_EPOCH (the reproducible-builds
+    convention) when set, else ZIP_EPOCH; earlier values are raised to ZIP_EPOCH."""
+    env = os.environ if environ is None else environ
+    raw = env.get("SOURCE_DATE_EPOCH", "").strip()
+    try:
+        epoch = int(raw) if raw else ZIP_EPOCH
+    except ValueError:
+        from .errors import ConfigError
+
+        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
+                          why="it is the timestamp written into every wheel member",
+                          fix="set it to seconds since 1970 (e.g. `git log -1 --format=%ct`) "
+                              "or unset it") from None
+    year, month, day, hour, minute, second = time.gmtime(max(epoch, ZIP_EPOCH))[:6]
+    return (year, month, day, hour, minute, second)
+
+
+def _const(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+def _member_order(arcname: str) -> tuple[int, str]:
+    """Package files first, then .dist-info (as `wheel` writes them), RECORD last."""
+    top, _, rest = arcname.partition("/")
+    if top.endswith(".dist-info"):
+        return (2, arcname) if rest == "RECORD" else (1, arcname)
+    return (0, arcname)
 
 
 @dataclass(frozen=True)
@@ -134,20 +177,22 @@ def rewrite_wheel(
     target = out_dir / f"{dist}-{new_version}-{tags}.whl"
     tmp = temp_sibling(target)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records: list[tuple[str, str, str]] = []
+    date_time = zip_date_time()
+    # arcname -> (reads the bytes, mode, RECORD row). Members are read again when written
+    # instead of held: a vLLM wheel is hundreds of MB.
+    members: dict[str, tuple[Callable[[], bytes], int, tuple[str, str, str]]] = {}
     try:
-        with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        with zipfile.ZipFile(wheel) as src:
             names = src.namelist()
             old_info = next(n.split("/")[0] for n in names
                             if n.split("/")[0].endswith(".dist-info") and n.endswith("/METADATA"))
             new_info = f"{dist}-{new_version}.dist-info"
 
-            def put(arcname: str, data: bytes, mode: int | None = None) -> None:
-                zi = zipfile.ZipInfo(arcname, date_time=(2020, 1, 1, 0, 0, 0))
-                zi.compress_type = zipfile.ZIP_DEFLATED
-                zi.external_attr = ((mode if mode is not None else 0o644) & 0xFFFF) << 16
-                dst.writestr(zi, data)
-                records.append((arcname, record_hash(data), str(len(data))))
+            def put(arcname: str, read: Callable[[], bytes], mode: int) -> None:
+                data = read()
+                # Only "executable or not" survives: the builder's umask is no input.
+                members[arcname] = (read, 0o755 if mode & 0o111 else 0o644,
+                                    (arcname, record_hash(data), str(len(data))))
 
             for item in src.infolist():
                 if item.is_dir():
@@ -158,30 +203,39 @@ def rewrite_wheel(
                     if rest in ("RECORD", "RECORD.jws", "RECORD.p7s", MANIFEST_NAME):
                         continue
                     name = f"{new_info}/{rest}"
-                data = src.read(item)
+                mode = item.external_attr >> 16
                 if name == f"{new_info}/METADATA":
-                    text = _set_header(data.decode("utf-8"), "Version", new_version)
-                    data = _rewrite_requirements(text, pins).encode("utf-8")
+                    text = _set_header(src.read(item).decode("utf-8"), "Version", new_version)
+                    put(name, _const(_rewrite_requirements(text, pins).encode("utf-8")), mode)
                 elif name == f"{new_info}/WHEEL" and platform_tag:
-                    text = data.decode("utf-8")
+                    text = src.read(item).decode("utf-8")
                     text = re.sub(r"^Tag: .*\n", "", text, flags=re.MULTILINE)
                     text = _set_header(text, "Root-Is-Purelib", "false")
                     text = text.rstrip("\n") + f"\nTag: {tags}\n"
-                    data = text.encode("utf-8")
-                put(name, data, item.external_attr >> 16 or None)
-            for arcname, path in sorted((add_files or {}).items()):
-                put(arcname, path.read_bytes(), path.stat().st_mode & 0o777)
+                    put(name, _const(text.encode("utf-8")), mode)
+                else:
+                    put(name, functools.partial(src.read, item), mode)
+            for arcname, path in (add_files or {}).items():
+                put(arcname, path.read_bytes, path.stat().st_mode)
             put(f"{new_info}/{MANIFEST_NAME}",
-                (json.dumps({"schema_version": MANIFEST_SCHEMA_VERSION, **manifest}, indent=2,
-                            sort_keys=True) + "\n").encode())
+                _const((json.dumps({**manifest, "schema_version": MANIFEST_SCHEMA_VERSION},
+                                   indent=2, sort_keys=True) + "\n").encode()), 0o644)
+            ordered = sorted(members, key=_member_order)
+            record_name = f"{new_info}/RECORD"
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")
-            writer.writerows(records)
-            writer.writerow((f"{new_info}/RECORD", "", ""))
-            zi = zipfile.ZipInfo(f"{new_info}/RECORD", date_time=(2020, 1, 1, 0, 0, 0))
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            zi.external_attr = 0o644 << 16
-            dst.writestr(zi, buf.getvalue())
+            writer.writerows(members[n][2] for n in ordered)
+            writer.writerow((record_name, "", ""))
+            members[record_name] = (_const(buf.getvalue().encode()), 0o644, ("", "", ""))
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+                for arcname in [*ordered, record_name]:
+                    read, mode, _row = members[arcname]
+                    zi = zipfile.ZipInfo(arcname, date_time=date_time)
+                    zi.compress_type = zipfile.ZIP_DEFLATED
+                    # Unix, whatever host writes it: external_attr holds a Unix mode.
+                    zi.create_system = 3
+                    zi.external_attr = mode << 16
+                    dst.writestr(zi, read())
     except BaseException:
         remove(tmp)
         raise

@@ -3,7 +3,13 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from vllm_wheels.wheelmeta import read_manifest, requires_dist, rewrite_wheel, verify_record
+from vllm_wheels.wheelmeta import (
+    MANIFEST_SCHEMA_VERSION,
+    read_manifest,
+    requires_dist,
+    rewrite_wheel,
+    verify_record,
+)
 
 
 def make_wheel(tmp_path: Path) -> Path:
@@ -35,7 +41,7 @@ def test_rewrite_labels_pins_and_records(tmp_path: Path) -> None:
     assert "torch==2.9.0" in reqs and "numpy" in reqs
     assert 'flashinfer-python==0.5.2+cu128.sm120 ; platform_system == "Linux"' in reqs
     manifest = read_manifest(out)
-    assert manifest is not None and manifest["schema_version"] == 1
+    assert manifest is not None and manifest["schema_version"] == MANIFEST_SCHEMA_VERSION == 2
     with zipfile.ZipFile(out) as zf:
         names = zf.namelist()
         meta = zf.read("demo_pkg-1.2.3+cu128.torch290.sm120.dist-info/METADATA").decode()

@@ -437,7 +437,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
         torch=torch_pin, cuda_toolkit=toolkit, packages=tuple(new_packages))
     # Lines starting "trial: " are dropped by the promotion commands; the last one stays.
     header = [f"trial: written by `vllm-wheels trial vllm=={request.vllm}` from "
-              f"{_rel(stack.path, repo_root)} ({time.strftime('%Y-%m-%d')}); every pin was "
+              f"{_rel(stack.path, repo_root)}; every pin was "
               "read from the candidate's own source.",
               f"trial: {decision.message}"[:400],
               f"From the upgrade trial vllm {vllm_spec.source.version} -> {request.vllm}; report: "

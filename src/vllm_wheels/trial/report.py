@@ -19,6 +19,7 @@ REPORT_SCHEMA_VERSION = 1
 PATCH_STATUS = {"applies": "applies cleanly",
                 "already-applied": "already upstream (reverse-applies)",
                 "conflicts": "CONFLICTS"}
+EARLIER_RUN = "(from an earlier run of this trial)"
 
 
 def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
@@ -31,7 +32,7 @@ def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
             entry = result.to_dict()
             if name not in requested and not result.reused:
                 entry["detail"] = (entry["detail"] + " " if entry["detail"] else "") + \
-                    "(from an earlier run of this trial)"
+                    EARLIER_RUN
         elif name == "throughput" and not gpu:
             entry = StageResult(name, "not-run", detail=NO_GPU).to_dict()
         else:
@@ -175,8 +176,50 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_report(report: Mapping[str, Any], markdown_path: Path, json_path: Path) -> None:
-    """Both files, each written to a temporary sibling and renamed."""
-    for path, text in ((json_path, json.dumps(report, indent=2, default=str) + "\n"),
-                       (markdown_path, render_markdown(report))):
-        write_atomic(path, text)
+# What changes from run to run of the same trial without the trial changing: when it ran,
+# how long it took, this run's log, whether the plan was reused, and paths on this host
+# (the cache, the checkout). The reports are tracked in git, so a re-run that differs only
+# here leaves them untouched.
+VOLATILE_TRIAL_KEYS = ("state", "state_file", "report_markdown", "report_json", "plan_seconds")
+VOLATILE_STAGE_KEYS = ("seconds", "finished", "reused", "log", "command", "outputs")
+
+
+def _without_volatile(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        out = {k: _without_volatile(v) for k, v in value.items()
+               if k not in ("generated", "tree")}
+        if isinstance(out.get("trial"), dict):
+            out["trial"] = {k: v for k, v in out["trial"].items()
+                            if k not in VOLATILE_TRIAL_KEYS}
+        if isinstance(out.get("stages"), list):
+            out["stages"] = [
+                {k: (v.replace(" " + EARLIER_RUN, "").replace(EARLIER_RUN, "")
+                     if k == "detail" and isinstance(v, str) else v)
+                 for k, v in st.items() if k not in VOLATILE_STAGE_KEYS}
+                if isinstance(st, dict) else st for st in out["stages"]]
+        return out
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
+def same_trial(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """The two reports say the same, apart from VOLATILE_* (and dates, durations, paths)."""
+    return bool(_without_volatile(old) == _without_volatile(new))
+
+
+def write_report(report: Mapping[str, Any], markdown_path: Path, json_path: Path) -> bool:
+    """Both files, each written to a temporary sibling and renamed; neither is rewritten
+    when the saved report says the same (`same_trial`), so a trial of unchanged inputs
+    leaves the tracked files as they were. True when written."""
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    if markdown_path.is_file() and json_path.is_file():
+        try:
+            saved = json.loads(json_path.read_text(encoding="utf-8"))
+        except ValueError:
+            saved = None
+        if saved is not None and same_trial(saved, json.loads(text)):
+            return False
+    for path, body in ((json_path, text), (markdown_path, render_markdown(report))):
+        write_atomic(path, body)
+    return True

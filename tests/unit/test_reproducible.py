@@ -1,0 +1,241 @@
+"""Reproducible wheels without a CUDA build: the zip writer (order, timestamps, modes,
+SOURCE_DATE_EPOCH), the compiler path prefix maps with the real gcc, the member-level
+comparison of build_wheels --verify-reproducible, and its exit code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vllm_wheels import builders, errors, reproduce
+from vllm_wheels.cache import Cache
+from vllm_wheels.log import Reporter
+from vllm_wheels.stack import load_stack
+from vllm_wheels.toolchain import CompileCache, Parallelism
+from vllm_wheels.wheelmeta import rewrite_wheel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def raw_wheel(where: Path, *, reverse: bool, date: tuple[int, int, int, int, int, int],
+              umask_mode: int) -> Path:
+    """The same wheel as two builds' setuptools could write it: members in filesystem
+    order (reversed here), with the build's wall clock and the builder's umask."""
+    where.mkdir(parents=True)
+    path = where / "demo_pkg-1.0-cp311-cp311-linux_x86_64.whl"
+    members = [("demo_pkg/__init__.py", b"x = 1\n", umask_mode),
+               ("demo_pkg/_C.so", b"\x7fELF not really", umask_mode | 0o111),
+               ("demo_pkg/zeta.py", b"", umask_mode),
+               ("demo_pkg-1.0.dist-info/METADATA",
+                b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n", umask_mode),
+               ("demo_pkg-1.0.dist-info/WHEEL",
+                b"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: cp311-cp311-linux_x86_64\n",
+                umask_mode),
+               ("demo_pkg-1.0.dist-info/RECORD", b"", umask_mode)]
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data, mode in (reversed(members) if reverse else members):
+            info = zipfile.ZipInfo(name, date_time=date)
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def rewrite(raw: Path, out: Path, extra: Path) -> Path:
+    return rewrite_wheel(raw, out, label="cu130.torch2141.sm120", pins={"torch": "==2.14.1"},
+                         manifest={"package": "demo-pkg", "stack": {"digest": "abc"}},
+                         add_files={"demo_pkg/data/aot/k.so": extra})
+
+
+def test_same_contents_give_byte_identical_wheels(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    extra_a, extra_b = tmp_path / "a.so", tmp_path / "b.so"
+    for extra, mode in ((extra_a, 0o775), (extra_b, 0o755)):
+        extra.write_bytes(b"\x7fELF kernel")
+        extra.chmod(mode)
+    first = rewrite(raw_wheel(tmp_path / "raw1", reverse=False, date=(2026, 1, 2, 3, 4, 6),
+                              umask_mode=0o644), tmp_path / "out1", extra_a)
+    second = rewrite(raw_wheel(tmp_path / "raw2", reverse=True, date=(2026, 5, 6, 7, 8, 10),
+                               umask_mode=0o664), tmp_path / "out2", extra_b)
+    assert first.name == second.name
+    assert first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(first) as zf:
+        infos = zf.infolist()
+    names = [i.filename for i in infos]
+    # Package files sorted, then .dist-info sorted, RECORD last; one timestamp (1980-01-01).
+    assert names[:4] == ["demo_pkg/_C.so", "demo_pkg/__init__.py", "demo_pkg/data/aot/k.so",
+                         "demo_pkg/zeta.py"]
+    assert names[-1].endswith(".dist-info/RECORD")
+    assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    modes = {i.filename: i.external_attr >> 16 for i in infos}
+    assert modes["demo_pkg/_C.so"] == modes["demo_pkg/data/aot/k.so"] == 0o755
+    assert modes["demo_pkg/__init__.py"] == 0o644
+
+
+def test_source_date_epoch_sets_every_member_time(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = tmp_path / "k.so"
+    extra.write_bytes(b"x")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 22:13:20 UTC
+    out = rewrite(raw_wheel(tmp_path / "raw", reverse=False, date=(2026, 1, 1, 0, 0, 0),
+                            umask_mode=0o644), tmp_path / "out", extra)
+    with zipfile.ZipFile(out) as zf:
+        assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(errors.ConfigError, match="SOURCE_DATE_EPOCH"):
+        rewrite(raw_wheel(tmp_path / "raw2", reverse=False, date=(2026, 1, 1, 0, 0, 0),
+                          umask_mode=0o644), tmp_path / "out2", extra)
+
+
+def context(tree: Path, cache_root: Path) -> builders.BuildContext:
+    stack = load_stack(REPO / "build" / "stacks" / "ci-cuda13.toml")
+    spec = next(p for p in stack.packages if p.name == "tiny-cuda-ext")
+    return builders.BuildContext(
+        stack=stack, spec=replace(spec, env={}), tree=tree, venv_path=cache_root / "venvs" / "v",
+        cuda_home=cache_root / "cuda-home" / "v", nvcc_release="13.0",
+        parallelism=Parallelism(1, 1, 1, 8.0, "test"),
+        compile_cache=CompileCache("none", None, None), staging=cache_root / "staging",
+        repo_root=REPO, cache_root=cache_root)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_prefix_maps_keep_build_paths_out_of_real_gcc_objects(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same source compiled by the real gcc in two cache directories (as two builders
+    would), with -g and an assert's __FILE__, using the CFLAGS the build steps get."""
+    for var in ("CFLAGS", "CXXFLAGS", "NVCC_APPEND_FLAGS", "CUDAFLAGS", "SOURCE_DATE_EPOCH"):
+        monkeypatch.delenv(var, raising=False)
+    objects = []
+    for name in ("builder-one", "second-builder-cache"):
+        cache_root = tmp_path / name
+        tree = cache_root / "src" / "tiny-cuda-ext-0.1.0-0123456789ab"
+        (tree / "csrc").mkdir(parents=True)
+        (tree / "csrc" / "k.c").write_text(
+            '#include <assert.h>\nconst char *where(void) { return __FILE__; }\n'
+            'int f(int x) { assert(x > 0); return x + 1; }\n')
+        env = context(tree, cache_root).base_env()
+        obj = tree / "k.o"
+        flags = str(env.get("CFLAGS") or "").split()
+        subprocess.run(["gcc", "-g", "-O2", *flags, "-c", str(tree / "csrc" / "k.c"), "-o",
+                        str(obj)], cwd=tree, check=True)
+        data = obj.read_bytes()
+        assert str(cache_root).encode() not in data
+        assert b"/src/tiny-cuda-ext/csrc/k.c" in data
+        objects.append(data)
+    assert objects[0] == objects[1]
+    # nvcc gets the same maps for its host compiler (read by nvcc itself, so torch's
+    # cpp_extension, FlashInfer's AOT ninja files and CMake all pass them on).
+    assert f"-Xcompiler=-ffile-prefix-map={tree}=/src/tiny-cuda-ext" in \
+        str(env.get("NVCC_APPEND_FLAGS"))
+    assert env["SOURCE_DATE_EPOCH"] == builders.DEFAULT_SOURCE_DATE_EPOCH
+
+
+def make_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def test_differing_members_are_named_with_the_reason(tmp_path: Path) -> None:
+    name = "demo-1.0-py3-none-any.whl"
+    build_a, build_b = tmp_path / "cache-a", tmp_path / "cache-b"
+    common = {"demo/__init__.py": b"", "demo/same.so": b"\x7fELF same"}
+    first = make_wheel(tmp_path / "a" / name, {
+        **common, "demo/_C.so": b"\x7fELF " + str(build_a / "src/x.cu").encode(),
+        "demo-1.0.dist-info/vllm_wheels_build.json": b'{"build": {"seconds": 1.0}, "x": 1}',
+        "demo/kernel.so": b"\x7fELF 1"})
+    second = make_wheel(tmp_path / "b" / name, {
+        **common, "demo/_C.so": b"\x7fELF " + str(build_b / "src/x.cu").encode(),
+        "demo-1.0.dist-info/vllm_wheels_build.json": b'{"build": {"seconds": 2.5}, "x": 1}',
+        "demo/kernel.so": b"\x7fELF 2"})
+    diffs = {d.name: d.why for d in reproduce.compare_wheels(first, second, (build_a, build_b))}
+    assert set(diffs) == {"demo/_C.so", "demo-1.0.dist-info/vllm_wheels_build.json",
+                          "demo/kernel.so"}
+    assert "build path" in diffs["demo/_C.so"] and str(build_a) in diffs["demo/_C.so"]
+    assert diffs["demo-1.0.dist-info/vllm_wheels_build.json"] == "JSON fields differ: build.seconds"
+    assert "contents differ" in diffs["demo/kernel.so"]
+    identical = make_wheel(tmp_path / "c" / name, {
+        **common, "demo/_C.so": b"\x7fELF " + str(build_a / "src/x.cu").encode(),
+        "demo-1.0.dist-info/vllm_wheels_build.json": b'{"build": {"seconds": 1.0}, "x": 1}',
+        "demo/kernel.so": b"\x7fELF 1"})
+    assert reproduce.compare_wheels(first, identical) == []
+
+    reporter = Reporter(tmp_path / "log.txt")
+    try:
+        with pytest.raises(errors.NotReproducibleError) as caught:
+            reproduce.compare_outputs({name: first}, {name: second}, (build_a, build_b),
+                                      reporter)
+        reproduce.compare_outputs({name: first}, {name: identical}, (), reporter)
+    finally:
+        reporter.close()
+    assert caught.value.exit_code == errors.EXIT_CODES["not reproducible"] == 14
+    text = caught.value.render()
+    assert "demo/_C.so" in text and "demo/kernel.so" in text and "diffoscope" in text
+
+
+def test_second_cache_shares_inputs_only(tmp_path: Path) -> None:
+    first = Cache(tmp_path / "cache")
+    (first.downloads / "sha256").mkdir(parents=True)
+    stale = first.root / "reproduce" / "src" / "old-tree"
+    stale.mkdir(parents=True)
+    second = reproduce.second_cache(first)
+    assert second.root == first.root / "reproduce"
+    assert not stale.exists()  # clean build trees every time
+    assert (second.downloads / "sha256").is_dir() and second.downloads.is_symlink()
+    assert not second.sources.exists() and not second.staging.exists()
+
+
+def test_trial_report_rerun_with_unchanged_inputs_leaves_the_files(tmp_path: Path) -> None:
+    """The recorded trial report (verify/trials/), re-written as a re-run would write it:
+    other date, duration, host paths, reuse flag: the tracked files keep their bytes. A real
+    change (another pin) is written."""
+    import json
+
+    from vllm_wheels.trial.report import write_report
+
+    recorded = json.loads((REPO / "verify" / "trials" / "trial-vllm-0.12.0.json").read_text())
+    md, js = tmp_path / "trial.md", tmp_path / "trial.json"
+    assert write_report(recorded, md, js)
+    before = (md.read_bytes(), js.read_bytes())
+    rerun = json.loads(json.dumps(recorded).replace("/root/.cache/vllm-wheels", "/home/b/c"))
+    rerun["generated"] = "2031-01-01T00:00:00+0000"
+    rerun["trial"].update(state="continuing the saved trial (done: plan)", plan_seconds=99.0,
+                          report_json="/elsewhere/trial.json")
+    rerun["stages"][0].update(seconds=99.0, reused=True, log="/home/b/c/logs/x.log")
+    assert rerun != recorded
+    assert not write_report(rerun, md, js)
+    assert (md.read_bytes(), js.read_bytes()) == before
+    rerun["pins"][0]["candidate"] = "9.9.9"
+    assert write_report(rerun, md, js)
+    assert js.read_bytes() != before[1] and "9.9.9" in js.read_text()
+
+
+def test_nvcc_launcher_names_the_source_by_its_mapped_path(tmp_path: Path) -> None:
+    """helpers/nvcc_source_path.py in front of a stand-in for nvcc (a Python that prints
+    its arguments; nvcc itself is measured by the CI build test): the same source in two
+    cache directories gets the same --orig_src_path_name for cudafe++ and cicc."""
+    import json
+    import os
+    import sys
+
+    seen = []
+    for name in ("one", "second-cache"):
+        tree = tmp_path / name / "src" / "pkg"
+        tree.mkdir(parents=True)
+        (tree / "k.cu").write_text("__global__ void k() {}\n")
+        env = {**os.environ, "VLLM_WHEELS_PREFIX_MAP": json.dumps(
+            [[str(tmp_path / name), "/cache"], [str(tree), "/src/pkg"]])}
+        out = subprocess.run(
+            [sys.executable, str(builders.HELPERS / "nvcc_source_path.py"), sys.executable,
+             "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", "-c", "k.cu"],
+            cwd=tree, env=env, text=True, capture_output=True, check=True).stdout
+        seen.append(json.loads(out))
+    assert seen[0] == seen[1] == ["-c", "k.cu", "-Xcudafe=--orig_src_path_name=/src/pkg/k.cu",
+                                  "-Xcicc=--orig_src_path_name=/src/pkg/k.cu"]
