@@ -173,6 +173,25 @@ def test_launcher_measures_a_real_compile_and_keeps_its_exit_status(tmp_path: Pa
     assert second["exit"] == 1
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_launcher_reads_the_unit_behind_the_source_path_launcher(tmp_path: Path) -> None:
+    """The chain the builders use for nvcc: measurement, then the reproducibility launcher
+    (`python nvcc_source_path.py`), then the compiler. The unit is the compiler's."""
+    from vllm_wheels import builders
+
+    src = tmp_path / "unit.c"
+    src.write_text("int f(int x) { return x + 1; }\n")
+    log = tmp_path / "units.jsonl"
+    chain = [*LAUNCHER, sys.executable, str(builders.HELPERS / "nvcc_source_path.py"), "gcc"]
+    done = subprocess.run([*chain, "-c", str(src), "-o", str(tmp_path / "u.o")],
+                          env={**os.environ, telemetry.ENV: str(log)}, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    unit = json.loads(log.read_text())
+    assert unit["compiler"] == "gcc" and unit["source"] == str(src), unit
+    assert unit["output"] == str(tmp_path / "u.o") and unit["cpu_s"] > 0
+
+
 def test_launcher_without_the_variable_runs_the_command_unchanged() -> None:
     env = {k: v for k, v in os.environ.items() if k != telemetry.ENV}
     out = subprocess.run([*LAUNCHER, "sh", "-c", "echo $0; exit 3", "passed"], env=env,

@@ -186,17 +186,23 @@ def main(argv: list[str]) -> int:
     path = os.environ.get(ENV)
     if not path:
         os.execvp(argv[0], argv)
-    tool = Path(argv[0]).name
-    cache_tool = tool if tool in ("ccache", "sccache") and len(argv) > 1 else None
-    compiler = argv[1] if cache_tool else argv[0]
-    source, output = unit_of(argv[2:] if cache_tool else argv[1:])
+    # Another launcher may sit between this one and the compile cache: the reproducibility
+    # launcher (`python .../nvcc_source_path.py sccache nvcc ...`). The whole command runs;
+    # the unit's cache and compiler are read from behind it.
+    inner = argv
+    while len(inner) > 2 and Path(inner[1]).name == "nvcc_source_path.py":
+        inner = inner[2:]
+    tool = Path(inner[0]).name
+    cache_tool = tool if tool in ("ccache", "sccache") and len(inner) > 1 else None
+    compiler = inner[1] if cache_tool else inner[0]
+    source, output = unit_of(inner[2:] if cache_tool else inner[1:])
     env = dict(os.environ)
     statslog = None
     if cache_tool == "ccache":
         fd, statslog = tempfile.mkstemp(prefix="vllm-wheels-ccache-", suffix=".log")
         os.close(fd)
         env["CCACHE_STATSLOG"] = statslog
-    before = _sccache_counts(argv[0]) if cache_tool == "sccache" else None
+    before = _sccache_counts(inner[0]) if cache_tool == "sccache" else None
     stem = (Path(source).stem + ".").encode() if source else None
 
     started_at = time.time()
@@ -224,7 +230,7 @@ def main(argv: list[str]) -> int:
     if statslog:
         cache = _ccache_result(statslog)
         Path(statslog).unlink()
-    after = _sccache_counts(argv[0]) if before is not None else None
+    after = _sccache_counts(inner[0]) if before is not None else None
     delta = None
     if before is not None and after is not None:
         delta = {"hits": after[0] - before[0], "misses": after[1] - before[1]}
