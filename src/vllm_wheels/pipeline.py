@@ -727,8 +727,14 @@ def _manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
                    "commit": prep.fetched.commit},
         "patches": [{"name": p.name, "sha256": p.sha256} for p in prep.patches],
         "stripped_torch_pins": [f"{s.file}: {s.line}" for s in prep.stripped_pins],
+        # The tree hash names exactly the files the build read from each external (the same
+        # digest a bundle's lock records), wherever they lay on the builder.
         "externals": [{"name": e.source.name, "url": e.source.url, "ref": e.source.ref,
-                       "commit": e.commit, "origin": e.origin} for e in prep.externals],
+                       "commit": e.commit, "origin": e.origin,
+                       "tree_sha256": bundle.tree_digest(e.directory,
+                                                         bundle.USED_PATHS.get(e.source.name))
+                       if e.directory is not None and e.directory.is_dir() else None}
+                      for e in prep.externals],
         "runtime_pins": pin_map,
         "built_with": {name: wheelmeta.wheel_info(w.path).version for name, w in built.items()},
         "target": {"machine": platform.machine(), "system": platform.system()},
