@@ -394,7 +394,10 @@ def assemble_pip_cuda_home(venv: BuildVenv, dest: Path, reporter: Reporter) -> P
         raise ToolchainError(f"the cuda-toolkit wheels did not install nvcc under {root}",
                              fix="check [cuda_toolkit] pip_version")
     marker = dest / ".vllm-wheels-cuda-home"
-    if marker.exists() and marker.read_text().strip() == str(root):
+    # The layout version: a CUDA home assembled before the driver stub defined the driver
+    # API (layout 1) is made again.
+    stamp = f"{root}\nlayout 2"
+    if marker.exists() and marker.read_text().strip() == stamp:
         return dest
     tmp = temp_sibling(dest)
     remove(tmp)
@@ -414,17 +417,44 @@ def assemble_pip_cuda_home(venv: BuildVenv, dest: Path, reporter: Reporter) -> P
         if m and not (lib64 / m.group(1)).exists() and not (root / "lib" / m.group(1)).exists():
             (lib64 / m.group(1)).symlink_to(item)
     (tmp / "lib").symlink_to("lib64")
-    # No driver stub on PyPI: an empty library with the driver's soname satisfies
-    # CMake's CUDA::cuda_driver target; the real driver is used at run time.
+    # No driver stub on PyPI: build one with the driver's soname that defines every driver
+    # API function cuda.h declares (the real driver is used at run time). It must define
+    # them: a stub without symbols is dropped by the linker under --as-needed (torch's link
+    # lines turn it on), and vLLM 0.20's _C and cumem_allocator then lose their
+    # DT_NEEDED libcuda.so.1 and fail at import with `undefined symbol:
+    # cuGetProcAddress_v2` on every GPU host (measured: verify/results/2026-11-29-h200-e2e).
     stubs = lib64 / "stubs"
     stubs.mkdir()
-    empty = stubs / "empty.c"
-    empty.write_text("/* libcuda stub for linking only */\n")
-    run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", stubs / "libcuda.so", empty],
-        reporter=reporter, error_cls=ToolchainError, what="build the libcuda link stub")
-    (tmp / ".vllm-wheels-cuda-home").write_text(str(root) + "\n")
+    source = stubs / "libcuda_stub.c"
+    source.write_text(driver_stub_source((root / "include" / "cuda.h").read_text(
+        encoding="utf-8", errors="replace")))
+    run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", stubs / "libcuda.so",
+         source], reporter=reporter, error_cls=ToolchainError,
+        what="build the libcuda link stub")
+    (tmp / ".vllm-wheels-cuda-home").write_text(stamp + "\n")
     publish_dir(tmp, dest)
     return dest
+
+
+_DRIVER_DECL = re.compile(r"CUDAAPI\s+(cu[A-Za-z0-9_]+)\s*\(")
+_DRIVER_ALIAS = re.compile(r"^\s*#\s*define\s+(cu[A-Za-z0-9_]+)\s+(\S+)", re.MULTILINE)
+_DRIVER_PER_THREAD = re.compile(r"__CUDA_API_(PTDS|PTSZ)\((cu[A-Za-z0-9_]+)\)")
+
+
+def driver_stub_source(cuda_h: str) -> str:
+    """C source of a link stub for libcuda.so.1: one empty function for every driver API
+    name cuda.h can make an object reference: the declared names, the versioned names its
+    macros map them to (cuGetProcAddress -> cuGetProcAddress_v2) and the per-thread
+    variants (_ptds, _ptsz). Never called: the real driver is loaded at run time."""
+    names = set(_DRIVER_DECL.findall(cuda_h))
+    for alias, target in _DRIVER_ALIAS.findall(cuda_h):
+        names.add(alias)
+        if re.fullmatch(r"cu[A-Za-z0-9_]+", target):
+            names.add(target)
+    for kind, name in _DRIVER_PER_THREAD.findall(cuda_h):
+        names.add(f"{name}_{kind.lower()}")
+    body = "".join(f"void {n}(void) {{}}\n" for n in sorted(names))
+    return "/* libcuda.so.1 link stub made by vllm-wheels from cuda.h; never called. */\n" + body
 
 
 # --------------------------------------------------------------------- parallelism

@@ -201,3 +201,23 @@ def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, 
     table = result.stderr[result.stderr.index("Build telemetry:"):]
     assert "vllm: activation_kernels.cu" in table and "tiny-cuda-ext: kernel.cu" in table
     assert "parallel efficiency" in table and "hit rate" in table
+
+
+def test_pip_cuda_home_driver_stub_keeps_the_libcuda_dependency(built: tuple[Path, object],
+                                                                shared_cache: Path,
+                                                                tmp_path: Path) -> None:
+    """vLLM 0.20's _C links CUDA::cuda_driver (the assembled CUDA home's stubs/libcuda.so)
+    and calls the driver API directly. Torch's link lines turn --as-needed on, so a stub
+    that defines no symbols is dropped and the extension loses DT_NEEDED libcuda.so.1:
+    `undefined symbol: cuGetProcAddress_v2` at import on every GPU host (seen on an H200,
+    verify/results/2026-11-29-h200-e2e). The stub must define what cuda.h declares."""
+    stub = next((shared_cache / "cuda-home").glob("py3.11-torch2.14.1-cu130-*/lib64/stubs/libcuda.so"))
+    use = tmp_path / "use.c"
+    use.write_text("extern int cuGetProcAddress_v2(void); extern int cuMemCreate(void);\n"
+                   "int f(void) { return cuGetProcAddress_v2() + cuMemCreate(); }\n")
+    out = tmp_path / "use.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(use), "-Wl,--as-needed",
+                    str(stub)], check=True)
+    dynamic = subprocess.run(["readelf", "-d", str(out)], check=True, capture_output=True,
+                             text=True).stdout
+    assert "[libcuda.so.1]" in dynamic, dynamic

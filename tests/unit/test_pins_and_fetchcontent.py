@@ -37,3 +37,23 @@ def test_discover_fetchcontent_from_cmake(repo_root: Path) -> None:
     assert "oneDNN" not in found and cutlass.device == "cuda"
     cpu = discover(repo_root / "tests/fixtures/cmake_externals", "cpu")
     assert [(e.name, e.device) for e in cpu if e.name == "oneDNN"] == [("oneDNN", "cpu")]
+
+
+def test_driver_stub_defines_declared_versioned_and_per_thread_names() -> None:
+    """The libcuda link stub of a pip-assembled CUDA home defines every name an object
+    compiled against cuda.h can reference (see toolchain.driver_stub_source)."""
+    from vllm_wheels.toolchain import driver_stub_source
+
+    cuda_h = """
+#define cuGetProcAddress cuGetProcAddress_v2
+#define cuMemcpy __CUDA_API_PTDS(cuMemcpy)
+#define cuStreamQuery __CUDA_API_PTSZ(cuStreamQuery)
+CUresult CUDAAPI cuInit(unsigned int Flags);
+CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int v, cuuint64_t f);
+CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size);
+"""
+    source = driver_stub_source(cuda_h)
+    for name in ("cuInit", "cuGetProcAddress_v2", "cuMemCreate", "cuMemcpy_ptds",
+                 "cuStreamQuery_ptsz"):
+        assert f"void {name}(void) {{}}" in source, name
+    assert "CUDAAPI" not in source and "__CUDA_API" not in source
