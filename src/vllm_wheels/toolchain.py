@@ -147,17 +147,10 @@ def find_python(version: str) -> Path | None:
     if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         base = getattr(sys, "_base_executable", sys.executable)
         return Path(base)
-    for name in (f"python{version}",):
-        found = shutil.which(name)
-        if found:
-            # pyenv and similar shims exist for versions that are not installed: ask.
-            try:
-                out = capture([found, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                              timeout=30)
-            except ToolchainError:
-                continue
-            if out.strip() == version:
-                return Path(found)
+    found = shutil.which(f"python{version}")
+    # pyenv and similar shims exist for versions that are not installed: ask.
+    if found and python_version(Path(found)) == version:
+        return Path(found)
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ class CiBuild:
     build_python: Path  # the build venv's interpreter (torch 2.14.1+cu130)
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """`python -m vllm_wheels ARGS` in cwd; env: changes to this process's environment."""
     return subprocess.run([sys.executable, "-m", "vllm_wheels", *args], cwd=cwd, text=True,
-                          capture_output=True, check=False)
+                          capture_output=True, check=False,
+                          env={**os.environ, **env} if env else None)
 
 
 def make_wheel(dest: Path, name: str, version: str, tag: str, files: dict[str, bytes],

@@ -13,11 +13,9 @@ import difflib
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from vllm_wheels import pipeline
 from vllm_wheels.cache import Cache
 from vllm_wheels.fetchcontent import TRACE_FILENAME, discover, read_trace
 from vllm_wheels.log import Reporter
+from vllm_wheels.sources import sha256_file
 from vllm_wheels.stack import load_stack
 
 pytestmark = [pytest.mark.network, pytest.mark.compile]
@@ -48,9 +47,7 @@ NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "vllm_wheels", *args], cwd=cwd, text=True,
-                            capture_output=True, check=False,
-                            env={**os.environ, **(env or {})})
+    result = cli(*args, cwd=cwd, env=env)
     print(f"[{time.monotonic() - started:.0f}s] build-wheels {' '.join(args[:2])} ...: exit "
           f"{result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return result
@@ -58,10 +55,6 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None
 
 def build_venv(ci_build: CiBuild) -> Path:
     return ci_build.build_python.parent.parent
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +93,7 @@ def test_export_locks_the_real_sources(exported: Path, repo_root: Path, shared_c
     assert files["files/build/stacks/ci-cuda13.toml"]["kind"] == "stack"
     for patch in (repo_root / "patches/vllm/0.11.2-torch2.14").iterdir():
         entry = files[f"files/patches/vllm/0.11.2-torch2.14/{patch.name}"]
-        assert entry["kind"] == "patch" and entry["sha256"] == sha256(patch)
+        assert entry["kind"] == "patch" and entry["sha256"] == sha256_file(patch)
     assert files["files/tests/fixtures/tiny_cuda_ext/setup.py"]["kind"] == "path-source"
     externals = lock["externals"]["vllm"]  # type: ignore[index]
     # The three STAND-INs as deterministic archives; CUTLASS comes from FlashInfer's sdist.
