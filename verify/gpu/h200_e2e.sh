@@ -8,13 +8,15 @@
 #   verify/gpu/h200_e2e.sh check     verify_abi with the GPU, vLLM kernel checks, install the
 #                                    wheels with the carried runtime wheels, serve one request
 #   verify/gpu/h200_e2e.sh ab NAME   verify_throughput A/A of the build on workload NAME
+#   verify/gpu/h200_e2e.sh serve-ab  verify, install, kernels, one server, A/As on it (url arms)
 #
 # What it expects in the repository copy (git-ignored, carried by the device tool):
 #   .bundle/       the source bundle: nox -s build_wheels -- --stack
 #                  build/stacks/h200-cu130-verify.toml --export-bundle .bundle
-#   .whl/tools/    nox and its dependencies, pyelftools, setuptools<81, setuptools-scm,
-#                  vcs-versioning, apache-tvm-ffi (the build venv's missing build requirements)
-#   .whl/runtime/  vLLM's runtime dependencies the machine lacks (for `check`)
+#   .whl/tools/    verify/gpu/tools-wheels.txt: nox and its dependencies, pyelftools, and the
+#                  build requirements the machine lacks (setuptools<81, setuptools-scm, ...)
+#   .whl/runtime/  verify/gpu/runtime-wheels.txt: vLLM's runtime dependencies it lacks
+#   (both downloaded by verify/gpu/fetch_wheels.sh; each fits one 64 MiB carry)
 # Evidence goes to $OUT/<stage>.tar.gz (logs, JSON reports) and the last lines of output.
 set -uo pipefail
 STAGE=${1:?stage: build | wait | check | ab NAME}
@@ -111,12 +113,17 @@ case "$STAGE" in
 build)
   machine_facts
   say "tools: nox, pyelftools into $W/tools; build venv over the machine's torch"
+  # $W/tools is on PYTHONPATH for nox and the pipeline (and so for their children): it holds
+  # nox, its dependencies and pyelftools; the build requirements go into the build venv only.
+  BUILD_REQS='/(setuptools|setuptools_scm|vcs_versioning|apache_tvm_ffi|build|pyproject_hooks|wheel|regex|protobuf)-'
   python3 -m pip install -q --no-deps --target "$W/tools" \
-    $(ls .whl/tools/*.whl | grep -vE 'setuptools|vcs_versioning|apache_tvm|packaging') || exit 3
+    $(ls .whl/tools/*.whl | grep -vE "$BUILD_REQS") || exit 3
   python3 -m venv --system-site-packages "$W/bv"
   machine_site_pth "$W/bv"
-  "$W/bv/bin/python" -m pip install -q --no-deps .whl/tools/setuptools-80*.whl \
-    .whl/tools/setuptools_scm-*.whl .whl/tools/vcs_versioning-*.whl .whl/tools/apache_tvm_ffi-*.whl || exit 3
+  # vLLM's requirements/build/cuda.txt and FlashInfer's build-system that the machine lacks
+  # or has in other versions (setuptools 81; vcs-versioning needs packaging>=26.2).
+  "$W/bv/bin/python" -m pip install -q --no-deps $(ls .whl/tools/*.whl | grep -E "$BUILD_REQS") \
+    .whl/tools/packaging-*.whl || exit 3
   # cmake and ninja are the machine's (its pip packages); the venv gets links to them.
   ln -sf "$(command -v cmake)" "$W/bv/bin/cmake"; ln -sf "$(command -v ninja)" "$W/bv/bin/ninja"
   say "starting the build, detached: nox -s build_wheels -- --bundle .bundle ..."
@@ -151,22 +158,24 @@ ab)
   finish
   ;;
 serve-ab)
-  # A second lease, with wheels built elsewhere (.e2e/wheels/, carried): install, verify,
-  # kernels, then ONE server and verify_throughput A/As as url: arms on it (the same server
-  # as both arms: vLLM's own run-to-run spread, without 10 server starts per A/A).
+  # The wheels of this lease's build ($W/wheels, the default) or wheels built elsewhere
+  # (WHEELS=.e2e/wheels, carried): verify, install, kernels, then ONE server and
+  # verify_throughput A/As as url: arms on it (the same server as both arms: vLLM's own
+  # run-to-run spread, without 10 server starts per A/A).
+  WHEELS=${WHEELS:-$W/wheels}
   EV=$W/evidence/serve-ab; mkdir -p "$EV"; machine_facts
   python3 -m pip install -q --no-deps --target "$W/tools" .whl/tools/pyelftools-*.whl || exit 3
   export PYTHONPATH=$REPO/src:$W/tools
   say "1/5 verify_abi of the carried wheels against the machine's runtime, the H200 considered"
-  python3 -m vllm_wheels verify-abi --wheels .e2e/wheels/*.whl --python "$(command -v python3)" \
+  python3 -m vllm_wheels verify-abi --wheels "$WHEELS"/*.whl --python "$(command -v python3)" \
     --json "$EV/verify-abi-h200.json" > "$EV/verify-abi-h200.txt" 2>&1
   echo "verify-abi exit $?" | tee -a "$EV/verify-abi-h200.txt"; grep -E "^  (PASS|FAIL)  (import|gpu-archs)" "$EV/verify-abi-h200.txt"
   say "2/5 runtime venv: the machine's torch + carried runtime wheels + the vLLM wheel"
   python3 -m venv --system-site-packages "$W/rv"; machine_site_pth "$W/rv"
-  # apache-tvm-ffi: vLLM 0.20.0 pins ==0.1.9, but the small xgrammar 0.2.9 carried here needs
-  # >=0.1.10 (0.1.9's load_lib_module lacks extra_lib_paths: the first lease's server died on
-  # it). The serving venv takes 0.1.15.post2; the record says so.
-  "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl .e2e/wheels/vllm-*.whl 2>&1 | tail -2
+  # verify/gpu/runtime-wheels.txt: apache-tvm-ffi 0.1.9 as vLLM pins it, with xgrammar 0.1.33.
+  # FlashInfer's wheel is left out: vLLM finds it with find_spec, and Llama on TRITON_ATTN
+  # does not use it.
+  "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl "$WHEELS"/vllm-*.whl 2>&1 | tail -2
   "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|torch|apache-tvm-ffi|xgrammar) ' | tee "$EV/installed.txt"
   say "3/5 vLLM kernels from the built _C against float64 references"
   "$W/rv/bin/python" verify/gpu/kernel_checks.py --json "$EV/kernels.json" > "$EV/kernels.txt" 2>&1
