@@ -164,7 +164,7 @@ serve-ab)
   # run-to-run spread, without 10 server starts per A/A).
   WHEELS=${WHEELS:-$W/wheels}
   EV=$W/evidence/serve-ab; mkdir -p "$EV"; machine_facts
-  python3 -m pip install -q --no-deps --target "$W/tools" .whl/tools/pyelftools-*.whl || exit 3
+  [ -d "$W/tools/elftools" ] || python3 -m pip install -q --no-deps --target "$W/tools" .whl/tools/pyelftools-*.whl || exit 3
   export PYTHONPATH=$REPO/src:$W/tools
   say "1/5 verify_abi of the carried wheels against the machine's runtime, the H200 considered"
   python3 -m vllm_wheels verify-abi --wheels "$WHEELS"/*.whl --python "$(command -v python3)" \
