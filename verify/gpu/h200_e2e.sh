@@ -105,7 +105,8 @@ do_check() {
     -d '{"model": "tiny-llama", "prompt": "abc def", "max_tokens": 32, "ignore_eos": true}' \
     | tee "$EV/completion.json"; echo
   curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' | tee "$EV/metrics.txt"
-  pkill -TERM -s "$(ps -o sid= -p "$(cat "$W/serve.pid")" | tr -d ' ')" 2>/dev/null; sleep 3
+  sid=$(ps -o sid= -p "$(cat "$W/serve.pid")" 2>/dev/null | tr -d ' ')
+  if [ -n "$sid" ]; then pkill -TERM -s "$sid"; else pkill -TERM -f "vllm serve $W/model"; fi; sleep 3
   grep -aE "attention backend|Using .*backend|Loading weights|ERROR|Error" "$EV/serve.log" | head -20
 }
 
@@ -201,8 +202,11 @@ serve-ab)
     grep -aE "CV|median|verdict|tok/s|PASS|INCONCLUSIVE|REGRESSION|inconclusive|pass" "$EV/ab-$wl.txt" | head -12
     finish
   done
-  curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' > "$EV/metrics.txt"
-  pkill -TERM -s "$(ps -o sid= -p "$(cat "$W/serve.pid")" | tr -d ' ')" 2>/dev/null; sleep 2
+  curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens|request_success|num_requests)' > "$EV/metrics.txt"
+  # An empty session id would make pkill -s match this script's own session (the second
+  # lease's script died of its own SIGTERM here, after its evidence was written).
+  sid=$(ps -o sid= -p "$(cat "$W/serve.pid")" 2>/dev/null | tr -d ' ')
+  if [ -n "$sid" ]; then pkill -TERM -s "$sid"; else pkill -TERM -f "vllm serve $W/model"; fi; sleep 2
   finish
   ;;
 *)
