@@ -1,9 +1,12 @@
 """The full production builds of vLLM 0.20.0 predicted from measured unit costs.
 
-    python verify/gpu/predict_full_build.py NINJA_LOG [--json OUT]
+    python verify/gpu/predict_full_build.py MEASURED [--json OUT]
 
-NINJA_LOG is the .ninja_log of the verification variant built on the H200 (54 units:
-everything vLLM's core builds at 9.0a except the families the variant leaves out). The
+MEASURED is what the verification variant's build on the H200 measured (everything vLLM's
+core builds at 9.0a except the families the variant leaves out): its build-telemetry.json
+(per unit: wall time and the measured peak RSS of the compiler's process tree), or, for
+builds from before the per-unit launcher, its .ninja_log (wall times only; memory then
+2.1 GB per unit, the machine peak over the jobs). The
 families left out, and the parts a 12.0 build swaps in, are added from the per-family
 costs measured on the same H200 model of machine by a plain cmake + ninja probe of the
 full 9.0a build (shared facts of the project, copied here in FAMILIES so this file stands
@@ -15,8 +18,9 @@ Model and its limits (said again in the output):
 - a unit's wall time is its measured wall time at -j16 on the H200 (contention included);
   one nvcc thread per unit; links, configure and setup.py's Python steps are not in it
   (measured: ~60 s of the 291 s+ of the variant's build);
-- memory per unit: 2.1 GB for the measured core units (33.2 GiB machine peak / 16 jobs),
-  6 GB for the CUTLASS-heavy families and flash-attention (the probe's ~100 GB at -j16);
+- memory per unit: the measured peak for the core units (build-telemetry.json: 0.07-2.9 GB,
+  median 2.5 GB; from a .ninja_log, 2.1 GB = 33.2 GiB machine peak / 16 jobs), 6 GB for
+  the CUTLASS-heavy families and flash-attention (the probe's ~100 GB at -j16);
 - 12.0: the core and Marlin units cost what they cost at 9.0a (same sources, one arch);
   FA3 (sm90 only), Machete and the sm90 CUTLASS kernels drop out; CUTLASS sm120 kernels
   and FA2 for 12.0 come in at the 9.0a per-unit averages. These 12.0 numbers are an
@@ -49,9 +53,12 @@ FAMILIES = {
 }
 
 
-def measured_units(ninja_log: Path) -> list[tuple[str, float, int]]:
+def measured_units(measured: Path) -> list[tuple[str, float, int]]:
+    if measured.suffix == ".json":
+        data = json.loads(measured.read_text())
+        return [(u["source"], float(u["wall_s"]), int(u["peak_rss_kb"])) for u in data["units"]]
     units = []
-    for line in ninja_log.read_text().splitlines():
+    for line in measured.read_text().splitlines():
         if line.startswith("#"):
             continue
         start, end, _mtime, output, _hash = line.split("\t")
@@ -59,8 +66,8 @@ def measured_units(ninja_log: Path) -> list[tuple[str, float, int]]:
     return units
 
 
-def configuration(ninja_log: Path, arch: str) -> list[tuple[str, float, int]]:
-    units = measured_units(ninja_log)
+def configuration(measured: Path, arch: str) -> list[tuple[str, float, int]]:
+    units = measured_units(measured)
     for family, (count, seconds, gb, at_90, at_120) in FAMILIES.items():
         if (arch == "9.0a" and at_90) or (arch == "12.0" and at_120):
             units += [(f"{family}#{i}", seconds / count, int(gb * GB)) for i in range(count)]
@@ -69,12 +76,12 @@ def configuration(ninja_log: Path, arch: str) -> list[tuple[str, float, int]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ninja_log", type=Path)
+    parser.add_argument("measured", type=Path, help="build-telemetry.json or .ninja_log")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     for arch in ("9.0a", "12.0"):
-        units = configuration(args.ninja_log, arch)
+        units = configuration(args.measured, arch)
         total = sum(u[1] for u in units)
         for cores, memory_gb in ((16, 128), (32, 256), (64, 512)):
             budget = memory_gb - 2
