@@ -487,12 +487,12 @@ def longest_first_manifest(build_dir: Path, objects: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recorded_objects(ctx: BuildContext, targets: str) -> list[str]:
+def recorded_objects(costs: Mapping[str, Mapping[str, float]], targets: str) -> list[str]:
     """The object targets (from `ninja -t targets all`) of the record's units, longest
     recorded wall time first; units this configuration does not compile are left out."""
     names = [line.split(":")[0] for line in targets.splitlines()]
     found: list[str] = []
-    for key in sorted(ctx.unit_costs, key=lambda k: (-float(ctx.unit_costs[k]["wall_s"]), k)):
+    for key in sorted(costs, key=lambda k: (-float(costs[k]["wall_s"]), k)):
         # CMake names an object after its source: <target>.dir/<path below the source
         # dir>.o, or the source's absolute path for one outside it (bundled externals).
         suffix = "/" + key.removeprefix("cache:") + ".o"
@@ -508,7 +508,8 @@ def longest_first_step(ctx: BuildContext, env: Mapping[str, str | None],
     manifest = build_dir / telemetry.ORDER_DIR / "order.ninja"
 
     def resolve() -> tuple[str, ...]:
-        objects = recorded_objects(ctx, capture([ninja, "-C", build_dir, "-t", "targets", "all"]))
+        listing = capture([ninja, "-C", build_dir, "-t", "targets", "all"])
+        objects = recorded_objects(ctx.unit_costs, listing)
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(longest_first_manifest(build_dir, objects), encoding="utf-8")
         last = f"{telemetry.ORDER_DIR}/{len(objects)}"
