@@ -264,12 +264,14 @@ class Prediction:
     oversized: list[str]  # units alone above the budget: each ran by itself
 
 
-def simulate(units: Sequence[tuple[str, float, int]], jobs: int, budget_kb: int) -> Prediction:
-    """List scheduling of (name, seconds, peak_kb) units: longest first, a unit starts when a
-    job slot is free and the running units' peak memory plus its own fits the budget (the
-    first one in LPT order that fits is taken). A unit larger than the whole budget runs
-    alone, or the build could never finish."""
-    pending = sorted(units, key=lambda u: (-u[1], u[0]))
+def simulate(units: Sequence[tuple[str, float, int]], jobs: int, budget_kb: int,
+             longest_first: bool = True) -> Prediction:
+    """List scheduling of (name, seconds, peak_kb) units: longest first (or in the order
+    given, e.g. the measured start order), a unit starts when a job slot is free and the
+    running units' peak memory plus its own fits the budget (the first one in that order
+    that fits is taken). A unit larger than the whole budget runs alone, or the build could
+    never finish."""
+    pending = sorted(units, key=lambda u: (-u[1], u[0])) if longest_first else list(units)
     running: list[tuple[float, int, str]] = []  # heap of (end, kb, name)
     now, used, peak = 0.0, 0, 0
     schedule: list[tuple[float, float, str]] = []
