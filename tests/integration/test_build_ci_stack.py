@@ -178,6 +178,13 @@ def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, 
     assert ext_objs
     for obj in [vllm_obj, *ext_objs]:
         obj.unlink()
+    # The first build (ci_build) left a unit cost record: this build runs from it, each unit
+    # admitted by its recorded peak (its own telemetry says what it reserved).
+    records = {r["package"]: r for r in (json.loads(p.read_text())
+                                         for p in (shared_cache / "unit-costs").glob("*.json"))}
+    recorded = records["vllm"]["units"]["csrc/quantization/activation_kernels.cu"]
+    assert recorded["wall_s"] > 0 and recorded["peak_rss_kb"] > 0
+    assert any(k.endswith("kernel.cu") for k in records["tiny-cuda-ext"]["units"])
     out = tmp_path / "wheels"
     result = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
                  str(shared_cache), "--output-dir", str(out), cwd=repo_root)
@@ -192,6 +199,12 @@ def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, 
         assert unit["compiler"] == "nvcc" and unit["exit"] == 0, unit
         assert unit["wall_s"] > 0 and unit["cpu_s"] > 0 and unit["peak_rss_kb"] > 0, unit
         assert unit["cache"] in ("hit", "miss", "unknown"), unit
+        assert unit["reserved_kb"] > 0 and unit["budget_kb"] == \
+            summary["build"]["memory_budget_kb"], unit
+    assert summary["build"]["parallelism_source"] == "record"
+    assert units[("vllm", "activation_kernels.cu")]["reserved_kb"] == recorded["peak_rss_kb"]
+    assert units[("vllm", "activation_kernels.cu")]["unit"] == \
+        "csrc/quantization/activation_kernels.cu"
     s = data["summary"]
     assert s["units"] == len(data["units"]) and s["cpu_seconds"] > 0
     assert s["parallel_efficiency"] is not None and s["peak_rss_kb"] > 0

@@ -342,3 +342,71 @@ def test_longest_first_manifest_reorders_ninja_and_the_build_reuses_the_objects(
     assert sorted(_started(tmp_path)) == ["a", "b", "c", "d"]
     # The stamps are in the log, not build outputs: telemetry leaves them out.
     assert telemetry.ninja_build(tmp_path / ".ninja_log", 0, None)["outputs"] == 5
+
+
+def test_cmake_objects_compiled_longest_first_stay_up_to_date_after_a_reconfigure(
+        tmp_path: Path) -> None:
+    """The vLLM path with the real cmake, ninja and gcc: CMake's objects found from the
+    record's keys, compiled longest first through the order manifest, then the configure
+    again with the same arguments (as setup.py does) and the normal build: it compiles
+    only the unit the record did not list, and links."""
+    bindir = Path(sys.executable).parent
+    cmake = shutil.which("cmake", path=str(bindir)) or shutil.which("cmake")
+    ninja = shutil.which("ninja", path=str(bindir)) or shutil.which("ninja")
+    if not (cmake and ninja and shutil.which("gcc")):
+        pytest.skip("needs cmake, ninja (the test extra) and gcc")
+    version = subprocess.run([ninja, "--version"], text=True, capture_output=True,
+                             check=True).stdout
+    if tuple(int(x) for x in version.split(".")[:2]) < (1, 12):
+        pytest.skip(f"ninja {version.strip()}: no critical-path scheduling before 1.12")
+    src, build = tmp_path / "src", tmp_path / "build"
+    (src / "k").mkdir(parents=True)
+    for name in "abcd":
+        (src / "k" / f"{name}.c").write_text(f"int f_{name}(int x) {{ return x + 1; }}\n")
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.20)\nproject(t C)\n"
+        "add_library(t SHARED k/a.c k/b.c k/c.c k/d.c)\n")
+    configure = [cmake, "-S", str(src), "-B", str(build), "-G", "Ninja",
+                 f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
+                 "-DCMAKE_JOB_POOL_COMPILE:STRING=compile", "-DCMAKE_JOB_POOLS:STRING=compile=2"]
+    subprocess.run(configure, check=True, capture_output=True)
+    costs = {"k/a.c": {"wall_s": 3}, "k/c.c": {"wall_s": 300}, "k/d.c": {"wall_s": 60}}
+    targets = subprocess.run([ninja, "-C", str(build), "-t", "targets", "all"], text=True,
+                             capture_output=True, check=True).stdout
+    objects = builders.recorded_objects(costs, targets)
+    assert [Path(o).name for o in objects] == ["c.c.o", "d.c.o", "a.c.o"]
+    manifest = build / telemetry.ORDER_DIR / "order.ninja"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(builders.longest_first_manifest(build, objects))
+    subprocess.run([ninja, "-C", str(build), "-f", str(manifest), "-j1",
+                    f"{telemetry.ORDER_DIR}/3"], check=True, capture_output=True)
+    log = build / ".ninja_log"
+    first = sorted(telemetry.parse_ninja_log(log.read_text()), key=lambda e: e.start_ms)
+    assert [Path(e.output).name for e in first if e.output.endswith(".o")] == \
+        ["c.c.o", "d.c.o", "a.c.o"]
+    offset = log.stat().st_size
+    subprocess.run(configure, check=True, capture_output=True)
+    subprocess.run([cmake, "--build", str(build)], check=True, capture_output=True)
+    again = [Path(e.output).name
+             for e in telemetry.parse_ninja_log(log.read_bytes()[offset:].decode())]
+    assert "b.c.o" in again and "libt.so" in again
+    assert not {"a.c.o", "c.c.o", "d.c.o"} & set(again), again
+
+
+def test_predict_build_compares_learned_rule_and_dockerfile(tmp_path: Path) -> None:
+    """tools/predict_build.py --compare on made-up units measured longest last."""
+    units = [{"package": "p", "source": f"{n}.cu", "wall_s": s, "peak_rss_kb": GB,
+              "start": start} for n, s, start in
+             [("a", 100.0, 3), ("b", 80.0, 2), ("c", 40.0, 1), ("d", 30.0, 0)]]
+    path = tmp_path / "build-telemetry.json"
+    path.write_text(json.dumps({"schema_version": telemetry.SCHEMA_VERSION, "units": units,
+                                "jobs": 2, "summary": {}}))
+    tool = Path(__file__).resolve().parents[2] / "tools" / "predict_build.py"
+    out = subprocess.run([sys.executable, str(tool), str(path), "--compare", "4,14"],
+                         text=True, capture_output=True, check=True).stdout
+    rows = {line[2:27].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    # 4 cores, 12 GiB budget: all four at once. The rule: (14 - 2) // 6 = 2 jobs, measured
+    # order d, c, b, a: a starts at 40 s. Dockerfile defaults: one job, 250 s.
+    assert " 100.0s" in rows["learned (record)"]
+    assert " 140.0s" in rows["rule (no record)"] and "(x1.40)" in rows["rule (no record)"]
+    assert " 250.0s" in rows["dockerfile 2/8"]
