@@ -4,6 +4,7 @@ the plan's parallelism source, and the longest-first order pass with the real ni
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -104,28 +105,44 @@ def test_a_killed_holder_does_not_block_and_a_dead_pid_is_dropped(tmp_path: Path
     (tmp_path / "ledger").write_text(f"{2**22 + 7} 1 {50 * GB}\n")
     # ...and a live holder of the whole budget, then killed outright (no release).
     holder = _launch(tmp_path, "a.c", 60, budget_kb=GB, peaks=PEAKS)
-    _wait_held(tmp_path, holder)
-    waiter = _launch(tmp_path, "b.c", 0.1, budget_kb=GB, peaks=PEAKS)
-    time.sleep(1.0)
-    assert waiter.poll() is None  # waits: a.c + b.c > budget
-    compiler = [int(pid) for pid in
-                Path(f"/proc/{holder.pid}/task/{holder.pid}/children").read_text().split()]
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    waiter: subprocess.Popen[bytes] | None = None
+    compiler: list[int] = []
     try:
+        _wait_held(tmp_path, holder)
+        waiter = _launch(tmp_path, "b.c", 0.1, budget_kb=GB, peaks=PEAKS)
+        time.sleep(1.0)
+        assert waiter.poll() is None  # waits: a.c + b.c > budget
+        compiler = [int(pid) for pid in
+                    Path(f"/proc/{holder.pid}/task/{holder.pid}/children").read_text().split()]
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
         assert waiter.wait(timeout=20) == 0
         assert (tmp_path / "ledger").read_text() == ""
     finally:
+        for proc in (holder, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         for pid in compiler:  # the killed launcher's command, orphaned: end it
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_releases_the_reservation(tmp_path: Path) -> None:
     proc = _launch(tmp_path, "a.c", 60, budget_kb=GB, peaks=PEAKS)
-    _wait_held(tmp_path, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == -signal.SIGTERM
-    assert (tmp_path / "ledger").read_text() == ""
+    try:
+        _wait_held(tmp_path, proc)
+        compiler = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == -signal.SIGTERM
+        assert (tmp_path / "ledger").read_text() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in compiler if "compiler" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def test_ledger_admits_the_first_unit_even_above_the_budget(tmp_path: Path) -> None:
