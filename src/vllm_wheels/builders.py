@@ -495,10 +495,9 @@ def recorded_objects(costs: Mapping[str, Mapping[str, float]], targets: str) -> 
     for key in sorted(costs, key=lambda k: (-float(costs[k]["wall_s"]), k)):
         # CMake names an object after its source: <target>.dir/<path below the source
         # dir>.o, or the source's absolute path for one outside it (bundled externals).
+        # (one source compiled for two targets: both objects)
         suffix = "/" + key.removeprefix("cache:") + ".o"
-        match = [n for n in names if n.endswith(suffix) and n not in found]
-        if match:
-            found.append(match[0])
+        found += [n for n in names if n.endswith(suffix) and n not in found]
     return found
 
 
@@ -512,7 +511,7 @@ def longest_first_step(ctx: BuildContext, env: Mapping[str, str | None],
         objects = recorded_objects(ctx.unit_costs, listing)
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(longest_first_manifest(build_dir, objects), encoding="utf-8")
-        last = f"{telemetry.ORDER_DIR}/{len(objects)}"
+        last = f"{telemetry.ORDER_DIR}/{len(objects)}"  # needs every stamp before it
         return (str(ninja), "-C", str(build_dir), "-f", str(manifest),
                 "-j", str(ctx.parallelism.jobs), last)
 

@@ -624,7 +624,7 @@ def render_plan(plan: Plan) -> str:
         lines.append(f"    from a unit cost record: {par['unit_costs']} ("
                      + ", ".join(f"{n}: {k} unit(s)" for n, k in par["recorded_units"].items())
                      + f"); memory budget {par['memory_budget_kb'] / 1024 / 1024:.1f} GB; "
-                       "recorded units compile longest first")
+                       "vLLM compiles the recorded units longest first")
     else:
         lines.append(f"    from the {par['source']} (no unit cost record for this version and "
                      "arch list: one is written after the build)")

@@ -167,10 +167,17 @@ def test_unit_costs_are_keyed_relative_to_the_tree_and_skip_hits_and_failures() 
          "peak_rss_kb": 20, "exit": 0, "cache": "hit"},
         {"source": "/c/src/vllm-1/csrc/bad.cu", "cwd": "/", "wall_s": 1, "cpu_s": 1,
          "peak_rss_kb": 20, "exit": 1},
+        # the same source compiled for a second target: one key, the larger cost
+        {"source": "/c/src/vllm-1/csrc/a.cu", "cwd": "/", "wall_s": 7, "cpu_s": 7,
+         "peak_rss_kb": 300, "exit": 0},
     ]
     costs = telemetry.unit_costs(units, "/c/src/vllm-1", "/c")
     assert set(costs) == {"csrc/a.cu", "csrc/b.cu", "cache:externals/bundled/h/x.cpp"}
-    assert costs["csrc/a.cu"] == {"wall_s": 9.0, "cpu_s": 8.0, "peak_rss_kb": 100}
+    assert costs["csrc/a.cu"] == {"wall_s": 9.0, "cpu_s": 8.0, "peak_rss_kb": 300}
+    # ...whose objects (one per target) are both compiled in the order pass.
+    assert builders.recorded_objects(costs, "A.dir/csrc/a.cu.o: CUDA\nB.dir/csrc/a.cu.o: CUDA\n"
+                                     "A.dir/csrc/b.cu.o: CUDA\nlib.so: LINK\n") == \
+        ["A.dir/csrc/a.cu.o", "B.dir/csrc/a.cu.o", "A.dir/csrc/b.cu.o"]
 
 
 def test_merge_keeps_the_largest_peak_and_the_latest_wall(tmp_path: Path) -> None:
