@@ -22,6 +22,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
+from . import telemetry
 from .errors import BuildError, SourceError
 from .fetchcontent import (
     HEADERS_ONLY_CMAKE_ARGS,
@@ -89,6 +90,9 @@ class BuildContext:
     repo_root: Path = Path()
     cache_root: Path = Path()
     python_tag: str = field(default_factory=lambda: sys.implementation.cache_tag)
+    # The unit cost record of this package ({unit key: wall_s, cpu_s, peak_rss_kb}; see
+    # telemetry.py): peaks for the launcher's memory admission, walls for the order.
+    unit_costs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def python(self) -> Path:
@@ -105,6 +109,32 @@ class BuildContext:
     def telemetry_units(self) -> Path:
         """Where the measuring launcher appends one JSON line per compiled unit."""
         return self.staging / UNITS_FILENAME
+
+    @property
+    def unit_peaks(self) -> Path:
+        """What the launcher admits units by (helpers/measure_compile.py, UNIT_PEAKS_ENV)."""
+        return self.staging / "unit-peaks.json"
+
+    def admission_env(self) -> dict[str, str]:
+        """The launcher's memory admission: only when the parallelism came from a record
+        (without one the rule's job count alone bounds memory, as before)."""
+        if not self.parallelism.memory_budget_kb:
+            return {}
+        return {"VLLM_WHEELS_MEMORY_BUDGET_KB": str(self.parallelism.memory_budget_kb),
+                "VLLM_WHEELS_MEMORY_LEDGER": str(self.staging / "memory-ledger"),
+                "VLLM_WHEELS_UNIT_PEAKS": str(self.unit_peaks)}
+
+    def write_unit_peaks(self) -> None:
+        """Before the build (staging exists): the peaks the launcher reserves, keyed as
+        telemetry.unit_key keys them."""
+        if not self.parallelism.memory_budget_kb:
+            return
+        from .cache import write_atomic
+
+        write_atomic(self.unit_peaks, json.dumps({
+            "roots": [[str(self.tree), ""], [str(self.cache_root), "cache:"]],
+            "default_kb": self.parallelism.default_unit_kb,
+            "peaks": {k: int(c["peak_rss_kb"]) for k, c in self.unit_costs.items()}}))
 
     def launcher(self) -> list[str]:
         """The command put in front of every compiler: the measuring launcher (run with the
@@ -205,6 +235,7 @@ class BuildContext:
             "PYTHONNOUSERSITE": "1",
             TELEMETRY_ENV: str(self.telemetry_units),
         }
+        env.update(self.admission_env())
         env.update(self.reproducibility_env())
         env.update(self.compile_cache.env(self.tree))
         env.update(self.spec.env)  # the user's values win
@@ -426,6 +457,71 @@ def object_targets(build_dir: Path, sources: list[str], ninja: Path) -> tuple[st
     return tuple(targets)
 
 
+def _ninja_escape(path: str) -> str:
+    return path.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def longest_first_manifest(build_dir: Path, objects: list[str]) -> str:
+    """A ninja file that includes build.ninja and asks for `objects` (longest first) so
+    that ninja starts them in that order.
+
+    Ninja >= 1.12 starts the ready edge with the longest chain of edges after it first, and
+    among equals the one declared first in the manifest; the order of targets on the
+    command line does not matter (measured with ninja 1.13: `ninja f.o e.o ... a.o`
+    compiles a.o first). So each object gets a chain of stamp edges after it, the longest
+    object the longest chain: stamp i needs object i and stamp i-1, so object i is followed
+    by n - i + 1 stamps. The stamps live in ORDER_DIR; build.ninja's own edges and the
+    build log are shared, so vLLM's setup.py finds the objects up to date."""
+    order = telemetry.ORDER_DIR
+    lines = ["# Written by vllm-wheels: compile the recorded units longest first.",
+             "include build.ninja", "rule vllm_wheels_order_stamp",
+             "  command = touch $out", "  description = order stamp $out"]
+    prev = ""
+    for i, obj in enumerate(objects, 1):
+        lines.append(f"build {order}/{i}: vllm_wheels_order_stamp {_ninja_escape(obj)}"
+                     + (f" {prev}" if prev else ""))
+        prev = f"{order}/{i}"
+    if not objects:
+        lines.append(f"build {order}/0: phony")
+    (build_dir / order).mkdir(parents=True, exist_ok=True)
+    return "\n".join(lines) + "\n"
+
+
+def recorded_objects(costs: Mapping[str, Mapping[str, float]], targets: str) -> list[str]:
+    """The object targets (from `ninja -t targets all`) of the record's units, longest
+    recorded wall time first; units this configuration does not compile are left out."""
+    names = [line.split(":")[0] for line in targets.splitlines()]
+    found: list[str] = []
+    for key in sorted(costs, key=lambda k: (-float(costs[k]["wall_s"]), k)):
+        # CMake names an object after its source: <target>.dir/<path below the source
+        # dir>.o, or the source's absolute path for one outside it (bundled externals).
+        # (one source compiled for two targets: both objects)
+        suffix = "/" + key.removeprefix("cache:") + ".o"
+        found += [n for n in names if n.endswith(suffix) and n not in found]
+    return found
+
+
+def longest_first_step(ctx: BuildContext, env: Mapping[str, str | None],
+                       build_dir: Path) -> Step:
+    ninja = ctx.venv_path / "bin" / "ninja"
+    manifest = build_dir / telemetry.ORDER_DIR / "order.ninja"
+
+    def resolve() -> tuple[str, ...]:
+        listing = capture([ninja, "-C", build_dir, "-t", "targets", "all"])
+        objects = recorded_objects(ctx.unit_costs, listing)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(longest_first_manifest(build_dir, objects), encoding="utf-8")
+        last = f"{telemetry.ORDER_DIR}/{len(objects)}"  # needs every stamp before it
+        return (str(ninja), "-C", str(build_dir), "-f", str(manifest),
+                "-j", str(ctx.parallelism.jobs), last)
+
+    return Step(f"compile the {len(ctx.unit_costs)} recorded unit(s) longest first "
+                "(setup.py then finds them up to date)",
+                (str(ninja), "-C", str(build_dir), "-f", str(manifest), "-j",
+                 str(ctx.parallelism.jobs), "<recorded objects, longest first>"),
+                env, build_dir, progress=True, resolve=resolve)
+
+
 def vllm_steps(ctx: BuildContext) -> list[Step]:
     env = vllm_env(ctx)
     build_dir = vllm_build_dir(ctx)
@@ -446,6 +542,8 @@ def vllm_steps(ctx: BuildContext) -> list[Step]:
                            "--target", *[f"<object of {s}>" for s in compile_only]),
                           env, build_dir, progress=True, resolve=resolve))
         return steps
+    if ctx.unit_costs:
+        steps.append(longest_first_step(ctx, env, build_dir))
     steps.append(_wheel_step(ctx, env))
     return steps
 

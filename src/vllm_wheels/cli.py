@@ -89,6 +89,11 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
                         "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or 'none' (default: "
                         "$VLLM_WHEELS_COMPILE_CACHE_REMOTE, then the stack's [build] "
                         "compile_cache_remote); no password here: use the variable")
+    b.add_argument("--unit-costs", type=Path, default=None, metavar="FILE",
+                   help="choose parallelism and order from these measured unit costs: a "
+                        "build-telemetry.json (e.g. another machine's) or a record from "
+                        "CACHE/unit-costs/ (default: $VLLM_WHEELS_UNIT_COSTS, then this "
+                        "cache's record of the same version and arch list, then the rule)")
     b.add_argument("--only", nargs="+", default=None, help="build only these packages")
     b.add_argument("--no-fetch", action="store_true",
                    help="never clone external sources (fail if one is not in the cache)")
@@ -164,7 +169,8 @@ def build_wheels(args: argparse.Namespace) -> int:
                                   max_jobs=args.max_jobs, nvcc_threads=args.nvcc_threads,
                                   build_venv=args.build_venv, only=args.only,
                                   source_bundle=source_bundle,
-                                  compile_cache_remote=args.compile_cache_remote)
+                                  compile_cache_remote=args.compile_cache_remote,
+                                  unit_costs=args.unit_costs)
         reporter.step_done()
         if args.export_bundle:
             summary = bundle.export(plan, args.export_bundle.resolve(), reporter, part_size)

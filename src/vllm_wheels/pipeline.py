@@ -108,6 +108,8 @@ class Plan:
     # Packages left out by --only whose prepared source another package's externals read
     # (from_source): downloaded and patched, never built.
     source_only: list[PreparedPackage] = field(default_factory=list)
+    # Per package, the unit costs the plan's parallelism came from ({} = none recorded).
+    unit_costs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         st = self.stack
@@ -130,7 +132,13 @@ class Plan:
                                 "nvcc_threads": self.parallelism.nvcc_threads,
                                 "cores": self.parallelism.cores,
                                 "available_gb": round(self.parallelism.available_gb, 1),
-                                "rule": self.parallelism.reason},
+                                "rule": self.parallelism.reason,
+                                "source": self.parallelism.source,
+                                "memory_budget_kb": self.parallelism.memory_budget_kb,
+                                "default_unit_kb": self.parallelism.default_unit_kb,
+                                "unit_costs": self.parallelism.unit_costs or None,
+                                "recorded_units": {name: len(costs) for name, costs
+                                                   in self.unit_costs.items()}},
                 "compile_cache": {"tool": self.compile_cache.tool,
                                   "path": str(self.compile_cache.path or ""),
                                   "directory": str(self.compile_cache.directory or ""),
@@ -368,15 +376,61 @@ def parallelism_overrides(max_jobs: int | None, nvcc_threads: int | None
     return jobs, threads
 
 
-def choose_parallelism(stack: Stack, max_jobs: int | None, nvcc_threads: int | None
-                       ) -> toolchain.Parallelism:
+def choose_parallelism(stack: Stack, max_jobs: int | None, nvcc_threads: int | None,
+                       record: str = "", *, cores: int | None = None,
+                       available_gb: float | None = None) -> toolchain.Parallelism:
+    """The rule (toolchain.choose_parallelism), or with a unit cost record (`record`, where
+    it came from) full width under a memory budget (toolchain.learned_parallelism)."""
     jobs, threads = parallelism_overrides(max_jobs, nvcc_threads)
     jobs = stack.build.max_jobs if jobs is None else jobs
     threads = stack.build.nvcc_threads if threads is None else threads
-    return toolchain.choose_parallelism(cores=toolchain.cpu_count(),
-                                        available_gb=toolchain.available_memory_gb(),
-                                        gb_per_job=stack.build.gb_per_job,
-                                        max_jobs=jobs, nvcc_threads=threads)
+    rule = toolchain.choose_parallelism(
+        cores=toolchain.cpu_count() if cores is None else cores,
+        available_gb=toolchain.available_memory_gb() if available_gb is None else available_gb,
+        gb_per_job=stack.build.gb_per_job, max_jobs=jobs, nvcc_threads=threads)
+    if not record:
+        return rule
+    return toolchain.learned_parallelism(rule, gb_per_job=stack.build.gb_per_job, record=record)
+
+
+UNIT_COSTS_ENV = "VLLM_WHEELS_UNIT_COSTS"
+
+
+def find_unit_costs(stack: Stack, cache: Cache, specs: list[PackageSpec],
+                    given: Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
+    """(where the costs came from, {package: {unit: cost}}), packages without any left out.
+
+    A record the user names (--unit-costs, then $VLLM_WHEELS_UNIT_COSTS: a record or a
+    build-telemetry.json, e.g. another machine's) wins; else each package's own record in
+    the cache, written by the last build of the same version and arch list."""
+    env = os.environ.get(UNIT_COSTS_ENV)
+    named, origin = (given, "--unit-costs") if given is not None else \
+        (Path(env), UNIT_COSTS_ENV) if env else (None, "")
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    if named is not None:
+        for spec in specs:
+            try:
+                costs = telemetry.load_costs(named, spec.name)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{origin} {named}: cannot read unit costs ({exc})",
+                                  why="it names the unit cost record parallelism is chosen from",
+                                  fix="give a build-telemetry.json or a record from "
+                                      "CACHE/unit-costs/, or unset it") from None
+            if costs:
+                found[spec.name] = costs
+        return (f"{named} ({origin})" if found else ""), found
+    paths = []
+    for spec in specs:
+        path = telemetry.record_path(cache.root, spec.name, spec.source.version or "0",
+                                     stack.cuda_arch_list)
+        try:
+            costs = telemetry.load_costs(path, spec.name) if path.exists() else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            costs = {}  # a damaged record is rewritten by this build; the rule decides
+        if costs:
+            found[spec.name] = costs
+            paths.append(str(path))
+    return ", ".join(paths), found
 
 
 def _source_donors(stack: Stack, selected: list[PackageSpec]) -> list[PackageSpec]:
@@ -414,7 +468,8 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
               reporter: Reporter, fetch_externals: bool, max_jobs: int | None = None,
               nvcc_threads: int | None = None, build_venv: Path | None = None,
               only: list[str] | None = None, source_bundle: bundle.Bundle | None = None,
-              compile_cache_remote: str | None = None) -> Plan:
+              compile_cache_remote: str | None = None, unit_costs: Path | None = None
+              ) -> Plan:
     # A bad --max-jobs or MAX_JOBS fails here, before any download; so does a bad remote
     # cache URL (or one with a password on the command line).
     parallelism_overrides(max_jobs, nvcc_threads)
@@ -518,10 +573,11 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                     f"will be fetched from {ext.source.url} @ {ext.source.ref}",
                     f"air-gapped? set [packages.{prep.spec.name}.externals.{ext.source.name}] "
                     "path = DIR_OR_ARCHIVE"))
-    parallelism = choose_parallelism(stack, max_jobs, nvcc_threads)
+    record, costs = find_unit_costs(stack, cache, specs, unit_costs)
+    parallelism = choose_parallelism(stack, max_jobs, nvcc_threads, record)
     plan = Plan(stack, repo_root, cache, output_dir, log_path, prepared, checks, parallelism,
                 compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts,
-                source_only=source_only)
+                source_only=source_only, unit_costs=costs)
     plan.contexts = [_context(plan, p) for p in prepared]
     return plan
 
@@ -537,7 +593,8 @@ def _context(plan: Plan, prep: PreparedPackage) -> builders.BuildContext:
                                              e.directory or Path(f"<{e.source.name}>"),
                                              e.headers_only) for e in prep.externals),
         repo_root=plan.repo_root, cache_root=plan.cache.root,
-        python_tag=f"cpython-{plan.stack.python.replace('.', '')}")
+        python_tag=f"cpython-{plan.stack.python.replace('.', '')}",
+        unit_costs=plan.unit_costs.get(prep.spec.name, {}))
 
 
 def render_plan(plan: Plan) -> str:
@@ -562,6 +619,15 @@ def render_plan(plan: Plan) -> str:
     lines.append(f"  build venv: {tc['build_venv']}")
     lines.append(f"    requirements: {', '.join(tc['build_venv_requirements'])}")
     lines.append(f"  parallelism: {tc['parallelism']['rule']}")
+    par = tc["parallelism"]
+    if par["source"] == "record":
+        lines.append(f"    from a unit cost record: {par['unit_costs']} ("
+                     + ", ".join(f"{n}: {k} unit(s)" for n, k in par["recorded_units"].items())
+                     + f"); memory budget {par['memory_budget_kb'] / 1024 / 1024:.1f} GB; "
+                       "vLLM compiles the recorded units longest first")
+    else:
+        lines.append(f"    from the {par['source']} (no unit cost record for this version and "
+                     "arch list: one is written after the build)")
     cc = tc["compile_cache"]
     lines.append(f"  compile cache: {cc['tool']} {cc['directory']}, backend {cc['backend']}")
     if cc["remote"]:
@@ -856,6 +922,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         ctx.staging.mkdir(parents=True)
         cc_env = cc.env(ctx.tree)
         stats = None
+        ctx.write_unit_peaks()
         # ninja logs accumulate across builds: remember where this run's entries start.
         ninja_logs = telemetry.ninja_log_sizes(ctx.tree / "build")
         t0 = time.monotonic()
@@ -872,6 +939,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                     pass
         seconds = time.monotonic() - t0
         measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
+        _record_unit_costs(plan, ctx, reporter)
         path = _postprocess(plan, ctx, prep, built, seconds, stats)
         facts.append({"package": prep.spec.name, "seconds": round(seconds, 1),
                       "compile_cache_stats": stats, "tree": str(prep.tree),
@@ -1038,6 +1106,21 @@ def _ninja_builds(ctx: builders.BuildContext, before: dict[Path, int]) -> list[d
             if size > before.get(log, 0) or size < before.get(log, size)]
 
 
+def _record_unit_costs(plan: Plan, ctx: builders.BuildContext, reporter: Reporter) -> None:
+    """Merge this build's unit costs into the package's record: the next build of the same
+    version and arch list chooses its parallelism and order from them."""
+    costs = telemetry.unit_costs(telemetry.read_units(ctx.telemetry_units), str(ctx.tree),
+                                 str(ctx.cache_root))
+    if not costs:
+        return
+    path = telemetry.record_path(plan.cache.root, ctx.spec.name, ctx.version,
+                                 plan.stack.cuda_arch_list)
+    telemetry.merge_record(path, package=ctx.spec.name, version=ctx.version,
+                           arch_list=plan.stack.cuda_arch_list,
+                           nvcc_threads=plan.parallelism.nvcc_threads, costs=costs)
+    reporter.log(f"unit costs of {len(costs)} unit(s) merged into {path}")
+
+
 def _write_telemetry(plan: Plan, measured: list[tuple[builders.BuildContext, float,
                                                        list[dict[str, Any]]]]
                      ) -> tuple[str, dict[str, Any]]:
@@ -1050,6 +1133,8 @@ def _write_telemetry(plan: Plan, measured: list[tuple[builders.BuildContext, flo
         telemetry.mark_overlapping_sccache(mine)
         units += mine
         packages.append({"package": ctx.spec.name, "seconds": round(seconds, 3),
+                         # What unit keys are relative to (telemetry.load_costs).
+                         "tree": str(ctx.tree), "cache_root": str(ctx.cache_root),
                          "units": len(mine), "ninja": ninja_builds,
                          "summary": telemetry.summarize(
                              mine, compile_wall_s=seconds, jobs=plan.parallelism.jobs,
@@ -1089,6 +1174,9 @@ def _write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path], seco
                          "sha256": sources.sha256_file(k)} for k in kept],
                "build": {"jobs": par.jobs, "nvcc_threads": par.nvcc_threads,
                          "parallelism_rule": par.reason,
+                         "parallelism_source": par.source,
+                         "memory_budget_kb": par.memory_budget_kb,
+                         "unit_costs": par.unit_costs or None,
                          "compile_cache": plan.compile_cache.tool,
                          "compile_cache_backend": plan.compile_cache.backend,
                          "compile_cache_dir": str(plan.compile_cache.directory or ""),

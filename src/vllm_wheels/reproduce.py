@@ -163,7 +163,10 @@ def verify(plan: pipeline.Plan, first: list[pipeline.BuiltWheel], reporter: Repo
     again = pipeline.make_plan(
         plan.stack, repo_root=plan.repo_root, cache=cache, output_dir=cache.root / "wheels",
         log_path=plan.log_path, reporter=reporter, fetch_externals=False,
-        max_jobs=plan.parallelism.jobs, nvcc_threads=plan.parallelism.nvcc_threads,
+        # Full width from a unit cost record is safe only under its memory budget: the
+        # second cache has no record, so the rule chooses there.
+        max_jobs=None if plan.parallelism.source == "record" else plan.parallelism.jobs,
+        nvcc_threads=plan.parallelism.nvcc_threads,
         build_venv=plan.venv_path, only=[p.spec.name for p in plan.packages])
     second = pipeline.build(again, reporter, build_venv=plan.venv_path,
                             fetch_externals=fetch_externals)

@@ -14,10 +14,19 @@ helpers/measure_compile.py launcher, one JSON line per unit), ninja's own timing
 - cache hit rate = hits / (hits + misses) over units whose result is known.
 
 `simulate` predicts a build's wall time from measured units (tools/predict_build.py).
+
+Unit cost record: after each build the per-unit costs (wall, CPU, peak memory; cache hits
+and failed compiles left out, they say nothing of the compile's cost) are merged into
+CACHE/unit-costs/<package>-<version>-<arch list digest>.json, keyed by the unit's source
+path relative to the package's tree (`cache:` + the path below the cache root for sources
+outside it, e.g. bundled externals), so the record holds across cache directories and
+machines. The next build's parallelism reads it (pipeline.choose_parallelism); a
+build-telemetry.json from another machine is accepted too (--unit-costs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import subprocess
@@ -27,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 1
 FILENAME = "build-telemetry.json"
+# The order pass's stamps (builders.longest_first_manifest): in .ninja_log, not in
+# build.ninja, so not build outputs for the critical path.
+ORDER_DIR = ".vllm-wheels-order"
 UNITS_FILENAME = "compile-units.jsonl"
 LAUNCHER = Path(__file__).parent / "helpers" / "measure_compile.py"
 ENV = "VLLM_WHEELS_TELEMETRY"
@@ -137,7 +150,8 @@ def ninja_build(log: Path, offset: int, ninja: Path | None) -> dict[str, Any]:
     data = log.read_bytes()
     if len(data) < offset:
         offset = 0
-    entries = parse_ninja_log(data[offset:].decode("utf-8", "replace"))
+    entries = [e for e in parse_ninja_log(data[offset:].decode("utf-8", "replace"))
+               if not e.output.startswith(ORDER_DIR + "/")]
     inputs: dict[str, list[str]] = {}
     if ninja is not None and entries:
         # Objects' inputs are sources (not built); the graph is in the link steps.
@@ -250,12 +264,14 @@ class Prediction:
     oversized: list[str]  # units alone above the budget: each ran by itself
 
 
-def simulate(units: Sequence[tuple[str, float, int]], jobs: int, budget_kb: int) -> Prediction:
-    """List scheduling of (name, seconds, peak_kb) units: longest first, a unit starts when a
-    job slot is free and the running units' peak memory plus its own fits the budget (the
-    first one in LPT order that fits is taken). A unit larger than the whole budget runs
-    alone, or the build could never finish."""
-    pending = sorted(units, key=lambda u: (-u[1], u[0]))
+def simulate(units: Sequence[tuple[str, float, int]], jobs: int, budget_kb: int,
+             longest_first: bool = True) -> Prediction:
+    """List scheduling of (name, seconds, peak_kb) units: longest first (or in the order
+    given, e.g. the measured start order), a unit starts when a job slot is free and the
+    running units' peak memory plus its own fits the budget (the first one in that order
+    that fits is taken). A unit larger than the whole budget runs alone, or the build could
+    never finish."""
+    pending = sorted(units, key=lambda u: (-u[1], u[0])) if longest_first else list(units)
     running: list[tuple[float, int, str]] = []  # heap of (end, kb, name)
     now, used, peak = 0.0, 0, 0
     schedule: list[tuple[float, float, str]] = []
@@ -278,3 +294,98 @@ def simulate(units: Sequence[tuple[str, float, int]], jobs: int, budget_kb: int)
         while running and running[0][0] <= now:
             used -= heapq.heappop(running)[1]
     return Prediction(round(now, 3), peak, schedule, oversized)
+
+
+# --------------------------------------------------------------- unit cost record
+
+
+def unit_key(source: str, cwd: str, tree: str, cache_root: str) -> str:
+    """The unit's name in a record (the launcher computes the same: measure_compile.unit_key)."""
+    from .helpers.measure_compile import unit_key as key
+
+    return key(source, cwd, [(tree, ""), (cache_root, "cache:")])
+
+
+def record_path(cache_root: Path, package: str, version: str,
+                arch_list: Sequence[str]) -> Path:
+    """Where a package's record lives: another version or arch list compiles other units
+    at other costs, so it gets its own record, never a misleading one."""
+    digest = hashlib.sha256(" ".join(arch_list).encode()).hexdigest()[:12]
+    return cache_root / "unit-costs" / f"{package}-{version}-{digest}.json"
+
+
+def unit_costs(units: Iterable[Mapping[str, Any]], tree: str, cache_root: str
+               ) -> dict[str, dict[str, float]]:
+    """{unit key: wall_s, cpu_s, peak_rss_kb} of compiles that ran (a cache hit or a failed
+    compile costs what it cost, not what compiling costs)."""
+    costs: dict[str, dict[str, float]] = {}
+    for u in units:
+        if not u.get("source") or u.get("exit", 0) != 0 or u.get("cache") == "hit":
+            continue
+        key = unit_key(str(u["source"]), str(u.get("cwd") or tree), tree, cache_root)
+        # One source compiled for two targets (two objects) is one key: its larger cost.
+        old = costs.get(key, {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_kb": 0})
+        costs[key] = {"wall_s": max(float(u["wall_s"]), old["wall_s"]),
+                      "cpu_s": max(float(u.get("cpu_s", 0)), old["cpu_s"]),
+                      "peak_rss_kb": max(int(u["peak_rss_kb"]), int(old["peak_rss_kb"]))}
+    return costs
+
+
+def merge_record(path: Path, *, package: str, version: str, arch_list: Sequence[str],
+                 nvcc_threads: int, costs: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Merge one build's costs into the record at `path` (written atomically): wall and CPU
+    are the latest measurement, peak memory the largest seen (admitting a unit on less than
+    it once needed risks the OOM kill the record is there to avoid)."""
+    from .cache import write_atomic
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        units = dict(data["units"]) if data.get("schema_version") == RECORD_SCHEMA_VERSION \
+            else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        units = {}
+    for key, cost in costs.items():
+        old = units.get(key, {})
+        units[key] = {"wall_s": cost["wall_s"], "cpu_s": cost["cpu_s"],
+                      "peak_rss_kb": max(int(cost["peak_rss_kb"]),
+                                         int(old.get("peak_rss_kb", 0))),
+                      "builds": int(old.get("builds", 0)) + 1}
+    record = {"schema_version": RECORD_SCHEMA_VERSION, "package": package, "version": version,
+              "arch_list": list(arch_list), "nvcc_threads": nvcc_threads,
+              "units": dict(sorted(units.items()))}
+    write_atomic(path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _tree_of(unit: Mapping[str, Any]) -> str:
+    """A foreign build-telemetry.json's package tree, from a unit's working directory: the
+    pipeline's trees are CACHE/src/<name>-<version>-<hash>, builds run at or below them
+    (vLLM in <tree>/build/temp.*)."""
+    parts = Path(str(unit.get("cwd") or "/")).parts
+    if "build" in parts:
+        parts = parts[:parts.index("build")]
+    return str(Path(*parts))
+
+
+def load_costs(path: Path, package: str) -> dict[str, dict[str, float]]:
+    """A package's unit costs from a record or a build-telemetry.json (this machine's or
+    another's); {} when the file has none for it. Raises ValueError for an unreadable file."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("schema_version") == RECORD_SCHEMA_VERSION and "package" in data:
+        return {k: dict(v) for k, v in data["units"].items()} if data["package"] == package \
+            else {}
+    if "units" not in data or not isinstance(data["units"], list):
+        raise ValueError("neither a unit cost record nor a build-telemetry.json")
+    mine = [u for u in data["units"] if u.get("package") == package]
+    roots = {p.get("package"): p for p in data.get("packages", [])}.get(package, {})
+    costs: dict[str, dict[str, float]] = {}
+    for u in mine:
+        tree = str(roots.get("tree") or _tree_of(u))
+        cache_root = str(roots.get("cache_root") or Path(tree).parent.parent)
+        costs.update(unit_costs([u], tree, cache_root))
+    return costs
+
+
+def describe_costs(costs: Mapping[str, Mapping[str, float]]) -> str:
+    peak = max((int(c["peak_rss_kb"]) for c in costs.values()), default=0)
+    return f"{len(costs)} unit(s), largest peak {peak / 1024 / 1024:.1f} GB"

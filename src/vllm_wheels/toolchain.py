@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +460,13 @@ class Parallelism:
     cores: int
     available_gb: float
     reason: str
+    # "rule" (cores and memory), "user" (--max-jobs/MAX_JOBS/the stack), or "record": a unit
+    # cost record covers the build, so jobs is the full width and the launcher admits each
+    # unit against memory_budget_kb (helpers/measure_compile.py).
+    source: str = "rule"
+    memory_budget_kb: int = 0
+    default_unit_kb: int = 0  # what a unit the record does not list reserves
+    unit_costs: str = ""  # where the record came from
 
     @property
     def vllm_max_jobs(self) -> int:
@@ -499,13 +506,34 @@ def choose_parallelism(*, cores: int, available_gb: float, gb_per_job: float,
     by_mem = max(1, int((available_gb - reserve_gb) // (gb_per_job * threads)))
     if max_jobs:
         return Parallelism(max_jobs, threads, cores, available_gb,
-                           f"max_jobs={max_jobs} given by the user")
+                           f"max_jobs={max_jobs} given by the user", source="user")
     jobs = min(by_cpu, by_mem)
     limit = "memory" if by_mem < by_cpu else "cores"
     return Parallelism(jobs, threads, cores, available_gb,
                        f"{jobs} = min({cores} cores / {threads} thread(s), "
                        f"({available_gb:.1f} GB available - {reserve_gb:g}) / "
                        f"({gb_per_job:g} GB x {threads})); limited by {limit}")
+
+
+def learned_parallelism(rule: Parallelism, *, gb_per_job: float, record: str,
+                        reserve_gb: float = 2.0) -> Parallelism:
+    """With measured peaks per unit the rule's memory bound is no longer needed up front:
+    jobs is the full width (cores / threads, or the user's count) and the launcher keeps
+    the running units' recorded peaks within (available - reserve). Units the record does
+    not know reserve the rule's gb_per_job x threads, so an unrecorded build is admitted
+    exactly as the rule would run it."""
+    jobs = rule.jobs if rule.source == "user" else max(1, rule.cores // rule.nvcc_threads)
+    budget_kb = max(0, int((rule.available_gb - reserve_gb) * 1024 * 1024))
+    default_kb = int(gb_per_job * rule.nvcc_threads * 1024 * 1024)
+    width = "given by the user" if rule.source == "user" else \
+        f"{rule.cores} cores / {rule.nvcc_threads} thread(s)"
+    return replace(rule, jobs=jobs, source="record", memory_budget_kb=budget_kb,
+                   default_unit_kb=default_kb, unit_costs=record,
+                   reason=f"{jobs} job(s) ({width}), each unit admitted against a memory budget of "
+                          f"{budget_kb / 1024 / 1024:.1f} GB ({rule.available_gb:.1f} GB "
+                          f"available - {reserve_gb:g}) by its recorded peak "
+                          f"(unrecorded: {gb_per_job:g} GB x {rule.nvcc_threads}); "
+                          f"record {record}")
 
 
 # ------------------------------------------------------------------- compile cache

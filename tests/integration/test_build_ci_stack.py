@@ -178,9 +178,19 @@ def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, 
     assert ext_objs
     for obj in [vllm_obj, *ext_objs]:
         obj.unlink()
+    # A shared record (--unit-costs: another machine's build-telemetry.json) names the
+    # vLLM unit's peak: this build runs from it, each unit admitted by its recorded peak
+    # (the others by gb_per_job), and its own telemetry says what each reserved.
+    unit_key = "csrc/quantization/activation_kernels.cu"
+    shared = tmp_path / "other-machine-telemetry.json"
+    shared.write_text(json.dumps({"schema_version": 1, "units": [{
+        "package": "vllm", "source": f"/elsewhere/cache/src/vllm-0.11.2-0/{unit_key}",
+        "cwd": "/elsewhere/cache/src/vllm-0.11.2-0/build/temp.linux-x86_64-cpython-311",
+        "wall_s": 100.0, "cpu_s": 99.0, "peak_rss_kb": 1_234_567, "exit": 0}]}))
     out = tmp_path / "wheels"
     result = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
-                 str(shared_cache), "--output-dir", str(out), cwd=repo_root)
+                 str(shared_cache), "--output-dir", str(out), "--unit-costs", str(shared),
+                 cwd=repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "build-summary.json").read_text())
     assert summary["telemetry"]["file"] == "build-telemetry.json"
@@ -192,6 +202,18 @@ def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, 
         assert unit["compiler"] == "nvcc" and unit["exit"] == 0, unit
         assert unit["wall_s"] > 0 and unit["cpu_s"] > 0 and unit["peak_rss_kb"] > 0, unit
         assert unit["cache"] in ("hit", "miss", "unknown"), unit
+        assert unit["reserved_kb"] > 0 and unit["budget_kb"] == \
+            summary["build"]["memory_budget_kb"], unit
+    assert summary["build"]["parallelism_source"] == "record"
+    assert summary["build"]["unit_costs"] == f"{shared} (--unit-costs)"
+    assert units[("vllm", "activation_kernels.cu")]["reserved_kb"] == 1_234_567
+    assert units[("vllm", "activation_kernels.cu")]["unit"] == unit_key
+    # What compiled (not served by the compile cache) is merged into this cache's record.
+    records = {r["package"]: r["units"] for r in (
+        json.loads(p.read_text()) for p in (shared_cache / "unit-costs").glob("*.json"))}
+    for (package, _), unit in units.items():
+        if unit["cache"] == "miss":
+            assert unit["peak_rss_kb"] <= records[package][unit["unit"]]["peak_rss_kb"], unit
     s = data["summary"]
     assert s["units"] == len(data["units"]) and s["cpu_seconds"] > 0
     assert s["parallel_efficiency"] is not None and s["peak_rss_kb"] > 0

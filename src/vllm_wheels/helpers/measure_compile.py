@@ -26,10 +26,22 @@ two same-stem units compiled at the same moment.
 
 The line is written with one write() on an O_APPEND descriptor, so parallel ninja jobs never
 interleave lines. Standard library only: it runs under whichever python starts it.
+
+Memory admission (a unit cost record covers the build; see telemetry.py): with
+VLLM_WHEELS_MEMORY_BUDGET_KB set, before the compiler starts the launcher reserves the unit's
+recorded peak (VLLM_WHEELS_UNIT_PEAKS, a JSON file: {"roots": [[dir, prefix]...],
+"peaks": {unit key: kb}, "default_kb": kb for units it does not list}) in the ledger file
+VLLM_WHEELS_MEMORY_LEDGER, under an fcntl lock, and waits while the reservations would
+exceed the budget; a unit runs anyway when nobody else holds one (a unit larger than the
+budget runs alone rather than never). The reservation is dropped when the compiler exits,
+and on SIGTERM/SIGHUP; the ledger names pid and start time of each holder, so a launcher
+killed outright (SIGKILL, OOM) loses its reservation at the next look instead of blocking
+the build forever.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -39,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = "VLLM_WHEELS_TELEMETRY"
@@ -61,6 +74,118 @@ def unit_of(argv: list[str]) -> tuple[str | None, str | None]:
         elif not arg.startswith("-") and arg.endswith(SOURCE_SUFFIXES):
             source = arg
     return source, output
+
+
+UNIT_PEAKS_ENV = "VLLM_WHEELS_UNIT_PEAKS"
+BUDGET_ENV = "VLLM_WHEELS_MEMORY_BUDGET_KB"
+LEDGER_ENV = "VLLM_WHEELS_MEMORY_LEDGER"
+ADMIT_POLL = 0.25
+
+
+def unit_key(source: str, cwd: str, roots: list[tuple[str, str]]) -> str:
+    """A unit's name that is the same on every machine and checkout: its source path
+    relative to the first root containing it, behind that root's prefix (the package's
+    tree has prefix "", the cache root e.g. "cache:"); the absolute path when none does."""
+    # normpath, not resolve(): a symlinked tree keeps the name the build gave it.
+    path = os.path.normpath(Path(cwd, source))
+    for root, prefix in roots:
+        root = os.path.normpath(root)
+        if path.startswith(root + os.sep):
+            return prefix + path[len(root) + 1:]
+    return path
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): a pid and this name one process,
+    a reused pid does not inherit a dead launcher's reservation."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2:].split()[19])
+
+
+class Ledger:
+    """Memory reservations of the running units: one line "pid start_ticks kb" each, in a
+    file every launcher of the build locks (fcntl) for each read-modify-write."""
+
+    def __init__(self, path: str, budget_kb: int) -> None:
+        self.path, self.budget_kb = path, budget_kb
+        self.me = (os.getpid(), _start_time(os.getpid()) or 0)
+        self.held = 0
+
+    def _update(self, change: Callable[[list[tuple[int, int, int]]], bool]) -> bool:
+        # No signal handler (which releases through here) may run while the lock is held:
+        # flock on a second descriptor of the same file would wait for this one forever.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP,
+                                                            signal.SIGINT})
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "r+", encoding="ascii") as f:
+                entries = []
+                for line in f.read().splitlines():
+                    try:
+                        pid, start, kb = (int(x) for x in line.split())
+                    except ValueError:
+                        continue
+                    # A holder that died without releasing (killed outright) holds nothing.
+                    if (pid, start) == self.me or _start_time(pid) == start:
+                        entries.append((pid, start, kb))
+                done = change(entries)
+                f.seek(0)
+                f.truncate()
+                f.write("".join(f"{p} {s} {k}\n" for p, s, k in entries))
+            return done
+        finally:
+            os.close(fd)  # releases the lock
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def reserve(self, kb: int) -> float:
+        """Blocks until `kb` fits beside the others' reservations (or nobody holds one);
+        returns the seconds waited."""
+        def take(entries: list[tuple[int, int, int]]) -> bool:
+            others = [e for e in entries if (e[0], e[1]) != self.me]
+            if others and sum(e[2] for e in others) + kb > self.budget_kb:
+                return False
+            entries[:] = [*others, (*self.me, kb)]
+            return True
+        t0 = time.monotonic()
+        while not self._update(take):
+            time.sleep(ADMIT_POLL)
+        self.held = kb
+        return time.monotonic() - t0
+
+    def release(self) -> None:
+        if self.held:
+            def drop(entries: list[tuple[int, int, int]]) -> bool:
+                entries[:] = [e for e in entries if (e[0], e[1]) != self.me]
+                return True
+            self._update(drop)
+            self.held = 0
+
+
+def _admission(argv: list[str]) -> tuple[Ledger, int, str] | None:
+    """(ledger, kb to reserve, unit key) when the build runs under a memory budget."""
+    budget = os.environ.get(BUDGET_ENV)
+    ledger = os.environ.get(LEDGER_ENV)
+    if not budget or not ledger:
+        return None
+    try:
+        with open(os.environ.get(UNIT_PEAKS_ENV, ""), encoding="utf-8") as f:
+            peaks = json.load(f)
+    except (OSError, ValueError):
+        peaks = {}
+    inner = argv
+    while len(inner) > 2 and Path(inner[1]).name == "nvcc_source_path.py":
+        inner = inner[2:]
+    cached = Path(inner[0]).name in ("ccache", "sccache") and len(inner) > 1
+    source, _ = unit_of(inner[2:] if cached else inner[1:])
+    key = unit_key(source, str(Path.cwd()), [(r, p) for r, p in peaks.get("roots", [])]) \
+        if source else ""
+    kb = int(peaks.get("peaks", {}).get(key) or peaks.get("default_kb") or 0)
+    return Ledger(ledger, int(budget)), kb, key
 
 
 def _proc_table() -> dict[int, tuple[int, int, int]]:
@@ -184,8 +309,29 @@ def main(argv: list[str]) -> int:
         print("usage: measure_compile.py [ccache|sccache] <compiler> <args...>", file=sys.stderr)
         return 2
     path = os.environ.get(ENV)
-    if not path:
+    admission = _admission(argv)
+    if not path and admission is None:
         os.execvp(argv[0], argv)
+    if admission is None:
+        return _run(argv, path, None, 0, "")
+    ledger, kb, key = admission
+
+    def release_and_die(signum: int, _frame: object) -> None:
+        ledger.release()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, release_and_die)
+    try:
+        waited = ledger.reserve(kb)
+        return _run(argv, path, ledger, waited, key)
+    finally:
+        ledger.release()
+
+
+def _run(argv: list[str], path: str | None, ledger: Ledger | None, waited: float,
+         key: str) -> int:
     # Another launcher may sit between this one and the compile cache: the reproducibility
     # launcher (`python .../nvcc_source_path.py sccache nvcc ...`). The whole command runs;
     # the unit's cache and compiler are read from behind it.
@@ -220,6 +366,9 @@ def main(argv: list[str]) -> int:
     # our own other children (the sccache --show-stats calls).
     _, status, usage = os.wait4(pid, 0)
     wall = time.monotonic() - t0
+    reserved = ledger.held if ledger is not None else 0
+    if ledger is not None:
+        ledger.release()  # the compiler's memory is free: the next unit may start
     sampler.stop.set()
     sampler.join()
     signal.signal(signal.SIGINT, old)
@@ -247,6 +396,11 @@ def main(argv: list[str]) -> int:
         "peak_rss_kb": max(tree_peak, usage.ru_maxrss), "samples": samples,
         "exit": returncode,
     }
+    if ledger is not None:
+        record.update({"unit": key, "reserved_kb": reserved, "admit_wait_s": round(waited, 3),
+                       "budget_kb": ledger.budget_kb})
+    if not path:
+        return _exit(returncode)
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -256,6 +410,10 @@ def main(argv: list[str]) -> int:
             os.close(fd)
     except OSError as exc:  # telemetry never fails a build
         print(f"measure_compile: cannot append to {path}: {exc}", file=sys.stderr)
+    return _exit(returncode)
+
+
+def _exit(returncode: int) -> int:
     if returncode < 0:
         signal.signal(-returncode, signal.SIG_DFL)
         os.kill(os.getpid(), -returncode)

@@ -307,6 +307,11 @@ def pipeline_args_from(args: argparse.Namespace) -> list[str]:
                               "BuildKit; a flag (or a password) given here would have to "
                               "become a build argument, which the image history keeps",
                           fix="set [build] compile_cache_remote in the stack (no password)")
+    if getattr(args, "unit_costs", None) is not None:
+        raise ConfigError("--unit-costs does not apply with --in-docker",
+                          why="the file is outside the build context; inside the container "
+                              "the pipeline keeps its own record in its cache mount",
+                          fix="build without --in-docker to use another machine's record")
     out: list[str] = []
     if args.max_jobs is not None:
         out += ["--max-jobs", str(args.max_jobs)]
