@@ -34,7 +34,7 @@ from typing import Any
 
 from . import remote_cache, runner
 from .cache import default_cache_root, remove, write_atomic
-from .errors import ConfigError, PipelineError, ToolchainError
+from .errors import ConfigError, InterruptedError_, PipelineError, ToolchainError
 from .log import Reporter, format_duration
 from .stack import load_stack
 
@@ -467,6 +467,8 @@ def run(opts: Options, reporter: Reporter) -> dict[str, Any]:
             try:
                 runner.run(cmd, reporter=reporter, cwd=checkout, what=f"scenario {sc.name}",
                            on_line=lambda line: _echo_step(reporter, line))
+            except InterruptedError_:
+                raise
             except PipelineError as exc:
                 raise BenchBuildError(
                     f"scenario {sc.name}: build-wheels failed (exit {exc.returncode})",
@@ -540,8 +542,9 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
     try:
         data = run(opts, reporter)
     except KeyboardInterrupt:
-        reporter.say("interrupted")
-        return 130
+        err = InterruptedError_("interrupted", fix="re-run the bench; it starts from scratch")
+        reporter.say(err.render())
+        return err.exit_code
     except PipelineError as exc:
         reporter.say(exc.render())
         reporter.say(f"full log: {log_path}")

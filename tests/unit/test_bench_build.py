@@ -171,3 +171,8 @@ def test_a_real_stack_without_a_patch_file_skips_only_the_patch(
                       repo=repo_root) == 0
     scenarios = {s["name"]: s for s in json.loads(out.read_text())["scenarios"]}
     assert [n for n, s in scenarios.items() if "skipped" in s] == ["one-file-patch"]
+
+
+def test_a_failed_scenario_exits_with_the_builds_own_code() -> None:
+    err = bench.BenchBuildError("scenario cold: build-wheels failed (exit 6)", returncode=6)
+    assert err.exit_code == 6 and "exit 6" in err.render()
