@@ -345,9 +345,10 @@ class Redis:
 
 
 def _echo_step(reporter: Reporter, line: str) -> None:
-    """The build's own step lines (`==> [N/M] ...`) on the console, indented."""
+    """The build's own step lines (`==> [N/M] ...`) on the console, indented (runner.run
+    already wrote every line to the full log)."""
     if line.startswith("==> "):
-        reporter.say(f"    {line}")
+        print(f"    {line}", file=reporter.stream, flush=True)
 
 
 def find_venv(cache_dir: Path) -> Path | None:
