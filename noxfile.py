@@ -174,7 +174,7 @@ def update_images(session: nox.Session) -> None:
 
 @nox.session(python="3.11", default=False, tags=["bench"])
 def bench_build(session: nox.Session) -> None:
-    """Time cold, no-change and one-file-change builds of the test stack; cache hit rates."""
+    """Cold, warm local, warm remote, one-file patch builds: hit rates, wall, CPU (`-- --help`)."""
     session.install("-e", ".")
     session.run("python", "tools/bench_build.py", *session.posargs)
 
