@@ -12,17 +12,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import sys
 import sysconfig
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.version import Version
 
 from . import telemetry
+from .cache import build_root, lock_file, write_atomic
 from .errors import BuildError, SourceError
 from .fetchcontent import (
     HEADERS_ONLY_CMAKE_ARGS,
@@ -49,6 +52,23 @@ DISCARD_LOCAL_SYMBOLS = "-Wl,--discard-all"
 # earliest zip time, 1980-01-01), so that whatever a tool stamps with "now" is the same
 # in every build of the same inputs.
 DEFAULT_SOURCE_DATE_EPOCH = "315532800"
+
+
+def prefix_specs_path(pairs: list[tuple[str, str]]) -> Path:
+    """The GCC spec file that carries a build's prefix maps (BuildContext.prefix_specs):
+    at a fixed path in the build root, named by a digest of the mapped NAMES (the portable
+    side, the same on every builder), so compiles whose maps name other targets never
+    share it (nor a compile cache key); the builder's own paths are its content only.
+    Sorted: the maps' order follows the lengths of this builder's paths."""
+    digest = hashlib.sha256(json.dumps(sorted(name for _, name in pairs)).encode()).hexdigest()
+    return build_root() / "prefix-maps" / f"{digest[:16]}.specs"
+
+
+def prefix_specs_text(pairs: list[tuple[str, str]]) -> str:
+    """Appends the maps (in order) to the preprocessor's and the compilers' options: they
+    reach cc1, cc1plus and the -E runs, after any map already on the command line."""
+    maps = " ".join(f"-ffile-prefix-map={path}={name}" for path, name in pairs)
+    return f"*cpp_options:\n+ {maps}\n\n*cc1_options:\n+ {maps}\n"
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,12 @@ class BuildContext:
     # The unit cost record of this package ({unit key: wall_s, cpu_s, peak_rss_kb}; see
     # telemetry.py): peaks for the launcher's memory admission, walls for the order.
     unit_costs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # How the prefix maps reach the compilers: "specs" (a GCC spec file, -specs=PATH, at a
+    # path that is the same on every builder: compile caches hash command lines verbatim,
+    # so inline maps of this builder's paths made every host compile path-bound), "flags"
+    # (inline -ffile-prefix-map=...), or "" = specs when a compile cache is used, else flags.
+    # The build falls back to "flags" when another build holds the spec file (hold_specs).
+    prefix_maps_via: str = ""
 
     @property
     def python(self) -> Path:
@@ -129,8 +155,6 @@ class BuildContext:
         telemetry.unit_key keys them."""
         if not self.parallelism.memory_budget_kb:
             return
-        from .cache import write_atomic
-
         write_atomic(self.unit_peaks, json.dumps({
             "roots": [[str(self.tree), ""], [str(self.cache_root), "cache:"]],
             "default_kb": self.parallelism.default_unit_kb,
@@ -178,13 +202,24 @@ class BuildContext:
             text = text.replace(path, name)
         return text
 
+    def prefix_specs(self) -> Path | None:
+        """The spec file the compilers get the prefix maps from (None: inline flags)."""
+        via = self.prefix_maps_via or ("flags" if self.compile_cache.tool == "none"
+                                       else "specs")
+        return prefix_specs_path(self.prefix_map()) if via == "specs" else None
+
     def _maps(self) -> list[str]:
+        """What gcc/g++ get for the prefix maps: -specs=FILE, or the maps themselves."""
+        specs = self.prefix_specs()
+        if specs is not None:
+            return [f"-specs={specs}"]
         return [f"-ffile-prefix-map={path}={name}" for path, name in self.prefix_map()]
 
     def nvcc_prefix_flags(self) -> str:
-        """The prefix maps as nvcc passes them to its host compiler. Also put on the nvcc
-        command a compile cache runs, which hashes command lines (an object cached before
-        the maps existed must not be reused)."""
+        """The prefix maps as nvcc passes them to its host compiler (nvcc forwards
+        -Xcompiler=-specs=FILE to every host compiler call, -E runs included). Also put on
+        the nvcc command a compile cache runs, which hashes command lines (an object cached
+        before the maps existed must not be reused)."""
         return " ".join(f"-Xcompiler={m}" for m in self._maps())
 
     def nvcc_launcher(self) -> list[str]:
@@ -240,6 +275,31 @@ class BuildContext:
         env.update(self.compile_cache.env(self.tree))
         env.update(self.spec.env)  # the user's values win
         return env
+
+
+@contextlib.contextmanager
+def hold_specs(ctx: BuildContext) -> Iterator[tuple[BuildContext, str]]:
+    """For the build of one package: the context to build with and a warning ("" if none).
+    In spec-file mode the spec file is written (atomically) under an flock held for the
+    whole block: two builds on this host whose maps name the same targets from other paths
+    would otherwise rewrite each other's file mid-build. When another build holds it, this
+    build passes the maps inline (as before spec files: correct objects, but its compile
+    cache hits stay bound to its own paths). The file is left in place afterwards (a step
+    re-run from the log still finds it; the next build rewrites it under the lock)."""
+    specs = ctx.prefix_specs()
+    if specs is None:
+        yield ctx, ""
+        return
+    with lock_file(specs.with_name(specs.name + ".lock"), wait=False) as held:
+        if not held:
+            yield replace(ctx, prefix_maps_via="flags"), (
+                f"{ctx.spec.name}: another build on this host holds the prefix-map spec file "
+                f"{specs}: passing the maps inline for this build, so its compile cache "
+                "entries are bound to this builder's paths (no hits from or for other "
+                "builders)")
+            return
+        write_atomic(specs, prefix_specs_text(ctx.prefix_map()))
+        yield ctx, ""
 
 
 def _wheel_step(ctx: BuildContext, env: Mapping[str, str | None]) -> Step:

@@ -18,6 +18,41 @@ from pathlib import Path
 
 from .errors import DiskFullError
 
+# The machine-wide build root (see build_root).
+BUILD_ROOT_ENV = "VLLM_WHEELS_BUILD_ROOT"
+
+
+def build_root() -> Path:
+    """Where builds with a shared (remote) compile cache put their source trees, and where
+    compiles find their prefix-map spec files (builders.prefix_specs_path): one fixed place
+    per machine, $VLLM_WHEELS_BUILD_ROOT or /var/tmp/vllm-wheels-<uid>, not under the
+    cache dir. nvcc writes the real path of every .cu it compiles on its front ends'
+    command lines (cicc, cudafe++), which a compile cache hashes verbatim, so only builders
+    whose trees are at the same path share those objects; a team sets the same root (and
+    runs as the same user, or sets the variable) on every builder."""
+    env = os.environ.get(BUILD_ROOT_ENV)
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path(f"/var/tmp/vllm-wheels-{os.getuid()}")
+
+
+@contextlib.contextmanager
+def lock_file(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on `path` (created) for the block: yields True when held. With
+    wait=False it yields False at once when another process holds it (the block runs
+    without the lock and must act accordingly). The kernel releases it if we die."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 def default_cache_root() -> Path:
     env = os.environ.get("VLLM_WHEELS_CACHE")
@@ -38,6 +73,19 @@ class Cache:
     @property
     def sources(self) -> Path:
         return self.root / "src"
+
+    def tree_parent(self, shared: bool) -> Path:
+        """Where prepared source trees (and their in-tree build dirs) live: under the cache
+        dir, or, for builds with a shared compile cache, under the machine-wide build root
+        (build_root()), so that every builder compiles at the same paths."""
+        return build_root() / "src" if shared else self.sources
+
+    @contextlib.contextmanager
+    def tree_lock(self, tree: Path) -> Iterator[None]:
+        """The lock of one prepared tree: beside it (in the cache's or the build root's
+        locks/), so that builds with other cache dirs also take turns on a shared tree."""
+        with lock_file(tree.parent.parent / "locks" / f"src-{tree.name}.lock"):
+            yield
 
     @property
     def externals(self) -> Path:
@@ -64,14 +112,8 @@ class Cache:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """An exclusive lock so two builds do not fill the same entry at once."""
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with (lock_dir / f"{name}.lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with lock_file(self.root / "locks" / f"{name}.lock"):
+            yield
 
 
 def temp_sibling(path: Path) -> Path:

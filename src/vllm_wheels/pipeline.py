@@ -36,7 +36,7 @@ from . import (
     toolchain,
     wheelmeta,
 )
-from .cache import Cache, publish_dir, remove, temp_sibling, write_atomic
+from .cache import BUILD_ROOT_ENV, Cache, publish_dir, remove, temp_sibling, write_atomic
 from .errors import (
     AbiMismatchError,
     BuildError,
@@ -110,6 +110,9 @@ class Plan:
     source_only: list[PreparedPackage] = field(default_factory=list)
     # Per package, the unit costs the plan's parallelism came from ({} = none recorded).
     unit_costs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # Where the prepared source trees are: the cache's src/, or the machine-wide build root's
+    # (a build with a remote compile cache; Cache.tree_parent).
+    tree_root: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         st = self.stack
@@ -152,7 +155,10 @@ class Plan:
             "source_only": [{"name": p.spec.name, "version": p.spec.source.version,
                              "tree": str(p.tree)} for p in self.source_only],
             "paths": {"cache": str(self.cache.root), "output": str(self.output_dir),
-                      "log": str(self.log_path)},
+                      "log": str(self.log_path),
+                      "trees": str(self.tree_root or self.cache.sources),
+                      "trees_shared": self.tree_root is not None
+                      and self.tree_root != self.cache.sources},
         }
 
     def _package_dict(self, prep: PreparedPackage, ctx: builders.BuildContext | None
@@ -212,17 +218,22 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
             if not pins._is_torch_requirement(r)]
 
 
-def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter
-                    ) -> PreparedPackage:
+def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter,
+                    *, shared_tree: bool = False) -> PreparedPackage:
+    """The patched source tree, content-addressed: under the cache dir, or with
+    shared_tree (a build with a remote compile cache) under the machine-wide build root,
+    where every builder's tree of the same source is at the same path (Cache.tree_parent)."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
     series = patches.read_series(repo_root / spec.patches)
     identity = fetched.sha256 or fetched.commit or _dir_digest(fetched.directory or Path())
     key = hashlib.sha256(json.dumps({"source": identity, "patches": [p.sha256 for p in series],
                                      "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
     version = spec.source.version or "local"
-    tree = cache.sources / f"{canonicalize_name(spec.name)}-{version}-{key}"
+    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}-{key}"
     marker = tree / PREPARED_MARKER
-    with cache.lock(f"src-{tree.name}"):
+    # A prepared tree is never changed: no lock needed to find one (a build holds the lock
+    # while it compiles there).
+    with contextlib.nullcontext() if marker.exists() else cache.tree_lock(tree):
         if not marker.exists():
             tmp = temp_sibling(tree)
             remove(tmp)
@@ -485,14 +496,17 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     # Stack-relative files (patches, path sources, external paths) come from the bundle
     # when building from one; outputs still go under the repository.
     source_root = source_bundle.files_root if source_bundle else repo_root
-    source_only = [prepare_package(spec, cache, source_root, reporter)
+    # With a remote compile cache, the trees go to the machine-wide build root: nvcc puts
+    # each .cu's real path into what the cache hashes (README, "Shared compile cache").
+    shared = remote is not None
+    source_only = [prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
                    for spec in _source_donors(stack, specs)]
     for donor in source_only:
         reporter.say(f"    {donor.spec.name}: source prepared for from_source externals only "
                      "(not built: left out by --only)")
     prepared: list[PreparedPackage] = []
     for spec in specs:
-        prep = prepare_package(spec, cache, source_root, reporter)
+        prep = prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
         prepared.append(resolve_externals(prep, cache, source_root, reporter,
                                           fetch=fetch_externals and source_bundle is None,
                                           others=source_only + prepared,
@@ -577,7 +591,8 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     parallelism = choose_parallelism(stack, max_jobs, nvcc_threads, record)
     plan = Plan(stack, repo_root, cache, output_dir, log_path, prepared, checks, parallelism,
                 compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts,
-                source_only=source_only, unit_costs=costs)
+                source_only=source_only, unit_costs=costs,
+                tree_root=cache.tree_parent(shared))
     plan.contexts = [_context(plan, p) for p in prepared]
     return plan
 
@@ -674,7 +689,13 @@ def render_plan(plan: Plan) -> str:
         lines.append("Common build environment:")
         for key, value in sorted(plan.contexts[0].base_env().items()):
             lines.append(f"  {key}={value}")
-    lines += [f"Output: {plan.output_dir}", f"Cache: {plan.cache.root}", f"Log: {plan.log_path}"]
+    paths = data["paths"]
+    lines += [f"Output: {plan.output_dir}", f"Cache: {plan.cache.root}",
+              f"Source trees: {paths['trees']}" + (
+                  f" (machine-wide build root, ${BUILD_ROOT_ENV}: a remote compile cache hits "
+                  "across builders only at identical tree paths)" if paths["trees_shared"]
+                  else ""),
+              f"Log: {plan.log_path}"]
     return "\n".join(line for line in lines if line != "")
 
 
@@ -927,9 +948,14 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         ninja_logs = telemetry.ninja_log_sizes(ctx.tree / "build")
         t0 = time.monotonic()
         try:
-            with _hidden_environ(cc.secret_env()):
+            # One build at a time in a tree (a shared tree is used by builds of other cache
+            # dirs too); the prefix-map spec file held for the whole package build.
+            with plan.cache.tree_lock(prep.tree), builders.hold_specs(ctx) as (run_ctx, warn), \
+                    _hidden_environ(cc.secret_env()):
+                if warn:
+                    reporter.warn(warn)
                 toolchain.zero_compile_cache_stats(cc, cc_env)
-                _execute_steps(ctx, reporter)
+                _execute_steps(run_ctx, reporter)
                 stats = toolchain.compile_cache_stats(cc, cc_env)
         finally:
             if cc.tool == "sccache" and cc.path and cc.path.exists():
