@@ -20,3 +20,13 @@ def shared_cache() -> Path:
     root = Path(os.environ.get("VLLM_WHEELS_TEST_CACHE", REPO / ".cache" / "test"))
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
+
+
+@pytest.fixture(autouse=True)
+def own_build_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test its own machine-wide build root (trees of builds with a remote compile
+    cache, prefix-map spec files: cache.build_root), inherited by the CLI runs it starts:
+    tests never share it, nor leave anything in /var/tmp."""
+    root = tmp_path / "build-root"
+    monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(root))
+    return root

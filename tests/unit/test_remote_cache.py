@@ -219,3 +219,24 @@ def test_flag_is_refused_with_in_docker(repo_root: Path) -> None:
                             check=False)
     assert result.returncode == 2, result.stderr
     assert "--compile-cache-remote does not apply with --in-docker" in result.stderr
+
+
+def test_a_remote_puts_the_trees_under_the_build_root(tmp_path: Path,
+                                                      own_build_root: Path) -> None:
+    """With a remote compile cache every builder must compile at the same paths (nvcc puts
+    the real path of each .cu into what sccache hashes): the trees leave the cache dir for
+    the machine-wide build root; without one they stay where they were."""
+    stack = project(tmp_path)
+    with redis_server() as port:
+        shared = dry_run(tmp_path, stack, "--compile-cache-remote", f"redis://127.0.0.1:{port}")
+    assert shared.returncode == 0, shared.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    tree = Path(plan["packages"][0]["tree"])
+    assert tree.parent == own_build_root / "src" and (tree / "setup.py").is_file()
+    assert plan["paths"]["trees"] == str(own_build_root / "src") and plan["paths"]["trees_shared"]
+    assert f"Source trees: {own_build_root / 'src'} (machine-wide build root" in shared.stdout
+    local = dry_run(tmp_path, stack, "--compile-cache-remote", "none")
+    assert local.returncode == 0, local.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert Path(plan["packages"][0]["tree"]).parent == tmp_path / "cache" / "src"
+    assert plan["paths"]["trees_shared"] is False

