@@ -13,6 +13,11 @@ path and peak unit memory.
                    pipeline cache (warm trees, warm local compile cache, the remote):
                    exactly one unit must miss
 
+Builds with a remote prepare their source trees under the machine-wide build root (README,
+"Shared compile cache"): the bench gives its runs their own (WORK/build-root) and empties
+its trees before warm-remote, so the second builder compiles at the same paths as the
+first, from nothing, as on another host.
+
 Every figure is read from what the build wrote (build-summary.json: the compile cache's own
 statistics, sccache's or ccache's; the telemetry summary), never inferred from timing.
 The checkouts are copies of this repository's files (`git ls-files`, tracked and untracked
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import remote_cache, runner
-from .cache import default_cache_root, remove, write_atomic
+from .cache import BUILD_ROOT_ENV, default_cache_root, remove, write_atomic
 from .errors import ConfigError, InterruptedError_, PipelineError, ToolchainError
 from .log import Reporter, format_duration
 from .stack import load_stack
@@ -464,10 +469,17 @@ def run(opts: Options, reporter: Reporter) -> dict[str, Any]:
                 target = checkout / opts.patch_file
                 target.write_text(target.read_text() + PATCH_TEXT)
             cmd = build_command(opts, sc, remote_arg, build_venv)
+            # Builds with a remote put their trees under the machine-wide build root (the
+            # same real path on every builder): the bench's own, and the second builder
+            # starts without the first one's trees, as another host would.
+            build_root = opts.work_dir / "build-root"
+            if sc.name == "warm-remote":
+                remove(build_root / "src")
             started = time.monotonic()
             try:
                 runner.run(cmd, reporter=reporter, cwd=checkout, what=f"scenario {sc.name}",
-                           on_line=lambda line: _echo_step(reporter, line))
+                           on_line=lambda line: _echo_step(reporter, line),
+                           env_changes={BUILD_ROOT_ENV: str(build_root)})
             except InterruptedError_:
                 raise
             except PipelineError as exc:
