@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import pipeline
+from . import pipeline, remote_cache
 from .cache import Cache, remove
 from .errors import NotReproducibleError
 from .log import Reporter
@@ -167,7 +167,10 @@ def verify(plan: pipeline.Plan, first: list[pipeline.BuiltWheel], reporter: Repo
         # second cache has no record, so the rule chooses there.
         max_jobs=None if plan.parallelism.source == "record" else plan.parallelism.jobs,
         nvcc_threads=plan.parallelism.nvcc_threads,
-        build_venv=plan.venv_path, only=[p.spec.name for p in plan.packages])
+        build_venv=plan.venv_path, only=[p.spec.name for p in plan.packages],
+        # No remote: an empty compile cache, and clean trees in the second cache (with a
+        # remote, trees live in the machine-wide build root: the first build's own).
+        compile_cache_remote=remote_cache.OFF)
     second = pipeline.build(again, reporter, build_venv=plan.venv_path,
                             fetch_externals=fetch_externals)
     compare_outputs({w.path.name: w.path for w in first}, {w.path.name: w.path for w in second},
