@@ -283,8 +283,8 @@ def hold_specs(ctx: BuildContext) -> Iterator[tuple[BuildContext, str]]:
     In spec-file mode the spec file is written (atomically) under an flock held for the
     whole block: two builds on this host whose maps name the same targets from other paths
     would otherwise rewrite each other's file mid-build. When another build holds it, this
-    build passes the maps inline (as before spec files: correct objects, but its compile
-    cache hits stay bound to its own paths). The file is left in place afterwards (a step
+    build passes the maps inline (as before spec files: the same objects, but the keys of
+    its host compiles name its own paths). The file is left in place afterwards (a step
     re-run from the log still finds it; the next build rewrites it under the lock)."""
     specs = ctx.prefix_specs()
     if specs is None:
@@ -294,9 +294,9 @@ def hold_specs(ctx: BuildContext) -> Iterator[tuple[BuildContext, str]]:
         if not held:
             yield replace(ctx, prefix_maps_via="flags"), (
                 f"{ctx.spec.name}: another build on this host holds the prefix-map spec file "
-                f"{specs}: passing the maps inline for this build, so its compile cache "
-                "entries are bound to this builder's paths (no hits from or for other "
-                "builders)")
+                f"{specs}: passing the maps inline for this build, so the compile cache "
+                "keys of its host compiles (sccache's CUDA and C/C++) name this builder's "
+                "paths: no hits there from or for other builders")
             return
         write_atomic(specs, prefix_specs_text(ctx.prefix_map()))
         yield ctx, ""
