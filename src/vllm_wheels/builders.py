@@ -472,12 +472,26 @@ def vllm_configure_argv(ctx: BuildContext) -> tuple[str, ...]:
         "-DCMAKE_JOB_POOL_COMPILE:STRING=compile", f"-DCMAKE_JOB_POOLS:STRING=compile={jobs}",
         f"-DCMAKE_CUDA_COMPILER={ctx.cuda_home / 'bin' / 'nvcc'}",
         *vllm_cmake_args(ctx),
+        *cmake_flag_args(ctx),
         # CMake's own record of every FetchContent call (checked by check_fetches); trace
         # options are not cached, so setup.py's later configure is unaffected.
         "--trace-expand", "--trace-format=json-v1",
         f"--trace-redirect={vllm_build_dir(ctx) / TRACE_FILENAME}",
         *[f"--trace-source={p}" for p in trace_sources(ctx.tree)],
     )
+
+
+def cmake_flag_args(ctx: BuildContext) -> list[str]:
+    """This build's CFLAGS, CXXFLAGS and CUDAFLAGS as CMake cache values. CMake reads those
+    variables on a build directory's first configure only and keeps them in its cache, so a
+    reused tree would keep an earlier build's prefix maps: a spec file path of another build
+    root or one since removed ("cannot read spec file"), or the inline maps of a fallback
+    build. Only on our configure (an argv: values with spaces stay whole), not in
+    CMAKE_ARGS (setup.py splits it at whitespace); setup.py's own configure passes none, so
+    the cache keeps them."""
+    env = ctx.base_env()
+    return [f"-DCMAKE_{lang}_FLAGS={env.get(var) or ''}"
+            for lang, var in (("C", "CFLAGS"), ("CXX", "CXXFLAGS"), ("CUDA", "CUDAFLAGS"))]
 
 
 def check_fetches(ctx: BuildContext, configure_ok: bool) -> None:

@@ -324,3 +324,26 @@ def test_a_held_spec_file_falls_back_to_inline_maps_with_a_warning(
         assert str(tmp_path / "b") not in specs.read_text()
     with lock_file(specs.with_name(specs.name + ".lock"), wait=False) as held:
         assert held  # released at the end of the build
+
+
+def test_vllm_configure_passes_this_builds_flags_every_time(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """CMake keeps CFLAGS/CXXFLAGS/CUDAFLAGS from a tree's first configure: a reused tree
+    must not keep an earlier build's spec file path (removed, or another build root's) nor
+    a fallback's inline maps, so the configure passes the current values."""
+    for var in ("CFLAGS", "CXXFLAGS", "CUDAFLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    stack = load_stack(REPO / "build" / "stacks" / "ci-cuda13.toml")
+    spec = next(p for p in stack.packages if p.name == "vllm")
+    ctx = replace(cached_context(tmp_path / "src" / "vllm", tmp_path), spec=replace(spec, env={}))
+    argv = builders.vllm_configure_argv(ctx)
+    specs = ctx.prefix_specs()
+    assert f"-DCMAKE_C_FLAGS=-specs={specs}" in argv
+    assert f"-DCMAKE_CXX_FLAGS=-specs={specs}" in argv
+    assert f"-DCMAKE_CUDA_FLAGS=-Xcompiler=-specs={specs}" in argv
+    fallback = builders.vllm_configure_argv(replace(ctx, prefix_maps_via="flags"))
+    cxx = next(a for a in fallback if a.startswith("-DCMAKE_CXX_FLAGS="))
+    assert f"-ffile-prefix-map={tmp_path / 'src' / 'vllm'}=/src/vllm" in cxx
+    # not in CMAKE_ARGS, which vLLM's setup.py splits at whitespace
+    assert not any("CMAKE_CXX_FLAGS" in a for a in builders.vllm_cmake_args(ctx))
