@@ -74,7 +74,10 @@ PEAKS = {"a.c": 600_000, "b.c": 600_000, "c.c": 600_000, "huge.c": 5_000_000}
 
 def test_units_never_reserve_more_than_the_budget_and_an_oversize_unit_runs_alone(
         tmp_path: Path) -> None:
-    procs = [_launch(tmp_path, s, 1.0, budget_kb=GB, peaks=PEAKS, default_kb=400_000)
+    # d.c lasts longer than the others, so that "it ran beside a 600 MB unit" does not hang
+    # on how soon a polling launcher wakes on a loaded machine (once seen under CI load).
+    procs = [_launch(tmp_path, s, 2.5 if s == "d.c" else 1.0, budget_kb=GB, peaks=PEAKS,
+                     default_kb=400_000)
              for s in ("a.c", "b.c", "c.c", "d.c", "huge.c")]
     assert [p.wait(timeout=60) for p in procs] == [0] * 5
     w = _windows(tmp_path)
