@@ -133,9 +133,14 @@ def test_vllm_configured_for_120_and_one_tu_compiled(built: tuple[Path, object],
 
 
 def test_rebuild_with_nothing_changed_compiles_nothing(built: tuple[Path, object],
-                                                       repo_root: Path, shared_cache: Path
+                                                       repo_root: Path, shared_cache: Path,
+                                                       session_build_root: Path,
+                                                       monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
     out, _ = built
+    # The build root of `built` (it names the prefix-map spec file on the compile command
+    # lines): another one is another command line, and everything would recompile.
+    monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(session_build_root))
     again = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
                 str(shared_cache), "--output-dir", str(out), cwd=repo_root)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -168,10 +173,14 @@ def test_mismatched_stack_is_refused_before_compiling(repo_root: Path, tmp_path:
 def test_build_telemetry_measures_the_real_translation_units(built: tuple[Path, object],
                                                               repo_root: Path,
                                                               shared_cache: Path,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              session_build_root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
     """Every unit through the measuring launcher: vLLM's TU via CMake's compiler launcher,
     the fixture's kernel via PYTORCH_NVCC. Their objects are removed first so that this
     build compiles them whatever the cache held (the compile cache may still serve them)."""
+    monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(session_build_root))  # as `built`'s
     vllm_obj = next((shared_cache / "src").glob(
         "vllm-0.11.2-*/build/temp.*/CMakeFiles/_C.dir/csrc/quantization/activation_kernels.cu.o"))
     ext_objs = list((shared_cache / "src").glob("tiny-cuda-ext-0.1.0-*/build/temp.*/**/*.o"))
