@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_stacks import TINY_CUDA_EXT, copy_tiny_cuda_ext, stack_toml
 
 from vllm_wheels import bundle, pipeline
 from vllm_wheels.builders import (
@@ -131,33 +132,15 @@ def test_tree_archives_are_deterministic(tmp_path: Path) -> None:
 # A stack of path sources only (no download, no toolchain): the CI stack's torch and CUDA
 # settings, with the repository's real tiny_cuda_ext fixture and one more package that
 # carries a file larger than a bundle part, so export must cut it into chunks.
-TINY_STACK = """\
-schema_version = 1
-name = "tiny-bundle"
-python = "3.11"
-cuda_arch_list = "12.0"
-
-[torch]
-version = "2.14.1"
-cuda = "13.0"
-
-[cuda_toolkit]
-version = ">=13.0,<14"
-source = "pip"
-pip_version = "13.0.3.0"
-
-[packages.tiny-cuda-ext]
-source = { path = "pkgs/tiny_cuda_ext", version = "0.1.0" }
-patches = "patches/tiny-cuda-ext"
-
+TINY_STACK = stack_toml("tiny-bundle", TINY_CUDA_EXT + """
 [packages.bigdata]
 source = { path = "pkgs/bigdata", version = "1.0" }
-"""
+""")
+
 
 def _tiny_repo(root: Path, seed: int = 1) -> Path:
     """A repository with the tiny stack, its path sources and one patch."""
-    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "tiny_cuda_ext",
-                    root / "pkgs" / "tiny_cuda_ext")
+    copy_tiny_cuda_ext(root)
     setup_py = root / "pkgs" / "tiny_cuda_ext" / "setup.py"
     first_line = setup_py.read_text().splitlines(keepends=True)[0]
     patch_dir = root / "patches" / "tiny-cuda-ext"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_stacks import TINY_CUDA_EXT, copy_tiny_cuda_ext, stack_toml
 
 from vllm_wheels import builders, pipeline, telemetry
 from vllm_wheels.cache import Cache
@@ -219,32 +220,13 @@ def test_another_machines_build_telemetry_is_a_record(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ plan source
 
 
-TINY_STACK = """\
-schema_version = 1
-name = "tiny-learned"
-python = "3.11"
-cuda_arch_list = "12.0"
-
-[torch]
-version = "2.14.1"
-cuda = "13.0"
-
-[cuda_toolkit]
-version = ">=13.0,<14"
-source = "pip"
-pip_version = "13.0.3.0"
-
-[packages.tiny-cuda-ext]
-source = { path = "pkgs/tiny_cuda_ext", version = "0.1.0" }
-patches = "patches/tiny-cuda-ext"
-"""
+TINY_STACK = stack_toml("tiny-learned", TINY_CUDA_EXT)
 
 
 def _tiny_repo(root: Path) -> Path:
     """A repository with a one-package stack of the real tiny_cuda_ext fixture (a path
     source: no download)."""
-    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "tiny_cuda_ext",
-                    root / "pkgs" / "tiny_cuda_ext")
+    copy_tiny_cuda_ext(root)
     (root / "patches" / "tiny-cuda-ext").mkdir(parents=True)
     (root / "patches" / "tiny-cuda-ext" / "series").write_text("")
     (root / "build" / "stacks").mkdir(parents=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from redis_server import free_port, redis_server
+from tiny_stacks import stack_toml
 
 from vllm_wheels import remote_cache
 from vllm_wheels.errors import ConfigError
@@ -26,23 +27,10 @@ def project(root: Path, build_extra: str = "") -> Path:
     (root / "pkg" / "setup.py").write_text(
         'from setuptools import setup\nsetup(name="pkg", version="0.1.0")\n')
     stack = root / "stack.toml"
-    stack.write_text(f"""schema_version = 1
-name = "rc"
-python = "{PY}"
-cuda_arch_list = "12.0"
-[torch]
-version = "2.14.1"
-cuda = "13.0"
-[cuda_toolkit]
-version = ">=13.0,<14"
-source = "pip"
-pip_version = "13.0.3.0"
-[build]
-compile_cache = "sccache"
-{build_extra}
+    stack.write_text(stack_toml("rc", """
 [packages.pkg]
-source = {{ path = "pkg", version = "0.1.0" }}
-""")
+source = { path = "pkg", version = "0.1.0" }
+""", python=PY, build=f'compile_cache = "sccache"\n{build_extra}\n'))
     return stack
 
 

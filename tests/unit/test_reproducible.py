@@ -103,21 +103,33 @@ def context(tree: Path, cache_root: Path) -> builders.BuildContext:
         repo_root=REPO, cache_root=cache_root)
 
 
+def builder_tree(cache_root: Path) -> Path:
+    """One builder's prepared tree in its cache dir, with a C source whose object would
+    name its path (debug info, an assert's __FILE__)."""
+    tree = cache_root / "src" / "tiny-cuda-ext-0.1.0-0123456789ab"
+    (tree / "csrc").mkdir(parents=True)
+    (tree / "csrc" / "k.c").write_text(
+        '#include <assert.h>\nconst char *where(void) { return __FILE__; }\n'
+        'int f(int x) { assert(x > 0); return x + 1; }\n')
+    return tree
+
+
+def clear_build_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the build steps' own flags: none from the caller's environment."""
+    for var in ("CFLAGS", "CXXFLAGS", "NVCC_APPEND_FLAGS", "CUDAFLAGS", "SOURCE_DATE_EPOCH"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_prefix_maps_keep_build_paths_out_of_real_gcc_objects(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same source compiled by the real gcc in two cache directories (as two builders
     would), with -g and an assert's __FILE__, using the CFLAGS the build steps get."""
-    for var in ("CFLAGS", "CXXFLAGS", "NVCC_APPEND_FLAGS", "CUDAFLAGS", "SOURCE_DATE_EPOCH"):
-        monkeypatch.delenv(var, raising=False)
+    clear_build_flags(monkeypatch)
     objects = []
     for name in ("builder-one", "second-builder-cache"):
         cache_root = tmp_path / name
-        tree = cache_root / "src" / "tiny-cuda-ext-0.1.0-0123456789ab"
-        (tree / "csrc").mkdir(parents=True)
-        (tree / "csrc" / "k.c").write_text(
-            '#include <assert.h>\nconst char *where(void) { return __FILE__; }\n'
-            'int f(int x) { assert(x > 0); return x + 1; }\n')
+        tree = builder_tree(cache_root)
         env = context(tree, cache_root).base_env()
         obj = tree / "k.o"
         flags = str(env.get("CFLAGS") or "").split()
@@ -253,17 +265,12 @@ def test_spec_file_maps_give_the_same_objects_and_command_lines_on_every_builder
     """With a compile cache, the maps reach gcc through -specs=FILE at a path named after the
     mapped names: two builders (other cache dirs, other trees) get the same command line
     (what a compile cache hashes) and the same object as with inline maps."""
-    for var in ("CFLAGS", "CXXFLAGS", "NVCC_APPEND_FLAGS", "CUDAFLAGS", "SOURCE_DATE_EPOCH"):
-        monkeypatch.delenv(var, raising=False)
+    clear_build_flags(monkeypatch)
     monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(tmp_path / "build-root"))
     objects, flag_sets = [], []
     for name in ("builder-one", "second-builder-cache"):
         cache_root = tmp_path / name
-        tree = cache_root / "src" / "tiny-cuda-ext-0.1.0-0123456789ab"
-        (tree / "csrc").mkdir(parents=True)
-        (tree / "csrc" / "k.c").write_text(
-            '#include <assert.h>\nconst char *where(void) { return __FILE__; }\n'
-            'int f(int x) { assert(x > 0); return x + 1; }\n')
+        tree = builder_tree(cache_root)
         for ctx in (cached_context(tree, cache_root), context(tree, cache_root)):
             with builders.hold_specs(ctx) as (run_ctx, warning):
                 assert warning == "" and run_ctx is ctx

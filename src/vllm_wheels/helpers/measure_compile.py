@@ -76,6 +76,22 @@ def unit_of(argv: list[str]) -> tuple[str | None, str | None]:
     return source, output
 
 
+def compile_parts(argv: list[str]
+                  ) -> tuple[list[str], str | None, str, str | None, str | None]:
+    """(command behind other launchers, compile cache tool or None, compiler, source,
+    output). Another launcher may sit between this one and the compile cache: the
+    reproducibility launcher (`python .../nvcc_source_path.py sccache nvcc ...`). The whole
+    command runs; the unit's cache and compiler are read from behind it."""
+    inner = argv
+    while len(inner) > 2 and Path(inner[1]).name == "nvcc_source_path.py":
+        inner = inner[2:]
+    tool = Path(inner[0]).name
+    cache_tool = tool if tool in ("ccache", "sccache") and len(inner) > 1 else None
+    compiler = inner[1] if cache_tool else inner[0]
+    source, output = unit_of(inner[2:] if cache_tool else inner[1:])
+    return inner, cache_tool, compiler, source, output
+
+
 UNIT_PEAKS_ENV = "VLLM_WHEELS_UNIT_PEAKS"
 BUDGET_ENV = "VLLM_WHEELS_MEMORY_BUDGET_KB"
 LEDGER_ENV = "VLLM_WHEELS_MEMORY_LEDGER"
@@ -177,11 +193,7 @@ def _admission(argv: list[str]) -> tuple[Ledger, int, str] | None:
             peaks = json.load(f)
     except (OSError, ValueError):
         peaks = {}
-    inner = argv
-    while len(inner) > 2 and Path(inner[1]).name == "nvcc_source_path.py":
-        inner = inner[2:]
-    cached = Path(inner[0]).name in ("ccache", "sccache") and len(inner) > 1
-    source, _ = unit_of(inner[2:] if cached else inner[1:])
+    source = compile_parts(argv)[3]
     key = unit_key(source, str(Path.cwd()), [(r, p) for r, p in peaks.get("roots", [])]) \
         if source else ""
     kb = int(peaks.get("peaks", {}).get(key) or peaks.get("default_kb") or 0)
@@ -332,16 +344,7 @@ def main(argv: list[str]) -> int:
 
 def _run(argv: list[str], path: str | None, ledger: Ledger | None, waited: float,
          key: str) -> int:
-    # Another launcher may sit between this one and the compile cache: the reproducibility
-    # launcher (`python .../nvcc_source_path.py sccache nvcc ...`). The whole command runs;
-    # the unit's cache and compiler are read from behind it.
-    inner = argv
-    while len(inner) > 2 and Path(inner[1]).name == "nvcc_source_path.py":
-        inner = inner[2:]
-    tool = Path(inner[0]).name
-    cache_tool = tool if tool in ("ccache", "sccache") and len(inner) > 1 else None
-    compiler = inner[1] if cache_tool else inner[0]
-    source, output = unit_of(inner[2:] if cache_tool else inner[1:])
+    inner, cache_tool, compiler, source, output = compile_parts(argv)
     env = dict(os.environ)
     statslog = None
     if cache_tool == "ccache":
