@@ -378,11 +378,16 @@ def load_costs(path: Path, package: str) -> dict[str, dict[str, float]]:
         raise ValueError("neither a unit cost record nor a build-telemetry.json")
     mine = [u for u in data["units"] if u.get("package") == package]
     roots = {p.get("package"): p for p in data.get("packages", [])}.get(package, {})
-    costs: dict[str, dict[str, float]] = {}
+    # Units grouped by their tree, so that unit_costs sees every object of one source (two
+    # targets) together and keeps the larger cost, as for this machine's own builds.
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for u in mine:
         tree = str(roots.get("tree") or _tree_of(u))
         cache_root = str(roots.get("cache_root") or Path(tree).parent.parent)
-        costs.update(unit_costs([u], tree, cache_root))
+        groups.setdefault((tree, cache_root), []).append(u)
+    costs: dict[str, dict[str, float]] = {}
+    for (tree, cache_root), group in groups.items():
+        costs.update(unit_costs(group, tree, cache_root))
     return costs
 
 

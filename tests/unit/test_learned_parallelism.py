@@ -211,10 +211,15 @@ def test_another_machines_build_telemetry_is_a_record(tmp_path: Path) -> None:
          "cwd": "/tmp/e2e/cache/src/vllm-0.20.0-74e4/build/temp.linux-x86_64-cpython-312",
          "wall_s": 58, "cpu_s": 58, "peak_rss_kb": 1_700_000, "exit": 0},
         {"package": "other", "source": "/x/y.cu", "cwd": "/x", "wall_s": 1, "cpu_s": 1,
-         "peak_rss_kb": 1, "exit": 0}]}
+         "peak_rss_kb": 1, "exit": 0},
+        # a.cu compiled a second time for another target, smaller: the larger cost stays.
+        {"package": "vllm", "source": "/tmp/e2e/cache/src/vllm-0.20.0-74e4/csrc/a.cu",
+         "cwd": "/tmp/e2e/cache/src/vllm-0.20.0-74e4/build/temp.linux-x86_64-cpython-312",
+         "wall_s": 100, "cpu_s": 99, "peak_rss_kb": 1_000_000, "exit": 0}]}
     (tmp_path / "t.json").write_text(json.dumps(data))
     costs = telemetry.load_costs(tmp_path / "t.json", "vllm")
     assert set(costs) == {"csrc/a.cu", "cache:externals/bundled/1a/csrc/api.cpp"}
+    assert costs["csrc/a.cu"] == {"wall_s": 300, "cpu_s": 290, "peak_rss_kb": 2_900_000}
 
 
 # ------------------------------------------------------------------------ plan source
