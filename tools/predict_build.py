@@ -36,7 +36,7 @@ import json
 import sys
 from pathlib import Path
 
-from vllm_wheels import telemetry
+from vllm_wheels.build import telemetry
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,8 @@ class Reporter:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = log_path.open("a", encoding="utf-8", errors="replace")
         self._step_started = time.monotonic()
+        self._steps_total = 0
+        self._steps_done = 0
 
     def close(self) -> None:
         if self._log is not None:
@@ -54,9 +56,27 @@ class Reporter:
         print(text, file=self.stream, flush=True)
         self.log(text)
 
-    def step(self, index: int, total: int, title: str) -> None:
+    def plan_steps(self, total: int, *, done: int = 0) -> None:
+        """How many steps this command has (`done` of them already announced elsewhere):
+        `step` numbers the rest itself, done+1..total."""
+        self._steps_total = total
+        self._steps_done = done
+
+    def step(self, title: str) -> None:
+        """The next step of those announced by `plan_steps`: `==> [N/M] title`."""
+        self._steps_done = self._steps_done + 1
+        self.step_at(self._steps_done, self._steps_total or self._steps_done, title)
+
+    def step_at(self, index: int, total: int, title: str) -> None:
+        """A step numbered by the caller (a command that resumes or skips steps)."""
         self._step_started = time.monotonic()
         self.say(f"==> [{index}/{total}] {title}")
+
+    def result(self, text: str) -> None:
+        """The command's own output (e.g. the plan of a dry run) on stdout, where a script
+        reads it, and in the full log."""
+        print(text, flush=True)
+        self.log(text)
 
     def step_done(self, detail: str = "") -> float:
         elapsed = time.monotonic() - self._step_started

@@ -75,7 +75,7 @@ def pypi_wheel(cache: Path, requirement: str, pattern: str, sha256: str | None =
     """One real wheel from PyPI (`pip download --no-deps`), kept in the test cache so a
     rerun downloads nothing; `pattern` is its file-name glob. With `sha256`, pip takes only
     the file with that hash (--require-hashes), and a cached copy is checked against it."""
-    from vllm_wheels.sources import sha256_file
+    from vllm_wheels.build.sources import sha256_file
 
     dl = cache / "test-downloads"
     dl.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from vllm_wheels.build.wheelmeta import rewrite_wheel
 from vllm_wheels.verify.report import REPORT_FILENAME, REPORT_SCHEMA_VERSION
-from vllm_wheels.wheelmeta import rewrite_wheel
 
 # Two builds of the same release for different torch/CUDA stacks, as the pipeline names them.
 LABEL_CU128 = "cu128.torch290.sm120"

@@ -17,8 +17,8 @@ from ci_support import CiBuild, cli
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from vllm_wheels.fatbin import read_archs
-from vllm_wheels.wheelmeta import read_manifest, requires_dist, verify_record
+from vllm_wheels.build.wheelmeta import read_manifest, requires_dist, verify_record
+from vllm_wheels.verify.fatbin import read_archs
 
 pytestmark = [pytest.mark.network, pytest.mark.compile]
 

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 from ci_support import CI_STACK, CiBuild, cli
 
-from vllm_wheels import pipeline
+from vllm_wheels.build import plan as build_plan
+from vllm_wheels.build.fetchcontent import TRACE_FILENAME, discover, read_trace
+from vllm_wheels.build.prepare import PreparedPackage
+from vllm_wheels.build.sources import sha256_file
+from vllm_wheels.build.stack import load_stack
 from vllm_wheels.cache import Cache
-from vllm_wheels.fetchcontent import TRACE_FILENAME, discover, read_trace
 from vllm_wheels.log import Reporter
-from vllm_wheels.sources import sha256_file
-from vllm_wheels.stack import load_stack
 
 pytestmark = [pytest.mark.network, pytest.mark.compile]
 
@@ -126,10 +127,10 @@ def _vllm_tree(repo_root: Path, shared_cache: Path, tmp_path: Path) -> Path:
 
 
 def _vllm_prep(repo_root: Path, shared_cache: Path, tmp_path: Path
-               ) -> pipeline.PreparedPackage:
+               ) -> PreparedPackage:
     """The prepared (patched) vLLM 0.11.2 tree the session's build used: the same plan the
     pipeline makes, over the shared cache (nothing is unpacked again)."""
-    plan = pipeline.make_plan(load_stack(repo_root / CI_STACK), repo_root=repo_root,
+    plan = build_plan.make_plan(load_stack(repo_root / CI_STACK), repo_root=repo_root,
                               cache=Cache(shared_cache), output_dir=tmp_path / "unused",
                               log_path=tmp_path / "plan.log",
                               reporter=Reporter(None, stream=io.StringIO()),

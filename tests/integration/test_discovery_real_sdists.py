@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vllm_wheels.fetchcontent import discover
+from vllm_wheels.build.fetchcontent import discover
+from vllm_wheels.build.sources import download, find_sdist, unpack
 from vllm_wheels.log import Reporter
-from vllm_wheels.sources import download, find_sdist, unpack
 
 pytestmark = pytest.mark.network
 

@@ -34,8 +34,8 @@ from index_support import (
 )
 from loopback import serve_on_loopback
 
+from vllm_wheels.build.wheelmeta import rewrite_wheel
 from vllm_wheels.index.store import PAUSE_ENV
-from vllm_wheels.wheelmeta import rewrite_wheel
 
 if TYPE_CHECKING:
     from ci_support import CiBuild
@@ -441,7 +441,7 @@ def test_the_gate_survives_a_mismatch_run_with_json_elsewhere(
 
 
 def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
-    """The last step of build_wheels (pipeline._verify_and_publish, with the real
+    """The last step of build_wheels (output.verify_and_publish, with the real
     verify_abi against this interpreter: these tiny wheels use no torch) after an earlier
     full build: `--only tinyflash` makes tinyflash 1.1. The earlier tinyflash 1.0 (replaced),
     a wheel of an older stack definition and a wheel without our manifest are removed;
@@ -449,8 +449,8 @@ def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
     verify-abi.json agree, and publishing takes exactly that set."""
     from index_support import _build_project
 
+    from vllm_wheels.build.output import BuiltWheel, verify_and_publish
     from vllm_wheels.log import Reporter
-    from vllm_wheels.pipeline import BuiltWheel, _verify_and_publish
     from vllm_wheels.verify.report import passing_wheels
 
     digest, older = "d" * 64, "e" * 64
@@ -475,7 +475,7 @@ def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
     log = tmp_path / "build.log"
     reporter = Reporter(log)
     try:
-        placed, kept = _verify_and_publish(out, digest, Path(sys.executable),
+        placed, kept = verify_and_publish(out, digest, Path(sys.executable),
                                            tmp_path / "verify", built, reporter)
     finally:
         reporter.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ci_support import CI_STACK, CiBuild, cli
 
-from vllm_wheels.wheelmeta import read_manifest
+from vllm_wheels.build.wheelmeta import read_manifest
 
 pytestmark = [pytest.mark.network, pytest.mark.compile]
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from vllm_wheels.build.externals import resolve_externals
+from vllm_wheels.build.patches import check_patch, read_series
+from vllm_wheels.build.prepare import prepare_package
+from vllm_wheels.build.stack import load_stack
 from vllm_wheels.cache import Cache
 from vllm_wheels.log import Reporter
-from vllm_wheels.patches import check_patch, read_series
-from vllm_wheels.pipeline import prepare_package, resolve_externals
-from vllm_wheels.stack import load_stack
 
 pytestmark = pytest.mark.network
 
@@ -125,7 +126,7 @@ def test_dry_run_prints_the_full_plan_and_json(repo_root: Path, shared_cache: Pa
 @pytest.fixture
 def warm_flashinfer(repo_root: Path, shared_cache: Path, reporter: Reporter) -> Path:
     """The real FlashInfer 0.5.2 sdist in the shared cache (downloaded once)."""
-    from vllm_wheels import sources
+    from vllm_wheels.build import sources
 
     spec = load_stack(repo_root / "build" / "stack.toml").package("flashinfer-python")
     assert spec is not None
@@ -156,7 +157,7 @@ def test_sha256_of_another_package_is_refused(repo_root: Path, shared_cache: Pat
                                               tmp_path: Path, reporter: Reporter) -> None:
     """flashinfer-python 0.5.2 pinned to vLLM 0.11.2's sha256 (cached): exit 4, not a
     FlashInfer wheel built from vLLM's source."""
-    from vllm_wheels import sources
+    from vllm_wheels.build import sources
 
     stack = load_stack(repo_root / "build" / "stack.toml")
     vllm = stack.package("vllm")
@@ -175,7 +176,7 @@ def test_mislabelled_cached_sdist_is_refused_by_its_pkg_info(
         repo_root: Path, tmp_path: Path, warm_flashinfer: Path, reporter: Reporter) -> None:
     """The real 0.5.2 sdist cached under the file name of 0.5.3 (same bytes, same sha256):
     the file name agrees with the stack, the sdist's own PKG-INFO does not."""
-    from vllm_wheels import sources
+    from vllm_wheels.build import sources
     from vllm_wheels.errors import SourceError
 
     sha = sources.sha256_file(warm_flashinfer)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from ci_support import CiBuild, make_wheel
 
+from vllm_wheels.build.stack import load_stack
 from vllm_wheels.errors import AbiMismatchError
 from vllm_wheels.log import Reporter
-from vllm_wheels.stack import load_stack
 from vllm_wheels.verify.throughput.candidate import MARKER, ensure_candidate_venv
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(900)]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from vllm_wheels.stack import load_stack
+from vllm_wheels.build.stack import load_stack
 
 pytestmark = pytest.mark.network
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 from ci_support import CiBuild, cli, compile_extension, make_wheel, pypi_wheel
 
-from vllm_wheels.fatbin import read_archs
-from vllm_wheels.sources import sha256_file
-from vllm_wheels.toolchain import find_system_nvcc
+from vllm_wheels.build.sources import sha256_file
+from vllm_wheels.build.toolchain import find_system_nvcc
+from vllm_wheels.verify.fatbin import read_archs
 from vllm_wheels.verify.report import passing_wheels
 
 pytestmark = [pytest.mark.network, pytest.mark.compile]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from vllm_wheels import bench
+from vllm_wheels.build import bench
 from vllm_wheels.errors import ConfigError
 
 

@@ -18,22 +18,22 @@ from pathlib import Path
 import pytest
 from tiny_stacks import TINY_CUDA_EXT, copy_tiny_cuda_ext, stack_toml
 
-from vllm_wheels import bundle, pipeline
-from vllm_wheels.builders import (
+from vllm_wheels.build import bundle
+from vllm_wheels.build import plan as build_plan
+from vllm_wheels.build.builders import BuildContext, ExternalDir
+from vllm_wheels.build.builders.vllm import (
     OFFLINE_ENV,
-    BuildContext,
-    ExternalDir,
     check_fetches,
     vllm_build_dir,
     vllm_configure_argv,
     vllm_env,
 )
+from vllm_wheels.build.fetchcontent import TRACE_FILENAME, read_trace, unplanned
+from vllm_wheels.build.stack import load_stack
+from vllm_wheels.build.toolchain import CompileCache, Parallelism
 from vllm_wheels.cache import Cache
 from vllm_wheels.errors import ConfigError, SourceError
-from vllm_wheels.fetchcontent import TRACE_FILENAME, read_trace, unplanned
 from vllm_wheels.log import Reporter
-from vllm_wheels.stack import load_stack
-from vllm_wheels.toolchain import CompileCache, Parallelism
 
 MiB = 1024 * 1024
 
@@ -164,7 +164,7 @@ def _export(repo: Path, dest: Path, tmp_path: Path, part_size: int | None
     cache = Cache(tmp_path / "export-cache")
     log = reporter(tmp_path)
     stack = load_stack(repo / "build" / "stacks" / "tiny.toml")
-    plan = pipeline.make_plan(stack, repo_root=repo, cache=cache, output_dir=tmp_path / "out",
+    plan = build_plan.make_plan(stack, repo_root=repo, cache=cache, output_dir=tmp_path / "out",
                               log_path=tmp_path / "plan.log", reporter=log,
                               fetch_externals=True)
     return bundle.export(plan, dest, log, part_size)
@@ -222,7 +222,7 @@ def test_export_splits_into_parts_and_load_reassembles(tmp_path: Path) -> None:
     moved = tmp_path / "repo-gone"
     repo.rename(moved)
     cache = Cache(tmp_path / "cache-a")
-    plan = pipeline.make_plan(load_stack(loaded.stack_path), repo_root=tmp_path / "elsewhere",
+    plan = build_plan.make_plan(load_stack(loaded.stack_path), repo_root=tmp_path / "elsewhere",
                               cache=cache, output_dir=tmp_path / "out2",
                               log_path=tmp_path / "plan2.log", reporter=reporter(tmp_path),
                               fetch_externals=False, source_bundle=loaded)

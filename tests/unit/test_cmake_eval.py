@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from vllm_wheels.build.cmake_eval import UNKNOWN, Condition, Interpreter, tokenize
+from vllm_wheels.build.externals import resolve_externals
+from vllm_wheels.build.fetchcontent import discover
+from vllm_wheels.build.prepare import PreparedPackage
+from vllm_wheels.build.sources import FetchedSource
+from vllm_wheels.build.stack import ExternalOverride, PackageSpec, Source
 from vllm_wheels.cache import Cache
-from vllm_wheels.cmake_eval import UNKNOWN, Condition, Interpreter, tokenize
 from vllm_wheels.errors import ConfigError
-from vllm_wheels.fetchcontent import discover
 from vllm_wheels.log import Reporter
-from vllm_wheels.pipeline import PreparedPackage, resolve_externals
-from vllm_wheels.sources import FetchedSource
-from vllm_wheels.stack import ExternalOverride, PackageSpec, Source
 
 
 def tree(tmp_path: Path, files: dict[str, str]) -> Path:

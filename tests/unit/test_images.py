@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from vllm_wheels import cli
+from vllm_wheels.build.stack import Stack, load_stack
 from vllm_wheels.errors import ConfigError
 from vllm_wheels.images.commands import (
     BUILD_DOCKERFILE,
@@ -36,7 +37,6 @@ from vllm_wheels.images.commands import (
     wheels_build_command,
 )
 from vllm_wheels.images.versions import choose_cuda_image, load_versions, set_pinned
-from vllm_wheels.stack import Stack, load_stack
 
 DIGEST = "sha256:" + "ab" * 32
 

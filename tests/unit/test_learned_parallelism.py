@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 from tiny_stacks import TINY_CUDA_EXT, copy_tiny_cuda_ext, stack_toml
 
-from vllm_wheels import builders, pipeline, telemetry
+from vllm_wheels.build import parallelism, telemetry
+from vllm_wheels.build import plan as build_plan
+from vllm_wheels.build.builders import vllm
+from vllm_wheels.build.render import render_plan
+from vllm_wheels.build.stack import load_stack
 from vllm_wheels.cache import Cache
 from vllm_wheels.errors import ConfigError
 from vllm_wheels.helpers.measure_compile import Ledger
 from vllm_wheels.log import Reporter
-from vllm_wheels.stack import load_stack
 
 GB = 1024 * 1024  # in kB
 
@@ -179,7 +182,7 @@ def test_unit_costs_are_keyed_relative_to_the_tree_and_skip_hits_and_failures() 
     assert set(costs) == {"csrc/a.cu", "csrc/b.cu", "cache:externals/bundled/h/x.cpp"}
     assert costs["csrc/a.cu"] == {"wall_s": 9.0, "cpu_s": 8.0, "peak_rss_kb": 300}
     # ...whose objects (one per target) are both compiled in the order pass.
-    assert builders.recorded_objects(costs, "A.dir/csrc/a.cu.o: CUDA\nB.dir/csrc/a.cu.o: CUDA\n"
+    assert vllm.recorded_objects(costs, "A.dir/csrc/a.cu.o: CUDA\nB.dir/csrc/a.cu.o: CUDA\n"
                                      "A.dir/csrc/b.cu.o: CUDA\nlib.so: LINK\n") == \
         ["A.dir/csrc/a.cu.o", "B.dir/csrc/a.cu.o", "A.dir/csrc/b.cu.o"]
 
@@ -239,9 +242,9 @@ def _tiny_repo(root: Path) -> Path:
     return root
 
 
-def _plan(repo: Path, cache: Cache, **kw: object) -> pipeline.Plan:
+def _plan(repo: Path, cache: Cache, **kw: object) -> build_plan.Plan:
     stack = load_stack(repo / "build" / "stacks" / "tiny.toml")
-    return pipeline.make_plan(stack, repo_root=repo, cache=cache, output_dir=repo / "out",
+    return build_plan.make_plan(stack, repo_root=repo, cache=cache, output_dir=repo / "out",
                               log_path=repo / "plan.log", fetch_externals=False,
                               reporter=Reporter(None, stream=io.StringIO()), **kw)  # type: ignore[arg-type]
 
@@ -252,7 +255,7 @@ def test_plan_says_where_parallelism_came_from(tmp_path: Path) -> None:
     rule = _plan(repo, cache)
     par = rule.to_dict()["toolchain"]["parallelism"]
     assert par["source"] == "rule" and par["memory_budget_kb"] == 0
-    assert "no unit cost record" in pipeline.render_plan(rule)
+    assert "no unit cost record" in render_plan(rule)
     assert rule.contexts[0].admission_env() == {}
     assert "VLLM_WHEELS_MEMORY_BUDGET_KB" not in rule.contexts[0].base_env()
 
@@ -268,7 +271,7 @@ def test_plan_says_where_parallelism_came_from(tmp_path: Path) -> None:
     assert par["jobs"] == par["cores"] // par["nvcc_threads"]
     assert par["memory_budget_kb"] == int((par["available_gb"] - 2) * GB) or \
         abs(par["memory_budget_kb"] - (par["available_gb"] - 2) * GB) < 0.1 * GB
-    text = pipeline.render_plan(learned)
+    text = render_plan(learned)
     assert f"from a unit cost record: {path}" in text and "memory budget" in text
     env = learned.contexts[0].base_env()
     assert env["VLLM_WHEELS_MEMORY_BUDGET_KB"] == str(par["memory_budget_kb"])
@@ -289,15 +292,15 @@ def test_plan_says_where_parallelism_came_from(tmp_path: Path) -> None:
 
 def test_record_width_and_budget_against_the_rule() -> None:
     stack = load_stack(Path(__file__).parents[2] / "build" / "stacks" / "ci-cuda13.toml")
-    rule = pipeline.choose_parallelism(stack, None, None, cores=64, available_gb=128)
+    rule = parallelism.choose_parallelism(stack, None, None, cores=64, available_gb=128)
     assert (rule.source, rule.jobs, rule.memory_budget_kb) == ("rule", 21, 0)
-    learned = pipeline.choose_parallelism(stack, None, None, "r.json", cores=64,
+    learned = parallelism.choose_parallelism(stack, None, None, "r.json", cores=64,
                                           available_gb=128)
     assert (learned.source, learned.jobs) == ("record", 64)
     assert learned.memory_budget_kb == 126 * GB and learned.default_unit_kb == 6 * GB
     # Unrecorded units reserve the rule's share: floor(budget / default) == the rule's jobs.
     assert learned.memory_budget_kb // learned.default_unit_kb == rule.jobs
-    user = pipeline.choose_parallelism(stack, 3, None, "r.json", cores=64, available_gb=128)
+    user = parallelism.choose_parallelism(stack, 3, None, "r.json", cores=64, available_gb=128)
     assert user.jobs == 3 and user.memory_budget_kb == 126 * GB
 
 
@@ -337,11 +340,11 @@ def test_longest_first_manifest_reorders_ninja_and_the_build_reuses_the_objects(
              "src/gone.c": {"wall_s": 99}}  # not in this configuration: left out
     targets = subprocess.run([ninja, "-t", "targets", "all"], cwd=tmp_path, text=True,
                              capture_output=True, check=True).stdout
-    objects = builders.recorded_objects(costs, targets)
+    objects = vllm.recorded_objects(costs, targets)
     assert objects == ["t.dir/src/c.c.o", "t.dir/src/d.c.o", "t.dir/src/a.c.o"]
     manifest = tmp_path / telemetry.ORDER_DIR / "order.ninja"
     manifest.parent.mkdir()
-    manifest.write_text(builders.longest_first_manifest(tmp_path, objects))
+    manifest.write_text(vllm.longest_first_manifest(tmp_path, objects))
     order = [ninja, "-f", str(manifest), f"{telemetry.ORDER_DIR}/3"]
     subprocess.run([*order, "-j1"], cwd=tmp_path, check=True, capture_output=True)
     assert _started(tmp_path) == ["c", "d", "a"]
@@ -387,11 +390,11 @@ def test_cmake_objects_compiled_longest_first_stay_up_to_date_after_a_reconfigur
     costs = {"k/a.c": {"wall_s": 3}, "k/c.c": {"wall_s": 300}, "k/d.c": {"wall_s": 60}}
     targets = subprocess.run([ninja, "-C", str(build), "-t", "targets", "all"], text=True,
                              capture_output=True, check=True).stdout
-    objects = builders.recorded_objects(costs, targets)
+    objects = vllm.recorded_objects(costs, targets)
     assert [Path(o).name for o in objects] == ["c.c.o", "d.c.o", "a.c.o"]
     manifest = build / telemetry.ORDER_DIR / "order.ninja"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(builders.longest_first_manifest(build, objects))
+    manifest.write_text(vllm.longest_first_manifest(build, objects))
     subprocess.run([ninja, "-C", str(build), "-f", str(manifest), "-j1",
                     f"{telemetry.ORDER_DIR}/3"], check=True, capture_output=True)
     log = build / ".ninja_log"

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vllm_wheels.fetchcontent import discover
-from vllm_wheels.pins import strip_torch_pins
+from vllm_wheels.build.fetchcontent import discover
+from vllm_wheels.build.pins import strip_torch_pins
 
 
 def test_strip_torch_pins_keeps_lookalikes(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_discover_fetchcontent_from_cmake(repo_root: Path) -> None:
 def test_driver_stub_defines_declared_versioned_and_per_thread_names() -> None:
     """The libcuda link stub of a pip-assembled CUDA home defines every name an object
     compiled against cuda.h can reference (see toolchain.driver_stub_source)."""
-    from vllm_wheels.toolchain import driver_stub_source
+    from vllm_wheels.build.toolchain import driver_stub_source
 
     cuda_h = """
 #define cuGetProcAddress cuGetProcAddress_v2

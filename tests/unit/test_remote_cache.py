@@ -14,9 +14,9 @@ import pytest
 from redis_server import free_port, redis_server
 from tiny_stacks import stack_toml
 
-from vllm_wheels import remote_cache
+from vllm_wheels.build import remote_cache
+from vllm_wheels.build.stack import load_stack
 from vllm_wheels.errors import ConfigError
-from vllm_wheels.stack import load_stack
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 SECRET = "hunter2-not-for-logs"

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from vllm_wheels import builders, errors, reproduce
+from vllm_wheels import errors
+from vllm_wheels.build import builders, reproduce
+from vllm_wheels.build.builders import vllm
+from vllm_wheels.build.stack import load_stack
+from vllm_wheels.build.toolchain import CompileCache, Parallelism
+from vllm_wheels.build.wheelmeta import rewrite_wheel
 from vllm_wheels.cache import Cache
 from vllm_wheels.log import Reporter
-from vllm_wheels.stack import load_stack
-from vllm_wheels.toolchain import CompileCache, Parallelism
-from vllm_wheels.wheelmeta import rewrite_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -344,13 +346,13 @@ def test_vllm_configure_passes_this_builds_flags_every_time(tmp_path: Path,
     stack = load_stack(REPO / "build" / "stacks" / "ci-cuda13.toml")
     spec = next(p for p in stack.packages if p.name == "vllm")
     ctx = replace(cached_context(tmp_path / "src" / "vllm", tmp_path), spec=replace(spec, env={}))
-    argv = builders.vllm_configure_argv(ctx)
+    argv = vllm.vllm_configure_argv(ctx)
     specs = ctx.prefix_specs()
     assert f"-DCMAKE_C_FLAGS=-specs={specs}" in argv
     assert f"-DCMAKE_CXX_FLAGS=-specs={specs}" in argv
     assert f"-DCMAKE_CUDA_FLAGS=-Xcompiler=-specs={specs}" in argv
-    fallback = builders.vllm_configure_argv(replace(ctx, prefix_maps_via="flags"))
+    fallback = vllm.vllm_configure_argv(replace(ctx, prefix_maps_via="flags"))
     cxx = next(a for a in fallback if a.startswith("-DCMAKE_CXX_FLAGS="))
     assert f"-ffile-prefix-map={tmp_path / 'src' / 'vllm'}=/src/vllm" in cxx
     # not in CMAKE_ARGS, which vLLM's setup.py splits at whitespace
-    assert not any("CMAKE_CXX_FLAGS" in a for a in builders.vllm_cmake_args(ctx))
+    assert not any("CMAKE_CXX_FLAGS" in a for a in vllm.vllm_cmake_args(ctx))

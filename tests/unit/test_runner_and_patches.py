@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from vllm_wheels.build.patches import PatchFile, apply_series, check_patch, read_series
+from vllm_wheels.build.toolchain import parse_nvcc_version
 from vllm_wheels.errors import BuildError, DiskFullError, PatchError, ToolchainError
 from vllm_wheels.log import Reporter
-from vllm_wheels.patches import PatchFile, apply_series, check_patch, read_series
 from vllm_wheels.runner import capture, query, run, start
-from vllm_wheels.toolchain import parse_nvcc_version
 
 _open: list[Reporter] = []
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from vllm_wheels.build.prepare import prepare_package
+from vllm_wheels.build.sources import sdist_filename_disagreement
+from vllm_wheels.build.stack import load_stack
 from vllm_wheels.cache import Cache
 from vllm_wheels.errors import SourceError
 from vllm_wheels.log import Reporter
-from vllm_wheels.pipeline import prepare_package
-from vllm_wheels.sources import sdist_filename_disagreement
-from vllm_wheels.stack import load_stack
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_cuda_ext"
 HEADER = ('schema_version = 1\nname = "t"\npython = "3.11"\ncuda_arch_list = "12.0"\n'

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from vllm_wheels.build.stack import DockerSettings, load_stack
 from vllm_wheels.errors import ConfigError
-from vllm_wheels.stack import DockerSettings, load_stack
 
 GOOD = """
 schema_version = 1

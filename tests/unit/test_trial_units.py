@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+from vllm_wheels.build.fetchcontent import ExternalSource
+from vllm_wheels.build.patches import read_series
+from vllm_wheels.build.stack import ExternalOverride, load_stack
 from vllm_wheels.errors import ConfigError, InterruptedError_
-from vllm_wheels.fetchcontent import ExternalSource
 from vllm_wheels.log import Reporter
-from vllm_wheels.patches import read_series
-from vllm_wheels.stack import ExternalOverride, load_stack
 from vllm_wheels.trial import compare, stages
 from vllm_wheels.trial.candidate import read_release, toolkit_floor
 from vllm_wheels.trial.plan import check_series, hunk_text, parse_request, patch_dir_for

@@ -13,7 +13,6 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.tags import Tag
 
-from vllm_wheels.fatbin import FatbinEntry
 from vllm_wheels.verify.checks import (
     check_companions,
     check_python_tag,
@@ -23,6 +22,7 @@ from vllm_wheels.verify.checks import (
     runtime_tags,
 )
 from vllm_wheels.verify.elf import demangle, read_elf
+from vllm_wheels.verify.fatbin import FatbinEntry
 from vllm_wheels.verify.runtime import Loader, Runtime
 from vllm_wheels.verify.wheelfacts import WheelElf, WheelFacts
 

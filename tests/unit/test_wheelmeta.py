@@ -3,7 +3,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from vllm_wheels.wheelmeta import (
+from vllm_wheels.build.wheelmeta import (
     MANIFEST_SCHEMA_VERSION,
     read_manifest,
     requires_dist,
@@ -74,7 +74,7 @@ def test_runtime_pins_only_for_built_packages_the_wheel_requires(tmp_path: Path)
     """FlashInfer built after the tiny-cuda-ext fixture must not require the fixture; a
     vLLM built after FlashInfer pins FlashInfer (it requires it) and its cubin companion
     when its METADATA requires that too. torch is pinned always."""
-    from vllm_wheels.wheelmeta import select_pins
+    from vllm_wheels.build.wheelmeta import select_pins
 
     built = {"tiny-cuda-ext": "==0.1.0+x", "flashinfer-python": "==0.5.2+x",
              "flashinfer-cubin": "==0.5.2+x"}
@@ -87,7 +87,7 @@ def test_runtime_pins_only_for_built_packages_the_wheel_requires(tmp_path: Path)
         **always, "flashinfer-python": "==0.5.2+x", "flashinfer-cubin": "==0.5.2+x"}
     # Through rewrite_wheel: the demo wheel requires flashinfer-python, not tiny-cuda-ext.
     raw = make_wheel(tmp_path)
-    from vllm_wheels.wheelmeta import requires_dist as reqs_of
+    from vllm_wheels.build.wheelmeta import requires_dist as reqs_of
 
     pins = select_pins(reqs_of(raw), {"torch": "==2.14.1"}, built)
     out = rewrite_wheel(raw, tmp_path / "out", label="x", pins=pins, manifest={})

@@ -10,7 +10,7 @@ builds from before the per-unit launcher, its .ninja_log (wall times only; memor
 families left out, and the parts a 12.0 build swaps in, are added from the per-family
 costs measured on the same H200 model of machine by a plain cmake + ninja probe of the
 full 9.0a build (shared facts of the project, copied here in FAMILIES so this file stands
-alone). Each configuration is then scheduled with vllm_wheels.telemetry.simulate: longest
+alone). Each configuration is then scheduled with vllm_wheels.build.telemetry.simulate: longest
 unit first, a unit starts when a job slot is free and the running units' memory plus its
 own fits the budget (the pipeline's rule: jobs = min(cores, (memory_gb - 2) / gb_per_job)).
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from vllm_wheels.telemetry import simulate  # noqa: E402
+from vllm_wheels.build.telemetry import simulate  # noqa: E402
 
 GB = 1024 * 1024  # kB per GB
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import layout
 from ..errors import ConfigError
 from .commands import check_consistency
 
@@ -17,9 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import repo_root
-
-    root = repo_root()
+    root = layout.repo_root()
     problems = check_consistency(root, args.stack)
     if problems:
         raise ConfigError("docker/ disagrees with the stack:\n  " + "\n  ".join(problems),

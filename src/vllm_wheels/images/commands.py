@@ -25,12 +25,13 @@ from typing import Any
 
 from packaging.version import Version
 
+from .. import layout
+from ..build.stack import Stack, load_stack
+from ..build.wheelmeta import wheel_info
 from ..cache import default_cache_root, remove, temp_sibling, write_atomic
 from ..errors import BuildError, ConfigError, SourceError, ToolchainError
 from ..log import Reporter
 from ..runner import capture, run
-from ..stack import DEFAULT_STACK, Stack, load_stack
-from ..wheelmeta import wheel_info
 from .versions import Versions, build_flavour, choose_cuda_image, load_versions
 
 PLAN_SCHEMA_VERSION = 1
@@ -204,7 +205,7 @@ def _unquote(raw: str) -> str:
 
 def expected_defaults(root: Path, stack_path: Path | None = None) -> dict[str, dict[str, str]]:
     """Dockerfile -> the ARG defaults the default stack and its versions file imply."""
-    stack = load_stack(stack_path or root / DEFAULT_STACK)
+    stack = load_stack(stack_path or layout.default_stack(root))
     versions = load_versions(root / stack.docker.versions)
     return {BUILD_DOCKERFILE: build_image_args(stack, versions, stack_in_repo(stack, root)),
             RUNTIME_DOCKERFILE: runtime_image_args(stack, versions)}
@@ -213,7 +214,7 @@ def expected_defaults(root: Path, stack_path: Path | None = None) -> dict[str, d
 def check_consistency(root: Path, stack_path: Path | None = None) -> list[str]:
     """Disagreements between docker/ and the stack (empty list = consistent)."""
     problems = []
-    stack_name = (stack_path or root / DEFAULT_STACK)
+    stack_name = (stack_path or layout.default_stack(root))
     for dockerfile, expected in expected_defaults(root, stack_path).items():
         path = root / dockerfile
         if not path.is_file():
@@ -327,9 +328,9 @@ def pipeline_args_from(args: argparse.Namespace) -> list[str]:
 def build_in_docker(args: argparse.Namespace, root: Path) -> int:
     """`build-wheels --in-docker`: run the same pipeline inside Dockerfile.build and move
     the exported wheels into wheels/<stack>/ only when the whole build succeeded."""
-    stack = load_stack(args.stack or root / DEFAULT_STACK)
+    stack = load_stack(args.stack or layout.default_stack(root))
     versions = load_versions(root / stack.docker.versions)
-    output = (args.output_dir or root / "wheels" / stack.name).resolve()
+    output = (args.output_dir or layout.wheels_dir(root, stack.name)).resolve()
     export = temp_sibling(output)
     command = wheels_build_command(stack, versions, root, export, pipeline_args_from(args))
     reporter = _reporter("build", stack)
@@ -400,7 +401,7 @@ def check_wheels(stack: Stack, wheels: Path) -> list[Path]:
 
 def index_requirements(stack: Stack) -> list[str]:
     """name==version+label for every package of the stack that makes a wheel."""
-    from ..builders import makes_wheel
+    from ..build.builders import makes_wheel
 
     reqs = []
     for spec in stack.packages:
@@ -439,7 +440,7 @@ def stage_wheels(wheels: Sequence[Path], dest: Path) -> None:
 
 
 def build_runtime(args: argparse.Namespace, root: Path) -> int:
-    stack = load_stack(args.stack or root / DEFAULT_STACK)
+    stack = load_stack(args.stack or layout.default_stack(root))
     versions = load_versions(root / stack.docker.versions)
     reporter = _reporter("runtime", stack)
     # The `wheels` build context: a folder holding only the wheels, removed afterwards.
@@ -451,7 +452,7 @@ def build_runtime(args: argparse.Namespace, root: Path) -> int:
                 download_from_index(stack, args.index, staging, reporter)
                 found = check_wheels(stack, staging)
             else:
-                found = check_wheels(stack, (args.wheels or root / "wheels" / stack.name)
+                found = check_wheels(stack, (args.wheels or layout.wheels_dir(root, stack.name))
                                      .resolve())
                 stage_wheels(found, staging)
             reporter.say(f"vllm-wheels: runtime image for stack {stack.name} from "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import layout
 from .commands import build_runtime
 
 
@@ -27,6 +28,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import repo_root
-
-    return build_runtime(args, repo_root())
+    return build_runtime(args, layout.repo_root())

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..stack import DEFAULT_STACK, load_stack
+from .. import layout
+from ..build.stack import load_stack
 from .commands import synced_dockerfiles
 from .versions import load_versions, resolve_all, set_pinned, today, write_atomically
 
@@ -24,10 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import repo_root
-
-    root = repo_root()
-    stack = load_stack(args.stack or root / DEFAULT_STACK)
+    root = layout.repo_root()
+    stack = load_stack(args.stack or layout.default_stack(root))
     versions_path = root / stack.docker.versions
     versions = load_versions(versions_path)
     files: dict[Path, str] = {}

@@ -22,9 +22,9 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from ..build.stack import Stack, _Table, read_toml
 from ..cache import temp_sibling
 from ..errors import ConfigError, SourceError
-from ..stack import Stack, _Table, read_toml
 
 SCHEMA_VERSION = 1
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")

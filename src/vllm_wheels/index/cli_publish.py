@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import layout
+from ..build.stack import load_stack
 from ..log import Reporter
-from ..stack import DEFAULT_STACK, load_stack
 from ..verify.report import REPORT_FILENAME
 from . import publish, upload
 from .cli_common import add_index_argument, index_dir
@@ -36,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import repo_root
-
-    root = repo_root()
+    root = layout.repo_root()
     index = index_dir(args)
     reporter = Reporter(None)
     if args.regenerate:
@@ -52,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.wheels:
         paths = list(args.wheels)
     else:
-        stack = load_stack(args.stack or root / DEFAULT_STACK)
-        paths = [root / "wheels" / stack.name]
+        stack = load_stack(args.stack or layout.default_stack(root))
+        paths = [layout.wheels_dir(root, stack.name)]
     wheels = publish.collect_wheels(paths)
     reporter.say(f"publishing {len(wheels)} wheel(s) into {index.root}")
     candidates = publish.built_candidates(wheels, report=args.report,

@@ -17,7 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from ..wheelmeta import read_manifest
+from ..build.wheelmeta import read_manifest
 from .store import FileRecord, IndexDir
 
 LIST_SCHEMA_VERSION = 1

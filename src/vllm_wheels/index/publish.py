@@ -17,10 +17,10 @@ from typing import Any
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
+from ..build.sources import download, sha256_file
 from ..cache import remove
 from ..errors import CannotCheckError, ConfigError, IndexPublishError, SourceError
 from ..log import Reporter
-from ..sources import download, sha256_file
 from ..verify.report import REPORT_FILENAME, read_results
 from . import layout
 from .store import FileRecord, IndexDir, IndexState, place_file, utc_now, write_bytes_atomic

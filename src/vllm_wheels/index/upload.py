@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..build.stack import _Table, read_toml
 from ..errors import ConfigError, IndexPublishError
 from ..log import Reporter
 from ..runner import run
-from ..stack import _Table, read_toml
 
 CONFIG_SCHEMA_VERSION = 1
 TOOLS = ("uv", "twine")

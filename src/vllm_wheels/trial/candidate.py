@@ -21,8 +21,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .. import fetchcontent
-from ..pins import TORCH_FAMILY
+from ..build import fetchcontent
+from ..build.pins import TORCH_FAMILY
 
 # Where a release states its requirements, most authoritative first: the runtime pins a
 # user installs (requirements/cuda.txt), then the build ones. Older releases kept them at

@@ -12,10 +12,11 @@ import hashlib
 import time
 from pathlib import Path
 
+from .. import layout
+from ..build.stack import load_stack
 from ..cache import Cache, default_cache_root
 from ..errors import ConfigError
 from ..log import Reporter, format_duration
-from ..stack import DEFAULT_STACK, load_stack
 from . import stages
 from .plan import (
     PLAN_STEPS,
@@ -63,13 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import repo_root
-
-    root = repo_root()
+    root = layout.repo_root()
     request = parse_request(args.requirements)
     gpu = stages.gpu_present()
     wanted = stages.parse_stages(args.stages, gpu)
-    stack_path = (args.stack or root / DEFAULT_STACK).resolve()
+    stack_path = (args.stack or layout.default_stack(root)).resolve()
     stack = load_stack(stack_path)
     cache = Cache((args.cache_dir or default_cache_root()).resolve())
     stack_out = (args.stack_out or default_stack_path(root, request)).resolve()
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     # trial output, so verify/trials/ holds only the reports.
     output_id = hashlib.sha256(str(report_json).encode()).hexdigest()[:12]
     state_path = cache.root / "trials" / f"{request.name}-{output_id}.state.json"
-    wheels = (args.wheels_dir or root / "wheels" / request.name).resolve()
+    wheels = (args.wheels_dir or layout.wheels_dir(root, request.name)).resolve()
     patch_roots = [root / Path(spec.patches).parent for spec in stack.packages]
     key = stages.trial_key({"layout": PLAN_LAYOUT, "stack": str(stack_path),
                             "digest": stack.digest(), "request": request.to_dict(),
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                  and _digest_or_none(stack_out) == state.plan["candidate_stack"]["digest"])
         total = (1 if reuse else PLAN_STEPS) + len(later) + 1
         if reuse:
-            reporter.step(1, total, "plan: reused from the saved trial")
+            reporter.step_at(1, total, "plan: reused from the saved trial")
             state.results["plan"].reused = True
             reporter.step_done(f"candidate stack {stack_out}")
         else:
@@ -114,13 +113,13 @@ def run(args: argparse.Namespace) -> int:
             # with the new ones).
             for later_stage in ("build", "abi", "throughput"):
                 state.results.pop(later_stage, None)
-            if wheels.is_dir() and wheels == (root / "wheels" / request.name).resolve():
+            if wheels.is_dir() and wheels == (layout.wheels_dir(root, request.name)).resolve():
                 for stale in [*wheels.glob("*.whl"), wheels / "verify-abi.json"]:
                     stale.unlink(missing_ok=True)
             started = time.monotonic()
             state.plan = plan_trial(stack, request, repo_root=root, cache=cache,
                                     reporter=reporter, stack_out=stack_out,
-                                    default_stack=root / DEFAULT_STACK,
+                                    default_stack=layout.default_stack(root),
                                     total_steps=total)
             blockers = state.plan["blockers"]
             state.record(stages.StageResult(
@@ -139,13 +138,13 @@ def run(args: argparse.Namespace) -> int:
 
         write()
         commands = stages.stage_commands(paths, abi_python=args.abi_python)
-        from ..cli import COMMANDS
+        from ..commands import COMMANDS
 
         results = stages.run_stages(
             state, wanted, commands=commands, paths=paths, reporter=reporter, gpu=gpu,
             throughput_available=stages.THROUGHPUT_COMMAND in COMMANDS, first_step=step,
             total_steps=total, on_result=write)
-        reporter.step(total, total, "report")
+        reporter.step_at(total, total, "report")
         write()
         reporter.step_done()
         assert state.plan is not None

@@ -16,8 +16,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from ..fetchcontent import ExternalSource
-from ..stack import ExternalOverride, Stack
+from ..build.fetchcontent import ExternalSource
+from ..build.stack import ExternalOverride, Stack
 from .candidate import ReleaseFacts, Switch
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

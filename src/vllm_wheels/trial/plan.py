@@ -24,12 +24,12 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .. import sources
+from ..build import sources
+from ..build.patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
+from ..build.stack import PackageSpec, Source, Stack, TorchPin
 from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ConfigError, PipelineError
 from ..log import Reporter
-from ..patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
-from ..stack import PackageSpec, Source, Stack, TorchPin
 from . import compare
 from .candidate import ReleaseFacts, python_supported, read_release, toolkit_floor
 from .stack_writer import DEFAULT_INDEX, default_patch_dir, promotion_commands, write_stack
@@ -299,7 +299,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     fi_spec = stack.package("flashinfer-python")
     step = first_step
 
-    reporter.step(step, total_steps, "current sources (as released): "
+    reporter.step_at(step, total_steps, "current sources (as released): "
                   + ", ".join(f"{s.name} {s.source.version}" for s in (vllm_spec, fi_spec) if s))
     current: dict[str, ReleaseFacts] = {}
     for spec in (vllm_spec, fi_spec):
@@ -309,7 +309,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     reporter.step_done()
 
     step += 1
-    reporter.step(step, total_steps, f"candidate vllm {request.vllm}: find the sdist, verify, "
+    reporter.step_at(step, total_steps, f"candidate vllm {request.vllm}: find the sdist, verify, "
                   "unpack, read its requirements")
     cand_vllm_spec = candidate_spec(vllm_spec, request.vllm, cache, reporter)
     cand_vllm_tree = pristine_tree(cand_vllm_spec, cache, repo_root, reporter)
@@ -317,7 +317,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     reporter.step_done()
 
     step += 1
-    reporter.step(step, total_steps, "torch and FlashInfer pins of the candidate")
+    reporter.step_at(step, total_steps, "torch and FlashInfer pins of the candidate")
     decision = compare.decide_torch(
         stack, cand_vllm, request.torch,
         lambda version: torch_cuda_from_index(stack.torch.index, version, stack.python))
@@ -352,7 +352,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     reporter.step_done()
 
     step += 1
-    reporter.step(step, total_steps, "patches re-checked against the candidate sources")
+    reporter.step_at(step, total_steps, "patches re-checked against the candidate sources")
     patch_reports = [_patch_report(vllm_spec, cand_vllm_spec, cand_vllm_tree, repo_root)]
     if fi_spec is not None and cand_fi_spec is not None and cand_fi is not None:
         patch_reports.append(_patch_report(fi_spec, cand_fi_spec, cand_fi.tree, repo_root))
@@ -375,7 +375,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     reporter.step_done()
 
     step += 1
-    reporter.step(step, total_steps, f"write the candidate stack {stack_out}")
+    reporter.step_at(step, total_steps, f"write the candidate stack {stack_out}")
     py_ok = python_supported(cand_vllm.requires_python, stack.python)
     if py_ok is False:
         blockers.append(f"vllm {request.vllm} requires Python {cand_vllm.requires_python}; the "

@@ -18,9 +18,9 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from ..build.stack import _BUILDER_OPTIONS, PackageSpec, Source, Stack, _default_builder, load_stack
 from ..cache import remove, temp_sibling
 from ..errors import ConfigError
-from ..stack import _BUILDER_OPTIONS, PackageSpec, Source, Stack, _default_builder, load_stack
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 DEFAULT_INDEX = "https://pypi.org/simple"

@@ -240,7 +240,7 @@ def run_stages(state: TrialState, stages: Sequence[str], *, commands: Mapping[st
     for name in ("build", "abi", "throughput"):
         if name not in stages:
             continue
-        reporter.step(step, total_steps, f"stage {name}")
+        reporter.step_at(step, total_steps, f"stage {name}")
         step += 1
         saved = state.results.get(name)
         if upstream_ran and saved is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import layout
 from ..cache import write_atomic
 from ..log import Reporter
 from ..runner import query
@@ -27,7 +28,7 @@ IMPORT_TIMEOUT_S = 600
 
 # The import test's program, run by the runtime's interpreter: it imports each extension
 # module by name through the normal import system, over the wheels' files as installed.
-IMPORT_SMOKE = Path(__file__).resolve().parent.parent / "helpers" / "import_smoke.py"
+IMPORT_SMOKE = layout.helper("import_smoke.py")
 
 
 @dataclass

@@ -7,12 +7,13 @@ import json
 import time
 from pathlib import Path
 
+from .. import layout
+from ..build.stack import Stack, load_stack
+from ..build.toolchain import ensure_build_venv
 from ..cache import Cache, default_cache_root, publish_dir, remove, temp_sibling
 from ..errors import AbiMismatchError, CannotCheckError
 from ..log import Reporter
 from ..runner import query
-from ..stack import DEFAULT_STACK, Stack, load_stack
-from ..toolchain import ensure_build_venv
 from . import abi
 from .checks import FAIL, UNKNOWN
 from .report import REPORT_FILENAME, record_results
@@ -49,7 +50,7 @@ def runtime_venv(stack: Stack, cache: Cache, reporter: Reporter) -> Path:
     .pth file (seconds, no second multi-GB torch install); else torch is installed."""
     prefix = f"py{stack.python}-torch{stack.torch.version}-cu{stack.torch.cuda.replace('.', '')}-"
     builds = sorted(p for p in cache.venvs.glob(prefix + "*")
-                    if (p / "vllm-wheels-venv.json").exists()) if cache.venvs.is_dir() else []
+                    if (p / layout.VENV_MARKER).exists()) if cache.venvs.is_dir() else []
     if not builds:
         reporter.say(f"creating a runtime venv with torch {stack.torch.version} (first use)")
         return ensure_build_venv(stack, cache, reporter, []).python
@@ -78,14 +79,12 @@ def runtime_venv(stack: Stack, cache: Cache, reporter: Reporter) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import repo_root
-
-    root = repo_root()
+    root = layout.repo_root()
     cache = Cache((args.cache_dir or default_cache_root()).resolve())
     stack = None
     if args.wheels is None or args.python is None or args.stack is not None:
-        stack = load_stack(args.stack or root / DEFAULT_STACK)
-    wheels = args.wheels or [root / "wheels" / stack.name]  # type: ignore[union-attr]
+        stack = load_stack(args.stack or layout.default_stack(root))
+    wheels = args.wheels or [layout.wheels_dir(root, stack.name)]  # type: ignore[union-attr]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = cache.logs / f"verify-abi-{stamp}.log"
     reporter = Reporter(log_path)

@@ -22,8 +22,8 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..fatbin import FatbinEntry
 from .elf import ElfInfo, demangle, version_key
+from .fatbin import FatbinEntry
 from .runtime import Loader, Runtime
 from .wheelfacts import TORCH_LIBS, WheelElf, WheelFacts
 

@@ -24,7 +24,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection
 
-from ..fatbin import FatbinEntry, parse_fatbin
+from .fatbin import FatbinEntry, parse_fatbin
 
 SHN_UNDEF = 0
 STB_GLOBAL, STB_WEAK = 1, 2

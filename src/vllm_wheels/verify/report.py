@@ -47,9 +47,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..build.sources import sha256_file
 from ..cache import write_atomic
 from ..errors import CannotCheckError
-from ..sources import sha256_file
 
 REPORT_SCHEMA_VERSION = 1  # one run's report
 RESULTS_SCHEMA_VERSION = 2  # the results kept beside the wheels, keyed by sha256

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from ..build.sources import sha256_file
+from ..build.wheelmeta import MANIFEST_NAME
 from ..cache import pid_alive, raise_if_disk_full, remove, temp_sibling
 from ..errors import CannotCheckError
-from ..sources import sha256_file
-from ..wheelmeta import MANIFEST_NAME
 from .elf import ElfInfo, NotElf, is_elf, read_elf
 
 if TYPE_CHECKING:

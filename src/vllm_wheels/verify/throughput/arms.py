@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ...build.stack import read_toml
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter
 from ...runner import query
 from ...runner import start as start_process
-from ...stack import read_toml
 from .workload import Workload
 
 ArmKind = Literal["venv", "image", "url"]

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...build.sources import sha256_file
+from ...build.stack import Stack
+from ...build.toolchain import _relocate_venv, find_python
 from ...cache import publish_dir, remove, temp_sibling
 from ...errors import AbiMismatchError, CouldNotRunError, ToolchainError
 from ...log import Reporter
 from ...runner import run
-from ...sources import sha256_file
-from ...stack import Stack
-from ...toolchain import _relocate_venv, find_python
 from .. import abi
 
 MARKER = "vllm-wheels-candidate.json"

@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ... import layout
 from ...cache import remove
 from ...errors import (
     ConfigError,
@@ -29,9 +30,7 @@ from ...log import Reporter
 
 
 def _repo_root() -> Path:
-    from ...cli import repo_root
-
-    return repo_root()
+    return layout.repo_root()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,11 +84,11 @@ def _default_candidate(root: Path, stack_file: Path | None, wheels_dir: Path | N
                        reporter: Reporter) -> str:
     """venv:DIR/venv (DIR: --wheels, else wheels/<stack>/), made from DIR's wheels if
     missing or stale."""
-    from ...stack import DEFAULT_STACK, load_stack
+    from ...build.stack import load_stack
     from .candidate import ensure_candidate_venv
 
-    stack = load_stack(stack_file or root / DEFAULT_STACK)
-    wheels = (wheels_dir or root / "wheels" / stack.name).resolve()
+    stack = load_stack(stack_file or layout.default_stack(root))
+    wheels = (wheels_dir or layout.wheels_dir(root, stack.name)).resolve()
     return f"venv:{ensure_candidate_venv(stack, wheels, reporter)}"
 
 

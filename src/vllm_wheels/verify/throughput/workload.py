@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...build.stack import _Table, read_toml
 from ...errors import ConfigError
-from ...stack import _Table, read_toml
 
 MIN_RUNS = 5  # fewer independent runs per arm give no usable confidence interval
 

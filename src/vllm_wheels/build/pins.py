@@ -27,7 +27,8 @@ class StrippedPin:
     line: str
 
 
-def _is_torch_requirement(text: str) -> bool:
+def is_torch_requirement(text: str) -> bool:
+    """Whether a requirement line names torch or one of its companions (TORCH_FAMILY)."""
     text = text.split("#", 1)[0].strip()
     if not text or text.startswith("-"):
         return False
@@ -40,7 +41,7 @@ def _is_torch_requirement(text: str) -> bool:
 def strip_requirements_file(path: Path, root: Path) -> list[StrippedPin]:
     kept, removed = [], []
     for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if _is_torch_requirement(line):
+        if is_torch_requirement(line):
             removed.append(StrippedPin(str(path.relative_to(root)), line.strip()))
             kept.append(f"# removed by vllm-wheels (torch comes from the stack): {line.strip()}\n")
         else:
@@ -55,7 +56,7 @@ def strip_pyproject(path: Path, root: Path) -> list[StrippedPin]:
     kept, removed = [], []
     for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
         m = _PYPROJECT_ITEM.match(line.rstrip("\n"))
-        if m and _is_torch_requirement(m.group(3)):
+        if m and is_torch_requirement(m.group(3)):
             removed.append(StrippedPin(str(path.relative_to(root)), line.strip()))
             continue
         kept.append(line)

@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.utils import canonicalize_name
 
-from .cache import Cache, publish_dir, remove, temp_sibling
-from .errors import ConfigError, SourceError
+from .. import layout
+from ..cache import Cache, publish_dir, remove, temp_sibling
+from ..errors import ConfigError, SourceError
 from .sources import sha256_file
 
 if TYPE_CHECKING:
-    from .log import Reporter
-    from .pipeline import Plan
+    from ..log import Reporter
+    from .plan import Plan
 
 BUNDLE_SCHEMA_VERSION = 1
 LOCK_NAME = "bundle-lock.json"
@@ -61,7 +62,7 @@ USED_PATHS: dict[str, tuple[str, ...]] = {
                  "third-party/cutlass/tools/util/include", "third-party/fmt/include", "LICENSE"),
 }
 # Never part of a source: VCS metadata and the pipeline's own markers.
-_SKIP_NAMES = {".git", "__pycache__", ".vllm-wheels-commit"}
+_SKIP_NAMES = {".git", "__pycache__", layout.COMMIT_MARKER}
 
 
 def parse_size(text: str) -> int:

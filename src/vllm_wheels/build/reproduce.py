@@ -18,10 +18,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import layout
+from ..cache import Cache, remove
+from ..errors import NotReproducibleError
+from ..log import Reporter
 from . import pipeline, remote_cache
-from .cache import Cache, remove
-from .errors import NotReproducibleError
-from .log import Reporter
+from .output import BuiltWheel
+from .plan import Plan, make_plan
 
 # Inputs fetched once and verified (sha256, commit): reused by the second build.
 SHARED_INPUTS = ("downloads", "externals")
@@ -148,19 +151,19 @@ def compare_outputs(first: dict[str, Path], second: dict[str, Path],
             fix=("compare the two wheels member by member: "
                  + (f"`{tool} FIRST SECOND`" if tool else "`pip install diffoscope`, then "
                     "`diffoscope FIRST SECOND`")
-                 + "; a build path inside an object needs a -ffile-prefix-map (builders.py "
+                 + "; a build path inside an object needs a -ffile-prefix-map (builders/base.py "
                    "prefix_map), a timestamp needs SOURCE_DATE_EPOCH"))
 
 
-def verify(plan: pipeline.Plan, first: list[pipeline.BuiltWheel], reporter: Reporter, *,
-           fetch_externals: bool = True) -> list[pipeline.BuiltWheel]:
+def verify(plan: Plan, first: list[BuiltWheel], reporter: Reporter, *,
+           fetch_externals: bool = True) -> list[BuiltWheel]:
     """Build `plan` again in a clean second cache directory and compare with `first`
     (the wheels the first build published). Raises NotReproducibleError."""
     cache = second_cache(plan.cache)
     reporter.say(f"==> verify reproducible: the same plan again from clean source trees in "
                  f"{cache.root} (build venv {plan.venv_path} and downloads shared, empty "
                  "compile cache)")
-    again = pipeline.make_plan(
+    again = make_plan(
         plan.stack, repo_root=plan.repo_root, cache=cache, output_dir=cache.root / "wheels",
         log_path=plan.log_path, reporter=reporter, fetch_externals=False,
         # Full width from a unit cost record is safe only under its memory budget: the
@@ -171,10 +174,12 @@ def verify(plan: pipeline.Plan, first: list[pipeline.BuiltWheel], reporter: Repo
         # No remote: an empty compile cache, and clean trees in the second cache (with a
         # remote, trees live in the machine-wide build root: the first build's own).
         compile_cache_remote=remote_cache.OFF)
+    # The second build's steps are numbered as the first build's were.
+    reporter.plan_steps(pipeline.total_steps(len(again.packages)), done=pipeline.PLANNING_STEPS)
     second = pipeline.build(again, reporter, build_venv=plan.venv_path,
                             fetch_externals=fetch_externals)
     compare_outputs({w.path.name: w.path for w in first}, {w.path.name: w.path for w in second},
                     (plan.cache.root, cache.root, plan.venv_path, plan.repo_root), reporter)
     reporter.say(f"    reproducible: {len(first)} wheel(s) byte-identical across two builds "
-                 f"(second build's summary: {cache.root / 'wheels' / 'build-summary.json'})")
+                 f"(second build's summary: {cache.root / 'wheels' / layout.SUMMARY_FILENAME})")
     return second

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import remote_cache, runner
-from .cache import BUILD_ROOT_ENV, default_cache_root, remove, write_atomic
-from .errors import ConfigError, InterruptedError_, PipelineError, ToolchainError
-from .log import Reporter, format_duration
+from .. import layout, runner
+from ..cache import BUILD_ROOT_ENV, default_cache_root, remove, write_atomic
+from ..errors import ConfigError, InterruptedError_, PipelineError, ToolchainError
+from ..log import Reporter, format_duration
+from . import remote_cache
 from .stack import load_stack
 
 SCHEMA_VERSION = 1
@@ -357,7 +358,7 @@ def _echo_step(reporter: Reporter, line: str) -> None:
 
 
 def find_venv(cache_dir: Path) -> Path | None:
-    made = sorted((cache_dir / "venvs").glob("*/vllm-wheels-venv.json"))
+    made = sorted((cache_dir / "venvs").glob(f"*/{layout.VENV_MARKER}"))
     return made[0].parent if made else None
 
 
@@ -456,7 +457,7 @@ def run(opts: Options, reporter: Reporter) -> dict[str, Any]:
             if walls:
                 eta = (f", ETA {format_duration(sum(walls) / len(walls) * (runnable - len(walls)))}"
                        " for the rest (mean of the scenarios so far)")
-            reporter.step(index + 1, len(plan), f"scenario {sc.title}{eta}")
+            reporter.step_at(index + 1, len(plan), f"scenario {sc.title}{eta}")
             if sc.compile_cache.startswith("from "):
                 source = opts.work_dir / sc.compile_cache.removeprefix("from ")
                 dest = opts.work_dir / sc.cache
@@ -490,7 +491,7 @@ def run(opts: Options, reporter: Reporter) -> dict[str, Any]:
             wall = time.monotonic() - started
             walls.append(wall)
             summary = json.loads((opts.work_dir / f"out-{sc.name}" /
-                                  "build-summary.json").read_text())
+                                  layout.SUMMARY_FILENAME).read_text())
             figures = scenario_figures(summary, wall)
             entry.update({"figures": figures, "command": cmd[1:], "cwd": str(checkout)})
             if sc.patch:

@@ -20,7 +20,7 @@ and failed compiles left out, they say nothing of the compile's cost) are merged
 CACHE/unit-costs/<package>-<version>-<arch list digest>.json, keyed by the unit's source
 path relative to the package's tree (`cache:` + the path below the cache root for sources
 outside it, e.g. bundled externals), so the record holds across cache directories and
-machines. The next build's parallelism reads it (pipeline.choose_parallelism); a
+machines. The next build's parallelism reads it (parallelism.choose_parallelism); a
 build-telemetry.json from another machine is accepted too (--unit-costs).
 """
 
@@ -35,14 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import layout
+
 SCHEMA_VERSION = 1
 RECORD_SCHEMA_VERSION = 1
-FILENAME = "build-telemetry.json"
+FILENAME = layout.TELEMETRY_FILENAME
 # The order pass's stamps (builders.longest_first_manifest): in .ninja_log, not in
 # build.ninja, so not build outputs for the critical path.
-ORDER_DIR = ".vllm-wheels-order"
+ORDER_DIR = layout.ORDER_DIR
 UNITS_FILENAME = "compile-units.jsonl"
-LAUNCHER = Path(__file__).parent / "helpers" / "measure_compile.py"
+LAUNCHER = layout.helper("measure_compile.py")
 ENV = "VLLM_WHEELS_TELEMETRY"
 
 MEASURED = {
@@ -301,7 +303,7 @@ def simulate(units: Sequence[tuple[str, float, int]], jobs: int, budget_kb: int,
 
 def unit_key(source: str, cwd: str, tree: str, cache_root: str) -> str:
     """The unit's name in a record (the launcher computes the same: measure_compile.unit_key)."""
-    from .helpers.measure_compile import unit_key as key
+    from ..helpers.measure_compile import unit_key as key
 
     return key(source, cwd, [(tree, ""), (cache_root, "cache:")])
 
@@ -336,7 +338,7 @@ def merge_record(path: Path, *, package: str, version: str, arch_list: Sequence[
     """Merge one build's costs into the record at `path` (written atomically): wall and CPU
     are the latest measurement, peak memory the largest seen (admitting a unit on less than
     it once needed risks the OOM kill the record is there to avoid)."""
-    from .cache import write_atomic
+    from ..cache import write_atomic
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, PatchError, ToolchainError
-from .runner import QueryResult, query
+from ..errors import ConfigError, PatchError, ToolchainError
+from ..runner import QueryResult, query
 
 _HUNK_FAILED = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
 _PATCHING = re.compile(r"^(?:patching|checking) file '?([^']+?)'?$")

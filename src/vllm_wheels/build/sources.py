@@ -23,10 +23,11 @@ from pathlib import Path
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 
-from .cache import Cache, publish_dir, remove, temp_sibling
-from .errors import DiskFullError, SourceError
-from .log import Reporter
-from .runner import run
+from .. import layout
+from ..cache import Cache, publish_dir, remove, temp_sibling
+from ..errors import DiskFullError, SourceError
+from ..log import Reporter
+from ..runner import run
 from .stack import PackageSpec, Source
 
 USER_AGENT = "vllm-wheels/0.1 (+source-build pipeline)"
@@ -229,7 +230,7 @@ def git_checkout(url: str, ref: str, dest: Path, reporter: Reporter,
     except BaseException:
         remove(tmp)
         raise
-    (tmp / ".vllm-wheels-commit").write_text(commit + "\n")
+    (tmp / layout.COMMIT_MARKER).write_text(commit + "\n")
     publish_dir(tmp, dest)
     return commit
 
@@ -429,7 +430,7 @@ def _fetch(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter)
     if src.kind == "git":
         assert src.url and src.commit
         dest = cache.externals / "git" / hashlib.sha256(src.url.encode()).hexdigest()[:16] / src.commit
-        if not (dest / ".vllm-wheels-commit").exists():
+        if not (dest / layout.COMMIT_MARKER).exists():
             git_checkout(src.url, src.commit, dest, reporter)
         return FetchedSource(None, dest, None, src.commit, src.url)
     assert src.path is not None

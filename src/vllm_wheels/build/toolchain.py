@@ -13,25 +13,38 @@ import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from packaging.version import Version
 
-from .cache import Cache, publish_dir, remove, temp_sibling
-from .errors import ToolchainError
-from .log import Reporter
+from .. import layout
+from ..cache import Cache, publish_dir, remove, temp_sibling
+from ..errors import ToolchainError
+from ..log import Reporter
+from ..runner import capture, run
 from .remote_cache import Remote
-from .runner import capture, run
 from .stack import Stack
 
 _NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+), V([\d.]+)")
 
 
+class CheckStatus(StrEnum):
+    """The outcome of a toolchain check (JSON and the plan show the value)."""
+
+    OK = "ok"
+    FAIL = "fail"
+    WARN = "warn"
+    PENDING = "pending"  # decided once the build venv or pip CUDA_HOME exists
+
+
 @dataclass(frozen=True)
 class Check:
+    """One toolchain check of the plan (printed as `[ok  ] name: detail`)."""
+
     name: str
-    status: str  # "ok", "fail", "warn", "pending"
+    status: CheckStatus
     detail: str
     fix: str = ""
 
@@ -91,15 +104,15 @@ def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, li
 def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Check]:
     checks = []
     if nvcc is None:
-        return [Check("nvcc", "fail", "no nvcc found (searched: " + "; ".join(searched) + ")",
+        return [Check("nvcc", CheckStatus.FAIL, "no nvcc found (searched: " + "; ".join(searched) + ")",
                       f"install a CUDA toolkit matching {stack.cuda_toolkit.version} and set "
                       "CUDA_HOME to it")]
-    checks.append(Check("nvcc", "ok", f"{nvcc.path} (CUDA {nvcc.full_version}, via "
+    checks.append(Check("nvcc", CheckStatus.OK, f"{nvcc.path} (CUDA {nvcc.full_version}, via "
                         f"{nvcc.found_via})"))
     torch_major = stack.torch.cuda_major
     if nvcc.major != torch_major:
         checks.append(Check(
-            "nvcc major == torch CUDA major", "fail",
+            "nvcc major == torch CUDA major", CheckStatus.FAIL,
             f"nvcc is CUDA {nvcc.release} but torch {stack.torch.version} is built for CUDA "
             f"{stack.torch.cuda}: extensions would link libcudart.so.{nvcc.major} and be loaded "
             f"next to torch's libcudart.so.{torch_major}",
@@ -107,22 +120,22 @@ def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Che
             f"CUDA_HOME to it, or use a stack whose torch is built for CUDA {nvcc.major} "
             "(e.g. build/stacks/ci-cuda13.toml)"))
     else:
-        checks.append(Check("nvcc major == torch CUDA major", "ok",
+        checks.append(Check("nvcc major == torch CUDA major", CheckStatus.OK,
                             f"{nvcc.major} == {torch_major}"))
     if Version(nvcc.full_version) not in stack.cuda_toolkit.specifier and \
             Version(nvcc.release) not in stack.cuda_toolkit.specifier:
-        checks.append(Check("nvcc version", "fail",
+        checks.append(Check("nvcc version", CheckStatus.FAIL,
                             f"CUDA {nvcc.release} does not satisfy the stack's "
                             f"{stack.cuda_toolkit.version}",
                             f"install a CUDA toolkit matching {stack.cuda_toolkit.version}"))
     else:
-        checks.append(Check("nvcc version", "ok",
+        checks.append(Check("nvcc version", CheckStatus.OK,
                             f"{nvcc.release} satisfies {stack.cuda_toolkit.version}"))
     return checks
 
 
 def raise_on_failed(checks: list[Check]) -> None:
-    failed = [c for c in checks if c.status == "fail"]
+    failed = [c for c in checks if c.status == CheckStatus.FAIL]
     if failed:
         first = failed[0]
         more = "".join(f"\n  also: {c.name}: {c.detail}" for c in failed[1:])
@@ -209,26 +222,26 @@ def read_torch_facts(python: Path) -> TorchFacts:
     return TorchFacts(**data)
 
 
-def check_torch(stack: Stack, facts: TorchFacts) -> list[Check]:
+def check_build_torch(stack: Stack, facts: TorchFacts) -> list[Check]:
     checks = []
     base = facts.version.split("+")[0]
     if base != stack.torch.version:
-        checks.append(Check("torch version", "fail",
+        checks.append(Check("torch version", CheckStatus.FAIL,
                             f"the build venv has torch {facts.version}, the stack pins "
                             f"{stack.torch.version}",
                             "delete the build venv so it is recreated, or fix the stack's pin"))
     else:
-        checks.append(Check("torch version", "ok", facts.version))
+        checks.append(Check("torch version", CheckStatus.OK, facts.version))
     if facts.cuda != stack.torch.cuda:
-        checks.append(Check("torch CUDA variant", "fail",
+        checks.append(Check("torch CUDA variant", CheckStatus.FAIL,
                             f"torch.version.cuda is {facts.cuda}, the stack pins "
                             f"{stack.torch.cuda}",
                             "point [torch] index at the index that serves the "
                             f"cu{stack.torch.cuda.replace('.', '')} build"))
     else:
-        checks.append(Check("torch CUDA variant", "ok", f"CUDA {facts.cuda}"))
+        checks.append(Check("torch CUDA variant", CheckStatus.OK, f"CUDA {facts.cuda}"))
     if stack.torch.sha256 and facts.wheel_sha256 and facts.wheel_sha256 != stack.torch.sha256:
-        checks.append(Check("torch wheel sha256", "fail",
+        checks.append(Check("torch wheel sha256", CheckStatus.FAIL,
                             f"installed {facts.wheel_sha256}, pinned {stack.torch.sha256}"))
     return checks
 
@@ -265,7 +278,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         if not python.exists():
             raise ToolchainError(f"--build-venv {existing} is not a virtual environment")
         facts = read_torch_facts(python)
-        marker = existing / "vllm-wheels-venv.json"
+        marker = existing / layout.VENV_MARKER
         if marker.exists():
             # A venv this pipeline made records which torch wheel it installed (name and
             # sha256, part of every manifest): the same venv must give the same manifest
@@ -273,12 +286,12 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
             recorded = TorchFacts(**json.loads(marker.read_text())["torch"])
             if (recorded.version, recorded.git_version) == (facts.version, facts.git_version):
                 facts = recorded
-        raise_on_failed(check_torch(stack, facts))
+        raise_on_failed(check_build_torch(stack, facts))
         _check_existing_requirements(existing, requirements)
         return BuildVenv(existing, facts, tuple(requirements))
     key = venv_key(stack, requirements)
     path = venv_path(stack, cache, requirements)
-    marker = path / "vllm-wheels-venv.json"
+    marker = path / layout.VENV_MARKER
     with cache.lock(f"venv-{key}"):
         if marker.exists():
             data = json.loads(marker.read_text())
@@ -309,8 +322,8 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
                     facts = TorchFacts(**{**facts.to_dict(),
                                           "wheel_filename": info.get("url", "").rsplit("/", 1)[-1],
                                           "wheel_sha256": hashes.get("sha256")})
-            raise_on_failed(check_torch(stack, facts))
-            (tmp / "vllm-wheels-venv.json").write_text(json.dumps(
+            raise_on_failed(check_build_torch(stack, facts))
+            (tmp / layout.VENV_MARKER).write_text(json.dumps(
                 {"torch": facts.to_dict(), "requirements": requirements}, indent=2))
         except BaseException:
             remove(tmp)
@@ -326,7 +339,7 @@ def _check_existing_requirements(venv: Path, requirements: list[str]) -> None:
     """A venv the user brings is used as it is (the pipeline never installs into it): say
     before any compile what the sources' build requirements still need there."""
     wanted = [r for r in requirements if not r.startswith("cuda-toolkit")]
-    helper = Path(__file__).parent / "helpers" / "check_requirements.py"
+    helper = layout.helper("check_requirements.py")
     out = capture([venv / "bin" / "python", helper, *wanted], timeout=120)
     unmet = json.loads(out.strip().splitlines()[-1]) if out.strip() else []
     if unmet:
@@ -386,7 +399,7 @@ def assemble_pip_cuda_home(venv: BuildVenv, dest: Path, reporter: Reporter) -> P
     if not (root / "bin" / "nvcc").exists():
         raise ToolchainError(f"the cuda-toolkit wheels did not install nvcc under {root}",
                              fix="check [cuda_toolkit] pip_version")
-    marker = dest / ".vllm-wheels-cuda-home"
+    marker = dest / layout.CUDA_HOME_MARKER
     # The layout version: a CUDA home assembled before the driver stub defined the driver
     # API (layout 1) is made again.
     stamp = f"{root}\nlayout 2"
@@ -424,7 +437,7 @@ def assemble_pip_cuda_home(venv: BuildVenv, dest: Path, reporter: Reporter) -> P
     run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", stubs / "libcuda.so",
          source], reporter=reporter, error_cls=ToolchainError,
         what="build the libcuda link stub")
-    (tmp / ".vllm-wheels-cuda-home").write_text(stamp + "\n")
+    (tmp / layout.CUDA_HOME_MARKER).write_text(stamp + "\n")
     publish_dir(tmp, dest)
     return dest
 
@@ -492,7 +505,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def choose_parallelism(*, cores: int, available_gb: float, gb_per_job: float,
+def parallelism_rule(*, cores: int, available_gb: float, gb_per_job: float,
                        max_jobs: int = 0, nvcc_threads: int = 0,
                        reserve_gb: float = 2.0) -> Parallelism:
     """jobs = min(cores / threads, (available - reserve) / (gb_per_job * threads)), >= 1.

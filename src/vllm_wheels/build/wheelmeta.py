@@ -30,7 +30,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from .cache import remove, temp_sibling
+from ..cache import remove, temp_sibling
 
 MANIFEST_NAME = "vllm_wheels_build.json"
 # 2: only the build's inputs; what varies per build (duration, host, jobs, compile cache
@@ -49,7 +49,7 @@ def zip_date_time(environ: Mapping[str, str] | None = None) -> tuple[int, int, i
     try:
         epoch = int(raw) if raw else ZIP_EPOCH
     except ValueError:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
                           why="it is the timestamp written into every wheel member",

@@ -20,12 +20,11 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from ..errors import ConfigError
+from ..layout import check_stack_name
 from . import remote_cache
-from .errors import ConfigError
 
 SCHEMA_VERSION = 1
-# The stack every command uses unless --stack names another, relative to the repository.
-DEFAULT_STACK = "build/stack.toml"
 BUILDERS = ("vllm", "flashinfer", "setuptools")
 COMPILE_CACHES = ("auto", "ccache", "sccache", "none")
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug")
@@ -370,6 +369,7 @@ def load_stack(path: Path) -> Stack:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
         raise ConfigError(f"{path}: name '{name}' must be a plain file name "
                           "(letters, digits, . _ -)", why="it names wheels/<name>/")
+    check_stack_name(name, str(path))
     python = top.get("python", str, required=True)
     if not re.match(r"^3\.\d+$", python):
         raise ConfigError(f"{path}: python must look like \"3.12\", got '{python}'")

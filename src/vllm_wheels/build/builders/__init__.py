@@ -1,0 +1,117 @@
+"""The builders: how one package of the stack becomes a wheel. A stack's package names its
+builder (`builder = "vllm"`; by default vllm for vllm, flashinfer for flashinfer-python,
+setuptools for the rest), and the pipeline asks that builder, through the `Builder`
+protocol below, for everything that differs between packages. The pipeline itself never
+names a builder.
+
+  base.py        BuildContext (the prepared tree, venv, CUDA home, parallelism and compile
+                 cache of one package), Step, the build environment, the PEP 517 wheel
+                 step, and `parse_options` (a builder's typed options from the stack)
+  setuptools.py  any PEP 517 package, `python -m build --no-isolation` (torch extensions)
+  flashinfer.py  flashinfer-python with AOT kernels for the stack's arch list
+  vllm.py        vLLM: CMake configure as setup.py does it, disconnected, then the wheel
+
+Adding a builder: write `builders/NAME.py` with the members of `Builder` (copy
+setuptools.py, the smallest), add it to BUILDERS below, and add `tests/unit/
+test_builder_NAME.py` checking its steps on a small fixture tree. Nothing else changes:
+the plan, the build and the manifest reach it through the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..fetchcontent import ExternalSource
+from ..stack import PackageSpec
+from . import flashinfer, setuptools, vllm
+from .base import (
+    DEFAULT_SOURCE_DATE_EPOCH,
+    HELPERS,
+    BuildContext,
+    ExternalDir,
+    Step,
+    WheelExtras,
+    hold_specs,
+    prefix_specs_path,
+)
+
+__all__ = [
+    "BUILDERS",
+    "DEFAULT_SOURCE_DATE_EPOCH",
+    "HELPERS",
+    "BuildContext",
+    "Builder",
+    "ExternalDir",
+    "Step",
+    "WheelExtras",
+    "builder_for",
+    "hold_specs",
+    "makes_wheel",
+    "prefix_specs_path",
+    "steps_for",
+]
+
+
+class Builder(Protocol):
+    """What the pipeline asks a builder (each builder is a module of this package)."""
+
+    NAME: str  # the stack's `builder = "NAME"`
+
+    def parse(self, options: Mapping[str, Any], where: str) -> object:
+        """The builder's frozen options dataclass from [packages.P.options] (defaults in
+        the dataclass; an unknown key is a ConfigError)."""
+        ...
+
+    def build_requirements(self, tree: Path, spec: PackageSpec) -> list[str]:
+        """What building needs besides PEP 518 build-system.requires, read from the source
+        (torch pins are stripped by the caller)."""
+        ...
+
+    def discover_externals(self, tree: Path) -> list[ExternalSource] | None:
+        """The external sources the build would download (the plan resolves them: cache,
+        stack override, bundle); None for a builder whose builds download nothing (its
+        package's externals table is then not read)."""
+        ...
+
+    def steps(self, ctx: BuildContext) -> list[Step]:
+        """The commands that build the package, in order, with their environment."""
+        ...
+
+    def makes_wheel(self, spec: PackageSpec) -> bool:
+        """False when the package's options build without making a wheel."""
+        ...
+
+    def plan_notes(self, spec: PackageSpec) -> list[str]:
+        """Lines the printed plan adds after the package's steps."""
+        ...
+
+    def wheel_extras(self, ctx: BuildContext) -> WheelExtras:
+        """Post-processing of the raw wheel: files to add, platform tag, runtime pins and
+        manifest fields of this builder (after the build, in the build venv)."""
+        ...
+
+    def manifest_cmake_args(self, ctx: BuildContext) -> list[str] | None:
+        """The CMake arguments the manifest records (None: not a CMake build)."""
+        ...
+
+
+# builder name (the stack's `builder = ...`) -> the module implementing it
+BUILDERS: dict[str, Builder] = {
+    setuptools.NAME: setuptools,
+    flashinfer.NAME: flashinfer,
+    vllm.NAME: vllm,
+}
+
+
+def builder_for(spec: PackageSpec) -> Builder:
+    return BUILDERS[spec.builder]
+
+
+def steps_for(ctx: BuildContext) -> list[Step]:
+    return builder_for(ctx.spec).steps(ctx)
+
+
+def makes_wheel(spec: PackageSpec) -> bool:
+    return builder_for(spec).makes_wheel(spec)

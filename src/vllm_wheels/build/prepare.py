@@ -1,0 +1,123 @@
+"""Source preparation: a package's source fetched, unpacked, patched and stripped of its
+torch pins, once per content (the tree's name carries a digest of the source and the
+patch series), plus what building it needs. `PreparedPackage` is what the plan holds
+per package; its external sources are resolved afterwards (externals.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from .. import layout
+from ..cache import Cache, publish_dir, remove, temp_sibling
+from ..log import Reporter
+from . import fetchcontent, patches, pins, sources
+from .builders import builder_for
+from .stack import PackageSpec
+
+# Bump when the way a source tree is prepared changes (invalidates prepared trees).
+# 2: reproducible builds (prefix maps, nvcc source-path launcher): a tree built before
+# keeps objects and a CMake cache without them, and FlashInfer's AOT step keeps its
+# kernels; new trees rebuild everything once.
+PREPARE_LAYOUT = 2
+
+
+@dataclass(frozen=True)
+class ResolvedExternal:
+    source: fetchcontent.ExternalSource
+    directory: Path | None  # the directory CMake will use (None = not fetched yet)
+    origin: str  # "override:path", "override:archive", "cache", "to fetch"
+    commit: str | None
+    headers_only: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.source.to_dict(), "directory": str(self.directory or ""),
+                "origin": self.origin, "commit": self.commit, "headers_only": self.headers_only}
+
+
+@dataclass(frozen=True)
+class PreparedPackage:
+    spec: PackageSpec
+    fetched: sources.FetchedSource
+    tree: Path
+    patches: tuple[patches.PatchFile, ...]
+    stripped_pins: tuple[pins.StrippedPin, ...]
+    build_requirements: tuple[str, ...]
+    externals: tuple[ResolvedExternal, ...] = ()
+
+
+def dir_digest(path: Path) -> str:
+    """The identity of a local source directory (no sha256, no commit): its files' names
+    and contents, build outputs and caches left out."""
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and not any(part in ("build", "dist") for part in
+                                   p.relative_to(path).parts[:1])):
+        digest.update(str(item.relative_to(path)).encode())
+        digest.update(hashlib.sha256(item.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
+    """What building this source needs, read from the source itself (torch pins already
+    stripped): PEP 518 build-system.requires, then what its builder adds (vLLM's
+    requirements/build.txt, FlashInfer AOT's runtime requirements)."""
+    import tomllib
+
+    reqs: list[str] = []
+    pyproject = tree / "pyproject.toml"
+    if pyproject.is_file():
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        reqs += data.get("build-system", {}).get("requires", [])
+    reqs += builder_for(spec).build_requirements(tree, spec)
+    reqs += ["build", "wheel"]
+    return [r for r in dict.fromkeys(r.strip() for r in reqs if r.strip())
+            if not pins.is_torch_requirement(r)]
+
+
+def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter,
+                    *, shared_tree: bool = False) -> PreparedPackage:
+    """The patched source tree, content-addressed: under the cache dir, or with
+    shared_tree (a build with a remote compile cache) under the machine-wide build root,
+    where every builder's tree of the same source is at the same path (Cache.tree_parent)."""
+    fetched = sources.fetch(spec, cache, repo_root, reporter)
+    series = patches.read_series(repo_root / spec.patches)
+    identity = fetched.sha256 or fetched.commit or dir_digest(fetched.directory or Path())
+    key = hashlib.sha256(json.dumps({"source": identity, "patches": [p.sha256 for p in series],
+                                     "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
+    version = spec.source.version or "local"
+    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}-{key}"
+    marker = tree / layout.PREPARED_MARKER
+    # A prepared tree is never changed: no lock needed to find one (a build holds the lock
+    # while it compiles there).
+    with contextlib.nullcontext() if marker.exists() else cache.tree_lock(tree):
+        if not marker.exists():
+            tmp = temp_sibling(tree)
+            remove(tmp)
+            try:
+                if fetched.archive is not None:
+                    sources.unpack(fetched.archive, tmp)
+                else:
+                    assert fetched.directory is not None
+                    sources.copy_tree(fetched.directory, tmp)
+                applied = patches.apply_series(tmp, series)
+                stripped = pins.strip_torch_pins(tmp)
+                (tmp / layout.PREPARED_MARKER).write_text(json.dumps({
+                    "source": identity, "patches": [[p.name, p.sha256] for p in applied],
+                    "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
+            except BaseException:
+                remove(tmp)
+                raise
+            publish_dir(tmp, tree)
+    data = json.loads(marker.read_text())
+    recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
+    return PreparedPackage(spec, fetched, tree, tuple(series), recorded,
+                           tuple(build_requirements(tree, spec)))
+
