@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from ..errors import ConfigError, PatchError, ToolchainError
@@ -26,10 +27,18 @@ class PatchFile:
     sha256: str
 
 
+class PatchStatus(StrEnum):
+    """What `check_patch` found (JSON shows the value)."""
+
+    APPLIES = "applies"
+    ALREADY_APPLIED = "already-applied"  # the source has it already (fixed upstream)
+    CONFLICTS = "conflicts"
+
+
 @dataclass(frozen=True)
 class PatchCheck:
     patch: str
-    status: str  # "applies", "already-applied", "conflicts"
+    status: PatchStatus
     failed_hunks: tuple[str, ...] = field(default_factory=tuple)  # "file: hunk #N at line L"
     output: str = ""
 
@@ -94,12 +103,12 @@ def check_patch(tree: Path, patch: PatchFile) -> PatchCheck:
     """Dry-run a patch against a tree without changing it."""
     forward = _patch(tree, patch.path, "--dry-run", "--forward")
     if forward.returncode == 0:
-        return PatchCheck(patch.name, "applies", (), forward.stdout)
+        return PatchCheck(patch.name, PatchStatus.APPLIES, (), forward.stdout)
     reverse = _patch(tree, patch.path, "--dry-run", "--reverse")
     if reverse.returncode == 0:
-        return PatchCheck(patch.name, "already-applied", (), reverse.stdout)
+        return PatchCheck(patch.name, PatchStatus.ALREADY_APPLIED, (), reverse.stdout)
     text = forward.stdout + forward.stderr
-    return PatchCheck(patch.name, "conflicts", _failed_hunks(text), text)
+    return PatchCheck(patch.name, PatchStatus.CONFLICTS, _failed_hunks(text), text)
 
 
 def apply_series(tree: Path, patches: list[PatchFile]) -> list[PatchFile]:
@@ -107,13 +116,13 @@ def apply_series(tree: Path, patches: list[PatchFile]) -> list[PatchFile]:
     applied = []
     for index, patch in enumerate(patches, 1):
         check = check_patch(tree, patch)
-        if check.status == "already-applied":
+        if check.status == PatchStatus.ALREADY_APPLIED:
             raise PatchError(
                 f"patch {index}/{len(patches)} {patch.name} is already in the source "
                 "(it applies in reverse)",
                 why="the fix was probably merged upstream in this release",
                 fix=f"remove {patch.name} from {patch.path.parent / 'series'}")
-        if check.status == "conflicts":
+        if check.status == PatchStatus.CONFLICTS:
             hunks = "\n".join(f"    {h}" for h in check.failed_hunks) or check.output[-1500:]
             raise PatchError(
                 f"patch {index}/{len(patches)} {patch.name} does not apply:\n{hunks}",

@@ -6,11 +6,9 @@ the file into frozen dataclasses and rejects unknown keys with a suggestion.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from ..config import Table, read_toml
 from ..errors import ConfigError
 from ..layout import check_stack_name
 from . import remote_cache
@@ -181,77 +180,6 @@ class Stack:
 # ---------------------------------------------------------------------------- reading
 
 
-def read_toml(path: Path, *, missing: str, fix: str = "") -> dict[str, Any]:
-    """The one way config files are read: a missing file, an unreadable one and bad TOML
-    each become a ConfigError (exit 2) naming the file."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{missing}: {path}", fix=fix) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-
-
-class _Table:
-    """A TOML table that remembers which keys were read, to reject the rest."""
-
-    def __init__(self, data: Mapping[str, Any], where: str, file: Path) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{file}: [{where}] must be a table, got {type(data).__name__}")
-        self.data = dict(data)
-        self.where = where
-        self.file = file
-        self.known: set[str] = set()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *,
-            required: bool = False) -> Any:
-        self.known.add(key)
-        if key not in self.data:
-            if required:
-                raise self._missing(key)
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise ConfigError(f"{self.file}: [{self.where}] {key} must be {names}, "
-                              f"got {value!r}")
-        return value
-
-    def _missing(self, key: str) -> ConfigError:
-        where = f"[{self.where}]" if self.where else "the top level"
-        # A required key is usually "missing" because it is misspelt: the misspelt key is
-        # then among the ones not read yet, and naming it is the whole fix.
-        unread = sorted(k for k in self.data if k not in self.known)
-        close = difflib.get_close_matches(key, unread, n=1, cutoff=0.6)
-        if close:
-            return ConfigError(f"{self.file}: missing key '{key}' in {where}",
-                               why=f"'{close[0]}' is there instead; no key of that name is read",
-                               fix=f"did you mean '{key}'? rename '{close[0]}' to '{key}'")
-        return ConfigError(f"{self.file}: missing key '{key}' in {where}",
-                           why="it has no default: the build cannot be pinned without it",
-                           fix=f"add {key} = ... to {where} (see README, 'The stack file')")
-
-    def sub(self, key: str, *, required: bool = False) -> _Table:
-        value = self.get(key, dict, default={}, required=required)
-        return _Table(value, f"{self.where}.{key}" if self.where else key, self.file)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.known)
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, sorted(self.known), n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else (
-                "known keys: " + ", ".join(sorted(self.known)))
-            where = f"[{self.where}]" if self.where else "the top level"
-            raise ConfigError(f"{self.file}: unknown key '{key}' in {where}",
-                              why="a typo would otherwise silently fall back to a default",
-                              fix=hint)
-
-
 def _check_version(value: str, what: str, file: Path) -> str:
     try:
         Version(value)
@@ -260,7 +188,7 @@ def _check_version(value: str, what: str, file: Path) -> str:
     return value
 
 
-def _read_source(table: _Table, file: Path) -> Source:
+def _read_source(table: Table, file: Path) -> Source:
     kinds = [k for k in ("pypi", "git", "path") if k in table.data]
     if len(kinds) != 1:
         raise ConfigError(f"{file}: [{table.where}] needs exactly one of pypi = \"VERSION\", "
@@ -320,7 +248,7 @@ def _default_builder(name: str) -> str:
     return "setuptools"
 
 
-def _read_package(name: str, table: _Table, file: Path) -> PackageSpec:
+def _read_package(name: str, table: Table, file: Path) -> PackageSpec:
     builder = table.get("builder", str, _default_builder(name))
     if builder not in BUILDERS:
         raise ConfigError(f"{file}: [{table.where}] builder must be one of {BUILDERS}")
@@ -360,7 +288,7 @@ def load_stack(path: Path) -> Stack:
     path = Path(path)
     raw = read_toml(path, missing="stack file not found",
                     fix="pass --stack PATH, e.g. build/stack.toml or build/stacks/*.toml")
-    top = _Table(raw, "", path)
+    top = Table(raw, "", path)
     schema = top.get("schema_version", int, SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version {schema} is not supported "

@@ -331,7 +331,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         # venvs hard-code their path in scripts: build it at its final path's sibling,
         # then fix the shebangs by recreating the activation layer in place.
         publish_dir(tmp, path)
-        _relocate_venv(tmp, path)
+        relocate_venv(tmp, path)
         return BuildVenv(path, facts, tuple(requirements))
 
 
@@ -375,7 +375,7 @@ def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,
             what="install the build requirements into the build venv")
 
 
-def _relocate_venv(old: Path, new: Path) -> None:
+def relocate_venv(old: Path, new: Path) -> None:
     """Rewrite the venv's absolute paths (shebangs, pyvenv.cfg, activate) after a rename."""
     old_s, new_s = str(old), str(new)
     for script in (new / "bin").iterdir():

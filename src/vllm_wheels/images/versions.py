@@ -22,8 +22,9 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from ..build.stack import Stack, _Table, read_toml
+from ..build.stack import Stack
 from ..cache import temp_sibling
+from ..config import Table, read_toml
 from ..errors import ConfigError, SourceError
 
 SCHEMA_VERSION = 1
@@ -108,7 +109,7 @@ def load_versions(path: Path) -> Versions:
     raw = read_toml(path, missing="versions file not found",
                     fix="[docker] versions in the stack names it, relative to the repo root "
                         "(default docker/versions.toml)")
-    top = _Table(raw, "", path)
+    top = Table(raw, "", path)
     schema = top.get("schema_version", int, required=True)
     if schema != SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version {schema} is not supported "

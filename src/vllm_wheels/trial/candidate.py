@@ -330,11 +330,11 @@ def build_switches(tree: Path) -> list[Switch]:
         for m in _PY_ENV_READ.finditer(text):
             name = next(g for g in m.groups() if g)
             add(Switch(name, "env", f"{script.name}:{text[:m.start()].count(chr(10)) + 1}"))
-    for cmake in fetchcontent._cmake_files(tree):
+    for cmake in fetchcontent.cmake_files(tree):
         raw = cmake.read_text(encoding="utf-8", errors="replace")
-        text = fetchcontent._strip_comments(raw)
+        text = fetchcontent.strip_comments(raw)
         rel = cmake.relative_to(tree)
-        device = fetchcontent._device_of(cmake)
+        device = fetchcontent.device_of(cmake)
         for m in _CMAKE_ENV_READ.finditer(text):
             add(Switch(m.group(1), "env", f"{rel}:{text[:m.start()].count(chr(10)) + 1}", device))
         for m in _CMAKE_OPTION.finditer(text):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ...build.stack import read_toml
+from ...config import read_toml
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter
 from ...runner import query

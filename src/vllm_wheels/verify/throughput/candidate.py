@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ...build.sources import sha256_file
 from ...build.stack import Stack
-from ...build.toolchain import _relocate_venv, find_python
+from ...build.toolchain import find_python, relocate_venv
 from ...cache import publish_dir, remove, temp_sibling
 from ...errors import AbiMismatchError, CouldNotRunError, ToolchainError
 from ...log import Reporter
@@ -77,7 +77,7 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
         raise
     remove(venv)
     publish_dir(tmp, venv)
-    _relocate_venv(tmp, venv)
+    relocate_venv(tmp, venv)
     _verify(venv, wheels_dir, wheels, torch_req, reporter)
     return venv
 

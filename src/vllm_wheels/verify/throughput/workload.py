@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...build.stack import _Table, read_toml
+from ...config import Table, read_toml
 from ...errors import ConfigError
 
 MIN_RUNS = 5  # fewer independent runs per arm give no usable confidence interval
@@ -140,7 +140,7 @@ def resolve_workload_path(name_or_file: str, workloads_dir: Path) -> Path:
 def load_workload(path: Path) -> Workload:
     raw = read_toml(path, missing="workload file not found",
                     fix="pass --workload with a name in verify/workloads/ or a TOML file")
-    top = _Table(raw, "", path)
+    top = Table(raw, "", path)
     name = top.get("name", str, default=path.stem)
     model_text = top.get("model", str, required=True)
     model = Path(model_text).expanduser()

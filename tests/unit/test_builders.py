@@ -1,0 +1,89 @@
+"""The builder registry: every builder answers the whole Builder protocol, owns a frozen
+options dataclass with its defaults, and refuses an option it does not know."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from vllm_wheels.build import builders
+from vllm_wheels.build.builders import flashinfer, setuptools, vllm
+from vllm_wheels.build.stack import ExternalOverride, PackageSpec, Source
+from vllm_wheels.errors import ConfigError
+
+MEMBERS = ("parse", "build_requirements", "discover_externals", "steps", "makes_wheel",
+           "plan_notes", "wheel_extras", "manifest_cmake_args")
+
+
+def _spec(builder: str, **options: object) -> PackageSpec:
+    return PackageSpec(name=f"pkg-{builder}", builder=builder,
+                       source=Source(kind="path", path="x", version="1.0"),
+                       patches="patches/x", options=options)
+
+
+@pytest.mark.parametrize("name", sorted(builders.BUILDERS))
+def test_every_builder_answers_the_protocol(name: str) -> None:
+    module = builders.BUILDERS[name]
+    assert name == module.NAME
+    for member in MEMBERS:
+        assert callable(getattr(module, member)), f"{name}.{member}"
+    options = module.parse({}, f"packages.pkg-{name}.options")
+    assert dataclasses.is_dataclass(options)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.__setattr__("x", 1)
+
+
+def test_defaults_live_in_the_options_dataclasses() -> None:
+    assert flashinfer.options_of(_spec("flashinfer")) == flashinfer.Options(
+        aot=True, aot_modules=("*",), aot_arch_list="")
+    assert vllm.options_of(_spec("vllm")) == vllm.Options(compile_only=(), cmake_args=())
+    assert vllm.options_of(_spec("vllm", compile_only=["csrc/a.cu"])).compile_only == (
+        "csrc/a.cu",)
+    assert builders.makes_wheel(_spec("vllm")) is True
+    assert builders.makes_wheel(_spec("vllm", compile_only=["csrc/a.cu"])) is False
+    assert builders.makes_wheel(_spec("flashinfer", aot=False)) is True
+
+
+def test_an_unknown_option_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        flashinfer.parse({"aot_module": ["*"]}, "packages.flashinfer-python.options")
+    text = info.value.render()
+    assert info.value.exit_code == 2
+    assert "unknown option 'aot_module'" in text and "did you mean 'aot_modules'?" in text
+    with pytest.raises(ConfigError) as info:
+        setuptools.parse({"aot": True}, "packages.x.options")
+    assert "this builder takes no options" in info.value.render()
+    with pytest.raises(ConfigError, match="compile_only must be a list of strings"):
+        vllm.parse({"compile_only": "csrc/a.cu"}, "packages.vllm.options")
+    with pytest.raises(ConfigError, match="aot must be bool"):
+        flashinfer.parse({"aot": "yes"}, "packages.flashinfer-python.options")
+
+
+def test_only_a_builder_that_downloads_reads_externals(tmp_path: Path) -> None:
+    (tmp_path / "CMakeLists.txt").write_text("project(x)\n")
+    assert setuptools.discover_externals(tmp_path) is None
+    assert flashinfer.discover_externals(tmp_path) is None
+    assert vllm.discover_externals(tmp_path) == []
+    # A package of a builder without externals keeps its (ignored) overrides table.
+    spec = dataclasses.replace(_spec("setuptools"),
+                               externals={"cutlass": ExternalOverride(path="x")})
+    assert builders.builder_for(spec) is setuptools
+
+
+def test_build_requirements_come_from_the_builder(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("numpy\ntorch==2.9.0\n")
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "build.txt").write_text("cmake>=3.26\n")
+    assert flashinfer.build_requirements(tmp_path, _spec("flashinfer")) == [
+        "numpy", "torch==2.9.0"]  # torch pins are stripped by the caller (prepare.py)
+    assert flashinfer.build_requirements(tmp_path, _spec("flashinfer", aot=False)) == []
+    assert vllm.build_requirements(tmp_path, _spec("vllm")) == ["cmake>=3.26"]
+    assert setuptools.build_requirements(tmp_path, _spec("setuptools")) == []
+
+
+def test_plan_notes_say_when_no_wheel_is_made() -> None:
+    assert vllm.plan_notes(_spec("vllm", compile_only=["csrc/a.cu"])) == [
+        "(compile_only: configure + listed translation units, no wheel)"]
+    assert vllm.plan_notes(_spec("vllm")) == []
