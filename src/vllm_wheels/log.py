@@ -51,9 +51,13 @@ class Reporter:
             self._log.write(text if text.endswith("\n") else text + "\n")
             self._log.flush()
 
+    def console(self, text: str) -> None:
+        """Console only (a line the full log already has)."""
+        print(text, file=self.stream, flush=True)
+
     def say(self, text: str) -> None:
         """Console and full log."""
-        print(text, file=self.stream, flush=True)
+        self.console(text)
         self.log(text)
 
     def plan_steps(self, total: int, *, done: int = 0) -> None:
@@ -74,7 +78,7 @@ class Reporter:
 
     def result(self, text: str) -> None:
         """The command's own output (e.g. the plan of a dry run) on stdout, where a script
-        reads it, and in the full log."""
+        reads it, and in the full log (if still open)."""
         print(text, flush=True)
         self.log(text)
 

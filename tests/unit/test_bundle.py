@@ -1,5 +1,5 @@
 """Offline source bundles (bundle.py) and the disconnected vLLM configure's CMake trace
-(fetchcontent.read_trace / unplanned, builders.check_fetches), on real inputs: a real
+(fetchcontent.read_trace / unplanned, builders.vllm.check_fetches), on real inputs: a real
 plan of a small stack of path sources exported and loaded back, real gzip/tar archives,
 and the real `cmake` (the pip wheel of the test extra) run with the pipeline's own
 configure command line on a tiny project."""

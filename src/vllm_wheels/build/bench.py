@@ -354,7 +354,7 @@ def _echo_step(reporter: Reporter, line: str) -> None:
     """The build's own step lines (`==> [N/M] ...`) on the console, indented (runner.run
     already wrote every line to the full log)."""
     if line.startswith("==> "):
-        print(f"    {line}", file=reporter.stream, flush=True)
+        reporter.console(f"    {line}")
 
 
 def find_venv(cache_dir: Path) -> Path | None:
@@ -569,8 +569,8 @@ def main(argv: Sequence[str] | None = None, repo: Path | None = None) -> int:
     json_path = args.json or log_path.with_suffix(".json")
     write_atomic(json_path, text)
     if not args.dry_run:
-        print(render_table(data["scenarios"]))
-    print(f"JSON: {json_path}\nfull log: {log_path}")
+        reporter.result(render_table(data["scenarios"]))
+    reporter.result(f"JSON: {json_path}\nfull log: {log_path}")
     return 0
 
 

@@ -40,7 +40,7 @@ from .. import layout
 SCHEMA_VERSION = 1
 RECORD_SCHEMA_VERSION = 1
 FILENAME = layout.TELEMETRY_FILENAME
-# The order pass's stamps (builders.longest_first_manifest): in .ninja_log, not in
+# The order pass's stamps (builders.vllm.longest_first_manifest): in .ninja_log, not in
 # build.ninja, so not build outputs for the critical path.
 ORDER_DIR = layout.ORDER_DIR
 UNITS_FILENAME = "compile-units.jsonl"

@@ -19,5 +19,5 @@ listing a file that is not there yet; an interrupted change leaves `current` as 
 
 Modules: layout (pages from records), store (state, lock, generations), publish
 (verify gate, immutability, mirroring), yank, listing, serve, upload; cli_* are the
-command-line entry points registered in vllm_wheels.cli.COMMANDS.
+command-line entry points registered in vllm_wheels.commands.COMMANDS.
 """

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             for later_stage in ("build", "abi", "throughput"):
                 state.results.pop(later_stage, None)
             if wheels.is_dir() and wheels == (layout.wheels_dir(root, request.name)).resolve():
-                for stale in [*wheels.glob("*.whl"), wheels / "verify-abi.json"]:
+                for stale in [*wheels.glob("*.whl"), wheels / layout.VERIFY_REPORT_FILENAME]:
                     stale.unlink(missing_ok=True)
             started = time.monotonic()
             state.plan = plan_trial(stack, request, repo_root=root, cache=cache,

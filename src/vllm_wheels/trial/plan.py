@@ -24,6 +24,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .. import layout
 from ..build import sources
 from ..build.patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
 from ..build.stack import PackageSpec, Source, Stack, TorchPin
@@ -35,7 +36,7 @@ from .candidate import ReleaseFacts, python_supported, read_release, toolkit_flo
 from .stack_writer import DEFAULT_INDEX, default_patch_dir, promotion_commands, write_stack
 
 PLAN_STEPS = 5
-_PRISTINE_MARKER = ".vllm-wheels-pristine"
+_PRISTINE_MARKER = layout.PRISTINE_MARKER
 _REQUEST = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s=<>!~,;]+)\s*$")
 TRIAL_PACKAGES = ("vllm", "flashinfer-python", "torch")
 
@@ -553,7 +554,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def default_report_path(repo_root: Path, request: TrialRequest) -> Path:
-    return repo_root / "verify" / "trials" / f"{request.name}.md"
+    return layout.trials_dir(repo_root) / f"{request.name}.md"
 
 
 def default_stack_path(repo_root: Path, request: TrialRequest) -> Path:

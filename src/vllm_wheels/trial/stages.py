@@ -30,7 +30,7 @@ STAGES = ("plan", "build", "abi", "throughput")
 STATE_SCHEMA_VERSION = 1
 EXIT_MEANINGS = {code: kind for kind, code in EXIT_CODES.items()}
 NO_GPU = "not run here: needs a GPU (and the verify_throughput session)"
-# The throughput stage runs this command once it is registered in cli.COMMANDS.
+# The throughput stage runs this command once it is registered in commands.COMMANDS.
 THROUGHPUT_COMMAND = "verify-throughput"
 
 

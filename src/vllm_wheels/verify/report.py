@@ -47,13 +47,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import layout
 from ..build.sources import sha256_file
 from ..cache import write_atomic
 from ..errors import CannotCheckError
 
 REPORT_SCHEMA_VERSION = 1  # one run's report
 RESULTS_SCHEMA_VERSION = 2  # the results kept beside the wheels, keyed by sha256
-REPORT_FILENAME = "verify-abi.json"  # the results beside the wheels they cover
+REPORT_FILENAME = layout.VERIFY_REPORT_FILENAME  # the results beside the wheels they cover
 CONCLUSIVE = ("pass", "fail")
 
 

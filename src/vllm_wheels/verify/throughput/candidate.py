@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ... import layout
 from ...build.sources import sha256_file
 from ...build.stack import Stack
 from ...build.toolchain import find_python, relocate_venv
@@ -23,7 +24,7 @@ from ...log import Reporter
 from ...runner import run
 from .. import abi
 
-MARKER = "vllm-wheels-candidate.json"
+MARKER = layout.CANDIDATE_MARKER
 
 
 def wheel_set(wheels_dir: Path) -> dict[str, str]:
@@ -87,7 +88,7 @@ def _verify(venv: Path, wheels_dir: Path, wheels: dict[str, str], torch_req: str
     """verify_abi of the wheels against the venv's torch; the marker records its status."""
     report = abi.verify([wheels_dir / name for name in wheels], venv / "bin" / "python",
                         work_dir=wheels_dir / ".verify-work", reporter=reporter)
-    abi.write_json(report, venv / "verify-abi.json")
+    abi.write_json(report, venv / layout.VERIFY_REPORT_FILENAME)
     if report.status == "fail":
         remove(venv)
         raise AbiMismatchError(f"the candidate venv's wheels fail verify_abi against its own "
