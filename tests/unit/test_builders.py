@@ -87,3 +87,27 @@ def test_plan_notes_say_when_no_wheel_is_made() -> None:
     assert vllm.plan_notes(_spec("vllm", compile_only=["csrc/a.cu"])) == [
         "(compile_only: configure + listed translation units, no wheel)"]
     assert vllm.plan_notes(_spec("vllm")) == []
+
+
+def test_the_stack_reader_fills_in_the_builders_own_defaults(tmp_path: Path) -> None:
+    """The stack's options as read (defaults filled in) are the builder's option
+    defaults, and a package without `builder =` gets the registry's default builder."""
+    from tiny_stacks import stack_toml
+
+    from vllm_wheels.build.stack import load_stack
+
+    sha = "a" * 64
+    path = tmp_path / "s.toml"
+    path.write_text(stack_toml("s", f"""
+[packages.flashinfer-python]
+source = {{ pypi = "0.5.2", sha256 = "{sha}" }}
+[packages.vllm]
+source = {{ pypi = "0.11.2", sha256 = "{sha}" }}
+[packages.other]
+source = {{ path = "x", version = "1.0" }}
+"""))
+    stack = load_stack(path)
+    for spec in stack.packages:
+        assert spec.builder == builders.default_builder(spec.name)
+        assert dict(spec.options) == builders.option_defaults(spec.builder)
+    assert [p.builder for p in stack.packages] == ["flashinfer", "vllm", "setuptools"]

@@ -19,7 +19,7 @@ from ..errors import ConfigError, SourceError
 from ..log import Reporter
 from . import bundle, fetchcontent, sources
 from .builders import builder_for
-from .prepare import PreparedPackage, ResolvedExternal
+from .prepare import ExternalOrigin, PreparedPackage, ResolvedExternal
 
 
 def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, reporter: Reporter,
@@ -81,34 +81,34 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
                     f"{prep.spec.name}'s CMake files declare {url} @ {ref}",
                     fix="export the bundle again from this stack")
             directory = bundle.external_directory(source_bundle, prep.spec.name, ext.name, cache)
-            origin = "bundle"
+            origin = ExternalOrigin.BUNDLE
             commit = entry.get("commit") if entry else None
         elif override and override.path:
             path = (repo_root / override.path).resolve()
             if not path.exists():
                 raise ConfigError(f"externals.{ext.name}.path {path} does not exist")
             if path.is_dir():
-                directory, origin = path, "override:path"
+                directory, origin = path, ExternalOrigin.OVERRIDE_PATH
             else:
                 sha = sources.sha256_file(path)
                 directory = cache.externals / "archives" / sha
                 if not directory.exists():
                     sources.unpack(path, directory)
-                origin = "override:archive"
+                origin = ExternalOrigin.OVERRIDE_ARCHIVE
             commit = override.commit or None
         else:
             checkout = cache.externals / canonicalize_name(ext.name) / \
                 hashlib.sha256(f"{url}@{ref}".encode()).hexdigest()[:16]
             if (checkout / layout.COMMIT_MARKER).exists():
-                directory, origin = checkout, "cache"
+                directory, origin = checkout, ExternalOrigin.CACHE
                 commit = (checkout / layout.COMMIT_MARKER).read_text().strip()
             elif fetch:
                 reporter.say(f"    prefetching {ext.name} {url} @ {ref}")
                 commit = sources.git_checkout(url, ref, checkout, reporter)
-                directory, origin = checkout, "cache"
+                directory, origin = checkout, ExternalOrigin.CACHE
             else:
-                origin = "to fetch"
-        if directory is not None and ext.override_subdir and origin == "cache":
+                origin = ExternalOrigin.TO_FETCH
+        if directory is not None and ext.override_subdir and origin == ExternalOrigin.CACHE:
             directory = directory / ext.override_subdir
         headers_only = bool(directory and ext.name in fetchcontent.HEADERS_ONLY_CMAKE_ARGS
                             and not (directory / "CMakeLists.txt").exists())

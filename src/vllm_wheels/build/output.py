@@ -44,8 +44,10 @@ class BuiltWheel:
 
 
 def postprocess_wheel(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
-                 built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, Any] | None
-                 ) -> Path | None:
+                      built: dict[str, BuiltWheel], seconds: float,
+                      cache_stats: dict[str, Any] | None) -> Path | None:
+    """The package's raw wheel, relabelled, pinned and given its manifest and what its
+    builder adds (None when the package makes no wheel)."""
     if not builders.makes_wheel(prep.spec):
         return None
     raw = sorted(ctx.staging.glob("*.whl"), key=lambda p: p.stat().st_mtime)
@@ -72,8 +74,9 @@ def postprocess_wheel(plan: Plan, ctx: builders.BuildContext, prep: PreparedPack
 
 
 def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
-              built: dict[str, BuiltWheel], seconds: float, cache_stats: dict[str, Any] | None,
-              pin_map: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
+                   built: dict[str, BuiltWheel], seconds: float,
+                   cache_stats: dict[str, Any] | None, pin_map: dict[str, str],
+                   extra: dict[str, Any]) -> dict[str, Any]:
     """What the wheel was built from, and nothing else: the same inputs give the same
     manifest, so a rebuild gives the same wheel bytes. What varies per build (seconds,
     cache_stats, jobs, host, paths) goes to build-summary.json (`write_summary`); the two
@@ -167,8 +170,8 @@ def _earlier_wheels(out: Path, stack_digest: str, built: dict[str, BuiltWheel]) 
 
 
 def verify_and_publish(out: Path, stack_digest: str, python: Path, work_dir: Path,
-                        built: dict[str, BuiltWheel], reporter: Reporter
-                        ) -> tuple[list[BuiltWheel], list[Path]]:
+                       built: dict[str, BuiltWheel], reporter: Reporter
+                       ) -> tuple[list[BuiltWheel], list[Path]]:
     """The last build step: verify the new wheels with the earlier ones that stay, move
     them into `out`, record the results. Returns the wheels placed and those kept. A build
     that made no wheel (compile_only packages only) leaves `out` as it was."""
@@ -247,8 +250,8 @@ def _publish(out: Path, built: dict[str, BuiltWheel], earlier: Earlier,
 
 
 def write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path], seconds: float,
-                   packages: list[dict[str, Any]] | None = None,
-                   build_telemetry: dict[str, Any] | None = None) -> None:
+                  packages: list[dict[str, Any]] | None = None,
+                  build_telemetry: dict[str, Any] | None = None) -> None:
     """build-summary.json beside the wheels: `wheels` built by this run, `kept` from an
     earlier build of the same stack (see _earlier_wheels), together what the output dir
     holds; and everything about this particular build that the wheels themselves leave out

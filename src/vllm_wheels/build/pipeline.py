@@ -26,7 +26,7 @@ from . import builders, sources, telemetry, toolchain
 from .externals import resolve_externals
 from .output import BuiltWheel, postprocess_wheel, verify_and_publish, write_summary
 from .plan import Plan, ensure_toolchain, raise_on_failed_checks
-from .prepare import PreparedPackage
+from .prepare import ExternalOrigin, PreparedPackage
 
 
 def _execute_steps(ctx: builders.BuildContext, reporter: Reporter) -> None:
@@ -88,10 +88,10 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
     # Checks that need nothing installed come first: a wrong nvcc is refused before
     # anything is cloned or installed.
     raise_on_failed_checks(plan)
-    if any(e.origin == "to fetch" for p in plan.packages for e in p.externals):
+    if any(e.origin == ExternalOrigin.TO_FETCH for p in plan.packages for e in p.externals):
         if not fetch_externals:
             names = [e.source.name for p in plan.packages for e in p.externals
-                     if e.origin == "to fetch"]
+                     if e.origin == ExternalOrigin.TO_FETCH]
             raise SourceError(f"external sources not in the cache: {', '.join(names)}",
                                 fix="run without --no-fetch, or set externals.<name>.path")
         refreshed: list[PreparedPackage] = []

@@ -22,7 +22,7 @@ from ..log import Reporter
 from . import builders, bundle, remote_cache, toolchain
 from .externals import resolve_externals
 from .parallelism import choose_parallelism, find_unit_costs, parallelism_overrides
-from .prepare import PreparedPackage, prepare_package
+from .prepare import ExternalOrigin, PreparedPackage, prepare_package
 from .stack import PackageSpec, Stack
 from .toolchain import CheckStatus
 
@@ -265,7 +265,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                                       f"{compile_cache.tool} at {compile_cache.path}"))
     for prep in prepared:
         for ext in prep.externals:
-            if ext.origin == "to fetch":
+            if ext.origin == ExternalOrigin.TO_FETCH:
                 checks.append(toolchain.Check(
                     f"external {ext.source.name}", CheckStatus.PENDING,
                     f"will be fetched from {ext.source.url} @ {ext.source.ref}",

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,22 @@ from .stack import PackageSpec
 PREPARE_LAYOUT = 2
 
 
+class ExternalOrigin(StrEnum):
+    """Where an external's directory comes from (a from_source override is
+    "from-source:PACKAGE", naming the package)."""
+
+    OVERRIDE_PATH = "override:path"  # the stack's path = DIR
+    OVERRIDE_ARCHIVE = "override:archive"  # the stack's path = ARCHIVE, unpacked by hash
+    BUNDLE = "bundle"  # an exported source bundle
+    CACHE = "cache"  # the cache's checkout at the pinned ref
+    TO_FETCH = "to fetch"  # not in the cache yet: the build fetches it
+
+
 @dataclass(frozen=True)
 class ResolvedExternal:
     source: fetchcontent.ExternalSource
     directory: Path | None  # the directory CMake will use (None = not fetched yet)
-    origin: str  # "override:path", "override:archive", "cache", "to fetch"
+    origin: str  # an ExternalOrigin, or "from-source:PACKAGE"
     commit: str | None
     headers_only: bool = False
 

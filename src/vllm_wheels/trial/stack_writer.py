@@ -18,7 +18,8 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from ..build.stack import _BUILDER_OPTIONS, PackageSpec, Source, Stack, _default_builder, load_stack
+from ..build.builders import default_builder, option_defaults
+from ..build.stack import PackageSpec, Source, Stack, load_stack
 from ..cache import remove, temp_sibling
 from ..errors import ConfigError
 
@@ -100,12 +101,12 @@ def render_stack(stack: Stack, *, header: Sequence[str],
         lines.append("")
         lines += [f"# {n}" for n in notes.get(spec.name, ())]
         lines.append(f"[packages.{_key(spec.name)}]")
-        if spec.builder != _default_builder(spec.name):
+        if spec.builder != default_builder(spec.name):
             lines.append(f"builder = {_value(spec.builder)}")
         lines.append(f"source = {_inline(_source_table(spec.source))}")
         if spec.patches != default_patch_dir(spec):
             lines.append(f"patches = {_value(spec.patches)}")
-        defaults = {k: d for k, (_kind, d) in _BUILDER_OPTIONS[spec.builder].items()}
+        defaults = option_defaults(spec.builder)
         options = {k: v for k, v in spec.options.items() if defaults.get(k) != v}
         if options:
             lines.append(f"options = {_inline(options)}")

@@ -19,9 +19,12 @@ the plan, the build and the manifest reach it through the protocol.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from packaging.utils import canonicalize_name
 
 from ..fetchcontent import ExternalSource
 from ..stack import PackageSpec
@@ -41,12 +44,15 @@ __all__ = [
     "BUILDERS",
     "DEFAULT_SOURCE_DATE_EPOCH",
     "HELPERS",
+    "DEFAULT_BUILDERS",
     "BuildContext",
     "Builder",
     "ExternalDir",
     "Step",
     "WheelExtras",
     "builder_for",
+    "default_builder",
+    "option_defaults",
     "hold_specs",
     "makes_wheel",
     "prefix_specs_path",
@@ -103,6 +109,24 @@ BUILDERS: dict[str, Builder] = {
     flashinfer.NAME: flashinfer,
     vllm.NAME: vllm,
 }
+
+
+# The builder of a package whose stack table names none (canonical name -> builder);
+# every other package is built with setuptools.
+DEFAULT_BUILDERS = {"vllm": vllm.NAME, "flashinfer-python": flashinfer.NAME}
+
+
+def default_builder(package: str) -> str:
+    return DEFAULT_BUILDERS.get(canonicalize_name(package), setuptools.NAME)
+
+
+def option_defaults(builder: str) -> dict[str, Any]:
+    """The builder's options as a stack file writes them when none is set (lists for
+    tuples), from its options dataclass: what a stack writer may leave out."""
+    options = BUILDERS[builder].parse({}, f"{builder} defaults")
+    assert dataclasses.is_dataclass(options) and not isinstance(options, type)
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(options).items()}
 
 
 def builder_for(spec: PackageSpec) -> Builder:

@@ -121,9 +121,9 @@ def aot_out_dir(ctx: BuildContext) -> Path:
 
 def steps(ctx: BuildContext) -> list[Step]:
     env = ctx.base_env()
-    steps = [Step("label the version (flashinfer/_build_meta.py)",
-                  (str(ctx.python), "-c", _SET_BUILD_META, str(ctx.tree), ctx.target_version()),
-                  {}, ctx.tree)]
+    planned = [Step("label the version (flashinfer/_build_meta.py)",
+                    (str(ctx.python), "-c", _SET_BUILD_META, str(ctx.tree), ctx.target_version()),
+                    {}, ctx.tree)]
     options = options_of(ctx.spec)
     if options.aot:
         arch = flashinfer_arch_list(ctx.stack, ctx.nvcc_release, options.aot_arch_list)
@@ -135,14 +135,14 @@ def steps(ctx: BuildContext) -> list[Step]:
         aot_env["FLASHINFER_NVCC"] = ctx.nvcc_command()
         # FlashInfer's JIT writes CXX verbatim into its build.ninja (host units, links).
         aot_env["CXX"] = " ".join([*ctx.launcher(), env.get("CXX") or "c++"])
-        steps.append(Step(
+        planned.append(Step(
             f"AOT-compile FlashInfer kernels for {arch}",
             (str(ctx.python), str(HELPERS / "flashinfer_aot.py"), "--source-root", str(ctx.tree),
              "--out-dir", str(aot_out_dir(ctx)), "--build-dir", str(ctx.tree / "build" / "aot"),
              "--arch", arch, "-v", *options.aot_modules),
             aot_env, ctx.tree, progress=True))
-    steps.append(wheel_step(ctx, env))
-    return steps
+    planned.append(wheel_step(ctx, env))
+    return planned
 
 
 _SET_BUILD_META = r"""

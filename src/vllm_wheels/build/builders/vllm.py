@@ -285,8 +285,8 @@ def steps(ctx: BuildContext) -> list[Step]:
     env = vllm_env(ctx)
     build_dir = vllm_build_dir(ctx)
     planned = [Step("CMake configure (as vLLM's setup.py does), disconnected",
-                  vllm_configure_argv(ctx), env, build_dir,
-                  after=lambda ok: check_fetches(ctx, ok))]
+                    vllm_configure_argv(ctx), env, build_dir,
+                    after=lambda ok: check_fetches(ctx, ok))]
     compile_only = list(options_of(ctx.spec).compile_only)
     if compile_only:
         ninja = ctx.venv_path / "bin" / "ninja"
@@ -296,10 +296,10 @@ def steps(ctx: BuildContext) -> list[Step]:
                     *object_targets(build_dir, compile_only, ninja))
 
         planned.append(Step(f"compile {len(compile_only)} translation unit(s) only: "
-                          + ", ".join(compile_only),
-                          (str(ctx.venv_path / "bin" / "cmake"), "--build", str(build_dir),
-                           "--target", *[f"<object of {s}>" for s in compile_only]),
-                          env, build_dir, progress=True, resolve=resolve))
+                            + ", ".join(compile_only),
+                            (str(ctx.venv_path / "bin" / "cmake"), "--build", str(build_dir),
+                             "--target", *[f"<object of {s}>" for s in compile_only]),
+                            env, build_dir, progress=True, resolve=resolve))
         return planned
     if ctx.unit_costs:
         planned.append(longest_first_step(ctx, env, build_dir))
