@@ -122,7 +122,7 @@ class Plan:
                       "description": st.description, "local_label": st.local_label(),
                       "python": st.python, "cuda_arch_list": list(st.cuda_arch_list)},
             "torch": {"pin": f"torch=={st.torch.version}", "cuda": st.torch.cuda,
-                      "index": st.torch.index or "pip's configured index",
+                      "index": st.torch.simple_url or "pip's configured index",
                       "installed": self.torch.to_dict() if self.torch else None},
             "toolchain": {
                 "checks": [c.__dict__ for c in self.checks],

@@ -235,7 +235,7 @@ def check_torch(stack: Stack, facts: TorchFacts) -> list[Check]:
 
 def venv_key(stack: Stack, requirements: list[str]) -> str:
     data = {"python": stack.python, "torch": [stack.torch.version, stack.torch.cuda,
-                                              stack.torch.index],
+                                              stack.torch.simple_url],
             "toolkit": [stack.cuda_toolkit.source, stack.cuda_toolkit.pip_version],
             "requirements": sorted(requirements), "layout": 1}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -344,7 +344,7 @@ def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,
     run([python, "-m", "venv", where], reporter=reporter, what="create the build venv",
         error_cls=ToolchainError)
     vpy = where / "bin" / "python"
-    index_args = ["--index-url", stack.torch.index] if stack.torch.index else []
+    index_args = ["--index-url", stack.torch.simple_url] if stack.torch.simple_url else []
     torch_req = f"torch=={stack.torch.version}"
     constraints = where / "constraints.txt"
     constraints.write_text(torch_req + "\n")

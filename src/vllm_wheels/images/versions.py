@@ -24,7 +24,7 @@ from packaging.version import Version
 
 from ..cache import temp_sibling
 from ..errors import ConfigError, SourceError
-from ..stack import Stack, _Table, read_toml
+from ..stack import Stack, TomlTable, read_toml
 
 SCHEMA_VERSION = 1
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -108,7 +108,7 @@ def load_versions(path: Path) -> Versions:
     raw = read_toml(path, missing="versions file not found",
                     fix="[docker] versions in the stack names it, relative to the repo root "
                         "(default docker/versions.toml)")
-    top = _Table(raw, "", path)
+    top = TomlTable(raw, "", path)
     schema = top.get("schema_version", int, required=True)
     if schema != SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version {schema} is not supported "

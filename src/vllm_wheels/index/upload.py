@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import ConfigError, IndexPublishError
 from ..log import Reporter
 from ..runner import run
-from ..stack import _Table, read_toml
+from ..stack import TomlTable, read_toml
 
 CONFIG_SCHEMA_VERSION = 1
 TOOLS = ("uv", "twine")
@@ -50,7 +50,7 @@ def load_upload_config(path: Path) -> UploadConfig:
     # Credentials are refused before anything else: the stack's unknown-key check would
     # also stop at them, but with a "did you mean" instead of the reason.
     _reject_credentials(raw, path, "the top level")
-    top = _Table(raw, "", path)
+    top = TomlTable(raw, "", path)
     schema = top.get("schema_version", int, CONFIG_SCHEMA_VERSION)
     upload = top.get("upload", dict)
     top.finish()
@@ -59,7 +59,7 @@ def load_upload_config(path: Path) -> UploadConfig:
     if upload is None:
         raise ConfigError(f"{path}: no [upload] table", fix='add [upload] url = "..."')
     _reject_credentials(upload, path, "[upload]")
-    table = _Table(upload, "upload", path)
+    table = TomlTable(upload, "upload", path)
     # Types are checked below with messages that say what a valid value looks like.
     url = table.get("url", object)
     tool = table.get("tool", object, "uv")

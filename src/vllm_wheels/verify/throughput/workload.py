@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from ...stack import _Table, read_toml
+from ...stack import TomlTable, read_toml
 
 MIN_RUNS = 5  # fewer independent runs per arm give no usable confidence interval
 
@@ -140,7 +140,7 @@ def resolve_workload_path(name_or_file: str, workloads_dir: Path) -> Path:
 def load_workload(path: Path) -> Workload:
     raw = read_toml(path, missing="workload file not found",
                     fix="pass --workload with a name in verify/workloads/ or a TOML file")
-    top = _Table(raw, "", path)
+    top = TomlTable(raw, "", path)
     name = top.get("name", str, default=path.stem)
     model_text = top.get("model", str, required=True)
     model = Path(model_text).expanduser()
