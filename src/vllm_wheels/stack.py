@@ -94,8 +94,8 @@ def _dump_arch_list(value: tuple[str, ...]) -> str:
 class TorchPin:
     """[torch]: the one torch every package is built against (installed from a wheel)."""
 
-    version: str = field(metadata=key("The torch distribution version, e.g. \"2.9.0\"; "
-                                      "2.8 or newer.", always=True))
+    version: str = field(metadata=key("The exact torch distribution version, e.g. "
+                                      "\"2.9.0\"; 2.8 or newer.", always=True))
     cuda: str = field(metadata=key("`torch.version.cuda` of that build, e.g. \"12.8\"; names "
                                    "the wheel's local label (cu128).", always=True))
     simple_url: str | None = field(default=None, metadata=key(
@@ -138,7 +138,8 @@ class CudaToolkit:
                                       "\">=12.8,<13\".", always=True))
     source: ToolkitSource = field(default="system", metadata=key(
         "Where nvcc comes from: \"system\" (CUDA_HOME, then nvcc on PATH, then "
-        "/usr/local/cuda) or \"pip\" (the cuda-toolkit wheel, installed into the build venv).",
+        "/usr/local/cuda) or \"pip\" (CUDA_HOME assembled from the cuda-toolkit wheels in the build "
+        "venv; CUDA 13 only: PyPI has no CUDA 12 nvcc, docs/facts/toolchain.md).",
         always=True))
     pip_version: str | None = field(default=None, metadata=key(
         "The cuda-toolkit wheel version, e.g. \"13.0.3.0\"; required with source = \"pip\"."))
@@ -276,8 +277,9 @@ class ExternalOverride:
     Give path, url/commit, or from_source."""
 
     path: str | None = field(default=None, metadata=key(
-        "A directory or a .tar.gz/.zip archive."))
-    url: str | None = field(default=None, metadata=key("A git URL to fetch instead."))
+        "A directory or a .tar.gz/.zip archive (a mirror or local checkout instead of "
+        "GitHub, e.g. for air-gapped build farms)."))
+    url: str | None = field(default=None, metadata=key("A git URL to fetch instead (a mirror)."))
     commit: str | None = field(default=None, metadata=key("The commit to use."))
     from_source: str | None = field(default=None, metadata=key(
         "\"PACKAGE:SUBDIR\": a copy vendored in another source of this stack, e.g. "
@@ -314,11 +316,13 @@ BUILDER_OPTIONS: Mapping[str, Mapping[str, OptionKey]] = {
     },
     "flashinfer": {
         "aot": OptionKey(bool, True, "Compile FlashInfer's kernels ahead of time into the "
-                         "wheel (false = JIT at first use)."),
+                         "wheel. false = a JIT-only wheel; its manifest then says the runtime host "
+                         "needs a CUDA toolkit."),
         "aot_modules": OptionKey(list, ["*"], "Globs over FlashInfer's AOT module names; "
                                  "[\"*\"] = everything flashinfer.aot builds."),
         "aot_arch_list": OptionKey(str, "", "FLASHINFER_CUDA_ARCH_LIST; \"\" = derived from "
-                                   "the stack's cuda_arch_list."),
+                                   "the stack's cuda_arch_list, arch-specific suffix added "
+                                   "(e.g. 12.0a with nvcc 12.8, 12.0f with nvcc >= 12.9)."),
     },
     "setuptools": {},
 }
@@ -358,7 +362,8 @@ class PackageSpec:
         "Builder options, a table whose keys depend on the builder (see below). The reader "
         "checks them and fills in their defaults; the builder reads them."))
     env: Mapping[str, str] = field(default_factory=dict, metadata=key(
-        "Extra environment variables for this package's build."))
+        "Extra environment variables for this package's build (they win over the "
+        "pipeline's)."))
     externals: Mapping[str, ExternalOverride] = field(default_factory=dict, metadata=key(
         "Overrides of vLLM's external (FetchContent) sources, one sub-table each."))
 
@@ -402,9 +407,11 @@ class Stack:
                                      always=True))
     cuda_arch_list: tuple[str, ...] = field(metadata=key(
         "TORCH_CUDA_ARCH_LIST: compute capabilities like \"12.0\" or \"9.0 12.0\" (+PTX, a/f "
-        "suffixes allowed).", always=True, parse=_parse_arch_list, dump=_dump_arch_list))
+        "suffixes allowed); vLLM derives 12.0a / 12.0f per kernel.", always=True,
+        parse=_parse_arch_list, dump=_dump_arch_list))
     label: str | None = field(default=None, metadata=key(
-        "The wheels' PEP 440 local version label.",
+        "The wheels' PEP 440 local version label, to override the derived one (e.g. a "
+        "reduced variant, or a rebuild that must not reuse a published name).",
         default_doc="derived, e.g. cu128.torch290.sm120"))
     torch: TorchPin = field(metadata=key("[torch]"))
     cuda_toolkit: CudaToolkit = field(metadata=key("[cuda_toolkit]"))
@@ -762,3 +769,102 @@ def render_toml(stack: Stack, *, header: Sequence[str] = (),
         lines += [f"# {n}" for n in notes.get(spec.name, ())]
         lines += _table_lines(spec, f"packages.{toml_key(spec.name)}")
     return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------- reference
+
+
+def _type_doc(f: dataclasses.Field[Any], tp: Any) -> str:
+    tp, _ = _optional(tp)
+    if f.metadata.get("parse") is not None:
+        return "string"
+    if get_origin(tp) is Literal:
+        return " \\| ".join(f"`\"{a}\"`" for a in get_args(tp))
+    if hasattr(tp, "to_table"):
+        return "inline table"
+    if _is_schema(tp):
+        return "table"
+    if get_origin(tp) is Mapping:
+        value_t = get_args(tp)[1]
+        if _is_schema(value_t):
+            return "tables"
+        return "table of strings" if value_t is str else "table"
+    if get_origin(tp) is tuple:
+        return "tables"
+    return {str: "string", int: "integer", float: "float", bool: "boolean"}.get(tp, str(tp))
+
+
+def _default_doc(f: dataclasses.Field[Any]) -> str:
+    if f.metadata.get("default_doc"):
+        return str(f.metadata["default_doc"])
+    if not _has_default(f):
+        return "**required**"
+    value = _default(f)
+    if value is None:
+        return "unset"
+    if f.metadata.get("dump") is not None:
+        value = f.metadata["dump"](value)
+    if dataclasses.is_dataclass(value):
+        return "see below"
+    return f"`{toml_value(value)}`"
+
+
+def _key_rows(cls: type) -> list[str]:
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for f, tp in _fields(cls):
+        tp_plain, _ = _optional(tp)
+        if _is_schema(tp_plain) and not hasattr(tp_plain, "to_table"):
+            continue  # a table of its own, documented in its own section
+        if get_origin(tp_plain) is tuple and _is_schema(get_args(tp_plain)[0]):
+            continue
+        name = str(f.metadata.get("toml") or f.name)
+        keys = " / ".join(f"`{k.strip()}`" for k in name.split("/"))
+        rows.append(f"| {keys} | {_type_doc(f, tp)} | {_default_doc(f)} | {f.metadata['doc']} |")
+    return rows
+
+
+def _doc(cls: type) -> str:
+    return " ".join((cls.__doc__ or "").split())
+
+
+def render_reference() -> str:
+    """docs/stack-reference.md: every table and key of the stack file, from this schema."""
+    out = [
+        "# The stack file: reference",
+        "",
+        "<!-- Generated from src/vllm_wheels/stack.py by `python tools/gen_stack_reference.py`;",
+        "     do not edit: change the schema and regenerate (a unit test compares). -->",
+        "",
+        "A stack file is TOML: one consistent set of pins (Python, torch, CUDA toolkit, arch",
+        f"list, packages). `{DEFAULT_STACK}` is the default; every command takes `--stack PATH`.",
+        f"The file starts with `schema_version = {SCHEMA_VERSION}` (the only version this tool",
+        "reads). Unknown keys are refused with a \"did you mean\", and a missing required key",
+        "names the misspelt one (exit 2, configuration). A key left out takes the default shown.",
+        "The build digest recorded in every wheel's manifest covers every key except",
+        "`description`, `[docker]` and `[build] compile_cache_remote`.",
+        "",
+    ]
+    sections: list[tuple[str, type]] = [
+        ("Top level", Stack), ("[torch]", TorchPin), ("[cuda_toolkit]", CudaToolkit),
+        ("[build]", BuildSettings), ("[docker]", DockerSettings),
+        ("[packages.NAME]", PackageSpec), ("source", Source),
+        ("[packages.NAME.externals.EXTERNAL]", ExternalOverride)]
+    for title, cls in sections:
+        out += [f"## {title}", "", _doc(cls), "", *_key_rows(cls), ""]
+    out += ["## options (per builder)", "",
+            "`options = { ... }` in `[packages.NAME]` (or a `[packages.NAME.options]` table);",
+            "the keys depend on the package's builder.", ""]
+    for builder in BUILDERS:
+        options = BUILDER_OPTIONS[builder]
+        out.append(f"### builder = \"{builder}\"")
+        out.append("")
+        if not options:
+            out += ["No options.", ""]
+            continue
+        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        kinds = {list: "array", bool: "boolean", str: "string", int: "integer"}
+        for name, option in options.items():
+            out.append(f"| `{name}` | {kinds.get(option.kind, option.kind.__name__)} | "
+                       f"`{toml_value(option.default)}` | {option.doc} |")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
