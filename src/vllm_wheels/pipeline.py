@@ -497,7 +497,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     # when building from one; outputs still go under the repository.
     source_root = source_bundle.files_root if source_bundle else repo_root
     # With a remote compile cache, the trees go to the machine-wide build root: nvcc puts
-    # each .cu's real path into what the cache hashes (README, "Shared compile cache").
+    # each .cu's real path into what the cache hashes (docs/shared-cache.md).
     shared = remote is not None
     source_only = [prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
                    for spec in _source_donors(stack, specs)]
