@@ -18,6 +18,7 @@ users already write for a simple URL.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -64,7 +65,9 @@ _ARCH = re.compile(r"^\d+\.\d+[af]?(\+PTX)?$")
 def key(doc: str, *, toml: str | None = None, read: bool = True, always: bool = False,
         default_doc: str = "", parse: Callable[[Any, Path], Any] | None = None,
         dump: Callable[[Any], Any] | None = None,
-        derive: Callable[[Mapping[str, Any]], Any] | None = None) -> dict[str, Any]:
+        derive: Callable[[Mapping[str, Any]], Any] | None = None,
+        read_with: Callable[[TomlTable, Mapping[str, Any]], Any] | None = None,
+        write_with: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
     """A field's metadata.
 
     doc: the reference's text. toml: the TOML key when it differs from the attribute.
@@ -72,10 +75,13 @@ def key(doc: str, *, toml: str | None = None, read: bool = True, always: bool = 
     always: the writer writes the key even when it holds its default (the others are left
     out when they hold their default). parse(value, file) / dump(value): TOML value <->
     attribute. derive(values): a default computed from the keys read before it;
-    default_doc: that default as the reference shows it.
+    default_doc: that default as the reference shows it. read_with(table, values) and
+    write_with(obj, value): a key whose shape depends on other keys (a package's options
+    depend on its builder) or that the writer lays out itself (the packages).
     """
     return {"doc": doc, "toml": toml, "read": read, "always": always,
-            "default_doc": default_doc, "parse": parse, "dump": dump, "derive": derive}
+            "default_doc": default_doc, "parse": parse, "dump": dump, "derive": derive,
+            "read_with": read_with, "write_with": write_with}
 
 
 def _parse_arch_list(value: str, file: Path) -> tuple[str, ...]:
@@ -360,7 +366,9 @@ class PackageSpec:
         default_doc="patches/NAME/VERSION (\"local\" without a version)"))
     options: Mapping[str, Any] = field(default_factory=dict, metadata=key(
         "Builder options, a table whose keys depend on the builder (see below). The reader "
-        "checks them and fills in their defaults; the builder reads them."))
+        "checks them and fills in their defaults; the builder reads them.",
+        read_with=lambda table, v: _read_options(v["builder"], table.sub("options")),
+        write_with=lambda spec, options: _non_default_options(spec.builder, options)))
     env: Mapping[str, str] = field(default_factory=dict, metadata=key(
         "Extra environment variables for this package's build (they win over the "
         "pipeline's)."))
@@ -417,7 +425,8 @@ class Stack:
     cuda_toolkit: CudaToolkit = field(metadata=key("[cuda_toolkit]"))
     build: BuildSettings = field(default_factory=BuildSettings, metadata=key("[build]"))
     docker: DockerSettings = field(default_factory=DockerSettings, metadata=key("[docker]"))
-    packages: tuple[PackageSpec, ...] = field(metadata=key("[packages.NAME]"))
+    packages: tuple[PackageSpec, ...] = field(metadata=key(
+        "[packages.NAME]", read_with=lambda table, v: _read_packages(table)))
     path: Path = field(metadata=key("The file it was read from.", read=False))
 
     @property
@@ -654,14 +663,9 @@ def _read_schema(cls: Any, table: TomlTable, **given: Any) -> Any:
         return cls.from_table(table, table.file)
     values: dict[str, Any] = dict(given)
     for f, tp in _fields(cls):
-        if cls is PackageSpec and f.name == "options":
-            values[f.name] = _read_options(values["builder"], table.sub("options"))
-        elif cls is Stack and f.name == "packages":
-            pk = table.sub("packages", required=True)
-            values[f.name] = tuple(_read_schema(PackageSpec, pk.sub(n), name=n)
-                                   for n in list(pk.data))
-        else:
-            values[f.name] = _read_value(table, f, tp, values)
+        read_with = f.metadata.get("read_with")
+        values[f.name] = (read_with(table, values) if read_with is not None
+                          else _read_value(table, f, tp, values))
     table.finish()
     result = cls(**values)
     if hasattr(result, "check"):
@@ -670,9 +674,21 @@ def _read_schema(cls: Any, table: TomlTable, **given: Any) -> Any:
 
 
 def _read_options(builder: str, table: TomlTable) -> dict[str, Any]:
-    options = {k: table.get(k, o.kind, o.default) for k, o in BUILDER_OPTIONS[builder].items()}
+    options = {k: table.get(k, o.kind, copy.deepcopy(o.default))
+               for k, o in BUILDER_OPTIONS[builder].items()}
     table.finish()
     return options
+
+
+def _non_default_options(builder: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = {k: o.default for k, o in BUILDER_OPTIONS[builder].items()}
+    return {k: v for k, v in options.items() if defaults.get(k) != v}
+
+
+def _read_packages(table: TomlTable) -> tuple[PackageSpec, ...]:
+    packages = table.sub("packages", required=True)
+    return tuple(_read_schema(PackageSpec, packages.sub(name), name=name)
+                 for name in list(packages.data))
 
 
 def load_stack(path: Path) -> Stack:
@@ -738,9 +754,8 @@ def _table_lines(obj: Any, header: str) -> list[str]:
             continue
         if value is None:
             continue
-        if isinstance(obj, PackageSpec) and f.name == "options":
-            defaults = {k: o.default for k, o in BUILDER_OPTIONS[obj.builder].items()}
-            value = {k: v for k, v in value.items() if defaults.get(k) != v}
+        if f.metadata.get("write_with") is not None:
+            value = f.metadata["write_with"](obj, value)
         derive = f.metadata.get("derive")
         default = derive(values) if derive is not None else (
             _default(f) if _has_default(f) else dataclasses.MISSING)
