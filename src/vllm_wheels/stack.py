@@ -847,7 +847,8 @@ def render_reference() -> str:
     out = [
         "# The stack file: reference",
         "",
-        "<!-- Generated from src/vllm_wheels/stack.py by `python tools/gen_stack_reference.py`;",
+        f"<!-- Generated from src/{__name__.replace('.', '/')}.py by "
+        "`python tools/gen_stack_reference.py`;",
         "     do not edit: change the schema and regenerate (a unit test compares). -->",
         "",
         "A stack file is TOML: one consistent set of pins (Python, torch, CUDA toolkit, arch",
