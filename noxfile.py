@@ -136,7 +136,7 @@ def _run_cli(session: nox.Session, command: str, extras: tuple[str, ...] = ()) -
         session.error(f"vllm-wheels {command} exited with code {code}"
                       f"{f' ({kinds[code]})' if code in kinds else ''}; nox exits 1 for any "
                       f"failure: scripts get the code from `vllm-wheels {command} ...` "
-                      "(README: 'For CI and automation')")
+                      "(docs/cli.md: 'For CI and automation')")
 
 
 @nox.session(python="3.11")

@@ -68,7 +68,7 @@ class Table:
                                fix=f"did you mean '{key}'? rename '{close[0]}' to '{key}'")
         return ConfigError(f"{self.file}: missing key '{key}' in {where}",
                            why="it has no default: the build cannot be pinned without it",
-                           fix=f"add {key} = ... to {where} (see README, 'The stack file')")
+                           fix=f"add {key} = ... to {where} (see docs/stack-reference.md)")
 
     def sub(self, key: str, *, required: bool = False) -> Table:
         value = self.get(key, dict, default={}, required=required)

@@ -13,8 +13,8 @@ path and peak unit memory.
                    pipeline cache (warm trees, warm local compile cache, the remote):
                    exactly one unit must miss
 
-Builds with a remote prepare their source trees under the machine-wide build root (README,
-"Shared compile cache"): the bench gives its runs their own (WORK/build-root) and empties
+Builds with a remote prepare their source trees under the machine-wide build root
+(docs/shared-cache.md): the bench gives its runs their own (WORK/build-root) and empties
 its trees before warm-remote, so the second builder compiles at the same paths as the
 first, from nothing, as on another host.
 

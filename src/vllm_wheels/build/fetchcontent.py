@@ -25,7 +25,7 @@ _HEX_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Facts no CMake file states in a parseable way, kept as data with their source:
 # CUTLASS as a headers-only tree (no CMakeLists.txt) also needs its include dirs passed
 # explicitly, or compiles fail with `cutlass/cutlass.h: No such file or directory`
-# (measured, shared/reference/toolchain-facts.md section 5).
+# (measured, docs/facts/toolchain.md section 4).
 HEADERS_ONLY_CMAKE_ARGS = {
     "cutlass": ("-DCUTLASS_INCLUDE_DIR={dir}/include",
                 "-DCUTLASS_TOOLS_UTIL_INCLUDE_DIR={dir}/tools/util/include"),

@@ -67,7 +67,7 @@ class Plan:
                       "description": st.description, "local_label": st.local_label(),
                       "python": st.python, "cuda_arch_list": list(st.cuda_arch_list)},
             "torch": {"pin": f"torch=={st.torch.version}", "cuda": st.torch.cuda,
-                      "index": st.torch.index or "pip's configured index",
+                      "index": st.torch.simple_url or "pip's configured index",
                       "installed": self.torch.to_dict() if self.torch else None},
             "toolchain": {
                 "checks": [c.__dict__ for c in self.checks],
@@ -180,7 +180,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     # when building from one; outputs still go under the repository.
     source_root = source_bundle.files_root if source_bundle else repo_root
     # With a remote compile cache, the trees go to the machine-wide build root: nvcc puts
-    # each .cu's real path into what the cache hashes (README, "Shared compile cache").
+    # each .cu's real path into what the cache hashes (docs/shared-cache.md).
     shared = remote is not None
     source_only = [prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
                    for spec in source_donors(stack, specs)]

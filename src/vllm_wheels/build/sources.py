@@ -249,7 +249,7 @@ class FetchedSource:
 def resolve_pypi(spec: PackageSpec) -> IndexFile:
     src = spec.source
     assert src.kind == "pypi" and src.version is not None
-    return find_sdist(src.index, spec.name, src.version)
+    return find_sdist(src.simple_url, spec.name, src.version)
 
 
 def _same_version(a: str, b: str) -> bool:
@@ -419,7 +419,7 @@ def _fetch(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter)
             return FetchedSource(cached, None, src.sha256, None, None)
         found = resolve_pypi(spec)
         if found.sha256 and found.sha256 != src.sha256:
-            raise SourceError(f"sha256 mismatch for {found.filename} on {src.index}\n"
+            raise SourceError(f"sha256 mismatch for {found.filename} on {src.simple_url}\n"
                               f"  expected: {src.sha256}\n  actual:   {found.sha256}",
                               why="the index serves a different file than the stack pins",
                               fix="check where the pin came from; only change sha256 in the "

@@ -248,7 +248,7 @@ def check_build_torch(stack: Stack, facts: TorchFacts) -> list[Check]:
 
 def venv_key(stack: Stack, requirements: list[str]) -> str:
     data = {"python": stack.python, "torch": [stack.torch.version, stack.torch.cuda,
-                                              stack.torch.index],
+                                              stack.torch.simple_url],
             "toolkit": [stack.cuda_toolkit.source, stack.cuda_toolkit.pip_version],
             "requirements": sorted(requirements), "layout": 1}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -265,7 +265,7 @@ def toolkit_requirements(stack: Stack) -> list[str]:
     if stack.cuda_toolkit.source != "pip":
         return []
     # The extras that make a complete CUDA_HOME for vLLM's CMake (nvrtc, cuBLAS, cuSPARSE
-    # headers and libraries included); measured in shared/reference/toolchain-facts.md s3.
+    # headers and libraries included); measured in docs/facts/toolchain.md section 3.
     extras = "nvcc,cccl,crt,nvvm,cudart,cublas,cusparse,cusolver,curand,nvrtc"
     return [f"cuda-toolkit[{extras}]=={stack.cuda_toolkit.pip_version}"]
 
@@ -357,7 +357,7 @@ def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,
     run([python, "-m", "venv", where], reporter=reporter, what="create the build venv",
         error_cls=ToolchainError)
     vpy = where / "bin" / "python"
-    index_args = ["--index-url", stack.torch.index] if stack.torch.index else []
+    index_args = ["--index-url", stack.torch.simple_url] if stack.torch.simple_url else []
     torch_req = f"torch=={stack.torch.version}"
     constraints = where / "constraints.txt"
     constraints.write_text(torch_req + "\n")
@@ -394,7 +394,7 @@ def relocate_venv(old: Path, new: Path) -> None:
 
 def assemble_pip_cuda_home(venv: BuildVenv, dest: Path, reporter: Reporter) -> Path:
     """A complete CUDA_HOME from the cuda-toolkit pip wheels (CUDA 13: PyPI has no CUDA 12
-    nvcc). Layout rules measured in shared/reference/toolchain-facts.md section 3."""
+    nvcc). Layout rules measured in docs/facts/toolchain.md section 3."""
     root = venv.site_packages() / "nvidia" / "cu13"
     if not (root / "bin" / "nvcc").exists():
         raise ToolchainError(f"the cuda-toolkit wheels did not install nvcc under {root}",
@@ -584,8 +584,9 @@ class CompileCache:
         if self.tool == "sccache" and self.directory:
             # Base dirs (longest prefix wins): the source tree, then the cache root, so the
             # CUDA_HOME assembled under it and its managed venvs hash relative too: two
-            # builders with different cache dirs share hits (measured in README, "Shared
-            # compile cache": without the cache root, device code, PTX and host C++ missed).
+            # builders with different cache dirs share hits (measured in
+            # docs/shared-cache.md: without the cache root, device code, PTX and host C++
+            # missed).
             basedirs = os.pathsep.join([str(source_root), str(self.directory.parent)])
             return {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
                     "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,

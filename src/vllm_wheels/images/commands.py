@@ -85,7 +85,7 @@ def runtime_image_args(stack: Stack, versions: Versions) -> dict[str, str]:
         "UV_IMAGE": versions.image("uv").reference,
         "BASE_IMAGE": choose_cuda_image(stack, versions, "runtime").reference,
         "PYTHON_VERSION": versions.python_for(stack),
-        "TORCH_INDEX": (stack.torch.index or PYPI).rstrip("/"),
+        "TORCH_INDEX": (stack.torch.simple_url or PYPI).rstrip("/"),
         "TORCH_REQUIREMENTS": " ".join(torch_requirements(stack)),
         "STACK_NAME": stack.name,
         "LOCAL_LABEL": stack.local_label(),

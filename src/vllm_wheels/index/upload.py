@@ -45,7 +45,7 @@ class UploadConfig:
 
 def load_upload_config(path: Path) -> UploadConfig:
     raw = read_toml(path, missing="index config not found",
-                    fix="create it with an [upload] table (README: 'Internal wheel index'), or "
+                    fix="create it with an [upload] table (docs/wheel-index.md), or "
                         "pass --index-config FILE")
     # Credentials are refused before anything else: the stack's unknown-key check would
     # also stop at them, but with a "did you mean" instead of the reason.

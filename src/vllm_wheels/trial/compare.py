@@ -97,8 +97,8 @@ class TorchDecision:
                 "disagreements": list(self.disagreements)}
 
 
-# Why a forced torch is risky, stated once (facts: shared/reference/vllm-build.md section 1
-# and abi.md): CMake only warns, so the failure shows up late.
+# Why a forced torch is risky, stated once (facts: docs/facts/torch-abi.md section 1):
+# CMake only warns, so the failure shows up late.
 FORCED_TORCH_RISK = (
     "vLLM's CMake only warns when torch differs from TORCH_SUPPORTED_VERSION_CUDA, so the build "
     "usually goes through; the C++ extensions are then compiled against torch {chosen}'s headers "

@@ -27,13 +27,13 @@ from packaging.version import InvalidVersion, Version
 from .. import layout
 from ..build import sources
 from ..build.patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
-from ..build.stack import PackageSpec, Source, Stack, TorchPin
+from ..build.stack import PYPI_SIMPLE_URL, PackageSpec, Source, Stack, TorchPin, default_patch_dir
 from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ConfigError, PipelineError
 from ..log import Reporter
 from . import compare
 from .candidate import ReleaseFacts, python_supported, read_release, toolkit_floor
-from .stack_writer import DEFAULT_INDEX, default_patch_dir, promotion_commands, write_stack
+from .stack_writer import promotion_commands, write_stack
 
 PLAN_STEPS = 5
 _PRISTINE_MARKER = layout.PRISTINE_MARKER
@@ -113,7 +113,7 @@ def candidate_spec(base: PackageSpec, version: str, cache: Cache, reporter: Repo
                    ) -> PackageSpec:
     """`base` moved to another release on the same index, with the sha256 the index
     publishes for that sdist (SourceError when the version or its sdist does not exist)."""
-    index = base.source.index if base.source.kind == "pypi" else DEFAULT_INDEX
+    index = base.source.simple_url if base.source.kind == "pypi" else PYPI_SIMPLE_URL
     found = sources.find_sdist(index, base.name, version)
     sha = found.sha256
     if sha is None:
@@ -124,7 +124,7 @@ def candidate_spec(base: PackageSpec, version: str, cache: Cache, reporter: Repo
         target = cache.download_path(sha, found.filename)
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch.replace(target)
-    source = Source(kind="pypi", version=version, sha256=sha, index=index)
+    source = Source(kind="pypi", version=version, sha256=sha, simple_url=index)
     return dataclasses.replace(base, source=source)
 
 
@@ -133,7 +133,7 @@ def torch_cuda_from_index(index: str | None, version: str, python: str
     """torch.version.cuda of `torch==version` as the stack's torch index serves it for this
     platform: from a local label (+cu128) or from the wheel's metadata (PEP 658 .metadata
     file), whose nvidia-cuda-runtime requirement names the CUDA it was built with."""
-    idx = (index or DEFAULT_INDEX).rstrip("/")
+    idx = (index or PYPI_SIMPLE_URL).rstrip("/")
     tag = "cp" + python.replace(".", "")
     machine = platform.machine()
     try:
@@ -259,7 +259,7 @@ def _patch_report(spec: PackageSpec, candidate: PackageSpec, tree: Path, repo_ro
         out.append({"name": patch.name, "sha256": patch.sha256, "status": check.status,
                     "failed_hunks": hunks,
                     "output": check.output[-2000:] if check.status == "conflicts" else ""})
-    default_dir = default_patch_dir(candidate)
+    default_dir = default_patch_dir(candidate.name, candidate.source.version)
     if carried and not series:
         # Nothing to carry over: the candidate stack points at the new version's own
         # (not yet existing, so empty) series, which is what promotion wants anyway.
@@ -321,7 +321,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     reporter.step_at(step, total_steps, "torch and FlashInfer pins of the candidate")
     decision = compare.decide_torch(
         stack, cand_vllm, request.torch,
-        lambda version: torch_cuda_from_index(stack.torch.index, version, stack.python))
+        lambda version: torch_cuda_from_index(stack.torch.simple_url, version, stack.python))
     reporter.say(f"    {decision.message}")
     warnings: list[str] = []
     blockers: list[str] = []
@@ -424,7 +424,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
             new = spec
         new_packages.append(new)
     torch_pin = TorchPin(version=decision.chosen, cuda=decision.cuda_chosen,
-                         index=stack.torch.index,
+                         simple_url=stack.torch.simple_url,
                          sha256=None if decision.moves else stack.torch.sha256,
                          companions=dict(decision.companions_chosen))
     if decision.moves and stack.torch.sha256:

@@ -7,118 +7,22 @@ Also the promotion commands: what turns the trial stack into the default one.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from packaging.utils import canonicalize_name
-
-from ..build.builders import default_builder, option_defaults
-from ..build.stack import PackageSpec, Source, Stack, load_stack
+from ..build.stack import Stack, load_stack, render_toml
 from ..cache import remove, temp_sibling
 from ..errors import ConfigError
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-DEFAULT_INDEX = "https://pypi.org/simple"
-
-
-def _key(name: str) -> str:
-    return name if _BARE_KEY.match(name) else json.dumps(name)
-
-
-def _value(value: Any) -> str:
-    # JSON's string escapes are a subset of TOML's basic-string escapes.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, Mapping):
-        return _inline(value)
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
-def _inline(table: Mapping[str, Any]) -> str:
-    items = [f"{_key(k)} = {_value(v)}" for k, v in table.items() if v is not None]
-    return "{ " + ", ".join(items) + " }" if items else "{}"
-
-
-def _source_table(source: Source) -> dict[str, Any]:
-    if source.kind == "pypi":
-        table: dict[str, Any] = {"pypi": source.version, "sha256": source.sha256}
-        if source.index.rstrip("/") != DEFAULT_INDEX:
-            table["index"] = source.index
-        return table
-    if source.kind == "git":
-        return {"git": source.url, "commit": source.commit, "version": source.version}
-    return {"path": source.path, "sha256": source.sha256, "version": source.version}
-
-
-def default_patch_dir(spec: PackageSpec) -> str:
-    return f"patches/{canonicalize_name(spec.name)}/{spec.source.version or 'local'}"
 
 
 def render_stack(stack: Stack, *, header: Sequence[str],
                  notes: Mapping[str, Sequence[str]] | None = None) -> str:
-    """The stack as TOML. `notes` maps a package name to comment lines written above it."""
-    notes = notes or {}
-    lines = [f"# {h}" if h else "#" for h in header]
-    lines += ["schema_version = 1", f"name = {_value(stack.name)}",
-              f"description = {_value(stack.description)}", f"python = {_value(stack.python)}",
-              f"cuda_arch_list = {_value(' '.join(stack.cuda_arch_list))}"]
-    if stack.label:
-        lines.append(f"label = {_value(stack.label)}")
-    t = stack.torch
-    lines += ["", "[torch]", f"version = {_value(t.version)}", f"cuda = {_value(t.cuda)}"]
-    if t.index:
-        lines.append(f"index = {_value(t.index)}")
-    if t.sha256:
-        lines.append(f"sha256 = {_value(t.sha256)}")
-    if t.companions:
-        lines.append(f"companions = {_inline(dict(t.companions))}")
-    c = stack.cuda_toolkit
-    lines += ["", "[cuda_toolkit]", f"version = {_value(c.version)}", f"source = {_value(c.source)}"]
-    if c.pip_version:
-        lines.append(f"pip_version = {_value(c.pip_version)}")
-    b = stack.build
-    lines += ["", "[build]", f"build_type = {_value(b.build_type)}",
-              f"max_jobs = {b.max_jobs}", f"nvcc_threads = {b.nvcc_threads}",
-              f"gb_per_job = {b.gb_per_job!r}", f"compile_cache = {_value(b.compile_cache)}"]
-    docker = getattr(stack, "docker", None)
-    if docker is not None:
-        lines += ["", "[docker]"]
-        lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(docker).items()
-                  if v is not None]
-    for spec in stack.packages:
-        lines.append("")
-        lines += [f"# {n}" for n in notes.get(spec.name, ())]
-        lines.append(f"[packages.{_key(spec.name)}]")
-        if spec.builder != default_builder(spec.name):
-            lines.append(f"builder = {_value(spec.builder)}")
-        lines.append(f"source = {_inline(_source_table(spec.source))}")
-        if spec.patches != default_patch_dir(spec):
-            lines.append(f"patches = {_value(spec.patches)}")
-        defaults = option_defaults(spec.builder)
-        options = {k: v for k, v in spec.options.items() if defaults.get(k) != v}
-        if options:
-            lines.append(f"options = {_inline(options)}")
-        if spec.env:
-            lines.append(f"env = {_inline(dict(spec.env))}")
-        for ext_name, override in spec.externals.items():
-            lines.append(f"[packages.{_key(spec.name)}.externals.{_key(ext_name)}]")
-            for key in ("path", "url", "commit", "from_source"):
-                value = getattr(override, key)
-                if value is not None:
-                    lines.append(f"{key} = {_value(value)}")
-    return "\n".join(lines) + "\n"
+    """The stack as TOML, written from the stack schema (stack.render_toml). `notes` maps a
+    package name to comment lines written above it."""
+    return render_toml(stack, header=header, notes=notes)
 
 
 def write_stack(stack: Stack, target: Path, *, header: Sequence[str],

@@ -34,7 +34,7 @@ PASS, FAIL, NA, UNKNOWN = "pass", "fail", "n/a", "unknown"
 MAX_LISTED = 20  # symbols/libraries listed in the human report (JSON has all)
 
 # Projects whose exact build-time version a wheel pins at runtime (torch companions,
-# FlashInfer's family and its FFI layer; flashinfer.md §6).
+# FlashInfer's family and its FFI layer; docs/facts/flashinfer.md section 2).
 COMPANIONS = ("torchvision", "torchaudio", "flashinfer-python", "flashinfer-cubin",
               "flashinfer-jit-cache", "apache-tvm-ffi")
 FLASHINFER_FAMILY = ("flashinfer-python", "flashinfer-cubin", "flashinfer-jit-cache")

@@ -33,7 +33,7 @@ from .elf import ElfInfo, NotElf, is_elf, read_elf
 if TYPE_CHECKING:
     from packaging.tags import Tag
 
-# Mangled-name prefixes of PyTorch's C++ namespaces and its C shim (abi.md §2).
+# Mangled-name prefixes of PyTorch's C++ namespaces and its C shim (docs/facts/torch-abi.md section 2).
 TORCH_SYMBOL = re.compile(r"^(_ZN3c10|_ZNK3c10|_ZN2at|_ZNK2at|_ZN5torch|_ZNK5torch|_ZN6caffe2|"
                           r"aoti_torch_|torch_)")
 TORCH_LIBS = re.compile(r"^lib(torch|c10|shm|caffe2)[\w.]*\.so")

@@ -56,7 +56,7 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
     remove(tmp)
     env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     torch_req = f"torch=={stack.torch.version}"
-    index = ["--index-url", stack.torch.index] if stack.torch.index else []
+    index = ["--index-url", stack.torch.simple_url] if stack.torch.simple_url else []
     try:
         reporter.say(f"candidate venv {venv}: creating (Python {stack.python}, {torch_req}, "
                      f"{len(wheels)} wheel(s))")

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"model directory {workload.model} has no config.json",
                           why="vLLM needs the model's config.json and tokenizer files even "
                               "with random (dummy) weights",
-                          fix="download them (see README, 'Throughput A/B') or pass --model DIR")
+                          fix="download them (see docs/throughput.md) or pass --model DIR")
     candidate_spec = arms.parse_arm_spec(
         args.candidate or _default_candidate(root, args.stack, args.wheels, Reporter(None)))
     baseline_spec = arms.parse_arm_spec(
