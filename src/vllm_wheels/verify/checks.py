@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from ..fatbin import FatbinEntry
 from .elf import ElfInfo, demangle, version_key
@@ -315,10 +315,8 @@ def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]
         if have is None:
             rows.append(f"{req}: not installed (pip installs it)")
             continue
-        if req.specifier.contains(have, prereleases=True):
-            rows.append(f"{req}: {have} {where}")
-        else:
-            rows.append(f"{req}: {have} {where}")
+        rows.append(f"{req}: {have} {where}")
+        if not req.specifier.contains(have, prereleases=True):
             bad.append(f"{project} {have} {where} but the wheel needs {req.specifier}")
     # FlashInfer's packages are built together and must share one version.
     family: dict[str, str] = {}
@@ -599,10 +597,3 @@ def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> CheckResu
         note += f"; {len(skipped)} arch-specific object(s) have no code for it (unused there)"
     return CheckResult(name, PASS, f"{len(with_code)} object(s) with GPU code; "
                                    f"{', '.join(wanted)} covered{note}", evidence)
-
-
-def version_or_none(text: str) -> Version | None:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return None
