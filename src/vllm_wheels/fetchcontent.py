@@ -53,7 +53,7 @@ class ExternalSource:
                 "device": self.device}
 
 
-def _cmake_files(tree: Path) -> list[Path]:
+def cmake_files(tree: Path) -> list[Path]:
     files = [tree / "CMakeLists.txt"] if (tree / "CMakeLists.txt").is_file() else []
     cmake_dir = tree / "cmake"
     if cmake_dir.is_dir():
@@ -62,15 +62,10 @@ def _cmake_files(tree: Path) -> list[Path]:
     return files
 
 
-def _strip_comments(text: str) -> str:
-    return "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
-                     for line in text.splitlines())
-
-
 _OTHER_DEVICES = ("cpu", "xpu", "rocm", "hip", "tpu")
 
 
-def _device_of(path: Path) -> str:
+def device_of(path: Path) -> str:
     """vLLM names device-specific CMake files after the device (cmake/cpu_extension.cmake,
     included only when VLLM_TARGET_DEVICE=cpu); everything else belongs to the CUDA build."""
     stem = path.stem.lower()
@@ -92,7 +87,7 @@ def discover(tree: Path, device: str = "cuda", *,
     for fetch in cmake_eval.evaluate(tree, known).fetches:
         path = fetch.command.file
         if path not in texts:
-            texts[path] = _strip_comments(path.read_text(encoding="utf-8", errors="replace"))
+            texts[path] = cmake_eval.strip_comments(path.read_text(encoding="utf-8", errors="replace"))
         text = texts[path]
         fields = {k: (v if isinstance(v, str) else "") for k, v in fetch.fields.items()}
         override_env = fetch.override_env
@@ -147,7 +142,7 @@ class TracedFetch:
 
 def trace_sources(tree: Path) -> list[Path]:
     """The files `--trace-source` is given: the source's own CMake files."""
-    return _cmake_files(tree)
+    return cmake_files(tree)
 
 
 def read_trace(path: Path) -> list[TracedFetch]:
