@@ -349,7 +349,8 @@ def aot_out_dir(ctx: BuildContext) -> Path:
 def flashinfer_steps(ctx: BuildContext) -> list[Step]:
     env = ctx.base_env()
     steps = [Step("label the version (flashinfer/_build_meta.py)",
-                  (str(ctx.python), "-c", _SET_BUILD_META, str(ctx.tree), ctx.target_version()),
+                  (str(ctx.python), str(HELPERS / "set_flashinfer_version.py"), str(ctx.tree),
+                   ctx.target_version()),
                   {}, ctx.tree)]
     options = ctx.spec.options
     if options.get("aot", True):
@@ -371,18 +372,6 @@ def flashinfer_steps(ctx: BuildContext) -> list[Step]:
             aot_env, ctx.tree, progress=True))
     steps.append(_wheel_step(ctx, env))
     return steps
-
-
-_SET_BUILD_META = r"""
-import re, sys, pathlib
-meta = pathlib.Path(sys.argv[1]) / "flashinfer" / "_build_meta.py"
-text = meta.read_text()
-new = re.sub(r'^__version__ = ".*"$', '__version__ = "%s"' % sys.argv[2], text, flags=re.M)
-if new == text and sys.argv[2] not in text:
-    sys.exit("cannot find __version__ in " + str(meta))
-meta.write_text(new)
-print("version:", sys.argv[2])
-"""
 
 
 def flashinfer_aot_files(ctx: BuildContext) -> dict[str, Path]:

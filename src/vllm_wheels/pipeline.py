@@ -776,9 +776,7 @@ def _postprocess(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage,
 
 
 def _dist_version(python: Path, dist: str, missing_ok: bool = False) -> str | None:
-    code = ("import importlib.metadata as m, sys\ntry: print(m.version(sys.argv[1]))\n"
-            "except m.PackageNotFoundError: print('')")
-    out = capture([python, "-c", code, dist]).strip()
+    out = capture([python, builders.HELPERS / "dist_version.py", dist]).strip()
     if not out and not missing_ok:
         raise ToolchainError(f"{dist} is not installed in the build venv {python.parent.parent}")
     return out or None

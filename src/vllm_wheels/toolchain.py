@@ -25,6 +25,8 @@ from .remote_cache import Remote
 from .runner import capture, run
 from .stack import Stack
 
+# Programs run by other interpreters (the build venv's, a candidate Python's).
+HELPERS = Path(__file__).parent / "helpers"
 _NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+), V([\d.]+)")
 
 
@@ -135,8 +137,7 @@ def raise_on_failed(checks: list[Check]) -> None:
 def python_version(python: Path) -> str | None:
     """'3.12' for that interpreter, None when it does not run."""
     try:
-        out = capture([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                      timeout=30)
+        out = capture([python, HELPERS / "python_version.py"], timeout=30)
     except ToolchainError:
         return None
     return out.strip() or None
@@ -186,21 +187,13 @@ class BuildVenv:
         return self.path / "bin"
 
     def site_packages(self) -> Path:
-        out = capture([self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        out = capture([self.python, HELPERS / "purelib.py"])
         return Path(out.strip())
-
-
-_TORCH_FACTS = """
-import json, torch
-print(json.dumps({"version": torch.__version__, "cuda": torch.version.cuda,
-  "git_version": torch.version.git_version, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
-  "location": torch.__file__}))
-"""
 
 
 def read_torch_facts(python: Path) -> TorchFacts:
     try:
-        out = capture([python, "-c", _TORCH_FACTS], timeout=300)
+        out = capture([python, HELPERS / "torch_facts.py"], timeout=300)
     except ToolchainError as exc:
         raise ToolchainError(f"torch is missing or broken in {python}: {exc.what[-600:]}",
                              fix="delete the build venv (it is recreated) or pass a venv with "
@@ -326,7 +319,7 @@ def _check_existing_requirements(venv: Path, requirements: list[str]) -> None:
     """A venv the user brings is used as it is (the pipeline never installs into it): say
     before any compile what the sources' build requirements still need there."""
     wanted = [r for r in requirements if not r.startswith("cuda-toolkit")]
-    helper = Path(__file__).parent / "helpers" / "check_requirements.py"
+    helper = HELPERS / "check_requirements.py"
     out = capture([venv / "bin" / "python", helper, *wanted], timeout=120)
     unmet = json.loads(out.strip().splitlines()[-1]) if out.strip() else []
     if unmet:
