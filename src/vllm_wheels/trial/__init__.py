@@ -8,5 +8,5 @@ candidate stack, and runs the stages this machine can run (build, ABI check, thr
   stack_writer.py  write and verify build/stacks/trial-vllm-VERSION.toml
   stages.py        plan/build/abi/throughput, resumable through a state file
   report.py        markdown + JSON report in verify/trials/
-  cli.py           the `trial` command
+  cli_trial.py     the `trial` command
 """
