@@ -180,7 +180,7 @@ def tokenize(text: str, file: Path = Path("<string>")) -> list[Command]:
 
 # ------------------------------------------------------------------ text-level readers
 # For the readers that search a CMake file's text with patterns (fetchcontent.discover,
-# trial.candidate): the same lexical rules as tokenize() above, so a `#` or a parenthesis
+# trial.release): the same lexical rules as tokenize() above, so a `#` or a parenthesis
 # inside a quoted or bracket argument is text, and a bracket comment `#[==[ ... ]==]`
 # spans lines.
 

@@ -1,5 +1,5 @@
 """The one CMake text reader shared by the build (fetchcontent.discover) and the trial
-(trial.candidate): comment stripping and parenthesis matching follow the tokenizer's
+(trial.release): comment stripping and parenthesis matching follow the tokenizer's
 lexical rules. Each case is one where the two readers kept before disagreed: bracket
 comments `#[[ ]]` and `#[==[ ]==]` spanning lines, quoted strings holding `#` or
 parentheses, bracket arguments, nested parentheses, trailing comments."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vllm_wheels import cmake_eval, fetchcontent
-from vllm_wheels.trial import candidate
+from vllm_wheels.trial import release
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -64,7 +64,7 @@ else() # older nvcc (before 12.8)
   set(CUDA_SUPPORTED_ARCHS "8.0;9.0")
 endif()
 """})
-    got = [(b.min_nvcc, b.archs, b.where) for b in candidate.arch_branches(root)]
+    got = [(b.min_nvcc, b.archs, b.where) for b in release.arch_branches(root)]
     assert got == [("12.8", ("8.0", "10.0", "12.0"), "CMakeLists.txt:5"),
                    (None, ("8.0", "9.0"), "CMakeLists.txt:7")]
 
@@ -78,7 +78,7 @@ def test_trial_switches_skip_bracket_comments_and_quoted_hashes(tmp_path: Path) 
 set(MSG "# not a comment: $ENV{QUOTED_ENV}")
 option(NEW_SWITCH "kept" ON) # $ENV{COMMENTED_ENV}
 """})
-    got = {(s.kind, s.name, s.where) for s in candidate.build_switches(root)}
+    got = {(s.kind, s.name, s.where) for s in release.build_switches(root)}
     assert got == {("env", "QUOTED_ENV", "CMakeLists.txt:5"),
                    ("cmake-option", "NEW_SWITCH", "CMakeLists.txt:6")}
 

@@ -31,7 +31,7 @@ from ..log import Reporter
 from ..patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
 from ..stack import PackageSpec, Source, Stack, TorchPin
 from . import compare
-from .candidate import ReleaseFacts, python_supported, read_release, toolkit_floor
+from .release import ReleaseFacts, python_supported, read_release, toolkit_floor
 from .stack_writer import DEFAULT_INDEX, default_patch_dir, promotion_commands, write_stack
 
 PLAN_STEPS = 5
