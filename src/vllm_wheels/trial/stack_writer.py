@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..stack import _BUILDER_OPTIONS, PackageSpec, Source, Stack, _default_builder, load_stack
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-DEFAULT_INDEX = "https://pypi.org/simple"
+PYPI_SIMPLE_URL = "https://pypi.org/simple"
 
 
 def _key(name: str) -> str:
@@ -53,7 +53,7 @@ def _inline(table: Mapping[str, Any]) -> str:
 def _source_table(source: Source) -> dict[str, Any]:
     if source.kind == "pypi":
         table: dict[str, Any] = {"pypi": source.version, "sha256": source.sha256}
-        if source.index.rstrip("/") != DEFAULT_INDEX:
+        if source.index.rstrip("/") != PYPI_SIMPLE_URL:
             table["index"] = source.index
         return table
     if source.kind == "git":
