@@ -23,7 +23,16 @@ from ..log import Reporter
 from ..sources import download, sha256_file
 from ..verify.report import REPORT_FILENAME, read_results
 from . import layout
-from .store import FileRecord, IndexDir, IndexState, place_file, utc_now, write_bytes_atomic
+from .store import (
+    FileRecord,
+    IndexDir,
+    IndexState,
+    Origin,
+    Verification,
+    place_file,
+    utc_now,
+    write_bytes_atomic,
+)
 
 
 @dataclass(frozen=True)
@@ -34,8 +43,8 @@ class WheelToAdd:
     facts: layout.WheelFacts
     sha256: str
     size: int
-    origin: str  # "built" | "mirror"
-    verification: str  # "verify-abi" | "unverified" | "mirror-hash"
+    origin: Origin
+    verification: Verification
     verification_detail: str
 
 
@@ -70,7 +79,7 @@ def collect_wheels(paths: Sequence[Path]) -> list[Path]:
 
 def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Path | None,
                     allow_unverified: str | None, reporter: Reporter
-                    ) -> dict[Path, tuple[str, str]]:
+                    ) -> dict[Path, tuple[Verification, str]]:
     """(verification, detail) per wheel, or IndexPublishError when a wheel has no passing
     verify_abi result for its exact sha256 and no --allow-unverified reason was given."""
     if allow_unverified is not None and not allow_unverified.strip():
@@ -79,7 +88,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
                           fix='e.g. --allow-unverified "no GPU host to verify on; smoke-'
                               'tested by hand on gpu-7"')
     reports: dict[Path, dict[str, dict[str, Any]] | str] = {}
-    result: dict[Path, tuple[str, str]] = {}
+    result: dict[Path, tuple[Verification, str]] = {}
     problems: list[str] = []
     for wheel in wheels:
         report_path = (report or wheel.parent / REPORT_FILENAME).resolve()
@@ -98,7 +107,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
         # installers select by).
         entry = results.get(sha)
         if entry is not None and entry["passed"] and entry["filename"] == wheel.name:
-            result[wheel] = ("verify-abi",
+            result[wheel] = (Verification.VERIFY_ABI,
                              f"{report_path.name} sha256:{sha256_file(report_path)}")
             continue
         same_name = [s for s, r in results.items() if r["filename"] == wheel.name
@@ -124,7 +133,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
         if wheel not in result:
             assert allow_unverified is not None
             reporter.warn(f"publishing {wheel.name} unverified: {allow_unverified}")
-            result[wheel] = ("unverified", allow_unverified.strip())
+            result[wheel] = (Verification.UNVERIFIED, allow_unverified.strip())
     return result
 
 
@@ -146,7 +155,7 @@ def built_wheels_to_add(wheels: Sequence[Path], *, report: Path | None,
     verdicts = verification_of(wheels, shas, report=report, allow_unverified=allow_unverified,
                                reporter=reporter)
     return [WheelToAdd(path=w, facts=facts[w], sha256=shas[w], size=w.stat().st_size,
-                       origin="built", verification=verdicts[w][0],
+                       origin=Origin.BUILT, verification=verdicts[w][0],
                        verification_detail=verdicts[w][1]) for w in wheels]
 
 
@@ -291,8 +300,9 @@ def mirrored_wheels_to_add(sources: Sequence[str], sha256s: Sequence[str], incom
                                         why="a mirrored wheel must be exactly the pinned one")
         facts = layout.inspect_wheel(dest)
         to_add.append(WheelToAdd(path=dest, facts=facts, sha256=expected,
-                                 size=dest.stat().st_size, origin="mirror",
-                                 verification="mirror-hash", verification_detail=location))
+                                 size=dest.stat().st_size, origin=Origin.MIRROR,
+                                 verification=Verification.MIRROR_HASH,
+                                 verification_detail=location))
     return to_add
 
 
