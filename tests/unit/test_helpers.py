@@ -66,3 +66,12 @@ def test_arm_versions_as_a_file_and_as_text() -> None:
     assert set(as_file) == keys
     assert as_file == as_text
     assert as_file["python"] == sys.version.split()[0]
+
+
+@pytest.mark.parametrize("name", ["runtime_probe.py", "arm_versions.py", "import_smoke.py",
+                                  "python_version.py"])
+def test_runtime_helpers_parse_as_python_3_8(name: str) -> None:
+    """These run with the runtime's (or an image's, or a candidate's) interpreter: no
+    syntax newer than Python 3.8."""
+    import ast
+    ast.parse((HELPERS / name).read_text(), name, feature_version=(3, 8))
