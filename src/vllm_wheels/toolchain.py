@@ -18,6 +18,8 @@ from typing import Any
 
 from packaging.version import Version
 
+import vllm_wheels
+
 from .cache import Cache, publish_dir, remove, temp_sibling
 from .errors import ToolchainError
 from .log import Reporter
@@ -25,8 +27,9 @@ from .remote_cache import Remote
 from .runner import capture, run
 from .stack import Stack
 
-# Programs run by other interpreters (the build venv's, a candidate Python's).
-HELPERS = Path(__file__).parent / "helpers"
+# Programs run by other interpreters (the build venv's, a candidate Python's): found from
+# the package, so the path holds wherever this module lives in it.
+HELPERS = Path(vllm_wheels.__file__).parent / "helpers"
 _NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+), V([\d.]+)")
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 import vllm_wheels
+from vllm_wheels import builders, toolchain
 from vllm_wheels.verify import runtime
+from vllm_wheels.verify.throughput import arms
 
 HELPERS = Path(vllm_wheels.__file__).parent / "helpers"
 
@@ -75,3 +77,14 @@ def test_runtime_helpers_parse_as_python_3_8(name: str) -> None:
     syntax newer than Python 3.8."""
     import ast
     ast.parse((HELPERS / name).read_text(), name, feature_version=(3, 8))
+
+
+def test_callers_find_the_helpers() -> None:
+    """Each caller's path to its helper, wherever the caller's module lives."""
+    for path in (toolchain.HELPERS / "python_version.py", toolchain.HELPERS / "purelib.py",
+                 toolchain.HELPERS / "torch_facts.py", toolchain.HELPERS / "check_requirements.py",
+                 builders.HELPERS / "dist_version.py",
+                 builders.HELPERS / "set_flashinfer_version.py", runtime.PROBE,
+                 arms.VERSIONS_HELPER):
+        assert path.is_file(), path
+    assert toolchain.python_version(Path(sys.executable)) == "%d.%d" % sys.version_info[:2]  # noqa: UP031
