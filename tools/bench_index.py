@@ -43,11 +43,11 @@ def make_wheel(folder: Path, name: str, version: str, payload: bytes) -> Path:
     return path
 
 
-def candidates(wheels: list[Path]) -> list[publish.Candidate]:
+def to_add(wheels: list[Path]) -> list[publish.WheelToAdd]:
     """As the publish command builds them, minus the verify report lookup."""
     out = []
     for w in wheels:
-        out.append(publish.Candidate(
+        out.append(publish.WheelToAdd(
             path=w, facts=layout.inspect_wheel(w), size=w.stat().st_size,
             sha256=hashlib.sha256(w.read_bytes()).hexdigest(), origin="built",
             verification="unverified", verification_detail="benchmark"))
@@ -85,11 +85,11 @@ def main() -> None:
         index = IndexDir(root / "index")
         print(f"{args.wheels} wheels of {args.size_kib} KiB in {projects} projects", flush=True)
         timed(f"publish {args.wheels} wheels (one call)",
-              lambda: publish.add_to_index(index, candidates(wheels), reporter))
+              lambda: publish.add_to_index(index, to_add(wheels), reporter))
         timed("publish 1 more wheel into the full index",
-              lambda: publish.add_to_index(index, candidates([extra]), reporter))
+              lambda: publish.add_to_index(index, to_add([extra]), reporter))
         timed(f"identical re-publish of {args.wheels} (no-op)",
-              lambda: publish.add_to_index(index, candidates(wheels), reporter), repeat=3)
+              lambda: publish.add_to_index(index, to_add(wheels), reporter), repeat=3)
         timed("page generation (regenerate all pages)",
               lambda: publish.regenerate(index, reporter), repeat=5)
         timed("yank one file (new generation)",

@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
                                  " and run the command again; finished steps are reused")
         print(full.render(), file=sys.stderr)
         return full.exit_code
-    return 2
 
 
 if __name__ == "__main__":

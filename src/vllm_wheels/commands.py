@@ -8,17 +8,17 @@ from __future__ import annotations
 
 # command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "runtime-image": ("vllm_wheels.images.runtime_cli",
+    "runtime-image": ("vllm_wheels.images.cli_runtime",
                       "build the runtime image (our wheels + exact torch, ABI-checked, vllm serve)"),
-    "update-images": ("vllm_wheels.images.update_cli",
+    "update-images": ("vllm_wheels.images.cli_update",
                       "look up and record base image digests; sync Dockerfile ARG defaults"),
-    "check-images": ("vllm_wheels.images.check_cli",
+    "check-images": ("vllm_wheels.images.cli_check",
                      "fail when docker/ and the stack disagree"),
-    "verify-abi": ("vllm_wheels.verify.abi_cli",
+    "verify-abi": ("vllm_wheels.verify.cli_abi",
                    "check built wheels against a runtime environment before import"),
-    "verify-throughput": ("vllm_wheels.verify.throughput.cli",
+    "verify-throughput": ("vllm_wheels.verify.cli_throughput",
                           "A/B the custom wheels against the vllm/vllm-openai nightly image"),
-    "trial": ("vllm_wheels.trial.cli",
+    "trial": ("vllm_wheels.trial.cli_trial",
               "upgrade trial: what moving to another vLLM means, then build/abi/throughput"),
     "publish": ("vllm_wheels.index.cli_publish",
                 "add verified wheels to the internal wheel index (wheels/index/)"),
@@ -30,5 +30,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "yank (PEP 592) or un-yank files of the wheel index, with a reason"),
     "index-mirror": ("vllm_wheels.index.cli_mirror",
                      "copy companion wheels (e.g. the torch CUDA build) into the index by hash"),
-    "build-wheels": ("vllm_wheels.build.cli", "build the stack's wheels into wheels/<stack>/"),
+    "build-wheels": ("vllm_wheels.build.cli_build_wheels", "build the stack's wheels into wheels/<stack>/"),
 }

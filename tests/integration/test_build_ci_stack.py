@@ -141,13 +141,31 @@ def test_rebuild_with_nothing_changed_compiles_nothing(built: tuple[Path, object
     # The build root of `built` (it names the prefix-map spec file on the compile command
     # lines): another one is another command line, and everything would recompile.
     monkeypatch.setenv("VLLM_WHEELS_BUILD_ROOT", str(session_build_root))
+    # Every object of the first build, as it is before the rebuild: a recompile (even one
+    # the compile cache serves) writes the object again.
+    first = json.loads((out / "build-summary.json").read_text())
+    objects = {o: o.stat().st_mtime_ns for package in first["packages"]
+               for o in Path(package["tree"]).rglob("*.o")}
+    assert len(objects) >= 2  # vLLM's translation unit and the fixture's kernel at least
     again = cli("build-wheels", "--stack", "build/stacks/ci-cuda13.toml", "--cache-dir",
                 str(shared_cache), "--output-dir", str(out), cwd=repo_root)
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((out / "build-summary.json").read_text())
+    assert {p["package"] for p in summary["packages"]} == {p["package"] for p in
+                                                           first["packages"]}
     for package in summary["packages"]:
         stats = package["compile_cache_stats"]
+        # Not one compile request: no miss, and no hit either (a hit is a recompile that
+        # the cache served).
         assert stats["misses"] == 0, (package["package"], stats)
+        assert stats["hits"] == 0, (package["package"], stats)
+    # The measuring launcher in front of every compiler saw no translation unit (calls
+    # without a source, such as a compiler's version query, are not compiles).
+    telemetry = json.loads((out / "build-telemetry.json").read_text())
+    compiled = [u for u in telemetry["units"] if u.get("source")]
+    assert compiled == [], compiled[:3]
+    # Ninja and setuptools left every object as it was.
+    assert {o: o.stat().st_mtime_ns for o in objects} == objects
 
 
 def test_mismatched_stack_is_refused_before_compiling(repo_root: Path, tmp_path: Path,

@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shutil
 import subprocess
+import sys
 import textwrap
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -503,10 +507,78 @@ def test_runtime_image_verifies_itself_and_serves(repo_root: Path) -> None:
     assert any("VLLM_WHEELS_HEALTH_URL=http://127.0.0.1:8000/health" in s for s in steps)
 
 
-def test_nox_sessions_run_registered_commands(repo_root: Path) -> None:
-    text = (repo_root / "noxfile.py").read_text()
-    for command in ("runtime-image", "update-images"):
-        assert f'_run_cli(session, "{command}")' in text
+class _NoxSession:
+    """What the noxfile's sessions call on nox.Session, recorded."""
+
+    def __init__(self, posargs: list[str]) -> None:
+        self.posargs = posargs
+        self.calls: list[tuple[str, tuple[str, ...], dict[str, object]]] = []
+
+    def run(self, *args: str, **kw: object) -> None:
+        self.calls.append(("run", args, kw))
+
+    def install(self, *args: str, **kw: object) -> None:
+        self.calls.append(("install", args, kw))
+
+    def error(self, message: str) -> None:
+        raise AssertionError(message)
+
+
+def _load_noxfile(repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The noxfile's sessions as nox registers them ({name: (function, decorator kwargs)}),
+    with a stand-in nox module (nox is no test dependency)."""
+    sessions: dict[str, Any] = {}
+
+    def session(**kw: object) -> Any:
+        def register(func: Any) -> Any:
+            sessions[func.__name__] = (func, kw)
+            return func
+        return register
+
+    command = types.ModuleType("nox.command")
+    command.CommandFailed = type("CommandFailed", (Exception,), {})  # type: ignore[attr-defined]
+    nox = types.ModuleType("nox")
+    nox.session = session  # type: ignore[attr-defined]
+    nox.Session = _NoxSession  # type: ignore[attr-defined]
+    nox.options = types.SimpleNamespace()  # type: ignore[attr-defined]
+    nox.command = command  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nox", nox)
+    monkeypatch.setitem(sys.modules, "nox.command", command)
+    runpy.run_path(str(repo_root / "noxfile.py"))
+    return sessions
+
+
+def test_nox_sessions_run_registered_commands(repo_root: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    sessions = _load_noxfile(repo_root, monkeypatch)
+    # Run where the sessions' relative paths (.nox/, docker/, pyproject.toml) are the test's.
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(repo_root / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / ".nox" / "_pipeline").mkdir(parents=True)
+    for name, command in (("runtime_image", "runtime-image"), ("update_images", "update-images")):
+        session = _NoxSession(["--stack", "s.toml"])
+        sessions[name][0](session)
+        # The pipeline venv's python runs the registered command with the session's args.
+        assert session.calls[-1] == (
+            "run", (".nox/_pipeline/bin/python", "-m", "vllm_wheels", command, "--stack",
+                    "s.toml"), {"external": True})
         assert command in cli.COMMANDS
-    assert '"python", "-m", "vllm_wheels", "check-images"' in text
-    assert '"hadolint", "--config", ".hadolint.yaml"' in text
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0
+    assert sessions["update_images"][1]["tags"] == ["update"]
+    # lint: hadolint with the repository's config over every Dockerfile, then check-images.
+    (tmp_path / "docker").mkdir()
+    for name in ("runtime.Dockerfile", "build.Dockerfile", "build.Dockerfile.dockerignore"):
+        (tmp_path / "docker" / name).write_text("FROM scratch\n")
+    session = _NoxSession([])
+    sessions["lint"][0](session)
+    runs = [args for kind, args, _ in session.calls if kind == "run"]
+    assert runs[-2:] == [("hadolint", "--config", ".hadolint.yaml", "docker/build.Dockerfile",
+                          "docker/runtime.Dockerfile"),
+                         ("python", "-m", "vllm_wheels", "check-images")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check-images", "--help"])
+    assert exit_.value.code == 0
+    capsys.readouterr()

@@ -41,8 +41,8 @@ def make_wheel(folder: Path, name: str, version: str, *, requires_python: str | 
     return path
 
 
-def candidates(wheels: list[Path], verification: str = "unverified") -> list[publish.Candidate]:
-    return [publish.Candidate(path=w, facts=layout.inspect_wheel(w),
+def to_add(wheels: list[Path], verification: str = "unverified") -> list[publish.WheelToAdd]:
+    return [publish.WheelToAdd(path=w, facts=layout.inspect_wheel(w),
                               sha256=hashlib.sha256(w.read_bytes()).hexdigest(),
                               size=w.stat().st_size, origin="built", verification=verification,
                               verification_detail="unit test") for w in wheels]
@@ -57,7 +57,7 @@ def test_pages_carry_hashes_metadata_requires_python_and_yank(tmp_path: Path,
                                                               reporter: Reporter) -> None:
     index = IndexDir(tmp_path / "index")
     wheel = make_wheel(tmp_path / "in", "My_Pkg", "1.0+cu128.sm120", requires_python=">=3.10")
-    publish.add_to_index(index, candidates([wheel]), reporter)
+    publish.add_to_index(index, to_add([wheel]), reporter)
     yank.set_yanked(index, [wheel.name], 'bad "build" <sm_120>', reporter)
     sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
     metadata = (index.files / "my-pkg" / (wheel.name + ".metadata")).read_bytes()
@@ -97,7 +97,7 @@ def test_versions_sorted_as_versions_and_unyank_clears_the_attribute(
         tmp_path: Path, reporter: Reporter) -> None:
     index = IndexDir(tmp_path / "index")
     wheels = [make_wheel(tmp_path / "in", "pkg", v) for v in ("1.10", "1.9", "1.0rc1")]
-    publish.add_to_index(index, candidates(wheels), reporter)
+    publish.add_to_index(index, to_add(wheels), reporter)
     data = json.loads((index.simple / "pkg" / "index.json").read_text())
     assert data["versions"] == ["1.0rc1", "1.9", "1.10"]
     assert [f["filename"].split("-")[1] for f in data["files"]] == ["1.0rc1", "1.9", "1.10"]
@@ -114,14 +114,14 @@ def test_versions_sorted_as_versions_and_unyank_clears_the_attribute(
 def test_immutability_noop_and_conflict(tmp_path: Path, reporter: Reporter) -> None:
     index = IndexDir(tmp_path / "index")
     first = make_wheel(tmp_path / "a", "pkg", "1.0")
-    result = publish.add_to_index(index, candidates([first]), reporter)
+    result = publish.add_to_index(index, to_add([first]), reporter)
     assert (result.added, result.generation) == ((first.name,), 1)
-    result = publish.add_to_index(index, candidates([first]), reporter)
+    result = publish.add_to_index(index, to_add([first]), reporter)
     assert (result.added, result.unchanged, result.generation) == ((), (first.name,), 1)
     other = make_wheel(tmp_path / "b", "pkg", "1.0", extra=b"# different bytes\n")
     new = make_wheel(tmp_path / "b", "newpkg", "1.0")
     with pytest.raises(IndexPublishError, match="already published") as info:
-        publish.add_to_index(index, candidates([new, other]), reporter)
+        publish.add_to_index(index, to_add([new, other]), reporter)
     assert info.value.exit_code == 10
     # All or nothing: the wheel without a conflict did not get in either.
     assert set(index.load().files) == {first.name}
@@ -132,7 +132,7 @@ def test_regenerated_pages_are_byte_identical(tmp_path: Path, reporter: Reporter
     index = IndexDir(tmp_path / "index")
     wheels = [make_wheel(tmp_path / "in", n, "2.0", requires_python=">=3.9")
               for n in ("a", "b")]
-    publish.add_to_index(index, candidates(wheels), reporter)
+    publish.add_to_index(index, to_add(wheels), reporter)
     before = {p.relative_to(index.simple.resolve()): p.read_bytes()
               for p in index.simple.resolve().rglob("*") if p.is_file()}
     assert publish.regenerate(index, reporter) == 2
@@ -207,7 +207,7 @@ def test_listing_falls_back_to_requires_dist(tmp_path: Path, reporter: Reporter)
     wheel = make_wheel(tmp_path / "in", "ext", "1.0+cu128.sm120",
                        requires=("torch==2.9.0", "numpy"))
     torch = make_wheel(tmp_path / "in", "torch", "2.9.0+cu128")
-    publish.add_to_index(index, candidates([wheel, torch]), reporter)
+    publish.add_to_index(index, to_add([wheel, torch]), reporter)
     rows = {r.project: r for r in listing.list_index(index)}
     assert (rows["ext"].torch, rows["ext"].cuda, rows["ext"].arch, rows["ext"].needs_from) \
         == ("==2.9.0", "12.8", ("12.0",), "metadata")
@@ -224,7 +224,7 @@ def test_a_wheel_replaced_after_its_check_is_not_published(tmp_path: Path,
     index = IndexDir(tmp_path / "index")
     ok = make_wheel(tmp_path / "in", "okpkg", "1.0")
     wheel = make_wheel(tmp_path / "in", "pkg", "1.0")
-    checked = candidates([ok, wheel])  # sha256 of the original bytes
+    checked = to_add([ok, wheel])  # sha256 of the original bytes
     swapped = make_wheel(tmp_path / "in", "pkg", "1.0", extra=b"# other bytes\n")
     assert swapped == wheel
     with pytest.raises(IndexPublishError, match="changed while publishing"):
@@ -232,12 +232,12 @@ def test_a_wheel_replaced_after_its_check_is_not_published(tmp_path: Path,
     # Nothing of the batch is left, and the next publish is not refused because of it.
     assert not [p for p in index.root.rglob("*") if p.is_file() and p.name != ".lock"]
     assert index.load() == IndexState()
-    assert publish.add_to_index(index, candidates([wheel]), reporter).added == (wheel.name,)
+    assert publish.add_to_index(index, to_add([wheel]), reporter).added == (wheel.name,)
 
     # The same for the local-path branch of mirror: checked against the pin, then swapped.
     mirrored = make_wheel(tmp_path / "mirror", "mirrored", "2.0")
     pin = hashlib.sha256(mirrored.read_bytes()).hexdigest()
-    found = publish.mirror_candidates([str(mirrored)], [pin], tmp_path / "incoming", reporter)
+    found = publish.mirrored_wheels_to_add([str(mirrored)], [pin], tmp_path / "incoming", reporter)
     make_wheel(tmp_path / "mirror", "mirrored", "2.0", extra=b"# swapped\n")
     with pytest.raises(IndexPublishError, match="changed while publishing"):
         publish.add_to_index(index, found, reporter)
@@ -263,7 +263,7 @@ def test_invalid_metadata_version_is_an_index_error(tmp_path: Path) -> None:
 def test_check_hashes_names_a_missing_file(tmp_path: Path, reporter: Reporter) -> None:
     index = IndexDir(tmp_path / "index")
     wheel = make_wheel(tmp_path / "in", "pkg", "1.0")
-    publish.add_to_index(index, candidates([wheel]), reporter)
+    publish.add_to_index(index, to_add([wheel]), reporter)
     index.file_path("pkg", wheel.name).unlink()
     with pytest.raises(IndexPublishError, match="missing on disk") as info:
         publish.regenerate(index, reporter, check_hashes=True)
@@ -274,11 +274,11 @@ def test_a_stray_plain_file_under_files_is_left_alone(tmp_path: Path,
                                                       reporter: Reporter) -> None:
     index = IndexDir(tmp_path / "index")
     first = make_wheel(tmp_path / "in", "pkg", "1.0")
-    publish.add_to_index(index, candidates([first]), reporter)
+    publish.add_to_index(index, to_add([first]), reporter)
     stray = index.files / "README.txt"
     stray.write_text("copied here by hand\n")
     second = make_wheel(tmp_path / "in", "other", "1.0")
-    assert publish.add_to_index(index, candidates([second]), reporter).added == (second.name,)
+    assert publish.add_to_index(index, to_add([second]), reporter).added == (second.name,)
     assert stray.read_text() == "copied here by hand\n"
     assert set(index.load().files) == {first.name, second.name}
 

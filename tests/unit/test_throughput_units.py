@@ -464,7 +464,7 @@ def test_server_logs_move_in_after_the_report_and_survive_a_failed_write(
         capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from vllm_wheels.verify.throughput import cli as throughput_cli
+    from vllm_wheels.verify import cli_throughput as throughput_cli
 
     parser = argparse.ArgumentParser()
     throughput_cli.add_arguments(parser)

@@ -24,8 +24,8 @@ from vllm_wheels.build.stack import ExternalOverride, load_stack
 from vllm_wheels.errors import ConfigError, InterruptedError_
 from vllm_wheels.log import Reporter
 from vllm_wheels.trial import compare, stages
-from vllm_wheels.trial.candidate import read_release, toolkit_floor
 from vllm_wheels.trial.plan import check_series, hunk_text, parse_request, patch_dir_for
+from vllm_wheels.trial.release import read_release, toolkit_floor
 from vllm_wheels.trial.stack_writer import promotion_commands, render_stack, write_stack
 
 CMAKE = """\

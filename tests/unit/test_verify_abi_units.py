@@ -177,9 +177,21 @@ def test_companions_flashinfer_family_and_tvm_ffi() -> None:
     rt.dists["apache-tvm-ffi"] = "0.1.5"
     result = check_companions(vllm, rt, [vllm])
     assert result.status == "fail" and "apache-tvm-ffi 0.1.5" in result.summary
-    # The FlashInfer in the wheel set counts, not the runtime's.
+    # The FlashInfer in the wheel set counts, not the runtime's: a set's 0.5.3 fails the
+    # ==0.5.2 pin (and the family) although the runtime has 0.5.2 ...
     fi = _facts("flashinfer-python", "0.5.3", ())
-    assert "0.5.3 in this wheel set" in check_companions(vllm, rt, [vllm, fi]).summary
+    result = check_companions(vllm, rt, [vllm, fi])
+    assert result.status == "fail"
+    assert result.summary == (
+        "flashinfer-python 0.5.3 in this wheel set but the wheel needs ==0.5.2; "
+        "apache-tvm-ffi 0.1.5 in the runtime but the wheel needs ==0.1.4; "
+        "FlashInfer packages differ: flashinfer-cubin 0.5.2, flashinfer-python 0.5.3")
+    # ... and a set's 0.5.2 passes although the runtime has 0.5.3.
+    rt.dists.update({"apache-tvm-ffi": "0.1.4", "flashinfer-python": "0.5.3"})
+    result = check_companions(vllm, rt, [vllm, _facts("flashinfer-python", "0.5.2", ())])
+    assert result.status == "pass"
+    assert result.summary == ("flashinfer-python==0.5.2: 0.5.2 in this wheel set; "
+                              "apache-tvm-ffi==0.1.4: 0.1.4 in the runtime")
 
 
 # ------------------------------------------------ extension suffixes the runtime looks for

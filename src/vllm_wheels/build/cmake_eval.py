@@ -178,6 +178,94 @@ def tokenize(text: str, file: Path = Path("<string>")) -> list[Command]:
     return commands
 
 
+# ------------------------------------------------------------------ text-level readers
+# For the readers that search a CMake file's text with patterns (fetchcontent.discover,
+# trial.release): the same lexical rules as tokenize() above, so a `#` or a parenthesis
+# inside a quoted or bracket argument is text, and a bracket comment `#[==[ ... ]==]`
+# spans lines.
+
+
+def _bracket_at(text: str, i: int) -> re.Match[str] | None:
+    """A bracket argument opens at `i` (as in tokenize(): only where an argument starts)."""
+    if i > 0 and text[i - 1] not in " \t\r\n(":
+        return None
+    return _BRACKET_OPEN.match(text, i)
+
+
+def _skip_quoted(text: str, i: int) -> int:
+    """`i` at an opening `"`: the index after the closing one (or the end of the text)."""
+    j = i + 1
+    while j < len(text) and text[j] != '"':
+        j += 2 if text[j] == "\\" else 1
+    return min(j + 1, len(text))
+
+
+def _skip_bracket(text: str, m: re.Match[str]) -> int:
+    close = "]" + m.group(1) + "]"
+    end = text.find(close, m.end())
+    return len(text) if end < 0 else end + len(close)
+
+
+def strip_comments(text: str) -> str:
+    """`text` without its comments (`# ...` to the end of the line, and bracket comments
+    `#[[ ... ]]`, `#[==[ ... ]==]`), everything else kept: quoted and bracket arguments
+    are not searched for `#`, and a removed comment keeps its newlines, so offsets'
+    line numbers stay those of the file."""
+    out: list[str] = []
+    i, n, start = 0, len(text), 0
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i = _skip_quoted(text, i)
+        elif c == "[" and (m := _bracket_at(text, i)) is not None:
+            i = _skip_bracket(text, m)
+        elif c == "#":
+            out.append(text[start:i])
+            m = _BRACKET_OPEN.match(text, i + 1)
+            if m is not None:
+                end = _skip_bracket(text, m)
+                out.append("\n" * text.count("\n", i, end))
+            else:
+                end = text.find("\n", i)
+                end = n if end < 0 else end
+            i = start = end
+        else:
+            i += 1
+    out.append(text[start:])
+    return "".join(out)
+
+
+def parenthesized(text: str, start: int) -> str:
+    """The text from `start` (just after an opening parenthesis) to its matching closing
+    one, exclusive: nested parentheses are counted, those inside quoted or bracket
+    arguments and comments are not. To the end of the text when it is not closed."""
+    depth, i, n = 1, start, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i = _skip_quoted(text, i)
+            continue
+        if c == "[" and (m := _bracket_at(text, i)) is not None:
+            i = _skip_bracket(text, m)
+            continue
+        if c == "#":
+            m = _BRACKET_OPEN.match(text, i + 1)
+            if m is not None:
+                i = _skip_bracket(text, m)
+            else:
+                end = text.find("\n", i)
+                i = n if end < 0 else end
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+        i += 1
+    return text[start:]
+
+
 # ------------------------------------------------------------------------- block structure
 
 @dataclass

@@ -64,12 +64,6 @@ def cmake_files(tree: Path) -> list[Path]:
     return files
 
 
-def strip_comments(text: str) -> str:
-    """CMake text with its line comments blanked (line numbers kept)."""
-    return "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
-                     for line in text.splitlines())
-
-
 _OTHER_DEVICES = ("cpu", "xpu", "rocm", "hip", "tpu")
 
 
@@ -95,7 +89,7 @@ def discover(tree: Path, device: str = "cuda", *,
     for fetch in cmake_eval.evaluate(tree, known).fetches:
         path = fetch.command.file
         if path not in texts:
-            texts[path] = strip_comments(path.read_text(encoding="utf-8", errors="replace"))
+            texts[path] = cmake_eval.strip_comments(path.read_text(encoding="utf-8", errors="replace"))
         text = texts[path]
         fields = {k: (v if isinstance(v, str) else "") for k, v in fetch.fields.items()}
         override_env = fetch.override_env

@@ -66,7 +66,7 @@ def _hidden_environ(values: dict[str, str]) -> Iterator[None]:
 
 
 # The steps of build_wheels, in order; the Reporter numbers them (plan_steps, then step).
-# The first two are the planning (build/cli.py), the rest are `build`'s.
+# The first two are the planning (build/cli_build_wheels.py), the rest are `build`'s.
 SOURCES_STEP = ("sources: download, verify sha256, unpack, patch, strip torch pins; "
                 "discover external sources")
 PLAN_STEP = "plan"

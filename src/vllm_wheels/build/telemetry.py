@@ -391,8 +391,3 @@ def load_costs(path: Path, package: str) -> dict[str, dict[str, float]]:
     for (tree, cache_root), group in groups.items():
         costs.update(unit_costs(group, tree, cache_root))
     return costs
-
-
-def describe_costs(costs: Mapping[str, Mapping[str, float]]) -> str:
-    peak = max((int(c["peak_rss_kb"]) for c in costs.values()), default=0)
-    return f"{len(costs)} unit(s), largest peak {peak / 1024 / 1024:.1f} GB"

@@ -27,6 +27,8 @@ from ..runner import capture, run
 from .remote_cache import Remote
 from .stack import Stack
 
+# Programs run by other interpreters (the build venv's, a candidate Python's).
+HELPERS = layout.HELPERS_DIR
 _NVCC_RELEASE = re.compile(r"release (\d+)\.(\d+), V([\d.]+)")
 
 
@@ -40,7 +42,7 @@ class CheckStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class Check:
+class ToolchainCheck:
     """One toolchain check of the plan (printed as `[ok  ] name: detail`)."""
 
     name: str
@@ -101,17 +103,18 @@ def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, li
     return nvcc_at(Path("/usr/local/cuda"), "/usr/local/cuda"), searched
 
 
-def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Check]:
+def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[ToolchainCheck]:
     checks = []
     if nvcc is None:
-        return [Check("nvcc", CheckStatus.FAIL, "no nvcc found (searched: " + "; ".join(searched) + ")",
+        return [ToolchainCheck("nvcc", CheckStatus.FAIL,
+                               "no nvcc found (searched: " + "; ".join(searched) + ")",
                       f"install a CUDA toolkit matching {stack.cuda_toolkit.version} and set "
                       "CUDA_HOME to it")]
-    checks.append(Check("nvcc", CheckStatus.OK, f"{nvcc.path} (CUDA {nvcc.full_version}, via "
+    checks.append(ToolchainCheck("nvcc", CheckStatus.OK, f"{nvcc.path} (CUDA {nvcc.full_version}, via "
                         f"{nvcc.found_via})"))
     torch_major = stack.torch.cuda_major
     if nvcc.major != torch_major:
-        checks.append(Check(
+        checks.append(ToolchainCheck(
             "nvcc major == torch CUDA major", CheckStatus.FAIL,
             f"nvcc is CUDA {nvcc.release} but torch {stack.torch.version} is built for CUDA "
             f"{stack.torch.cuda}: extensions would link libcudart.so.{nvcc.major} and be loaded "
@@ -120,21 +123,21 @@ def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Che
             f"CUDA_HOME to it, or use a stack whose torch is built for CUDA {nvcc.major} "
             "(e.g. build/stacks/ci-cuda13.toml)"))
     else:
-        checks.append(Check("nvcc major == torch CUDA major", CheckStatus.OK,
+        checks.append(ToolchainCheck("nvcc major == torch CUDA major", CheckStatus.OK,
                             f"{nvcc.major} == {torch_major}"))
     if Version(nvcc.full_version) not in stack.cuda_toolkit.specifier and \
             Version(nvcc.release) not in stack.cuda_toolkit.specifier:
-        checks.append(Check("nvcc version", CheckStatus.FAIL,
+        checks.append(ToolchainCheck("nvcc version", CheckStatus.FAIL,
                             f"CUDA {nvcc.release} does not satisfy the stack's "
                             f"{stack.cuda_toolkit.version}",
                             f"install a CUDA toolkit matching {stack.cuda_toolkit.version}"))
     else:
-        checks.append(Check("nvcc version", CheckStatus.OK,
+        checks.append(ToolchainCheck("nvcc version", CheckStatus.OK,
                             f"{nvcc.release} satisfies {stack.cuda_toolkit.version}"))
     return checks
 
 
-def raise_on_failed(checks: list[Check]) -> None:
+def raise_on_failed(checks: list[ToolchainCheck]) -> None:
     failed = [c for c in checks if c.status == CheckStatus.FAIL]
     if failed:
         first = failed[0]
@@ -148,8 +151,7 @@ def raise_on_failed(checks: list[Check]) -> None:
 def python_version(python: Path) -> str | None:
     """'3.12' for that interpreter, None when it does not run."""
     try:
-        out = capture([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                      timeout=30)
+        out = capture([python, HELPERS / "python_version.py"], timeout=30)
     except ToolchainError:
         return None
     return out.strip() or None
@@ -199,21 +201,13 @@ class BuildVenv:
         return self.path / "bin"
 
     def site_packages(self) -> Path:
-        out = capture([self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        out = capture([self.python, HELPERS / "purelib.py"])
         return Path(out.strip())
-
-
-_TORCH_FACTS = """
-import json, torch
-print(json.dumps({"version": torch.__version__, "cuda": torch.version.cuda,
-  "git_version": torch.version.git_version, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
-  "location": torch.__file__}))
-"""
 
 
 def read_torch_facts(python: Path) -> TorchFacts:
     try:
-        out = capture([python, "-c", _TORCH_FACTS], timeout=300)
+        out = capture([python, HELPERS / "torch_facts.py"], timeout=300)
     except ToolchainError as exc:
         raise ToolchainError(f"torch is missing or broken in {python}: {exc.what[-600:]}",
                              fix="delete the build venv (it is recreated) or pass a venv with "
@@ -222,26 +216,26 @@ def read_torch_facts(python: Path) -> TorchFacts:
     return TorchFacts(**data)
 
 
-def check_build_torch(stack: Stack, facts: TorchFacts) -> list[Check]:
+def check_build_torch(stack: Stack, facts: TorchFacts) -> list[ToolchainCheck]:
     checks = []
     base = facts.version.split("+")[0]
     if base != stack.torch.version:
-        checks.append(Check("torch version", CheckStatus.FAIL,
+        checks.append(ToolchainCheck("torch version", CheckStatus.FAIL,
                             f"the build venv has torch {facts.version}, the stack pins "
                             f"{stack.torch.version}",
                             "delete the build venv so it is recreated, or fix the stack's pin"))
     else:
-        checks.append(Check("torch version", CheckStatus.OK, facts.version))
+        checks.append(ToolchainCheck("torch version", CheckStatus.OK, facts.version))
     if facts.cuda != stack.torch.cuda:
-        checks.append(Check("torch CUDA variant", CheckStatus.FAIL,
+        checks.append(ToolchainCheck("torch CUDA variant", CheckStatus.FAIL,
                             f"torch.version.cuda is {facts.cuda}, the stack pins "
                             f"{stack.torch.cuda}",
                             "point [torch] index at the index that serves the "
                             f"cu{stack.torch.cuda.replace('.', '')} build"))
     else:
-        checks.append(Check("torch CUDA variant", CheckStatus.OK, f"CUDA {facts.cuda}"))
+        checks.append(ToolchainCheck("torch CUDA variant", CheckStatus.OK, f"CUDA {facts.cuda}"))
     if stack.torch.sha256 and facts.wheel_sha256 and facts.wheel_sha256 != stack.torch.sha256:
-        checks.append(Check("torch wheel sha256", CheckStatus.FAIL,
+        checks.append(ToolchainCheck("torch wheel sha256", CheckStatus.FAIL,
                             f"installed {facts.wheel_sha256}, pinned {stack.torch.sha256}"))
     return checks
 

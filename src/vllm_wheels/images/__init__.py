@@ -6,5 +6,5 @@ consistency check, and the registry lookup that records digests.
   from the stack's CUDA, digest lookup through the registry HTTP API, file rewriting.
 - commands.py: build arguments, image tags, exact command lines, the consistency check,
   `build-wheels --in-docker` and the runtime image build.
-- *_cli.py: the `runtime-image`, `update-images` and `check-images` commands.
+- cli_*.py: the `runtime-image`, `update-images` and `check-images` commands.
 """

@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
         paths = [layout.wheels_dir(root, stack.name)]
     wheels = publish.collect_wheels(paths)
     reporter.say(f"publishing {len(wheels)} wheel(s) into {index.root}")
-    candidates = publish.built_candidates(wheels, report=args.report,
+    to_add = publish.built_wheels_to_add(wheels, report=args.report,
                                           allow_unverified=args.allow_unverified,
                                           reporter=reporter)
-    result = publish.add_to_index(index, candidates, reporter)
+    result = publish.add_to_index(index, to_add, reporter)
     reporter.say(f"done: {len(result.added)} added, {len(result.unchanged)} unchanged; "
                  f"index generation {result.generation} at {index.root}")
     if upload_config is not None:
         upload.upload(upload_config, [index.file_path(c.facts.project, c.path.name)
-                                      for c in candidates], reporter)
+                                      for c in to_add], reporter)
     return 0

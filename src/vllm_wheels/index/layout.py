@@ -53,14 +53,14 @@ def inspect_wheel(path: Path) -> WheelFacts:
                                 why="the index holds wheels only (PEP 427 names)") from None
     try:
         with zipfile.ZipFile(path) as zf:
-            candidates = [n for n in zf.namelist()
+            metadata_files = [n for n in zf.namelist()
                           if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
-            wanted = [n for n in candidates
+            wanted = [n for n in metadata_files
                       if canonicalize_name(n.split("/")[0].removesuffix(".dist-info")
                                             .rsplit("-", 1)[0]) == name]
             if len(wanted) != 1:
                 raise IndexPublishError(f"{path.name}: expected one {name}-*.dist-info/METADATA,"
-                                        f" found {candidates or 'none'}",
+                                        f" found {metadata_files or 'none'}",
                                         why="installers read the metadata from there")
             metadata = zf.read(wanted[0])
     except (zipfile.BadZipFile, OSError) as exc:

@@ -23,19 +23,28 @@ from ..errors import CannotCheckError, ConfigError, IndexPublishError, SourceErr
 from ..log import Reporter
 from ..verify.report import REPORT_FILENAME, read_results
 from . import layout
-from .store import FileRecord, IndexDir, IndexState, place_file, utc_now, write_bytes_atomic
+from .store import (
+    FileRecord,
+    IndexDir,
+    IndexState,
+    Origin,
+    Verification,
+    place_file,
+    utc_now,
+    write_bytes_atomic,
+)
 
 
 @dataclass(frozen=True)
-class Candidate:
+class WheelToAdd:
     """A wheel about to enter the index, with how it earned its place."""
 
     path: Path
     facts: layout.WheelFacts
     sha256: str
     size: int
-    origin: str  # "built" | "mirror"
-    verification: str  # "verify-abi" | "unverified" | "mirror-hash"
+    origin: Origin
+    verification: Verification
     verification_detail: str
 
 
@@ -70,7 +79,7 @@ def collect_wheels(paths: Sequence[Path]) -> list[Path]:
 
 def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Path | None,
                     allow_unverified: str | None, reporter: Reporter
-                    ) -> dict[Path, tuple[str, str]]:
+                    ) -> dict[Path, tuple[Verification, str]]:
     """(verification, detail) per wheel, or IndexPublishError when a wheel has no passing
     verify_abi result for its exact sha256 and no --allow-unverified reason was given."""
     if allow_unverified is not None and not allow_unverified.strip():
@@ -79,7 +88,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
                           fix='e.g. --allow-unverified "no GPU host to verify on; smoke-'
                               'tested by hand on gpu-7"')
     reports: dict[Path, dict[str, dict[str, Any]] | str] = {}
-    result: dict[Path, tuple[str, str]] = {}
+    result: dict[Path, tuple[Verification, str]] = {}
     problems: list[str] = []
     for wheel in wheels:
         report_path = (report or wheel.parent / REPORT_FILENAME).resolve()
@@ -98,7 +107,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
         # installers select by).
         entry = results.get(sha)
         if entry is not None and entry["passed"] and entry["filename"] == wheel.name:
-            result[wheel] = ("verify-abi",
+            result[wheel] = (Verification.VERIFY_ABI,
                              f"{report_path.name} sha256:{sha256_file(report_path)}")
             continue
         same_name = [s for s, r in results.items() if r["filename"] == wheel.name
@@ -124,7 +133,7 @@ def verification_of(wheels: Sequence[Path], shas: dict[Path, str], *, report: Pa
         if wheel not in result:
             assert allow_unverified is not None
             reporter.warn(f"publishing {wheel.name} unverified: {allow_unverified}")
-            result[wheel] = ("unverified", allow_unverified.strip())
+            result[wheel] = (Verification.UNVERIFIED, allow_unverified.strip())
     return result
 
 
@@ -139,28 +148,28 @@ def _against(entry: dict[str, Any]) -> str:
                                               " without torch")
 
 
-def built_candidates(wheels: Sequence[Path], *, report: Path | None,
-                     allow_unverified: str | None, reporter: Reporter) -> list[Candidate]:
+def built_wheels_to_add(wheels: Sequence[Path], *, report: Path | None,
+                        allow_unverified: str | None, reporter: Reporter) -> list[WheelToAdd]:
     facts = {w: layout.inspect_wheel(w) for w in wheels}
     shas = {w: sha256_file(w) for w in wheels}
     verdicts = verification_of(wheels, shas, report=report, allow_unverified=allow_unverified,
                                reporter=reporter)
-    return [Candidate(path=w, facts=facts[w], sha256=shas[w], size=w.stat().st_size,
-                      origin="built", verification=verdicts[w][0],
-                      verification_detail=verdicts[w][1]) for w in wheels]
+    return [WheelToAdd(path=w, facts=facts[w], sha256=shas[w], size=w.stat().st_size,
+                       origin=Origin.BUILT, verification=verdicts[w][0],
+                       verification_detail=verdicts[w][1]) for w in wheels]
 
 
-def add_to_index(index: IndexDir, candidates: Sequence[Candidate], reporter: Reporter
+def add_to_index(index: IndexDir, wheels: Sequence[WheelToAdd], reporter: Reporter
                  ) -> PublishResult:
-    """Add the candidates in one generation. Identical files already there are skipped;
+    """Add the wheels in one generation. Identical files already there are skipped;
     a different file under a name already there refuses the whole batch."""
     with index.lock(reporter):
         state = index.load()
         index.clean_leftovers(state, reporter)
         unchanged: list[str] = []
-        new: list[Candidate] = []
+        new: list[WheelToAdd] = []
         conflicts: list[str] = []
-        for c in candidates:
+        for c in wheels:
             existing = state.files.get(c.path.name)
             if existing is None:
                 new.append(c)
@@ -245,8 +254,8 @@ def _split_source(source: str) -> tuple[str, str | None]:
     return url, None
 
 
-def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: Path,
-                      reporter: Reporter) -> list[Candidate]:
+def mirrored_wheels_to_add(sources: Sequence[str], sha256s: Sequence[str], incoming: Path,
+                           reporter: Reporter) -> list[WheelToAdd]:
     """Fetch companion wheels (URL or local path) into `incoming` and check each against
     its pinned sha256: from a `#sha256=` fragment (as index pages link them) or --sha256
     in the same order."""
@@ -271,7 +280,7 @@ def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: 
         # into a name that is joined to the download folder.
         planned.append((location, expected,
                         _url_filename(location, parsed.path) if remote else None))
-    candidates = []
+    to_add = []
     for location, expected, filename in planned:
         if filename is not None:
             dest = incoming / filename
@@ -290,10 +299,11 @@ def mirror_candidates(sources: Sequence[str], sha256s: Sequence[str], incoming: 
                                         f"  actual:   {actual}",
                                         why="a mirrored wheel must be exactly the pinned one")
         facts = layout.inspect_wheel(dest)
-        candidates.append(Candidate(path=dest, facts=facts, sha256=expected,
-                                    size=dest.stat().st_size, origin="mirror",
-                                    verification="mirror-hash", verification_detail=location))
-    return candidates
+        to_add.append(WheelToAdd(path=dest, facts=facts, sha256=expected,
+                                 size=dest.stat().st_size, origin=Origin.MIRROR,
+                                 verification=Verification.MIRROR_HASH,
+                                 verification_detail=location))
+    return to_add
 
 
 def _url_filename(location: str, url_path: str) -> str:
@@ -325,7 +335,7 @@ def mirror(index: IndexDir, sources: Sequence[str], sha256s: Sequence[str],
     incoming = index.root / f".incoming-{os.getpid()}"
     try:
         incoming.mkdir(parents=True, exist_ok=True)
-        return add_to_index(index, mirror_candidates(sources, sha256s, incoming, reporter),
+        return add_to_index(index, mirrored_wheels_to_add(sources, sha256s, incoming, reporter),
                             reporter)
     finally:
         remove(incoming)

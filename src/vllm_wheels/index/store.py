@@ -37,6 +37,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,25 @@ from . import layout
 
 STATE_SCHEMA_VERSION = 1
 STATE_FILENAME = "index-state.json"
-ORIGINS = ("built", "mirror")
-VERIFICATIONS = ("verify-abi", "unverified", "mirror-hash")
+
+
+class Origin(StrEnum):
+    """Where a file of the index came from."""
+
+    BUILT = "built"  # our wheels, published
+    MIRROR = "mirror"  # a companion wheel copied in by its pinned hash
+
+
+class Verification(StrEnum):
+    """What earned a file its place in the index."""
+
+    VERIFY_ABI = "verify-abi"  # a passing verify_abi result for its sha256
+    UNVERIFIED = "unverified"  # --allow-unverified, with the reason recorded
+    MIRROR_HASH = "mirror-hash"  # the pinned sha256 of a mirrored file
+
+
+ORIGINS = tuple(o.value for o in Origin)
+VERIFICATIONS = tuple(v.value for v in Verification)
 # Generations kept besides the current one, so a reader that resolved the previous
 # one a moment ago can still finish reading it.
 KEEP_OLD_GENERATIONS = 1
@@ -70,8 +88,8 @@ class FileRecord:
     sha256: str
     size: int
     upload_time: str
-    origin: str
-    verification: str
+    origin: Origin
+    verification: Verification
     verification_detail: str
     yanked: str | None = None  # the reason; None = not yanked
     history: tuple[Mapping[str, str], ...] = ()
@@ -97,7 +115,8 @@ class FileRecord:
             raise ConfigError(f"{where}: {record.filename}: origin/verification "
                               f"{record.origin!r}/{record.verification!r} not one of "
                               f"{ORIGINS}/{VERIFICATIONS}")
-        return record
+        return dataclasses.replace(record, origin=Origin(record.origin),
+                                   verification=Verification(record.verification))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Current vs candidate, side by side. Pure functions over what candidate.py read from the
+"""Current vs candidate, side by side. Pure functions over what release.py read from the
 two sources and what the stack pins; no I/O here, so every rule is testable on its own.
 
 The one decision made here is torch's: the stack has ONE torch, so when the candidate pins
@@ -18,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 
 from ..build.fetchcontent import ExternalSource
 from ..build.stack import ExternalOverride, Stack
-from .candidate import ReleaseFacts, Switch
+from .release import ReleaseFacts, Switch
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 

@@ -32,7 +32,7 @@ from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ConfigError, PipelineError
 from ..log import Reporter
 from . import compare
-from .candidate import ReleaseFacts, python_supported, read_release, toolkit_floor
+from .release import ReleaseFacts, python_supported, read_release, toolkit_floor
 from .stack_writer import promotion_commands, write_stack
 
 PLAN_STEPS = 5
@@ -111,33 +111,33 @@ def pristine_tree(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Re
 
 def candidate_spec(base: PackageSpec, version: str, cache: Cache, reporter: Reporter
                    ) -> PackageSpec:
-    """`base` moved to another release on the same index, with the sha256 the index
+    """`base` moved to another release on the same package index, with the sha256 it
     publishes for that sdist (SourceError when the version or its sdist does not exist)."""
-    index = base.source.simple_url if base.source.kind == "pypi" else PYPI_SIMPLE_URL
-    found = sources.find_sdist(index, base.name, version)
+    simple_url = base.source.simple_url if base.source.kind == "pypi" else PYPI_SIMPLE_URL
+    found = sources.find_sdist(simple_url, base.name, version)
     sha = found.sha256
     if sha is None:
-        # A PEP 503 index without hashes: hash the file ourselves once.
+        # A PEP 503 simple URL without hashes: hash the file ourselves once.
         scratch = cache.downloads / "unhashed" / found.filename
         sources.download(found.url, scratch, None, reporter)
         sha = sources.sha256_file(scratch)
         target = cache.download_path(sha, found.filename)
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch.replace(target)
-    source = Source(kind="pypi", version=version, sha256=sha, simple_url=index)
+    source = Source(kind="pypi", version=version, sha256=sha, simple_url=simple_url)
     return dataclasses.replace(base, source=source)
 
 
-def torch_cuda_from_index(index: str | None, version: str, python: str
-                          ) -> tuple[str | None, str]:
-    """torch.version.cuda of `torch==version` as the stack's torch index serves it for this
-    platform: from a local label (+cu128) or from the wheel's metadata (PEP 658 .metadata
+def torch_cuda_from_simple_url(simple_url: str | None, version: str, python: str
+                               ) -> tuple[str | None, str]:
+    """torch.version.cuda of `torch==version` as the stack's torch simple URL serves it for
+    this platform: from a local label (+cu128) or from the wheel's metadata (PEP 658 .metadata
     file), whose nvidia-cuda-runtime requirement names the CUDA it was built with."""
-    idx = (index or PYPI_SIMPLE_URL).rstrip("/")
+    url = (simple_url or PYPI_SIMPLE_URL).rstrip("/")
     tag = "cp" + python.replace(".", "")
     machine = platform.machine()
     try:
-        files = sources.list_project_files(idx, "torch")
+        files = sources.list_project_files(url, "torch")
     except PipelineError as exc:
         return None, f"the index could not be read: {exc.what}"
     wheels = [f for f in files if re.match(rf"torch-{re.escape(version)}(\+[\w.]+)?-{tag}-", f.filename)
@@ -145,7 +145,7 @@ def torch_cuda_from_index(index: str | None, version: str, python: str
     for wheel in wheels:
         local = re.match(r"torch-[^-+]+\+cu(\d+)(\d)-", wheel.filename)
         if local:
-            return f"{local.group(1)}.{local.group(2)}", f"{wheel.filename} on {idx}"
+            return f"{local.group(1)}.{local.group(2)}", f"{wheel.filename} on {url}"
     for wheel in wheels:
         request = urllib.request.Request(wheel.url + ".metadata",
                                          headers={"User-Agent": sources.USER_AGENT})
@@ -159,9 +159,9 @@ def torch_cuda_from_index(index: str | None, version: str, python: str
             m = re.match(r"nvidia-cuda-runtime(?:-cu\d+)?\s*==\s*(\d+)\.(\d+)", requirement)
             if m:
                 return (f"{m.group(1)}.{m.group(2)}",
-                        f"the nvidia-cuda-runtime requirement of {wheel.filename} on {idx}")
-        return None, f"{wheel.filename} on {idx} names no nvidia-cuda-runtime"
-    return None, f"no {tag} linux {machine} wheel of torch {version} on {idx}"
+                        f"the nvidia-cuda-runtime requirement of {wheel.filename} on {url}")
+        return None, f"{wheel.filename} on {url} names no nvidia-cuda-runtime"
+    return None, f"no {tag} linux {machine} wheel of torch {version} on {url}"
 
 
 # --------------------------------------------------------------------------- patches
@@ -321,7 +321,7 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     reporter.step_at(step, total_steps, "torch and FlashInfer pins of the candidate")
     decision = compare.decide_torch(
         stack, cand_vllm, request.torch,
-        lambda version: torch_cuda_from_index(stack.torch.simple_url, version, stack.python))
+        lambda version: torch_cuda_from_simple_url(stack.torch.simple_url, version, stack.python))
     reporter.say(f"    {decision.message}")
     warnings: list[str] = []
     blockers: list[str] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..cache import write_atomic
 from ..log import format_duration
-from .stages import NO_GPU, STAGES, StageResult
+from .stages import NO_GPU, STAGES, StageResult, StageStatus
 
 REPORT_SCHEMA_VERSION = 1
 PATCH_STATUS = {"applies": "applies cleanly",
@@ -34,9 +34,9 @@ def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
                 entry["detail"] = (entry["detail"] + " " if entry["detail"] else "") + \
                     EARLIER_RUN
         elif name == "throughput" and not gpu:
-            entry = StageResult(name, "not-run", detail=NO_GPU).to_dict()
+            entry = StageResult(name, StageStatus.NOT_RUN, detail=NO_GPU).to_dict()
         else:
-            entry = StageResult(name, "not-requested",
+            entry = StageResult(name, StageStatus.NOT_REQUESTED,
                                 detail=f"not requested (--stages {','.join(requested)})").to_dict()
         stages.append(entry)
     body = {k: v for k, v in plan.items() if k != "seconds"}
@@ -87,7 +87,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for warning in report["warnings"]:
         out.append(f"  - warning: {warning}")
     for stage in report["stages"]:
-        if stage["status"] in ("failed", "interrupted"):
+        if stage["status"] in (StageStatus.FAILED, StageStatus.INTERRUPTED):
             out.append(f"  - stage {stage['name']} {stage['status']}: {stage['detail']}")
 
     out += ["", "## Pins", ""]

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,21 @@ def parse_stages(text: str | None, gpu: bool) -> list[str]:
     return [s for s in STAGES if s in wanted]
 
 
+class StageStatus(StrEnum):
+    """How a stage of the trial ended (the values of the state file and the report)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    NOT_RUN = "not-run"  # this machine cannot run it (no GPU)
+    SKIPPED = "skipped"  # what it needs was not made
+    NOT_REQUESTED = "not-requested"  # left out by --stages (in the report only)
+
+
 @dataclass
 class StageResult:
     name: str
-    status: str  # passed, failed, interrupted, not-run, skipped
+    status: StageStatus
     seconds: float | None = None
     exit_code: int | None = None
     detail: str = ""
@@ -86,7 +98,8 @@ class StageResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StageResult:
-        return cls(name=data["name"], status=data["status"], seconds=data.get("seconds"),
+        return cls(name=data["name"], status=StageStatus(data["status"]),
+                   seconds=data.get("seconds"),
                    exit_code=data.get("exit_code"), detail=data.get("detail", ""),
                    log=data.get("log"), command=list(data.get("command", [])),
                    outputs=dict(data.get("outputs", {})), finished=data.get("finished", ""))
@@ -133,13 +146,14 @@ class TrialState:
         state.plan = data.get("plan")
         state.results = {name: StageResult.from_dict(item)
                          for name, item in data.get("results", {}).items()}
-        done = [n for n in STAGES if n in state.results and state.results[n].status == "passed"]
+        done = [n for n in STAGES
+                if n in state.results and state.results[n].status == StageStatus.PASSED]
         state.note = f"continuing the saved trial (done: {', '.join(done) or 'nothing'})"
         return state
 
     def passed(self, name: str) -> bool:
         result = self.results.get(name)
-        return result is not None and result.status == "passed"
+        return result is not None and result.status == StageStatus.PASSED
 
     def record(self, result: StageResult) -> None:
         result.finished = result.finished or time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -165,8 +179,8 @@ def run_command_stage(name: str, argv: Sequence[str], *, log_path: Path, reporte
     console). A failure is a result, not an exception; Ctrl-C is recorded and re-raised."""
     stage_reporter = Reporter(log_path, stream=open(os.devnull, "w"))  # noqa: SIM115
     started = time.monotonic()
-    result = StageResult(name=name, status="passed", command=list(argv), log=str(log_path),
-                         outputs=dict(outputs or {}))
+    result = StageResult(name=name, status=StageStatus.PASSED, command=list(argv),
+                         log=str(log_path), outputs=dict(outputs or {}))
     reporter.say(f"    + {' '.join(argv)}")
     reporter.say(f"    stage log: {log_path}")
     try:
@@ -175,11 +189,11 @@ def run_command_stage(name: str, argv: Sequence[str], *, log_path: Path, reporte
             what=f"trial stage {name}")
         result.exit_code = 0
     except (InterruptedError_, KeyboardInterrupt):
-        result.status, result.detail = "interrupted", "interrupted (Ctrl-C or SIGTERM)"
+        result.status, result.detail = StageStatus.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"
         result.seconds = round(time.monotonic() - started, 1)
         raise
     except PipelineError as exc:
-        result.status = "failed"
+        result.status = StageStatus.FAILED
         result.exit_code = _exit_code(exc)
         # The child's own one-line error (our CLIs print "ERROR (kind, exit N): what")
         # says most; the rest is in the stage log.
@@ -246,7 +260,7 @@ def run_stages(state: TrialState, stages: Sequence[str], *, commands: Mapping[st
         if upstream_ran and saved is not None:
             del state.results[name]
             saved = None
-        if saved is not None and saved.status == "passed" and (
+        if saved is not None and saved.status == StageStatus.PASSED and (
                 name != "build" or paths.wheels.is_dir()):
             saved.reused = True
             reporter.say(f"    passed in the saved trial ({saved.finished}); reused")
@@ -257,7 +271,7 @@ def run_stages(state: TrialState, stages: Sequence[str], *, commands: Mapping[st
             result = _one_stage(name, state, commands, paths, reporter, gpu,
                                 throughput_available, stamp)
         except (InterruptedError_, KeyboardInterrupt):
-            state.record(StageResult(name, "interrupted",
+            state.record(StageResult(name, StageStatus.INTERRUPTED,
                                      detail="interrupted (Ctrl-C or SIGTERM): re-run the same "
                                             "command to continue from this stage"))
             on_result()
@@ -265,7 +279,8 @@ def run_stages(state: TrialState, stages: Sequence[str], *, commands: Mapping[st
         state.record(result)
         on_result()
         results.append(result)
-        upstream_ran = upstream_ran or result.status not in ("not-run", "skipped")
+        upstream_ran = upstream_ran or result.status not in (StageStatus.NOT_RUN,
+                                                             StageStatus.SKIPPED)
         reporter.step_done(result.status)
     return results
 
@@ -276,15 +291,16 @@ def _one_stage(name: str, state: TrialState, commands: Mapping[str, Sequence[str
     # What the machine cannot do at all comes first: it holds whatever the build did.
     if name == "throughput":
         if not gpu:
-            return StageResult(name, "not-run", detail=NO_GPU)
+            return StageResult(name, StageStatus.NOT_RUN, detail=NO_GPU)
         if not throughput_available:
-            return StageResult(name, "not-run",
+            return StageResult(name, StageStatus.NOT_RUN,
                                detail=f"not run here: the {THROUGHPUT_COMMAND} command does not "
                                       "exist yet (needs the verify_throughput session)")
     if name in ("abi", "throughput") and not state.passed("build"):
         build = state.results.get("build")
         why = f"build {build.status}" if build else "build not run"
-        return StageResult(name, "skipped", detail=f"needs the build stage's wheels ({why})")
+        return StageResult(name, StageStatus.SKIPPED,
+                           detail=f"needs the build stage's wheels ({why})")
     outputs = {"build": {"wheels": str(paths.wheels)},
                "abi": {"report": str(paths.abi_json)},
                "throughput": {"report": str(paths.throughput_json)}}[name]

@@ -19,7 +19,7 @@ from ..cache import write_atomic
 from ..log import Reporter
 from ..runner import query
 from . import checks
-from .checks import FAIL, NA, PASS, UNKNOWN, CheckResult, LinkScope
+from .checks import FAIL, NA, PASS, UNKNOWN, Check, LinkScope, Status
 from .report import REPORT_SCHEMA_VERSION
 from .runtime import RUNTIME_ENV_CHANGES, Loader, Runtime, probe
 from .wheelfacts import WheelFacts, clear_unpacked, collect_wheels, install_parts, read_wheel
@@ -34,10 +34,10 @@ IMPORT_SMOKE = layout.helper("import_smoke.py")
 @dataclass
 class WheelReport:
     facts: WheelFacts
-    checks: list[CheckResult] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         statuses = {c.status for c in self.checks}
         return FAIL if FAIL in statuses else UNKNOWN if UNKNOWN in statuses else PASS
 
@@ -57,7 +57,7 @@ class Report:
     targets: list[str]
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         statuses = {w.status for w in self.wheels}
         return FAIL if FAIL in statuses else UNKNOWN if UNKNOWN in statuses else PASS
 
@@ -138,7 +138,7 @@ def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
         if f.needs_torch and runtime.torch is None:
             # Every library and symbol check would fail for the one reason already
             # reported: say "could not check" instead of burying it in consequences.
-            results += [CheckResult(n, UNKNOWN, "not checked: the runtime has no torch to "
+            results += [Check(n, UNKNOWN, "not checked: the runtime has no torch to "
                                                 "link against")
                         for n in ("needed-libraries", "undefined-symbols", "symbol-versions")]
         else:
@@ -152,7 +152,7 @@ def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
         _import_smoke(reports, runtime)
     else:
         for r in reports:
-            r.checks.append(CheckResult("import", NA, "skipped (--no-import)"))
+            r.checks.append(Check("import", NA, "skipped (--no-import)"))
     return Report(runtime, reports, time.monotonic() - started, list(arch_targets))
 
 
@@ -212,7 +212,7 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
     plan = import_plan(reports)
     if not plan["modules"]:
         for r in reports:
-            r.checks.append(CheckResult("import", NA, "no Python extension modules"))
+            r.checks.append(Check("import", NA, "no Python extension modules"))
         return
     plan.update(torch=any(r.facts.needs_torch for r in reports) and runtime.torch is not None,
                 gpu_op=bool(runtime.gpus))
@@ -231,13 +231,13 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
     for r in reports:
         names = list(r.facts.extension_modules())
         if not names:
-            r.checks.append(CheckResult("import", NA, "no Python extension modules"))
+            r.checks.append(Check("import", NA, "no Python extension modules"))
             continue
         if r.facts.needs_torch and runtime.torch is None:
-            r.checks.append(CheckResult("import", UNKNOWN, "not tried: the runtime has no torch"))
+            r.checks.append(Check("import", UNKNOWN, "not tried: the runtime has no torch"))
             continue
         if torch_item is not None and not torch_item["ok"]:
-            r.checks.append(CheckResult("import", UNKNOWN,
+            r.checks.append(Check("import", UNKNOWN,
                                         f"the runtime's own torch fails to import: "
                                         f"{torch_item['detail']}",
                                         fix="repair the runtime's torch first"))
@@ -259,7 +259,7 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
         if failed:
             untested = (f"; not tried here ({', '.join(needs_driver)}): they need the NVIDIA "
                         "driver, absent on this host" if needs_driver else "")
-            r.checks.append(CheckResult(
+            r.checks.append(Check(
                 "import", FAIL, "; ".join(f"{n}: {d}" for n, d in failed.items()) + untested,
                 evidence,
                 fix="see the static checks above for the cause; the import error is the "
@@ -270,18 +270,18 @@ def _import_smoke(reports: list[WheelReport], runtime: Runtime) -> None:
             text = (f"imported {', '.join(imported)}; " if imported else "") + \
                 f"{', '.join(needs_driver)} need the NVIDIA driver (libcuda.so.1), absent on " \
                 "this host without a GPU: run verify_abi on a GPU host to import them too"
-            r.checks.append(CheckResult("import", PASS if imported else NA, text, evidence))
+            r.checks.append(Check("import", PASS if imported else NA, text, evidence))
             continue
         gpu = ""
         if gpu_item is not None:
             gpu = f"; {gpu_item['detail']}" if gpu_item["ok"] else \
                 f"; GPU op FAILED: {gpu_item['detail']}"
             if not gpu_item["ok"]:
-                r.checks.append(CheckResult("import", FAIL, f"imported {', '.join(names)}{gpu}",
+                r.checks.append(Check("import", FAIL, f"imported {', '.join(names)}{gpu}",
                                             evidence, fix="the kernels do not run on this GPU"))
                 continue
         no_op = " (no target GPU on this host: no op run)"
-        r.checks.append(CheckResult("import", PASS, f"imported {', '.join(names)} in the "
+        r.checks.append(Check("import", PASS, f"imported {', '.join(names)} in the "
                                                     f"runtime{gpu or no_op}", evidence))
 
 

@@ -1,5 +1,5 @@
 """The verify_abi checks. Each takes one wheel's facts and the runtime's, and returns a
-CheckResult: pass / fail / n/a (nothing to check) / unknown (could not check), with the
+Check: pass / fail / n/a (nothing to check) / unknown (could not check), with the
 evidence it looked at and, on failure, what to do.
 
 The order follows the loader: identity facts first (cheap, and the usual culprit), then
@@ -16,11 +16,12 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from .elf import ElfInfo, demangle, version_key
 from .fatbin import FatbinEntry
@@ -30,7 +31,19 @@ from .wheelfacts import TORCH_LIBS, WheelElf, WheelFacts
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
-PASS, FAIL, NA, UNKNOWN = "pass", "fail", "n/a", "unknown"
+
+
+class Status(StrEnum):
+    """The outcome of one check; a wheel's and a run's are their worst (fail, then
+    unknown, else pass). The values are those of verify-abi.json."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NA = "n/a"  # the check does not apply to this wheel
+    UNKNOWN = "unknown"  # could not be checked here (e.g. no torch in the runtime)
+
+
+PASS, FAIL, NA, UNKNOWN = Status.PASS, Status.FAIL, Status.NA, Status.UNKNOWN
 MAX_LISTED = 20  # symbols/libraries listed in the human report (JSON has all)
 
 # Projects whose exact build-time version a wheel pins at runtime (torch companions,
@@ -41,9 +54,11 @@ FLASHINFER_FAMILY = ("flashinfer-python", "flashinfer-cubin", "flashinfer-jit-ca
 
 
 @dataclass
-class CheckResult:
+class Check:
+    """One verify_abi check of one wheel against the runtime, and its outcome."""
+
     name: str
-    status: str
+    status: Status
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
     fix: str = ""
@@ -65,12 +80,12 @@ def _short(git: str | None) -> str:
 # ------------------------------------------------------------- 1. build vs runtime
 
 
-def check_torch(w: WheelFacts, rt: Runtime) -> CheckResult:
+def check_torch(w: WheelFacts, rt: Runtime) -> Check:
     name = "torch-version"
     if not w.needs_torch:
-        return CheckResult(name, NA, "the wheel does not use torch")
+        return Check(name, NA, "the wheel does not use torch")
     if rt.torch is None:
-        return CheckResult(name, UNKNOWN, f"no torch in the runtime ({rt.torch_error or 'not installed'})",
+        return Check(name, UNKNOWN, f"no torch in the runtime ({rt.torch_error or 'not installed'})",
                            fix="install the torch the wheel was built against, or pass "
                                "--python with the environment that has it")
     have = rt.torch
@@ -84,10 +99,10 @@ def check_torch(w: WheelFacts, rt: Runtime) -> CheckResult:
         text = (f"built against torch {built.get('version')} (git {_short(built.get('git_version'))}), "
                 f"runtime has {have.version} (git {_short(have.git_version)})")
         if same:
-            return CheckResult(name, PASS, text, evidence)
+            return Check(name, PASS, text, evidence)
         stack = ((w.manifest or {}).get("stack") or {}).get("name", "a stack pinning it")
         public = str(built.get("version", "")).partition("+")[0]
-        return CheckResult(
+        return Check(
             name, FAIL, text, evidence,
             fix=f"install torch=={public} from {_torch_index(str(built.get('version')))} in the "
                 f"runtime, or rebuild the wheels with a stack pinning torch {have.version} "
@@ -95,7 +110,7 @@ def check_torch(w: WheelFacts, rt: Runtime) -> CheckResult:
     pin = w.pin("torch")
     assert pin is not None or w.needs_torch
     if pin is None or not pin.specifier:
-        return CheckResult(name, UNKNOWN,
+        return Check(name, UNKNOWN,
                            f"the wheel uses torch but records no torch version (runtime "
                            f"{have.version}); extensions need the exact build-time torch",
                            evidence, fix="ask the wheel's builder which torch it was built "
@@ -105,17 +120,17 @@ def check_torch(w: WheelFacts, rt: Runtime) -> CheckResult:
         pin.specifier.contains(have.version, prereleases=True)
     text = (f"wheel requires {pin} (no build manifest: git commit unknown), runtime has "
             f"{have.version} (git {_short(have.git_version)})")
-    return CheckResult(name, PASS if ok else FAIL, text, evidence,
+    return Check(name, PASS if ok else FAIL, text, evidence,
                        fix="" if ok else f"install {pin} in the runtime, or rebuild the wheel "
                                          f"against torch {have.version}")
 
 
-def check_cuda(w: WheelFacts, rt: Runtime) -> CheckResult:
+def check_cuda(w: WheelFacts, rt: Runtime) -> Check:
     name = "cuda-major"
     if not w.needs_torch:
         # The coupling that breaks is torch's CUDA vs the wheel's; without torch, the CUDA
         # runtime the wheel links is simply a library (checked under needed-libraries).
-        return CheckResult(name, NA, "no torch coupling (any linked libcudart is checked under "
+        return Check(name, NA, "no torch coupling (any linked libcudart is checked under "
                                      "needed-libraries)")
     built_cuda = (w.torch_manifest or {}).get("cuda")
     majors = w.cudart_majors()
@@ -126,18 +141,18 @@ def check_cuda(w: WheelFacts, rt: Runtime) -> CheckResult:
         want = majors
         source = "links " + ", ".join(f"libcudart.so.{m}" for m in sorted(majors))
     elif w.has_device_code():
-        return CheckResult(name, UNKNOWN, "the wheel has GPU code but records no CUDA version")
+        return Check(name, UNKNOWN, "the wheel has GPU code but records no CUDA version")
     else:
-        return CheckResult(name, NA, "the wheel has no CUDA dependency")
+        return Check(name, NA, "the wheel has no CUDA dependency")
     if rt.torch is None:
-        return CheckResult(name, UNKNOWN, f"{source}; no torch in the runtime to compare with")
+        return Check(name, UNKNOWN, f"{source}; no torch in the runtime to compare with")
     have = rt.torch.cuda_major
     evidence = {"built": sorted(want), "runtime_torch_cuda": rt.torch.cuda}
     text = f"{source}; runtime torch {rt.torch.version} is " + \
         (f"CUDA {rt.torch.cuda}" if rt.torch.cuda else "a CPU build")
     if have is not None and want == {have}:
-        return CheckResult(name, PASS, text, evidence)
-    return CheckResult(name, FAIL, text, evidence,
+        return Check(name, PASS, text, evidence)
+    return Check(name, FAIL, text, evidence,
                        fix=f"use a runtime torch built for CUDA {sorted(want)[0]}.x (e.g. "
                            f"+cu{sorted(want)[0]}x from download.pytorch.org), or rebuild the "
                            "wheels with a stack for the runtime's CUDA")
@@ -155,17 +170,17 @@ def runtime_cxx11_abi(rt: Runtime) -> bool | None:
     return any("__cxx11" in name for name in exports)
 
 
-def check_cxx11(w: WheelFacts, rt: Runtime) -> CheckResult:
+def check_cxx11(w: WheelFacts, rt: Runtime) -> Check:
     name = "cxx11-abi"
     built = w.built_cxx11_abi()
     if built is None:
-        return CheckResult(name, NA, "no C++ torch interface to compare")
+        return Check(name, NA, "no C++ torch interface to compare")
     have = runtime_cxx11_abi(rt)
     if have is None:
-        return CheckResult(name, UNKNOWN, f"built with _GLIBCXX_USE_CXX11_ABI={int(built)}; "
+        return Check(name, UNKNOWN, f"built with _GLIBCXX_USE_CXX11_ABI={int(built)}; "
                                           "runtime torch not found")
     text = f"built with _GLIBCXX_USE_CXX11_ABI={int(built)}, runtime torch uses {int(have)}"
-    return CheckResult(name, PASS if built == have else FAIL, text,
+    return Check(name, PASS if built == have else FAIL, text,
                        {"built": built, "runtime": have},
                        fix="" if built == have else "rebuild against a torch with the runtime's "
                                                     "C++11 ABI (every torch >= 2.7 uses 1)")
@@ -250,7 +265,7 @@ def unfindable_extensions(w: WheelFacts, suffixes: Sequence[str]) -> list[Unfind
     return lost
 
 
-def check_python_tag(w: WheelFacts, rt: Runtime) -> CheckResult:
+def check_python_tag(w: WheelFacts, rt: Runtime) -> Check:
     """The wheel's tags, and then its files: a tag says what the wheel claims (vLLM 0.20.0
     is cp38-abi3 yet carries DeepGEMM's _C.cpython-312-...so), the file suffixes are what
     the runtime's import system will actually find."""
@@ -275,8 +290,8 @@ def check_python_tag(w: WheelFacts, rt: Runtime) -> CheckResult:
     modules = w.extension_modules()
     if modules and rt.extension_suffixes is None:
         if problems:
-            return CheckResult(name, FAIL, text, evidence, fix=fixes[0])
-        return CheckResult(name, UNKNOWN, f"{text}; the runtime's extension suffixes were not "
+            return Check(name, FAIL, text, evidence, fix=fixes[0])
+        return Check(name, UNKNOWN, f"{text}; the runtime's extension suffixes were not "
                                           "probed", evidence)
     suffixes = rt.extension_suffixes or []
     if modules:
@@ -293,13 +308,13 @@ def check_python_tag(w: WheelFacts, rt: Runtime) -> CheckResult:
     if problems:
         # When the tag is fine, say so first: the files are the problem.
         summary = ("" if best is None else f"{text}, but ") + "; ".join(problems)
-        return CheckResult(name, FAIL, summary, evidence, fix="; ".join(fixes))
+        return Check(name, FAIL, summary, evidence, fix="; ".join(fixes))
     if modules:
         text += f"; all {len(modules)} extension module(s) have a suffix it finds"
-    return CheckResult(name, PASS, text, evidence)
+    return Check(name, PASS, text, evidence)
 
 
-def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]) -> CheckResult:
+def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]) -> Check:
     name = "companions"
     in_set = {canonicalize_name(o.name): o.version for o in wheel_set}
     pins: dict[str, Requirement] = {}
@@ -315,10 +330,8 @@ def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]
         if have is None:
             rows.append(f"{req}: not installed (pip installs it)")
             continue
-        if req.specifier.contains(have, prereleases=True):
-            rows.append(f"{req}: {have} {where}")
-        else:
-            rows.append(f"{req}: {have} {where}")
+        rows.append(f"{req}: {have} {where}")
+        if not req.specifier.contains(have, prereleases=True):
             bad.append(f"{project} {have} {where} but the wheel needs {req.specifier}")
     # FlashInfer's packages are built together and must share one version.
     family: dict[str, str] = {}
@@ -332,13 +345,13 @@ def check_companions(w: WheelFacts, rt: Runtime, wheel_set: Sequence[WheelFacts]
         bad.append("FlashInfer packages differ: " +
                    ", ".join(f"{k} {v}" for k, v in sorted(family.items())))
     if not pins and len(family) <= 1:
-        return CheckResult(name, NA, "no companion pins")
+        return Check(name, NA, "no companion pins")
     evidence = {"pins": {k: str(v) for k, v in pins.items()}, "flashinfer_family": family}
     if bad:
-        return CheckResult(name, FAIL, "; ".join(bad), evidence,
+        return Check(name, FAIL, "; ".join(bad), evidence,
                            fix="install the companions at the versions built together "
                                "(`pip install` the whole wheel set with its pins), or rebuild")
-    return CheckResult(name, PASS, "; ".join(rows) or "FlashInfer family consistent", evidence)
+    return Check(name, PASS, "; ".join(rows) or "FlashInfer family consistent", evidence)
 
 
 # ------------------------------------------------------------ 2. libraries and symbols
@@ -399,10 +412,10 @@ def global_scope(loader: Loader, rt: Runtime, with_torch: bool,
     return frozenset(names)
 
 
-def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> CheckResult:
+def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> Check:
     name = "needed-libraries"
     if not w.elfs:
-        return CheckResult(name, NA, "no shared objects in the wheel")
+        return Check(name, NA, "no shared objects in the wheel")
     problems: dict[str, list[str]] = {}
     driver: set[str] = set()
     for scope in scopes:
@@ -417,7 +430,7 @@ def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> CheckRe
     note = (f"; {', '.join(sorted(driver))} (NVIDIA driver) absent: this host has no GPU"
             if driver else "")
     if not problems:
-        return CheckResult(name, PASS, f"{len(w.elfs)} shared object(s): every DT_NEEDED "
+        return Check(name, PASS, f"{len(w.elfs)} shared object(s): every DT_NEEDED "
                                        f"resolves ({total} objects in their load closures)"
                                        f"{note}", {"driver_absent": sorted(driver)})
     fix = "install what provides them in the runtime"
@@ -430,7 +443,7 @@ def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> CheckRe
               "the wheels were built against"
     summary = "; ".join(f"{member}: missing {', '.join(names[:MAX_LISTED])}"
                         for member, names in problems.items())
-    return CheckResult(name, FAIL, summary, {"missing": problems,
+    return Check(name, FAIL, summary, {"missing": problems,
                                              "searched": _search_description(rt)}, fix=fix)
 
 
@@ -441,10 +454,10 @@ def _search_description(rt: Runtime) -> list[str]:
     return [*where, "ld.so.cache", "/lib, /usr/lib and multiarch dirs"]
 
 
-def check_symbols(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult:
+def check_symbols(w: WheelFacts, scopes: list[LinkScope]) -> Check:
     name = "undefined-symbols"
     if not w.elfs:
-        return CheckResult(name, NA, "no shared objects in the wheel")
+        return Check(name, NA, "no shared objects in the wheel")
     unresolved: dict[str, list[str]] = {}
     from_driver: set[str] = set()
     counted = 0
@@ -466,7 +479,7 @@ def check_symbols(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult:
     if not unresolved:
         driver_note = (f" ({len(from_driver)} driver API symbols left to the NVIDIA driver, "
                        "absent on this host)" if from_driver else "")
-        return CheckResult(name, PASS, f"all {counted} non-weak undefined symbols resolve in "
+        return Check(name, PASS, f"all {counted} non-weak undefined symbols resolve in "
                                        f"the objects they will be loaded with{driver_note}",
                            {"left_to_driver": sorted(from_driver)})
     evidence = {"unresolved": {m: [{"mangled": s, "demangled": demangle(s)} for s in names]
@@ -491,13 +504,13 @@ def check_symbols(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult:
         fix = ("the wheel references symbols defined nowhere (a build bug, e.g. vLLM #29030 "
                "in 0.11.1/0.11.2 for 12.0): rebuild with the fix (patches/) or from a fixed "
                "release")
-    return CheckResult(name, FAIL, "; ".join(parts), evidence, fix=fix)
+    return Check(name, FAIL, "; ".join(parts), evidence, fix=fix)
 
 
-def check_symbol_versions(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult:
+def check_symbol_versions(w: WheelFacts, scopes: list[LinkScope]) -> Check:
     name = "symbol-versions"
     if not w.elfs:
-        return CheckResult(name, NA, "no shared objects in the wheel")
+        return Check(name, NA, "no shared objects in the wheel")
     missing: dict[str, list[str]] = {}
     highest: dict[str, str] = {}
     for scope in scopes:
@@ -519,10 +532,10 @@ def check_symbol_versions(w: WheelFacts, scopes: list[LinkScope]) -> CheckResult
                         f"{provided[-1] if provided else 'none'})")
     summary_high = ", ".join(sorted(highest.values()))
     if not missing:
-        return CheckResult(name, PASS, f"highest required: {summary_high or 'none'}; all "
+        return Check(name, PASS, f"highest required: {summary_high or 'none'}; all "
                                        "provided by the runtime's libraries",
                            {"highest_required": highest})
-    return CheckResult(name, FAIL, "; ".join(f"{m}: needs {', '.join(v)}"
+    return Check(name, FAIL, "; ".join(f"{m}: needs {', '.join(v)}"
                                              for m, v in missing.items()),
                        {"missing": missing, "highest_required": highest},
                        fix="the runtime's C/C++ runtime is older than the build's: build with "
@@ -545,11 +558,11 @@ def parse_arch(text: str) -> tuple[int, int] | None:
     return None
 
 
-def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> CheckResult:
+def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> Check:
     name = "gpu-archs"
     with_code = [e for e in w.elfs if e.info.fatbin]
     if not with_code:
-        return CheckResult(name, NA, "no GPU code in the wheel")
+        return Check(name, NA, "no GPU code in the wheel")
     wanted: dict[str, tuple[int, int]] = {}
     for t in targets:
         cc = parse_arch(t)
@@ -561,7 +574,7 @@ def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> CheckResu
     per_so = {e.member: [x.name + (" (PTX)" if x.kind == "ptx" else "") for x in e.info.fatbin]
               for e in with_code}
     if not wanted:
-        return CheckResult(name, UNKNOWN, "no arch list recorded and no GPU here to check "
+        return Check(name, UNKNOWN, "no arch list recorded and no GPU here to check "
                                           "against", {"contents": per_so},
                            fix="pass --arch (e.g. 12.0) or run on the target GPU")
     gaps: list[str] = []
@@ -591,18 +604,11 @@ def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> CheckResu
     evidence = {"targets": {k: f"{v[0]}.{v[1]}" for k, v in wanted.items()}, "contents": per_so,
                 "jit_only": jit_only, "arch_specific_elsewhere": skipped}
     if gaps:
-        return CheckResult(name, FAIL, "; ".join(gaps[:MAX_LISTED]), evidence,
+        return Check(name, FAIL, "; ".join(gaps[:MAX_LISTED]), evidence,
                            fix="rebuild with the target's arch in the stack's cuda_arch_list "
                                "(e.g. 12.0 for an RTX 5090)")
     note = f"; {len(jit_only)} PTX-only (slow first launch)" if jit_only else ""
     if skipped:
         note += f"; {len(skipped)} arch-specific object(s) have no code for it (unused there)"
-    return CheckResult(name, PASS, f"{len(with_code)} object(s) with GPU code; "
+    return Check(name, PASS, f"{len(with_code)} object(s) with GPU code; "
                                    f"{', '.join(wanted)} covered{note}", evidence)
-
-
-def version_or_none(text: str) -> Version | None:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return None

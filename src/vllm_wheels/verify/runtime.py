@@ -1,7 +1,7 @@
 """Facts of a runtime environment, read from outside through its interpreter, and the
 dynamic loader's library search modelled on them.
 
-The probe runs `python -c PROBE` in the runtime: it reads torch's version.py as text
+The probe runs helpers/runtime_probe.py in the runtime: it reads torch's version.py as text
 (never imports torch: fast, and works when torch is broken or built for another GPU),
 the installed distributions' versions, sys.path, the loader-relevant environment, the
 glibc version, the extension-module file suffixes its import system looks for.
@@ -29,43 +29,8 @@ from .elf import ElfInfo, NotElf, expand_origin, read_runtime_elf
 WATCHED_DISTS = ("torch", "torchvision", "torchaudio", "vllm", "flashinfer-python",
                  "flashinfer-cubin", "flashinfer-jit-cache", "apache-tvm-ffi", "triton")
 
-PROBE = r"""
-import importlib.machinery, importlib.metadata as md, importlib.util, json, os, sys, sysconfig
-out = {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix,
-       "version": list(sys.version_info[:3]), "implementation": sys.implementation.name,
-       "abiflags": getattr(sys, "abiflags", ""), "soabi": sysconfig.get_config_var("SOABI"),
-       "platform": sysconfig.get_platform(), "path": [p for p in sys.path if p],
-       "libdir": sysconfig.get_config_var("LIBDIR"),
-       "ldlibrary": sysconfig.get_config_var("LDLIBRARY"),
-       "shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
-       "ld_library_path": os.environ.get("LD_LIBRARY_PATH", ""),
-       "glibc": os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None,
-       "purelib": sysconfig.get_paths()["purelib"], "platlib": sysconfig.get_paths()["platlib"],
-       "extension_suffixes": list(importlib.machinery.EXTENSION_SUFFIXES)}
-dists = {}
-for name in WATCHED:
-    try:
-        dists[name] = md.version(name)
-    except md.PackageNotFoundError:
-        pass
-out["dists"] = dists
-spec = importlib.util.find_spec("torch")  # finds the package without running it
-torch = None
-if spec is not None and spec.submodule_search_locations:
-    root = list(spec.submodule_search_locations)[0]
-    facts = {"root": root}
-    try:
-        text = open(os.path.join(root, "version.py")).read()
-        ns = {}
-        exec(compile(text, "torch/version.py", "exec"), ns)
-        facts.update(version=ns.get("__version__"), cuda=ns.get("cuda"),
-                     git_version=ns.get("git_version"))
-    except Exception as exc:
-        facts["error"] = repr(exc)
-    torch = facts
-out["torch"] = torch
-print("VLLM_WHEELS_PROBE " + json.dumps(out))
-"""
+# Run by the runtime's interpreter; prints `VLLM_WHEELS_PROBE {json}`.
+PROBE = Path(__file__).resolve().parent.parent / "helpers" / "runtime_probe.py"
 
 
 @dataclass(frozen=True)
@@ -140,8 +105,8 @@ def probe(python: Path, timeout: float = 60) -> Runtime:
             fix="pass --python with the interpreter of the environment that will import "
                 "the wheels (e.g. /opt/venv/bin/python), or leave --python out to check "
                 "against a venv made from the stack")
-    code = PROBE.replace("WATCHED", repr(WATCHED_DISTS))
-    proc = query([python, "-c", code], env_changes=RUNTIME_ENV_CHANGES, timeout=timeout)
+    proc = query([python, PROBE, *WATCHED_DISTS], env_changes=RUNTIME_ENV_CHANGES,
+                 timeout=timeout)
     if proc.not_run is not None:
         raise CannotCheckError(f"the runtime interpreter {python} could not be run: "
                                f"{proc.not_run}",

@@ -303,9 +303,7 @@ def wheel_step(ctx: BuildContext, env: Mapping[str, str | None]) -> Step:
 def dist_version(python: Path, dist: str, missing_ok: bool = False) -> str | None:
     """The version of `dist` installed in the venv of `python` (None if missing_ok and
     it is not installed)."""
-    code = ("import importlib.metadata as m, sys\ntry: print(m.version(sys.argv[1]))\n"
-            "except m.PackageNotFoundError: print('')")
-    out = capture([python, "-c", code, dist]).strip()
+    out = capture([python, HELPERS / "dist_version.py", dist]).strip()
     if not out and not missing_ok:
         raise ToolchainError(f"{dist} is not installed in the build venv {python.parent.parent}")
     return out or None

@@ -122,7 +122,8 @@ def aot_out_dir(ctx: BuildContext) -> Path:
 def steps(ctx: BuildContext) -> list[Step]:
     env = ctx.base_env()
     planned = [Step("label the version (flashinfer/_build_meta.py)",
-                    (str(ctx.python), "-c", _SET_BUILD_META, str(ctx.tree), ctx.target_version()),
+                    (str(ctx.python), str(HELPERS / "set_flashinfer_version.py"), str(ctx.tree),
+                     ctx.target_version()),
                     {}, ctx.tree)]
     options = options_of(ctx.spec)
     if options.aot:
@@ -143,18 +144,6 @@ def steps(ctx: BuildContext) -> list[Step]:
             aot_env, ctx.tree, progress=True))
     planned.append(wheel_step(ctx, env))
     return planned
-
-
-_SET_BUILD_META = r"""
-import re, sys, pathlib
-meta = pathlib.Path(sys.argv[1]) / "flashinfer" / "_build_meta.py"
-text = meta.read_text()
-new = re.sub(r'^__version__ = ".*"$', '__version__ = "%s"' % sys.argv[2], text, flags=re.M)
-if new == text and sys.argv[2] not in text:
-    sys.exit("cannot find __version__ in " + str(meta))
-meta.write_text(new)
-print("version:", sys.argv[2])
-"""
 
 
 def flashinfer_aot_files(ctx: BuildContext) -> dict[str, Path]:

@@ -6,5 +6,5 @@
     stats.py     median ratios, bootstrap confidence intervals, the decision
     harness.py   warm-up, interleaved A B A B runs, progress
     report.py    JSON, markdown and PNG under verify/results/<stamp>-<workload>/
-    cli.py       `python -m vllm_wheels verify-throughput` (nox -s verify_throughput)
+    ../cli_throughput.py  `python -m vllm_wheels verify-throughput` (nox -s verify_throughput)
 """

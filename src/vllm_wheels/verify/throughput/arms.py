@@ -46,33 +46,7 @@ CONTAINER_PORT = 8000
 
 # Run with the arm's own Python (venv, or inside the image): package versions from their
 # metadata, torch's from torch/version.py read as text, so torch is never imported.
-VERSIONS_SNIPPET = r"""
-import importlib.metadata as md, importlib.util, json, os, re, sys
-def version(*names):
-    for name in names:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return None
-out = {"python": sys.version.split()[0], "vllm": version("vllm"),
-       "flashinfer": version("flashinfer-python", "flashinfer"),
-       "torch": None, "torch_git": None, "torch_cuda": None, "vllm_wheels_build": None}
-spec = importlib.util.find_spec("torch")
-if spec is not None and spec.origin:
-    text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
-    for key, field in (("torch", "__version__"), ("torch_git", "git_version"),
-                       ("torch_cuda", "cuda")):
-        m = re.search(r"^%s\s*(?::\s*\S+\s*)?=\s*['\"]([^'\"]*)['\"]" % field, text, re.M)
-        out[key] = m.group(1) if m else None
-try:
-    dist = md.distribution("vllm")
-    manifest = dist.read_text("vllm_wheels_build.json")
-    out["vllm_wheels_build"] = json.loads(manifest) if manifest else None
-except md.PackageNotFoundError:
-    pass
-print(json.dumps(out))
-"""
+VERSIONS_HELPER = Path(__file__).resolve().parents[2] / "helpers" / "arm_versions.py"
 
 
 @dataclass(frozen=True)
@@ -297,7 +271,7 @@ class VenvArm(_ServerArm):
                                        "wheels/<stack>/vllm-*.whl")
 
     def collect_facts(self) -> None:
-        done = query([self.venv / "bin" / "python", "-c", VERSIONS_SNIPPET], timeout=120)
+        done = query([self.venv / "bin" / "python", VERSIONS_HELPER], timeout=120)
         try:
             self._facts["versions"] = (json.loads(done.stdout) if done.ok
                                        else {"error": done.describe(300)})
@@ -396,8 +370,9 @@ class ImageArm(_ServerArm):
                             "command": shlex.join(self.command(0)[0]), "gpu": gpu_facts()})
         if shutil.which("docker") is None:
             return
+        # The helper's text, as the image cannot see this machine's files.
         done = query(["docker", "run", "--rm", "--entrypoint", "python3", self.run_ref, "-c",
-                      VERSIONS_SNIPPET], timeout=600)
+                      VERSIONS_HELPER.read_text(encoding="utf-8")], timeout=600)
         try:
             self._facts["versions"] = (json.loads(done.stdout.strip().splitlines()[-1])
                                        if done.ok else {"error": done.describe(300)})

@@ -56,7 +56,7 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
     remove(tmp)
     env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     torch_req = f"torch=={stack.torch.version}"
-    index = ["--index-url", stack.torch.simple_url] if stack.torch.simple_url else []
+    index_url = ["--index-url", stack.torch.simple_url] if stack.torch.simple_url else []
     try:
         reporter.say(f"candidate venv {venv}: creating (Python {stack.python}, {torch_req}, "
                      f"{len(wheels)} wheel(s))")
@@ -64,7 +64,7 @@ def ensure_candidate_venv(stack: Stack, wheels_dir: Path, reporter: Reporter) ->
             what="create the candidate venv")
         pip: list[str | Path] = [tmp / "bin" / "python", "-m", "pip", "install"]
         companions = [f"{k}=={v}" for k, v in sorted(stack.torch.companions.items())]
-        run([*pip, *index, torch_req, *companions], reporter=reporter, env_changes=env,
+        run([*pip, *index_url, torch_req, *companions], reporter=reporter, env_changes=env,
             error_cls=CouldNotRunError, what=f"install {torch_req} into the candidate venv",
             fix="check the stack's [torch] index and network access")
         constraints = tmp / "torch-constraint.txt"

@@ -70,7 +70,6 @@ from typing import Any
 from ...errors import ConfigError, CouldNotRunError
 
 PERCENTILES = (99,)
-LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
 # ---------------------------------------------------------------------------- prompts

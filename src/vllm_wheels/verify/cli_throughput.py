@@ -18,15 +18,15 @@ import shutil
 import time
 from pathlib import Path
 
-from ... import layout
-from ...cache import remove
-from ...errors import (
+from .. import layout
+from ..cache import remove
+from ..errors import (
     ConfigError,
     CouldNotRunError,
     ThroughputInconclusiveError,
     ThroughputRegressionError,
 )
-from ...log import Reporter
+from ..log import Reporter
 
 
 def _repo_root() -> Path:
@@ -84,8 +84,8 @@ def _default_candidate(root: Path, stack_file: Path | None, wheels_dir: Path | N
                        reporter: Reporter) -> str:
     """venv:DIR/venv (DIR: --wheels, else wheels/<stack>/), made from DIR's wheels if
     missing or stale."""
-    from ...build.stack import load_stack
-    from .candidate import ensure_candidate_venv
+    from ..build.stack import load_stack
+    from .throughput.candidate import ensure_candidate_venv
 
     stack = load_stack(stack_file or layout.default_stack(root))
     wheels = (wheels_dir or layout.wheels_dir(root, stack.name)).resolve()
@@ -93,8 +93,8 @@ def _default_candidate(root: Path, stack_file: Path | None, wheels_dir: Path | N
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import arms, harness, report
-    from .workload import load_workload, resolve_workload_path
+    from .throughput import arms, harness, report
+    from .throughput.workload import load_workload, resolve_workload_path
 
     root = _repo_root()
     verify_dir = root / "verify"

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                                     total_steps=total)
             blockers = state.plan["blockers"]
             state.record(stages.StageResult(
-                "plan", "passed", seconds=round(time.monotonic() - started, 1), exit_code=0,
+                "plan", stages.StageStatus.PASSED,
+                seconds=round(time.monotonic() - started, 1), exit_code=0,
                 detail=(f"{len(blockers)} blocker(s) for promotion" if blockers
                         else "no blockers"), log=str(log_path),
                 outputs={"stack": str(stack_out)}))
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         reporter.say(f"Candidate stack: {stack_out}")
         reporter.say(f"Report: {report_md}")
         reporter.say(f"JSON:   {report_json}")
-        failed = [r for r in results if r.status == "failed" and not r.reused]
+        failed = [r for r in results if r.status == stages.StageStatus.FAILED and not r.reused]
         return (failed[0].exit_code or 1) if failed else 0
     finally:
         reporter.close()

@@ -21,7 +21,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..build import fetchcontent
+from ..build import cmake_eval, fetchcontent
 from ..build.pins import TORCH_FAMILY
 
 # Where a release states its requirements, most authoritative first: the runtime pins a
@@ -271,22 +271,13 @@ def _docker_cuda(tree: Path) -> tuple[str, str] | None:
     return (m.group(1), f"docker/Dockerfile:{text[:m.start()].count(chr(10)) + 1}") if m else None
 
 
-def _balanced(text: str, start: int) -> str:
-    depth, i = 1, start
-    while i < len(text) and depth:
-        depth += {"(": 1, ")": -1}.get(text[i], 0)
-        i += 1
-    return text[start:i - 1]
-
-
 def arch_branches(tree: Path) -> list[ArchBranch]:
     """Each `set(CUDA_SUPPORTED_ARCHS "...")` with the nvcc condition guarding it."""
     path = tree / "CMakeLists.txt"
     if not path.is_file():
         return []
-    raw = path.read_text(encoding="utf-8", errors="replace")
-    text = "\n".join("" if line.lstrip().startswith("#") else line for line in raw.splitlines())
-    conditions = [(m.start(), m.group(1).lower(), _balanced(text, m.end()))
+    text = cmake_eval.strip_comments(path.read_text(encoding="utf-8", errors="replace"))
+    conditions = [(m.start(), m.group(1).lower(), cmake_eval.parenthesized(text, m.end()))
                   for m in _CMAKE_CONDITION.finditer(text)]
     branches = []
     for m in _CMAKE_ARCHS.finditer(text):
@@ -332,7 +323,7 @@ def build_switches(tree: Path) -> list[Switch]:
             add(Switch(name, "env", f"{script.name}:{text[:m.start()].count(chr(10)) + 1}"))
     for cmake in fetchcontent.cmake_files(tree):
         raw = cmake.read_text(encoding="utf-8", errors="replace")
-        text = fetchcontent.strip_comments(raw)
+        text = cmake_eval.strip_comments(raw)
         rel = cmake.relative_to(tree)
         device = fetchcontent.device_of(cmake)
         for m in _CMAKE_ENV_READ.finditer(text):
