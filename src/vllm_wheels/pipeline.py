@@ -964,11 +964,20 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                 except PipelineError:
                     pass
         seconds = time.monotonic() - t0
+        # A remote that stopped working during the build: the compiles went on with the
+        # local cache (sccache's write policy l0), so the build succeeds; say so.
+        remote_warning = ""
+        if cc.remote is not None and cc.tool == "sccache":
+            remote_warning = remote_cache.after_build(cc.remote, stats,
+                                                      remote_cache.ping(cc.remote))
+            if remote_warning:
+                reporter.warn(remote_warning)
         measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
         _record_unit_costs(plan, ctx, reporter)
         path = _postprocess(plan, ctx, prep, built, seconds, stats)
         facts.append({"package": prep.spec.name, "seconds": round(seconds, 1),
                       "compile_cache_stats": stats, "tree": str(prep.tree),
+                      "compile_cache_remote_warning": remote_warning or None,
                       "wheel": path.name if path is not None else None})
         detail = f"compile cache: {stats['hits']} hits / {stats['misses']} misses" if stats else ""
         if stats and stats.get("by_language"):

@@ -20,7 +20,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -225,3 +225,35 @@ def attach(cache: CompileCache, remote: Remote | None) -> tuple[CompileCache, st
             f"({checked.detail}): building with the local cache only "
             f"{cache.directory}; the build does not wait for the remote")
     return replace(cache, remote=checked), ""
+
+
+def after_build(remote: Remote, stats: dict[str, Any] | None,
+                checked: Remote | None = None) -> str:
+    """A warning ("" when none) for a remote that stopped working during a build: sccache's
+    storage error counters of the build (`stats`, toolchain.compile_cache_stats) are not
+    zero, or the remote does not answer now (`checked`: ping after the build; a remote
+    that was already unreachable when the plan was made was warned about then). The build
+    itself does not fail: sccache keeps every object in its local cache (write policy l0)."""
+    errors = (stats or {}).get("errors") or {}
+    failed = {k: int(v) for k, v in errors.items() if v}
+    if remote.reachable is False:
+        return ""
+    gone = checked.detail if checked is not None and checked.reachable is False else ""
+    if not failed and not gone:
+        return ""
+    why = []
+    if failed:
+        why.append("sccache counted " + ", ".join(
+            f"{n} {'cache ' + k + ' errors' if k != 'timeouts' else 'cache timeouts'}"
+            for k, n in failed.items()))
+    if gone:
+        why.append(f"it does not answer after the build ({gone})")
+    misses = int((stats or {}).get("misses", 0))
+    compiles = int((stats or {}).get("hits", 0)) + misses
+    return (f"compile cache remote {remote.redacted} failed during the build: "
+            f"{'; '.join(why)}. The compiles fell back to the local compile cache "
+            f"({compiles} cache lookups, {misses} compiled here; objects compiled after the "
+            "remote failed are not on the remote, so other builders will compile them "
+            "again). Fix: check the server (is it running and reachable from this host?), "
+            f"then rebuild to fill it; while it is down, build with {CLI_FLAG} {OFF} "
+            "(sccache waits up to 60 s on each lookup in a remote that does not answer)")

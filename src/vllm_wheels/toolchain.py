@@ -635,8 +635,27 @@ def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, Any]
         return {"hits": sum(hit_counts.values()), "misses": sum(miss_counts.values()),
                 "by_language": {lang: {"hits": hit_counts.get(lang, 0),
                                        "misses": miss_counts.get(lang, 0)}
-                                for lang in sorted({*hit_counts, *miss_counts})}}
+                                for lang in sorted({*hit_counts, *miss_counts})},
+                "errors": sccache_errors(data)}
     return None
+
+
+def sccache_errors(data: dict[str, Any]) -> dict[str, int]:
+    """sccache's storage error counters ("stats" of --show-stats --stats-format json):
+    cache read errors (cache_errors, counted per language), write errors, timeouts. With a
+    multilevel chain (disk,redis) a failed remote write is counted only in its level's
+    `write_failures` (sccache 0.16: the overall counters stay 0, and a failed remote read
+    is a miss), so those of the levels behind the local disk count as write errors too."""
+    def number(value: Any) -> int:
+        if isinstance(value, dict):
+            return sum(number(v) for v in (value.get("counts") or {}).values())
+        return int(value) if isinstance(value, int | float) else 0
+    remote_levels = (data.get("multi_level") or [])[1:]
+    return {"read": number(data.get("cache_errors")) + number(data.get("cache_read_errors")),
+            "write": number(data.get("cache_write_errors"))
+            + sum(number(level.get("write_failures")) for level in remote_levels
+                  if isinstance(level, dict)),
+            "timeouts": number(data.get("cache_timeouts"))}
 
 
 def zero_compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ redis-server on loopback (or a port where nothing listens)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -228,3 +229,44 @@ def test_a_remote_puts_the_trees_under_the_build_root(tmp_path: Path,
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert Path(plan["packages"][0]["tree"]).parent == tmp_path / "cache" / "src"
     assert plan["paths"]["trees_shared"] is False
+
+
+# sccache's own statistics (--show-stats --stats-format json, "stats"), the parts read.
+def sccache_stats(read: int = 0, write: int = 0, timeouts: int = 0) -> dict[str, object]:
+    return {"cache_hits": {"counts": {"C/C++": 3}}, "cache_misses": {"counts": {"CUDA": 2}},
+            "cache_errors": {"counts": {"CUDA": read} if read else {}, "adv_counts": {}},
+            "cache_write_errors": write, "cache_timeouts": timeouts}
+
+
+def test_sccache_error_counters() -> None:
+    from vllm_wheels.toolchain import sccache_errors
+
+    assert sccache_errors(sccache_stats()) == {"read": 0, "write": 0, "timeouts": 0}
+    assert sccache_errors(sccache_stats(2, 5, 1)) == {"read": 2, "write": 5, "timeouts": 1}
+    assert sccache_errors({}) == {"read": 0, "write": 0, "timeouts": 0}
+    # sccache 0.16 with disk,redis and Redis gone: only the remote level counts its failed
+    # writes (what it printed in this case, trimmed); the local level's are not remote.
+    levels = {**sccache_stats(), "multi_level": [
+        {"name": "L0 (disk)", "hits": 1, "misses": 3, "writes": 3, "write_failures": 5},
+        {"name": "L1 (redis)", "hits": 0, "misses": 3, "writes": 1, "write_failures": 2}]}
+    assert sccache_errors(levels) == {"read": 0, "write": 2, "timeouts": 0}
+
+
+def test_remote_that_failed_during_the_build_warns() -> None:
+    resolved = remote_cache.resolve("", None, {remote_cache.ENV_VAR: "redis://:pw@127.0.0.1:7/0"})
+    assert resolved is not None
+    remote = dataclasses.replace(resolved, reachable=True)
+    stats = {"hits": 3, "misses": 2, "errors": {"read": 0, "write": 4, "timeouts": 0}}
+    # The remote worked all along: nothing to say.
+    assert remote_cache.after_build(remote, {**stats, "errors": {}}, remote) == ""
+    # Write errors during the build: what, why, fix; the password is never shown.
+    text = remote_cache.after_build(remote, stats, remote)
+    assert "failed during the build" in text and "4 cache write errors" in text
+    assert "fell back to the local compile cache" in text and "2 compiled here" in text
+    assert "check the server" in text and ":pw@" not in text
+    # No errors counted, but the remote does not answer after the build.
+    gone = dataclasses.replace(remote, reachable=False, detail="ConnectionRefusedError")
+    text = remote_cache.after_build(remote, {**stats, "errors": {}}, gone)
+    assert "does not answer after the build (ConnectionRefusedError)" in text
+    # Unreachable when the plan was made: warned about then, not again.
+    assert remote_cache.after_build(gone, stats, gone) == ""
