@@ -86,6 +86,8 @@ class PreparedPackage:
     stripped_pins: tuple[pins.StrippedPin, ...]
     build_requirements: tuple[str, ...]
     externals: tuple[ResolvedExternal, ...] = ()
+    # The content's key (source and patches): the tree's marker file names it.
+    key: str = ""
 
 
 @dataclass
@@ -147,7 +149,11 @@ class Plan:
                                   "directory": str(self.compile_cache.directory or ""),
                                   "backend": self.compile_cache.backend,
                                   "remote": self.compile_cache.remote.to_dict()
-                                  if self.compile_cache.remote else None},
+                                  if self.compile_cache.remote else None,
+                                  # The remote is the server's setting, not the compiles'.
+                                  "server_env": self.compile_cache.remote.sccache_env()
+                                  if self.compile_cache.uses_remote and
+                                  self.compile_cache.remote else {}},
             },
             "packages": [self._package_dict(p, c) for p, c in
                          zip(self.packages, _or_nones(self.contexts, len(self.packages)),
@@ -220,42 +226,59 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
 
 def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter,
                     *, shared_tree: bool = False) -> PreparedPackage:
-    """The patched source tree, content-addressed: under the cache dir, or with
-    shared_tree (a build with a remote compile cache) under the machine-wide build root,
-    where every builder's tree of the same source is at the same path (Cache.tree_parent)."""
+    """The patched source tree: under the cache dir, or with shared_tree (a build with a
+    remote compile cache) under the machine-wide build root, where every builder's tree of
+    the same source is at the same path (Cache.tree_parent).
+
+    The path is one per package and version; the content's key (source and patches) is in
+    the tree's marker file. Why not the key in the path: nvcc writes the source's path into
+    the preprocessed device code it hands to cudafe++ and cicc, so a new path for a patched
+    tree made every unit of it miss the compile cache, not only the patched one (measured
+    with the fixture extension: a one-file change missed both of its units). A tree whose
+    key differs is prepared again in its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
     series = patches.read_series(repo_root / spec.patches)
     identity = fetched.sha256 or fetched.commit or _dir_digest(fetched.directory or Path())
     key = hashlib.sha256(json.dumps({"source": identity, "patches": [p.sha256 for p in series],
                                      "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
     version = spec.source.version or "local"
-    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}-{key}"
-    marker = tree / PREPARED_MARKER
-    # A prepared tree is never changed: no lock needed to find one (a build holds the lock
-    # while it compiles there).
-    with contextlib.nullcontext() if marker.exists() else cache.tree_lock(tree):
-        if not marker.exists():
-            tmp = temp_sibling(tree)
-            remove(tmp)
-            try:
-                if fetched.archive is not None:
-                    sources.unpack(fetched.archive, tmp)
-                else:
-                    assert fetched.directory is not None
-                    sources.copy_tree(fetched.directory, tmp)
-                applied = patches.apply_series(tmp, series)
-                stripped = pins.strip_torch_pins(tmp)
-                (tmp / PREPARED_MARKER).write_text(json.dumps({
-                    "source": identity, "patches": [[p.name, p.sha256] for p in applied],
-                    "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
-            except BaseException:
-                remove(tmp)
-                raise
-            publish_dir(tmp, tree)
-    data = json.loads(marker.read_text())
+    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}"
+    prep = PreparedPackage(spec, fetched, tree, tuple(series), (), (), key=key)
+    with cache.tree_lock(tree):
+        ensure_prepared(prep)
+        data = json.loads((tree / PREPARED_MARKER).read_text())
+        requirements = tuple(build_requirements(tree, spec))
     recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
-    return PreparedPackage(spec, fetched, tree, tuple(series), recorded,
-                           tuple(build_requirements(tree, spec)))
+    return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements)
+
+
+def ensure_prepared(prep: PreparedPackage) -> None:
+    """The tree holds prep's content (its marker has prep's key), prepared again in place
+    if another build (other patches, another source of the same version) left its own
+    there. The caller holds the tree's lock."""
+    tree, marker = prep.tree, prep.tree / PREPARED_MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("key") == prep.key:
+        return
+    identity = prep.fetched.sha256 or prep.fetched.commit or \
+        _dir_digest(prep.fetched.directory or Path())
+    tmp = temp_sibling(tree)
+    remove(tmp)
+    try:
+        if prep.fetched.archive is not None:
+            sources.unpack(prep.fetched.archive, tmp)
+        else:
+            assert prep.fetched.directory is not None
+            sources.copy_tree(prep.fetched.directory, tmp)
+        applied = patches.apply_series(tmp, list(prep.patches))
+        stripped = pins.strip_torch_pins(tmp)
+        (tmp / PREPARED_MARKER).write_text(json.dumps({
+            "key": prep.key, "source": identity,
+            "patches": [[p.name, p.sha256] for p in applied],
+            "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
+    except BaseException:
+        remove(tmp)
+        raise
+    publish_dir(tmp, tree)
 
 
 def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, reporter: Reporter,
@@ -349,8 +372,7 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
         headers_only = bool(directory and ext.name in fetchcontent.HEADERS_ONLY_CMAKE_ARGS
                             and not (directory / "CMakeLists.txt").exists())
         resolved.append(ResolvedExternal(ext, directory, origin, commit, headers_only))
-    return PreparedPackage(prep.spec, prep.fetched, prep.tree, prep.patches, prep.stripped_pins,
-                           prep.build_requirements, tuple(resolved))
+    return dataclasses.replace(prep, externals=tuple(resolved))
 
 
 # ---------------------------------------------------------------------------- plan
@@ -891,6 +913,14 @@ def _or_nones(contexts: list[builders.BuildContext] | None, count: int
     return list(contexts) if contexts else [None] * count
 
 
+def _remote_guard(cc: toolchain.CompileCache, tree: Path) -> remote_cache.RemoteGuard:
+    """sccache stalls 60 s per lookup in a dead Redis: the guard switches the server to the
+    local cache when the remote stops answering during the package build."""
+    def switch() -> dict[str, Any] | None:
+        return toolchain.switch_to_local_compile_cache(cc, tree)
+    return remote_cache.RemoteGuard(cc.remote if cc.uses_remote else None, switch)
+
+
 def raise_on_failed_checks(plan: Plan) -> None:
     """The gate a build passes before it installs or compiles anything (ToolchainError,
     exit 3); --dry-run applies the same gate after printing the plan. A pip toolkit's nvcc
@@ -943,6 +973,8 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         ctx.staging.mkdir(parents=True)
         cc_env = cc.env(ctx.tree)
         stats = None
+        start_warning = ""
+        guard = remote_cache.RemoteGuard(None, lambda: None)  # replaced when a remote is used
         ctx.write_unit_peaks()
         # ninja logs accumulate across builds: remember where this run's entries start.
         ninja_logs = telemetry.ninja_log_sizes(ctx.tree / "build")
@@ -952,11 +984,22 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
             # dirs too); the prefix-map spec file held for the whole package build.
             with plan.cache.tree_lock(prep.tree), builders.hold_specs(ctx) as (run_ctx, warn), \
                     _hidden_environ(cc.secret_env()):
+                # Another build may have prepared its own content at this path since the plan.
+                ensure_prepared(prep)
                 if warn:
                     reporter.warn(warn)
+                start_warning = toolchain.start_compile_cache_server(cc, ctx.tree)
+                if start_warning:
+                    reporter.warn(start_warning)
+                else:
+                    guard = _remote_guard(cc, ctx.tree)
                 toolchain.zero_compile_cache_stats(cc, cc_env)
-                _execute_steps(run_ctx, reporter)
+                with guard:
+                    _execute_steps(run_ctx, reporter)
                 stats = toolchain.compile_cache_stats(cc, cc_env)
+                if guard.fallback is not None:
+                    stats = toolchain.add_compile_cache_stats(guard.fallback.stats_before,
+                                                              stats)
         finally:
             if cc.tool == "sccache" and cc.path and cc.path.exists():
                 try:
@@ -968,8 +1011,10 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         # local cache (sccache's write policy l0), so the build succeeds; say so.
         remote_warning = ""
         if cc.remote is not None and cc.tool == "sccache":
-            remote_warning = remote_cache.after_build(cc.remote, stats,
-                                                      remote_cache.ping(cc.remote))
+            remote_warning = start_warning or remote_cache.after_build(
+                cc.remote, stats, remote_cache.ping(cc.remote), guard.fallback)
+            if guard.error:
+                remote_warning += f" (restarting sccache without the remote: {guard.error})"
             if remote_warning:
                 reporter.warn(remote_warning)
         measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
@@ -978,6 +1023,8 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         facts.append({"package": prep.spec.name, "seconds": round(seconds, 1),
                       "compile_cache_stats": stats, "tree": str(prep.tree),
                       "compile_cache_remote_warning": remote_warning or None,
+                      "compile_cache_remote_fallback_after_s":
+                          guard.fallback.after_s if guard.fallback else None,
                       "wheel": path.name if path is not None else None})
         detail = f"compile cache: {stats['hits']} hits / {stats['misses']} misses" if stats else ""
         if stats and stats.get("by_language"):

@@ -164,9 +164,80 @@ def test_redis_stopped_mid_build_finishes_and_warns(tmp_path: Path, cuda13_build
     assert list(out.glob("tiny_cuda_ext-*.whl")), sorted(p.name for p in out.iterdir())
     assert "WARNING: compile cache remote" in output and "failed during the build" in output
     assert "fell back to the local compile cache" in output
+    # The guard saw Redis go and restarted sccache with the local cache only (without it,
+    # sccache waits 60 s on every later lookup).
+    assert "restarted with the local cache only" in output
     summary = json.loads((out / "build-summary.json").read_text())
     package = next(p for p in summary["packages"] if p["package"] == "tiny-cuda-ext")
     warning = package["compile_cache_remote_warning"]
     assert warning and url in warning and "check the server" in warning
     assert package["compile_cache_stats"]["misses"] > 0, package
+    assert package["compile_cache_remote_fallback_after_s"] is not None, package
 
+
+SECOND_UNIT = """#include <cuda_runtime.h>
+
+__global__ void scale_kernel(float* x, float by, long n) {
+  long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= by;
+}
+"""
+
+
+def one_file_project(root: Path) -> Path:
+    """A project directory (what the CLI takes as the repository root) with a copy of the
+    CUDA 13 test stack that builds only the fixture extension, from a copy of the fixture
+    with a second CUDA unit (so a one-file change has another unit that must hit). The
+    repository's fixture is never changed."""
+    repo = Path(__file__).resolve().parents[2]
+    project = root / "project"
+    (project / "build" / "stacks").mkdir(parents=True)
+    (project / "noxfile.py").write_text("")
+    ext = project / "tiny_cuda_ext"
+    shutil.copytree(repo / "tests" / "fixtures" / "tiny_cuda_ext", ext)
+    (ext / "tiny_cuda_ext" / "second.cu").write_text(SECOND_UNIT)
+    setup = (ext / "setup.py").read_text()
+    assert '["tiny_cuda_ext/kernel.cu",' in setup
+    (ext / "setup.py").write_text(setup.replace(
+        '["tiny_cuda_ext/kernel.cu",', '["tiny_cuda_ext/kernel.cu", "tiny_cuda_ext/second.cu",'))
+    stack = (repo / CI_STACK).read_text()
+    head, tail = stack.split("[packages.tiny-cuda-ext]", 1)
+    head = head.split("[docker]", 1)[0]  # image files: not part of a wheel build
+    package = tail.split("\n[", 1)[0].replace('"tests/fixtures/tiny_cuda_ext"', '"tiny_cuda_ext"')
+    assert 'path = "tiny_cuda_ext"' in package
+    (project / CI_STACK).write_text(f"{head}[packages.tiny-cuda-ext]{package}\n")
+    return project
+
+
+def test_one_file_patch_recompiles_exactly_that_unit(tmp_path: Path, cuda13_build_venv: Path
+                                                    ) -> None:
+    """Warm caches, then one .cu file changed (a real code line, as `nox -s bench_build`'s
+    one-file patch): exactly that translation unit misses the compile cache, every other
+    unit hits (the telemetry's per-unit results; one compile at a time, so each unit's
+    sccache counters are its own)."""
+    project = one_file_project(tmp_path)
+
+    def build_once(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        out = tmp_path / f"out-{name}"
+        result = cli("build-wheels", "--stack", CI_STACK, "--cache-dir", str(tmp_path / "cache"),
+                     "--output-dir", str(out), "--build-venv", str(cuda13_build_venv),
+                     "--compile-cache-remote", "none", "--max-jobs", "1", cwd=project)
+        print(result.stdout[-3000:], result.stderr[-3000:])
+        assert result.returncode == 0, result.stderr[-4000:]
+        units = json.loads((out / "build-telemetry.json").read_text())["units"]
+        summary = json.loads((out / "build-summary.json").read_text())
+        return units, summary["telemetry"]["summary"]["cache"]
+
+    def source(unit: dict[str, Any]) -> str:
+        return Path(str(unit.get("source") or unit.get("output") or "?")).name
+
+    warm_units, _ = build_once("warm")
+    assert sorted(source(u) for u in warm_units) == ["kernel.cu", "second.cu"], warm_units
+    kernel = tmp_path / "project" / "tiny_cuda_ext" / "tiny_cuda_ext" / "kernel.cu"
+    kernel.write_text(kernel.read_text()
+                      + "\n// one-file patch\n__device__ int vllm_wheels_test_patch = 1;\n")
+    units, cache = build_once("patched")
+    results = {source(u): u.get("cache") for u in units}
+    print("per unit:", results, "summary:", cache)
+    assert results == {"kernel.cu": "miss", "second.cu": "hit"}, units
+    assert (cache["misses"], cache["hits"], cache["unknown"]) == (1, 1, 0), cache

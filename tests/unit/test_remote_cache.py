@@ -193,9 +193,14 @@ def test_plan_json_of_a_reachable_remote(tmp_path: Path) -> None:
                             "source": remote_cache.CLI_FLAG, "reachable": True,
                             "detail": cc["remote"]["detail"]}
     assert cc["remote"]["detail"].startswith("PONG in ")
+    # The sccache server the pipeline starts has the remote; the compiles do not (a server
+    # one of them starts after the guard stopped the first is local only), and a compile
+    # whose server goes away compiles locally.
+    assert cc["server_env"]["SCCACHE_REDIS_ENDPOINT"] == f"redis://127.0.0.1:{port}"
+    assert cc["server_env"]["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
     env = plan["packages"][0]["steps"][0]["env"]
-    assert env["SCCACHE_REDIS_ENDPOINT"] == f"redis://127.0.0.1:{port}"
-    assert env["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
+    assert "SCCACHE_REDIS_ENDPOINT" not in env and "SCCACHE_MULTILEVEL_CHAIN" not in env
+    assert env["SCCACHE_IGNORE_SERVER_IO_ERROR"] == "1"
     assert any(c["name"] == "compile cache remote" and c["status"] == "ok"
                for c in plan["toolchain"]["checks"])
 
@@ -270,3 +275,78 @@ def test_remote_that_failed_during_the_build_warns() -> None:
     assert "does not answer after the build (ConnectionRefusedError)" in text
     # Unreachable when the plan was made: warned about then, not again.
     assert remote_cache.after_build(gone, stats, gone) == ""
+
+
+def test_guard_switches_to_local_once_when_redis_stops() -> None:
+    """A real Redis, watched by the guard: while it answers nothing happens; after SHUTDOWN
+    the guard calls its switch exactly once and keeps the switched-away server's stats."""
+    import threading
+    import time
+
+    from redis_server import redis_command
+
+    calls: list[float] = []
+    before = {"hits": 1, "misses": 4}
+
+    def switch() -> dict[str, object]:
+        calls.append(time.monotonic())
+        return before
+
+    with redis_server() as port:
+        remote = dataclasses.replace(
+            remote_cache.parse(f"redis://127.0.0.1:{port}", "test"), reachable=True)
+        guard = remote_cache.RemoteGuard(remote, switch, interval_s=0.05, failures=2)
+        with guard:
+            time.sleep(0.5)  # about ten pings, all answered
+            assert calls == [] and guard.fallback is None
+            redis_command(port, "SHUTDOWN", "NOSAVE")
+            deadline = time.monotonic() + 10
+            while not calls and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # would be a second switch if the guard kept watching
+    assert len(calls) == 1
+    assert guard.fallback is not None and guard.fallback.stats_before == before
+    assert "Refused" in guard.fallback.detail or "Error" in guard.fallback.detail
+    assert not any(t.name == "remote-cache-guard" for t in threading.enumerate())
+    text = remote_cache.after_build(remote, {"hits": 2, "misses": 5, "errors": {}},
+                                    guard.fallback and dataclasses.replace(
+                                        remote, reachable=False, detail="gone"),
+                                    guard.fallback)
+    assert "stopped answering" in text and "restarted with the local cache only" in text
+    assert "does not answer after the build" not in text
+
+
+def test_guard_watches_only_redis_and_a_failing_switch_is_reported() -> None:
+    s3 = remote_cache.parse("s3://bucket/prefix", "test")
+    with remote_cache.RemoteGuard(s3, lambda: None, interval_s=0.01) as guard:
+        pass
+    assert guard.remote is None and guard.fallback is None
+    # Nothing listens on this port: the guard switches, and the switch's error is kept.
+    dead = remote_cache.parse(f"redis://127.0.0.1:{free_port()}", "test")
+
+    def broken() -> None:
+        raise RuntimeError("sccache --start-server failed")
+    with remote_cache.RemoteGuard(dead, broken, interval_s=0.02, failures=1) as guard:
+        import time
+        deadline = time.monotonic() + 10
+        while guard.fallback is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert guard.fallback is not None and guard.fallback.stats_before is None
+    assert guard.error == "RuntimeError: sccache --start-server failed"
+
+
+def test_two_servers_statistics_add_up() -> None:
+    from vllm_wheels.toolchain import add_compile_cache_stats
+
+    first = {"hits": 3, "misses": 2, "by_language": {"CUDA": {"hits": 1, "misses": 2}},
+             "errors": {"read": 0, "write": 1, "timeouts": 0}}
+    second = {"hits": 0, "misses": 4, "by_language": {"CUDA": {"hits": 0, "misses": 1},
+                                                     "C/C++": {"hits": 0, "misses": 3}},
+              "errors": {"read": 0, "write": 0, "timeouts": 0}}
+    total = add_compile_cache_stats(first, second)
+    assert total == {"hits": 3, "misses": 6,
+                     "by_language": {"CUDA": {"hits": 1, "misses": 3},
+                                     "C/C++": {"hits": 0, "misses": 3}},
+                     "errors": {"read": 0, "write": 1, "timeouts": 0}}
+    assert add_compile_cache_stats(None, second) == second
+    assert add_compile_cache_stats(first, None) == first
