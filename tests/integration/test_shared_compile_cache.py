@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +98,146 @@ def test_second_builder_hits_the_first_builders_objects(tmp_path: Path, cuda13_b
         counts = by_language[phase]
         assert counts["hits"] >= 1, (phase, second)
         assert counts["misses"] <= 0.05 * (counts["hits"] + counts["misses"]), (phase, second)
+
+
+def _descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process under `root` (read from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes() \
+                .replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found = []
+    for pid, command in commands.items():
+        up = parents.get(pid)
+        while up is not None and up > 1 and up != root:
+            up = parents.get(up)
+        if up == root:
+            found.append((pid, command))
+    return found
+
+
+def test_redis_stopped_mid_build_finishes_and_warns(tmp_path: Path, cuda13_build_venv: Path
+                                                   ) -> None:
+    """Redis goes away while the build compiles: the compiles fall back to the local compile
+    cache (sccache's write policy l0), the wheel is built (exit 0), and the build says that
+    the remote failed, in its output and in build-summary.json."""
+    out = tmp_path / "out"
+    with redis_server() as port:
+        url = f"redis://127.0.0.1:{port}"
+        # A fresh pipeline cache (an empty local compile cache) and a fresh Redis: every
+        # unit is compiled; one compile at a time, so a compile follows Redis' end.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack", CI_STACK,
+             "--only", "tiny-cuda-ext", "--cache-dir", str(tmp_path / "cache"),
+             "--output-dir", str(out), "--build-venv", str(cuda13_build_venv),
+             "--compile-cache-remote", url, "--max-jobs", "1"],
+            cwd=Path(__file__).resolve().parents[2], text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        try:
+            # The first compile has started: the measuring launcher runs a compiler on a
+            # source file of the extension (a process of this build, not of another one).
+            deadline = time.monotonic() + 900
+            while not any("measure_compile.py" in cmd and (".cu " in cmd or ".cpp " in cmd
+                                                           or cmd.endswith((".cu", ".cpp")))
+                          for _, cmd in _descendants(proc.pid)):
+                assert proc.poll() is None, "the build ended before its first compile"
+                assert time.monotonic() < deadline, "no compile started in 15 minutes"
+                time.sleep(0.1)
+            redis_command(port, "SHUTDOWN", "NOSAVE")
+            stopped_at = time.monotonic()
+            output, _ = proc.communicate(timeout=1800)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    print(output[-5000:])
+    print(f"the build went on for {time.monotonic() - stopped_at:.1f} s after Redis stopped")
+    assert proc.returncode == 0, output[-4000:]
+    assert list(out.glob("tiny_cuda_ext-*.whl")), sorted(p.name for p in out.iterdir())
+    assert "WARNING: compile cache remote" in output and "failed during the build" in output
+    assert "fell back to the local compile cache" in output
+    # The guard saw Redis go and restarted sccache with the local cache only (without it,
+    # sccache waits 60 s on every later lookup).
+    assert "restarted with the local cache only" in output
+    summary = json.loads((out / "build-summary.json").read_text())
+    package = next(p for p in summary["packages"] if p["package"] == "tiny-cuda-ext")
+    warning = package["compile_cache_remote_warning"]
+    assert warning and url in warning and "check the server" in warning
+    assert package["compile_cache_stats"]["misses"] > 0, package
+    assert package["compile_cache_remote_fallback_after_s"] is not None, package
+
+
+SECOND_UNIT = """#include <cuda_runtime.h>
+
+__global__ void scale_kernel(float* x, float by, long n) {
+  long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= by;
+}
+"""
+
+
+def one_file_project(root: Path) -> Path:
+    """A project directory (what the CLI takes as the repository root) with a copy of the
+    CUDA 13 test stack that builds only the fixture extension, from a copy of the fixture
+    with a second CUDA unit (so a one-file change has another unit that must hit). The
+    repository's fixture is never changed."""
+    repo = Path(__file__).resolve().parents[2]
+    project = root / "project"
+    (project / "build" / "stacks").mkdir(parents=True)
+    (project / "noxfile.py").write_text("")
+    ext = project / "tiny_cuda_ext"
+    shutil.copytree(repo / "tests" / "fixtures" / "tiny_cuda_ext", ext)
+    (ext / "tiny_cuda_ext" / "second.cu").write_text(SECOND_UNIT)
+    setup = (ext / "setup.py").read_text()
+    assert '["tiny_cuda_ext/kernel.cu",' in setup
+    (ext / "setup.py").write_text(setup.replace(
+        '["tiny_cuda_ext/kernel.cu",', '["tiny_cuda_ext/kernel.cu", "tiny_cuda_ext/second.cu",'))
+    stack = (repo / CI_STACK).read_text()
+    head, tail = stack.split("[packages.tiny-cuda-ext]", 1)
+    head = head.split("[docker]", 1)[0]  # image files: not part of a wheel build
+    package = tail.split("\n[", 1)[0].replace('"tests/fixtures/tiny_cuda_ext"', '"tiny_cuda_ext"')
+    assert 'path = "tiny_cuda_ext"' in package
+    (project / CI_STACK).write_text(f"{head}[packages.tiny-cuda-ext]{package}\n")
+    return project
+
+
+def test_one_file_patch_recompiles_exactly_that_unit(tmp_path: Path, cuda13_build_venv: Path
+                                                    ) -> None:
+    """Warm caches, then one .cu file changed (a real code line, as `nox -s bench_build`'s
+    one-file patch): exactly that translation unit misses the compile cache, every other
+    unit hits (the telemetry's per-unit results; one compile at a time, so each unit's
+    sccache counters are its own)."""
+    project = one_file_project(tmp_path)
+
+    def build_once(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        out = tmp_path / f"out-{name}"
+        result = cli("build-wheels", "--stack", CI_STACK, "--cache-dir", str(tmp_path / "cache"),
+                     "--output-dir", str(out), "--build-venv", str(cuda13_build_venv),
+                     "--compile-cache-remote", "none", "--max-jobs", "1", cwd=project)
+        print(result.stdout[-3000:], result.stderr[-3000:])
+        assert result.returncode == 0, result.stderr[-4000:]
+        units = json.loads((out / "build-telemetry.json").read_text())["units"]
+        summary = json.loads((out / "build-summary.json").read_text())
+        return units, summary["telemetry"]["summary"]["cache"]
+
+    def source(unit: dict[str, Any]) -> str:
+        return Path(str(unit.get("source") or unit.get("output") or "?")).name
+
+    warm_units, _ = build_once("warm")
+    assert sorted(source(u) for u in warm_units) == ["kernel.cu", "second.cu"], warm_units
+    kernel = tmp_path / "project" / "tiny_cuda_ext" / "tiny_cuda_ext" / "kernel.cu"
+    kernel.write_text(kernel.read_text()
+                      + "\n// one-file patch\n__device__ int vllm_wheels_test_patch = 1;\n")
+    units, cache = build_once("patched")
+    results = {source(u): u.get("cache") for u in units}
+    print("per unit:", results, "summary:", cache)
+    assert results == {"kernel.cu": "miss", "second.cu": "hit"}, units
+    assert (cache["misses"], cache["hits"], cache["unknown"]) == (1, 1, 0), cache

@@ -4,6 +4,7 @@ redis-server on loopback (or a port where nothing listens)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -192,9 +193,14 @@ def test_plan_json_of_a_reachable_remote(tmp_path: Path) -> None:
                             "source": remote_cache.CLI_FLAG, "reachable": True,
                             "detail": cc["remote"]["detail"]}
     assert cc["remote"]["detail"].startswith("PONG in ")
+    # The sccache server the pipeline starts has the remote; the compiles do not (a server
+    # one of them starts after the guard stopped the first is local only), and a compile
+    # whose server goes away compiles locally.
+    assert cc["server_env"]["SCCACHE_REDIS_ENDPOINT"] == f"redis://127.0.0.1:{port}"
+    assert cc["server_env"]["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
     env = plan["packages"][0]["steps"][0]["env"]
-    assert env["SCCACHE_REDIS_ENDPOINT"] == f"redis://127.0.0.1:{port}"
-    assert env["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
+    assert "SCCACHE_REDIS_ENDPOINT" not in env and "SCCACHE_MULTILEVEL_CHAIN" not in env
+    assert env["SCCACHE_IGNORE_SERVER_IO_ERROR"] == "1"
     assert any(c["name"] == "compile cache remote" and c["status"] == "ok"
                for c in plan["toolchain"]["checks"])
 
@@ -228,3 +234,119 @@ def test_a_remote_puts_the_trees_under_the_build_root(tmp_path: Path,
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert Path(plan["packages"][0]["tree"]).parent == tmp_path / "cache" / "src"
     assert plan["paths"]["trees_shared"] is False
+
+
+# sccache's own statistics (--show-stats --stats-format json, "stats"), the parts read.
+def sccache_stats(read: int = 0, write: int = 0, timeouts: int = 0) -> dict[str, object]:
+    return {"cache_hits": {"counts": {"C/C++": 3}}, "cache_misses": {"counts": {"CUDA": 2}},
+            "cache_errors": {"counts": {"CUDA": read} if read else {}, "adv_counts": {}},
+            "cache_write_errors": write, "cache_timeouts": timeouts}
+
+
+def test_sccache_error_counters() -> None:
+    from vllm_wheels.build.toolchain import sccache_errors
+
+    assert sccache_errors(sccache_stats()) == {"read": 0, "write": 0, "timeouts": 0}
+    assert sccache_errors(sccache_stats(2, 5, 1)) == {"read": 2, "write": 5, "timeouts": 1}
+    assert sccache_errors({}) == {"read": 0, "write": 0, "timeouts": 0}
+    # sccache 0.16 with disk,redis and Redis gone: only the remote level counts its failed
+    # writes (what it printed in this case, trimmed); the local level's are not remote.
+    levels = {**sccache_stats(), "multi_level": [
+        {"name": "L0 (disk)", "hits": 1, "misses": 3, "writes": 3, "write_failures": 5},
+        {"name": "L1 (redis)", "hits": 0, "misses": 3, "writes": 1, "write_failures": 2}]}
+    assert sccache_errors(levels) == {"read": 0, "write": 2, "timeouts": 0}
+
+
+def test_remote_that_failed_during_the_build_warns() -> None:
+    resolved = remote_cache.resolve("", None, {remote_cache.ENV_VAR: "redis://:pw@127.0.0.1:7/0"})
+    assert resolved is not None
+    remote = dataclasses.replace(resolved, reachable=True)
+    stats = {"hits": 3, "misses": 2, "errors": {"read": 0, "write": 4, "timeouts": 0}}
+    # The remote worked all along: nothing to say.
+    assert remote_cache.after_build(remote, {**stats, "errors": {}}, remote) == ""
+    # Write errors during the build: what, why, fix; the password is never shown.
+    text = remote_cache.after_build(remote, stats, remote)
+    assert "failed during the build" in text and "4 cache write errors" in text
+    assert "fell back to the local compile cache" in text and "2 compiled here" in text
+    assert "check the server" in text and ":pw@" not in text
+    # No errors counted, but the remote does not answer after the build.
+    gone = dataclasses.replace(remote, reachable=False, detail="ConnectionRefusedError")
+    text = remote_cache.after_build(remote, {**stats, "errors": {}}, gone)
+    assert "does not answer after the build (ConnectionRefusedError)" in text
+    # Unreachable when the plan was made: warned about then, not again.
+    assert remote_cache.after_build(gone, stats, gone) == ""
+
+
+def test_guard_switches_to_local_once_when_redis_stops() -> None:
+    """A real Redis, watched by the guard: while it answers nothing happens; after SHUTDOWN
+    the guard calls its switch exactly once and keeps the switched-away server's stats."""
+    import threading
+    import time
+
+    from redis_server import redis_command
+
+    calls: list[float] = []
+    before = {"hits": 1, "misses": 4}
+
+    def switch() -> dict[str, object]:
+        calls.append(time.monotonic())
+        return before
+
+    with redis_server() as port:
+        remote = dataclasses.replace(
+            remote_cache.parse(f"redis://127.0.0.1:{port}", "test"), reachable=True)
+        guard = remote_cache.RemoteGuard(remote, switch, interval_s=0.05, failures=2)
+        with guard:
+            time.sleep(0.5)  # about ten pings, all answered
+            assert calls == [] and guard.fallback is None
+            redis_command(port, "SHUTDOWN", "NOSAVE")
+            deadline = time.monotonic() + 10
+            while not calls and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # would be a second switch if the guard kept watching
+    assert len(calls) == 1
+    assert guard.fallback is not None and guard.fallback.stats_before == before
+    assert "Refused" in guard.fallback.detail or "Error" in guard.fallback.detail
+    assert not any(t.name == "remote-cache-guard" for t in threading.enumerate())
+    text = remote_cache.after_build(remote, {"hits": 2, "misses": 5, "errors": {}},
+                                    guard.fallback and dataclasses.replace(
+                                        remote, reachable=False, detail="gone"),
+                                    guard.fallback)
+    assert "stopped answering" in text and "restarted with the local cache only" in text
+    assert "does not answer after the build" not in text
+
+
+def test_guard_watches_only_redis_and_a_failing_switch_is_reported() -> None:
+    s3 = remote_cache.parse("s3://bucket/prefix", "test")
+    with remote_cache.RemoteGuard(s3, lambda: None, interval_s=0.01) as guard:
+        pass
+    assert guard.remote is None and guard.fallback is None
+    # Nothing listens on this port: the guard switches, and the switch's error is kept.
+    dead = remote_cache.parse(f"redis://127.0.0.1:{free_port()}", "test")
+
+    def broken() -> None:
+        raise RuntimeError("sccache --start-server failed")
+    with remote_cache.RemoteGuard(dead, broken, interval_s=0.02, failures=1) as guard:
+        import time
+        deadline = time.monotonic() + 10
+        while guard.fallback is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert guard.fallback is not None and guard.fallback.stats_before is None
+    assert guard.error == "RuntimeError: sccache --start-server failed"
+
+
+def test_two_servers_statistics_add_up() -> None:
+    from vllm_wheels.build.toolchain import add_compile_cache_stats
+
+    first = {"hits": 3, "misses": 2, "by_language": {"CUDA": {"hits": 1, "misses": 2}},
+             "errors": {"read": 0, "write": 1, "timeouts": 0}}
+    second = {"hits": 0, "misses": 4, "by_language": {"CUDA": {"hits": 0, "misses": 1},
+                                                     "C/C++": {"hits": 0, "misses": 3}},
+              "errors": {"read": 0, "write": 0, "timeouts": 0}}
+    total = add_compile_cache_stats(first, second)
+    assert total == {"hits": 3, "misses": 6,
+                     "by_language": {"CUDA": {"hits": 1, "misses": 3},
+                                     "C/C++": {"hits": 0, "misses": 3}},
+                     "errors": {"read": 0, "write": 1, "timeouts": 0}}
+    assert add_compile_cache_stats(None, second) == second
+    assert add_compile_cache_stats(first, None) == first

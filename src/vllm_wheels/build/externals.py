@@ -7,6 +7,7 @@ pinned ref, or "to fetch". The build then runs disconnected.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from pathlib import Path
@@ -113,6 +114,5 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
         headers_only = bool(directory and ext.name in fetchcontent.HEADERS_ONLY_CMAKE_ARGS
                             and not (directory / "CMakeLists.txt").exists())
         resolved.append(ResolvedExternal(ext, directory, origin, commit, headers_only))
-    return PreparedPackage(prep.spec, prep.fetched, prep.tree, prep.patches, prep.stripped_pins,
-                           prep.build_requirements, tuple(resolved))
+    return dataclasses.replace(prep, externals=tuple(resolved))
 

@@ -22,11 +22,11 @@ from ..cache import remove, write_atomic
 from ..errors import PipelineError, SourceError
 from ..log import NinjaProgress, Reporter, format_duration
 from ..runner import capture, run
-from . import builders, sources, telemetry, toolchain
+from . import builders, remote_cache, sources, telemetry, toolchain
 from .externals import resolve_externals
 from .output import BuiltWheel, postprocess_wheel, verify_and_publish, write_summary
 from .plan import Plan, ensure_toolchain, raise_on_failed_checks
-from .prepare import ExternalOrigin, PreparedPackage
+from .prepare import ExternalOrigin, PreparedPackage, ensure_prepared
 
 
 def _execute_steps(ctx: builders.BuildContext, reporter: Reporter) -> None:
@@ -74,6 +74,14 @@ PLANNING_STEPS = 2
 TOOLCHAIN_STEP = "toolchain: build venv, nvcc, torch checks"
 
 
+def _remote_guard(cc: toolchain.CompileCache, tree: Path) -> remote_cache.RemoteGuard:
+    """sccache stalls 60 s per lookup in a dead Redis: the guard switches the server to the
+    local cache when the remote stops answering during the package build."""
+    def switch() -> dict[str, Any] | None:
+        return toolchain.switch_to_local_compile_cache(cc, tree)
+    return remote_cache.RemoteGuard(cc.remote if cc.uses_remote else None, switch)
+
+
 def total_steps(packages: int) -> int:
     """sources, plan, toolchain, one per package, publish."""
     return PLANNING_STEPS + 1 + packages + 1
@@ -117,6 +125,8 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         ctx.staging.mkdir(parents=True)
         cc_env = cc.env(ctx.tree)
         stats = None
+        start_warning = ""
+        guard = remote_cache.RemoteGuard(None, lambda: None)  # replaced when a remote is used
         ctx.write_unit_peaks()
         # ninja logs accumulate across builds: remember where this run's entries start.
         ninja_logs = telemetry.ninja_log_sizes(ctx.tree / "build")
@@ -126,11 +136,22 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
             # dirs too); the prefix-map spec file held for the whole package build.
             with plan.cache.tree_lock(prep.tree), builders.hold_specs(ctx) as (run_ctx, warn), \
                     _hidden_environ(cc.secret_env()):
+                # Another build may have prepared its own content at this path since the plan.
+                ensure_prepared(prep)
                 if warn:
                     reporter.warn(warn)
+                start_warning = toolchain.start_compile_cache_server(cc, ctx.tree)
+                if start_warning:
+                    reporter.warn(start_warning)
+                else:
+                    guard = _remote_guard(cc, ctx.tree)
                 toolchain.zero_compile_cache_stats(cc, cc_env)
-                _execute_steps(run_ctx, reporter)
+                with guard:
+                    _execute_steps(run_ctx, reporter)
                 stats = toolchain.compile_cache_stats(cc, cc_env)
+                if guard.fallback is not None:
+                    stats = toolchain.add_compile_cache_stats(guard.fallback.stats_before,
+                                                              stats)
         finally:
             if cc.tool == "sccache" and cc.path and cc.path.exists():
                 try:
@@ -138,11 +159,24 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                 except PipelineError:
                     pass
         seconds = time.monotonic() - t0
+        # A remote that stopped working during the build: the compiles went on with the
+        # local cache (sccache's write policy l0), so the build succeeds; say so.
+        remote_warning = ""
+        if cc.remote is not None and cc.tool == "sccache":
+            remote_warning = start_warning or remote_cache.after_build(
+                cc.remote, stats, remote_cache.ping(cc.remote), guard.fallback)
+            if guard.error:
+                remote_warning += f" (restarting sccache without the remote: {guard.error})"
+            if remote_warning:
+                reporter.warn(remote_warning)
         measured.append((ctx, seconds, _ninja_builds(ctx, ninja_logs)))
         _record_unit_costs(plan, ctx, reporter)
         path = postprocess_wheel(plan, ctx, prep, built, seconds, stats)
         facts.append({"package": prep.spec.name, "seconds": round(seconds, 1),
                       "compile_cache_stats": stats, "tree": str(prep.tree),
+                      "compile_cache_remote_warning": remote_warning or None,
+                      "compile_cache_remote_fallback_after_s":
+                          guard.fallback.after_s if guard.fallback else None,
                       "wheel": path.name if path is not None else None})
         detail = f"compile cache: {stats['hits']} hits / {stats['misses']} misses" if stats else ""
         if stats and stats.get("by_language"):

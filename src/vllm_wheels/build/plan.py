@@ -92,7 +92,11 @@ class Plan:
                                   "directory": str(self.compile_cache.directory or ""),
                                   "backend": self.compile_cache.backend,
                                   "remote": self.compile_cache.remote.to_dict()
-                                  if self.compile_cache.remote else None},
+                                  if self.compile_cache.remote else None,
+                                  # The remote is the server's setting, not the compiles'.
+                                  "server_env": self.compile_cache.remote.sccache_env()
+                                  if self.compile_cache.uses_remote and
+                                  self.compile_cache.remote else {}},
             },
             "packages": [self._package_dict(p, c) for p, c in
                          zip(self.packages, _or_nones(self.contexts, len(self.packages)),

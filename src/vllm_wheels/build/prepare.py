@@ -6,7 +6,7 @@ per package; its external sources are resolved afterwards (externals.py).
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -63,6 +63,8 @@ class PreparedPackage:
     stripped_pins: tuple[pins.StrippedPin, ...]
     build_requirements: tuple[str, ...]
     externals: tuple[ResolvedExternal, ...] = ()
+    # The content's key (source and patches): the tree's marker file names it.
+    key: str = ""
 
 
 def dir_digest(path: Path) -> str:
@@ -96,40 +98,56 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
 
 def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter,
                     *, shared_tree: bool = False) -> PreparedPackage:
-    """The patched source tree, content-addressed: under the cache dir, or with
-    shared_tree (a build with a remote compile cache) under the machine-wide build root,
-    where every builder's tree of the same source is at the same path (Cache.tree_parent)."""
+    """The patched source tree: under the cache dir, or with shared_tree (a build with a
+    remote compile cache) under the machine-wide build root, where every builder's tree of
+    the same source is at the same path (Cache.tree_parent).
+
+    The path is one per package and version; the content's key (source and patches) is in
+    the tree's marker file. Why not the key in the path: nvcc writes the source's path into
+    the preprocessed device code it hands to cudafe++ and cicc, so a new path for a patched
+    tree made every unit of it miss the compile cache, not only the patched one (measured
+    with the fixture extension: a one-file change missed both of its units). A tree whose
+    key differs is prepared again in its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
     series = patches.read_series(repo_root / spec.patches)
     identity = fetched.sha256 or fetched.commit or dir_digest(fetched.directory or Path())
     key = hashlib.sha256(json.dumps({"source": identity, "patches": [p.sha256 for p in series],
                                      "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
     version = spec.source.version or "local"
-    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}-{key}"
-    marker = tree / layout.PREPARED_MARKER
-    # A prepared tree is never changed: no lock needed to find one (a build holds the lock
-    # while it compiles there).
-    with contextlib.nullcontext() if marker.exists() else cache.tree_lock(tree):
-        if not marker.exists():
-            tmp = temp_sibling(tree)
-            remove(tmp)
-            try:
-                if fetched.archive is not None:
-                    sources.unpack(fetched.archive, tmp)
-                else:
-                    assert fetched.directory is not None
-                    sources.copy_tree(fetched.directory, tmp)
-                applied = patches.apply_series(tmp, series)
-                stripped = pins.strip_torch_pins(tmp)
-                (tmp / layout.PREPARED_MARKER).write_text(json.dumps({
-                    "source": identity, "patches": [[p.name, p.sha256] for p in applied],
-                    "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
-            except BaseException:
-                remove(tmp)
-                raise
-            publish_dir(tmp, tree)
-    data = json.loads(marker.read_text())
+    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}"
+    prep = PreparedPackage(spec, fetched, tree, tuple(series), (), (), key=key)
+    with cache.tree_lock(tree):
+        ensure_prepared(prep)
+        data = json.loads((tree / layout.PREPARED_MARKER).read_text())
+        requirements = tuple(build_requirements(tree, spec))
     recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
-    return PreparedPackage(spec, fetched, tree, tuple(series), recorded,
-                           tuple(build_requirements(tree, spec)))
+    return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements)
 
+
+def ensure_prepared(prep: PreparedPackage) -> None:
+    """The tree holds prep's content (its marker has prep's key), prepared again in place
+    if another build (other patches, another source of the same version) left its own
+    there. The caller holds the tree's lock."""
+    tree, marker = prep.tree, prep.tree / layout.PREPARED_MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("key") == prep.key:
+        return
+    identity = prep.fetched.sha256 or prep.fetched.commit or \
+        dir_digest(prep.fetched.directory or Path())
+    tmp = temp_sibling(tree)
+    remove(tmp)
+    try:
+        if prep.fetched.archive is not None:
+            sources.unpack(prep.fetched.archive, tmp)
+        else:
+            assert prep.fetched.directory is not None
+            sources.copy_tree(prep.fetched.directory, tmp)
+        applied = patches.apply_series(tmp, list(prep.patches))
+        stripped = pins.strip_torch_pins(tmp)
+        (tmp / layout.PREPARED_MARKER).write_text(json.dumps({
+            "key": prep.key, "source": identity,
+            "patches": [[p.name, p.sha256] for p in applied],
+            "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
+    except BaseException:
+        remove(tmp)
+        raise
+    publish_dir(tmp, tree)

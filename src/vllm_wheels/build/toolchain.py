@@ -6,6 +6,7 @@ compile cache. All checks run before anything compiles.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -582,12 +583,29 @@ class CompileCache:
             # docs/shared-cache.md: without the cache root, device code, PTX and host C++
             # missed).
             basedirs = os.pathsep.join([str(source_root), str(self.directory.parent)])
-            return {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
-                    "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
-                    "SCCACHE_SERVER_PORT": str(sccache_port(self.directory)),
-                    **(self.remote.sccache_env() if self.remote and
-                       self.backend == self.remote.backend else {})}
+            env = {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
+                   "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
+                   "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
+            if self.uses_remote:
+                # A compile whose server goes away (RemoteGuard restarts it when the remote
+                # dies) compiles locally instead of failing.
+                env["SCCACHE_IGNORE_SERVER_IO_ERROR"] = "1"
+            return env
         return {}
+
+    @property
+    def uses_remote(self) -> bool:
+        return self.tool == "sccache" and self.remote is not None and \
+            self.backend == self.remote.backend
+
+    def server_env(self, source_root: Path) -> dict[str, str]:
+        """The sccache server's environment: the compiles' (env) plus the remote. Only the
+        server the pipeline starts knows the remote; a server started by a compile (after
+        RemoteGuard stopped the first) gets the compile's environment: local only."""
+        env = self.env(source_root)
+        if self.uses_remote and self.remote is not None:
+            env.update(self.remote.sccache_env())
+        return env
 
     def launcher(self) -> str:
         return str(self.path) if self.path else ""
@@ -643,8 +661,84 @@ def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, Any]
         return {"hits": sum(hit_counts.values()), "misses": sum(miss_counts.values()),
                 "by_language": {lang: {"hits": hit_counts.get(lang, 0),
                                        "misses": miss_counts.get(lang, 0)}
-                                for lang in sorted({*hit_counts, *miss_counts})}}
+                                for lang in sorted({*hit_counts, *miss_counts})},
+                "errors": sccache_errors(data)}
     return None
+
+
+def sccache_errors(data: dict[str, Any]) -> dict[str, int]:
+    """sccache's storage error counters ("stats" of --show-stats --stats-format json):
+    cache read errors (cache_errors, counted per language), write errors, timeouts. With a
+    multilevel chain (disk,redis) a failed remote write is counted only in its level's
+    `write_failures` (sccache 0.16: the overall counters stay 0, and a failed remote read
+    is a miss), so those of the levels behind the local disk count as write errors too."""
+    def number(value: Any) -> int:
+        if isinstance(value, dict):
+            return sum(number(v) for v in (value.get("counts") or {}).values())
+        return int(value) if isinstance(value, int | float) else 0
+    remote_levels = (data.get("multi_level") or [])[1:]
+    return {"read": number(data.get("cache_errors")) + number(data.get("cache_read_errors")),
+            "write": number(data.get("cache_write_errors"))
+            + sum(number(level.get("write_failures")) for level in remote_levels
+                  if isinstance(level, dict)),
+            "timeouts": number(data.get("cache_timeouts"))}
+
+
+def start_compile_cache_server(cc: CompileCache, source_root: Path) -> str:
+    """Starts this build's sccache server with the remote (server_env); "" or a warning.
+    A server of an earlier run on this cache's port is stopped first: it may hold other
+    settings. A server that does not start with the remote (sccache checks the remote at
+    startup; it may have gone since the plan's ping) is started with the local cache only:
+    the build never fails for a cache."""
+    if cc.tool != "sccache" or cc.path is None:
+        return ""
+    with contextlib.suppress(ToolchainError):
+        capture([cc.path, "--stop-server"], env_changes=cc.env(source_root))
+    if not cc.uses_remote:
+        capture([cc.path, "--start-server"], env_changes=cc.env(source_root))
+        return ""
+    try:
+        capture([cc.path, "--start-server"], env_changes=cc.server_env(source_root))
+        return ""
+    except ToolchainError as exc:
+        capture([cc.path, "--start-server"], env_changes=cc.env(source_root))
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        assert cc.remote is not None
+        return (f"compile cache remote {cc.remote.redacted}: sccache did not start with it "
+                f"({detail}); this package builds with the local cache only")
+
+
+def switch_to_local_compile_cache(cc: CompileCache, source_root: Path
+                                  ) -> dict[str, Any] | None:
+    """RemoteGuard's action: the statistics of the running server (lost when it stops),
+    then the server restarted without the remote. Compiles in flight fall back to
+    compiling locally (SCCACHE_IGNORE_SERVER_IO_ERROR)."""
+    if cc.tool != "sccache" or cc.path is None:
+        return None
+    env = cc.env(source_root)
+    stats = None
+    with contextlib.suppress(ToolchainError, ValueError):
+        stats = compile_cache_stats(cc, env)
+    with contextlib.suppress(ToolchainError):
+        capture([cc.path, "--stop-server"], env_changes=env)
+    capture([cc.path, "--start-server"], env_changes=env)
+    return stats
+
+
+def add_compile_cache_stats(first: dict[str, Any] | None, second: dict[str, Any] | None
+                            ) -> dict[str, Any] | None:
+    """Two servers' statistics (compile_cache_stats) of one build, summed."""
+    if first is None or second is None:
+        return second if first is None else first
+    total: dict[str, Any] = {}
+    for key in {*first, *second}:
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            total[key] = add_compile_cache_stats(a or {}, b or {})
+        else:
+            total[key] = int(a or 0) + int(b or 0)
+    order = [*first, *sorted(key for key in second if key not in first)]
+    return {key: total[key] for key in order}
 
 
 def zero_compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> None:
