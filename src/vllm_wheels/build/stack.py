@@ -307,39 +307,32 @@ class OptionKey:
     doc: str
 
 
-# The keys each builder accepts in [packages.NAME] options, with their defaults. The
-# reader checks the keys and types and fills in the defaults (the table stays a plain
-# mapping in PackageSpec.options, which the manifest records); each builder reads its
-# typed view of it.
-BUILDER_OPTIONS: Mapping[str, Mapping[str, OptionKey]] = {
-    "vllm": {
-        "compile_only": OptionKey(list, [], "Compile only these translation units after "
-                                  "configure, and make no wheel: the CI smoke path (a full "
-                                  "vLLM compile does not fit a 2-core CI job)."),
-        "cmake_args": OptionKey(list, [], "Extra arguments for vLLM's CMake configure."),
-    },
-    "flashinfer": {
-        "aot": OptionKey(bool, True, "Compile FlashInfer's kernels ahead of time into the "
-                         "wheel. false = a JIT-only wheel; its manifest then says the runtime host "
-                         "needs a CUDA toolkit."),
-        "aot_modules": OptionKey(list, ["*"], "Globs over FlashInfer's AOT module names; "
-                                 "[\"*\"] = everything flashinfer.aot builds."),
-        "aot_arch_list": OptionKey(str, "", "FLASHINFER_CUDA_ARCH_LIST; \"\" = derived from "
-                                   "the stack's cuda_arch_list, arch-specific suffix added "
-                                   "(e.g. 12.0a with nvcc 12.8, 12.0f with nvcc >= 12.9)."),
-    },
-    "setuptools": {},
-}
+def builder_options(builder: str) -> Mapping[str, OptionKey]:
+    """The keys builder `builder` accepts in [packages.NAME] options, with their TOML type,
+    default and doc, read from the builder's options dataclass (build/builders/<name>.py
+    owns them). The reader checks the keys and types and fills in the defaults (the table
+    stays a plain mapping in PackageSpec.options, which the manifest records); each
+    builder reads its typed view of it. Imported here, not at the top: the builders import
+    this schema."""
+    from .builders import BUILDERS
+
+    options = BUILDERS[builder].Options
+    hints = get_type_hints(options)
+    keys: dict[str, OptionKey] = {}
+    for f in dataclasses.fields(options):
+        tp = hints[f.name]
+        default: Any = f.default
+        if get_origin(tp) is tuple:  # a TOML array
+            tp, default = list, list(default)
+        keys[f.name] = OptionKey(tp, default, str(f.metadata.get("doc", "")))
+    return keys
 
 
 def default_builder(name: str) -> str:
-    """The builder a package gets when its table names none."""
-    canon = canonicalize_name(name)
-    if canon == "vllm":
-        return "vllm"
-    if canon == "flashinfer-python":
-        return "flashinfer"
-    return "setuptools"
+    """The builder a package gets when its table names none (builders.DEFAULT_BUILDERS)."""
+    from .builders import default_builder as of_package
+
+    return of_package(name)
 
 
 def default_patch_dir(name: str, version: str | None) -> str:
@@ -601,13 +594,13 @@ def _read_schema(cls: Any, table: Table, **given: Any) -> Any:
 
 def _read_options(builder: str, table: Table) -> dict[str, Any]:
     options = {k: table.get(k, o.kind, copy.deepcopy(o.default))
-               for k, o in BUILDER_OPTIONS[builder].items()}
+               for k, o in builder_options(builder).items()}
     table.finish()
     return options
 
 
 def _non_default_options(builder: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    defaults = {k: o.default for k, o in BUILDER_OPTIONS[builder].items()}
+    defaults = {k: o.default for k, o in builder_options(builder).items()}
     return {k: v for k, v in options.items() if defaults.get(k) != v}
 
 
@@ -798,7 +791,7 @@ def render_reference() -> str:
             "`options = { ... }` in `[packages.NAME]` (or a `[packages.NAME.options]` table);",
             "the keys depend on the package's builder.", ""]
     for builder in BUILDERS:
-        options = BUILDER_OPTIONS[builder]
+        options = builder_options(builder)
         out.append(f"### builder = \"{builder}\"")
         out.append("")
         if not options:

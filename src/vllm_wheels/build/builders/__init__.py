@@ -64,6 +64,12 @@ class Builder(Protocol):
     """What the pipeline asks a builder (each builder is a module of this package)."""
 
     NAME: str  # the stack's `builder = "NAME"`
+    @property
+    def Options(self) -> type:  # noqa: N802 - the builder module's class
+        """The frozen dataclass of [packages.P.options]: its fields (type, default, "doc"
+        in the field metadata) are the one definition of the builder's options; the stack
+        schema and docs/stack-reference.md read them from here."""
+        ...
 
     def parse(self, options: Mapping[str, Any], where: str) -> object:
         """The builder's frozen options dataclass from [packages.P.options] (defaults in

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,15 @@ NAME = "flashinfer"
 class Options:
     """[packages.flashinfer-python.options]"""
 
-    aot: bool = True  # compile the kernels ahead of time (else JIT on first use)
-    # Globs over FlashInfer's AOT module names; ("*",) = everything flashinfer.aot builds.
-    aot_modules: tuple[str, ...] = ("*",)
-    # FLASHINFER_CUDA_ARCH_LIST; "" = derived from the stack's arch list.
-    aot_arch_list: str = ""
+    aot: bool = field(default=True, metadata={"doc": (
+        "Compile FlashInfer's kernels ahead of time into the wheel. false = a JIT-only "
+        "wheel; its manifest then says the runtime host needs a CUDA toolkit.")})
+    aot_modules: tuple[str, ...] = field(default=("*",), metadata={"doc": (
+        "Globs over FlashInfer's AOT module names; [\"*\"] = everything flashinfer.aot "
+        "builds.")})
+    aot_arch_list: str = field(default="", metadata={"doc": (
+        "FLASHINFER_CUDA_ARCH_LIST; \"\" = derived from the stack's cuda_arch_list, "
+        "arch-specific suffix added (e.g. 12.0a with nvcc 12.8, 12.0f with nvcc >= 12.9).")})
 
 
 def parse(options: Mapping[str, Any], where: str) -> Options:

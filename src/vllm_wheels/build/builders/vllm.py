@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sysconfig
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,11 @@ NAME = "vllm"
 class Options:
     """[packages.vllm.options]"""
 
-    # Compile only these translation units after configure, and make no wheel: the CI
-    # smoke path (a full vLLM compile does not fit a 2-core CI job).
-    compile_only: tuple[str, ...] = ()
-    # Appended to the configure's CMake arguments (CMAKE_ARGS).
-    cmake_args: tuple[str, ...] = ()
+    compile_only: tuple[str, ...] = field(default=(), metadata={"doc": (
+        "Compile only these translation units after configure, and make no wheel: the CI "
+        "smoke path (a full vLLM compile does not fit a 2-core CI job).")})
+    cmake_args: tuple[str, ...] = field(default=(), metadata={"doc": (
+        "Extra arguments for vLLM's CMake configure.")})
 
 
 def parse(options: Mapping[str, Any], where: str) -> Options:
