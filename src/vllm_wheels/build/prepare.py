@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -110,9 +111,7 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
     key differs is prepared again in its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
     series = patches.read_series(repo_root / spec.patches)
-    identity = fetched.sha256 or fetched.commit or dir_digest(fetched.directory or Path())
-    key = hashlib.sha256(json.dumps({"source": identity, "patches": [p.sha256 for p in series],
-                                     "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
+    key = _content_key(_source_identity(fetched), series)
     version = spec.source.version or "local"
     tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}"
     prep = PreparedPackage(spec, fetched, tree, tuple(series), (), (), key=key)
@@ -124,6 +123,16 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
     return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements)
 
 
+def _source_identity(fetched: sources.FetchedSource) -> str:
+    return fetched.sha256 or fetched.commit or dir_digest(fetched.directory or Path())
+
+
+def _content_key(identity: str, series: Sequence[patches.PatchFile]) -> str:
+    """What a prepared tree holds: the source and the patches applied to it."""
+    return hashlib.sha256(json.dumps({"source": identity, "patches": [p.sha256 for p in series],
+                                      "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
+
+
 def ensure_prepared(prep: PreparedPackage) -> None:
     """The tree holds prep's content (its marker has prep's key), prepared again in place
     if another build (other patches, another source of the same version) left its own
@@ -131,8 +140,9 @@ def ensure_prepared(prep: PreparedPackage) -> None:
     tree, marker = prep.tree, prep.tree / layout.PREPARED_MARKER
     if marker.exists() and json.loads(marker.read_text()).get("key") == prep.key:
         return
-    identity = prep.fetched.sha256 or prep.fetched.commit or \
-        dir_digest(prep.fetched.directory or Path())
+    # The key of what is copied now (a path source may have changed since the plan).
+    identity = _source_identity(prep.fetched)
+    key = _content_key(identity, prep.patches)
     tmp = temp_sibling(tree)
     remove(tmp)
     try:
@@ -144,7 +154,7 @@ def ensure_prepared(prep: PreparedPackage) -> None:
         applied = patches.apply_series(tmp, list(prep.patches))
         stripped = pins.strip_torch_pins(tmp)
         (tmp / layout.PREPARED_MARKER).write_text(json.dumps({
-            "key": prep.key, "source": identity,
+            "key": key, "source": identity,
             "patches": [[p.name, p.sha256] for p in applied],
             "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
     except BaseException:

@@ -8,6 +8,7 @@ wheel.
 
 from __future__ import annotations
 
+import re
 import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -281,11 +282,34 @@ def longest_first_step(ctx: BuildContext, env: Mapping[str, str | None],
                 env, build_dir, progress=True, resolve=resolve)
 
 
+def stale_cmake_cache(build_dir: Path, nvcc: Path) -> bool:
+    """Whether build_dir's CMakeCache.txt was configured with another CUDA compiler: that of
+    another builder whose pipeline cache (and the CUDA_HOME assembled in it) differs, on a
+    tree it shares under the build root. CMake would then throw the cache away and configure
+    again without the command line's -D values ("You have changed variables that require
+    your cache to be deleted"), and vLLM stops at "Please set VLLM_PYTHON_EXECUTABLE"
+    (seen in `nox -s bench_build`: the one-file patch after the second builder). The
+    configure step then runs with `--fresh` (CMake >= 3.24): a new cache, the same build
+    tree; ninja recompiles what the new commands change, from the compile cache."""
+    try:
+        text = (build_dir / "CMakeCache.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    match = re.search(r"^CMAKE_CUDA_COMPILER:[A-Z]+=(.*)$", text, re.M)
+    return match is not None and match.group(1).strip() != str(nvcc)
+
+
 def steps(ctx: BuildContext) -> list[Step]:
     env = vllm_env(ctx)
     build_dir = vllm_build_dir(ctx)
+    configure = vllm_configure_argv(ctx)
+    nvcc = ctx.cuda_home / "bin" / "nvcc"
+
+    def fresh_if_stale() -> tuple[str, ...]:
+        return (*configure, "--fresh") if stale_cmake_cache(build_dir, nvcc) else configure
+
     planned = [Step("CMake configure (as vLLM's setup.py does), disconnected",
-                    vllm_configure_argv(ctx), env, build_dir,
+                    configure, env, build_dir, resolve=fresh_if_stale,
                     after=lambda ok: check_fetches(ctx, ok))]
     compile_only = list(options_of(ctx.spec).compile_only)
     if compile_only:
