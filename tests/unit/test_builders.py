@@ -111,3 +111,17 @@ source = {{ path = "x", version = "1.0" }}
         assert spec.builder == builders.default_builder(spec.name)
         assert dict(spec.options) == builders.option_defaults(spec.builder)
     assert [p.builder for p in stack.packages] == ["flashinfer", "vllm", "setuptools"]
+
+
+def test_the_registry_is_every_module_of_the_package() -> None:
+    """A builder is one module: the registry, the default builders and the stack schema's
+    allowed names come from the modules of build/builders/, nothing is listed by hand."""
+    from vllm_wheels.build import stack
+
+    folder = Path(builders.__file__).parent
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base"))
+    assert [builders.BUILDERS[n].__name__.rsplit(".", 1)[1] for n in builders.BUILDERS] == modules
+    assert stack.builder_names() == tuple(builders.BUILDERS)
+    assert builders.DEFAULT_BUILDERS == {"vllm": "vllm", "flashinfer-python": "flashinfer"}
+    assert builders.default_builder("FlashInfer_Python") == "flashinfer"
+    assert builders.default_builder("tiny-cuda-ext") == "setuptools"

@@ -44,12 +44,18 @@ REFERENCE_DOC = "docs/stack-reference.md"
 PYPI_SIMPLE_URL = "https://pypi.org/simple"
 
 # Closed vocabularies: the allowed values are the Literal's arguments.
-BuilderName = Literal["vllm", "flashinfer", "setuptools"]
 SourceKind = Literal["pypi", "git", "path"]
 ToolkitSource = Literal["system", "pip"]
 BuildType = Literal["Release", "RelWithDebInfo", "Debug"]
 CompileCache = Literal["auto", "ccache", "sccache", "none"]
-BUILDERS: tuple[str, ...] = get_args(BuilderName)
+
+
+def builder_names() -> tuple[str, ...]:
+    """The allowed `builder = ...` values: the builder registry's (a module per builder in
+    build/builders/; imported here, not at the top: the builders import this schema)."""
+    from .builders import BUILDERS
+
+    return tuple(BUILDERS)
 COMPILE_CACHES: tuple[str, ...] = get_args(CompileCache)
 BUILD_TYPES: tuple[str, ...] = get_args(BuildType)
 
@@ -65,7 +71,8 @@ def key(doc: str, *, toml: str | None = None, read: bool = True, always: bool = 
         dump: Callable[[Any], Any] | None = None,
         derive: Callable[[Mapping[str, Any]], Any] | None = None,
         read_with: Callable[[Table, Mapping[str, Any]], Any] | None = None,
-        write_with: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
+        write_with: Callable[[Any, Any], Any] | None = None,
+        choices: Callable[[], Sequence[str]] | None = None) -> dict[str, Any]:
     """A field's metadata.
 
     doc: the reference's text. toml: the TOML key when it differs from the attribute.
@@ -76,10 +83,13 @@ def key(doc: str, *, toml: str | None = None, read: bool = True, always: bool = 
     default_doc: that default as the reference shows it. read_with(table, values) and
     write_with(obj, value): a key whose shape depends on other keys (a package's options
     depend on its builder) or that the writer lays out itself (the packages).
+    choices(): the allowed values of a string key whose vocabulary is open to extension
+    in code (the builders: one per module of build/builders/); a Literal type is the
+    closed form.
     """
     return {"doc": doc, "toml": toml, "read": read, "always": always,
             "default_doc": default_doc, "parse": parse, "dump": dump, "derive": derive,
-            "read_with": read_with, "write_with": write_with}
+            "read_with": read_with, "write_with": write_with, "choices": choices}
 
 
 def _parse_arch_list(value: str, file: Path) -> tuple[str, ...]:
@@ -346,8 +356,8 @@ class PackageSpec:
     (e.g. "vllm", "flashinfer-python")."""
 
     name: str = field(metadata=key("The distribution name (the table's name).", read=False))
-    builder: BuilderName = field(metadata=key(
-        "How it is built.", derive=lambda v: default_builder(v["name"]),
+    builder: str = field(metadata=key(
+        "How it is built.", derive=lambda v: default_builder(v["name"]), choices=builder_names,
         default_doc="\"vllm\" for vllm, \"flashinfer\" for flashinfer-python, else "
         "\"setuptools\""))
     source: Source = field(metadata=key("Where the source comes from (see [source] below)."))
@@ -544,8 +554,9 @@ def _read_value(table: Table, f: dataclasses.Field[Any], tp: Any,
     origin = get_origin(tp)
     if _is_schema(tp):
         return _read_schema(tp, table.sub(name, required=required))
-    if origin is Literal:
-        allowed = get_args(tp)
+    if origin is Literal or f.metadata.get("choices") is not None:
+        choices = f.metadata.get("choices")
+        allowed = tuple(choices()) if choices is not None else get_args(tp)
         value = table.get(name, str, fallback, required=required)
         if value not in allowed:
             raise ConfigError(f"{table.file}: [{table.where}] {name} must be "
@@ -713,8 +724,10 @@ def _type_doc(f: dataclasses.Field[Any], tp: Any) -> str:
     tp, _ = _optional(tp)
     if f.metadata.get("parse") is not None:
         return "string"
-    if get_origin(tp) is Literal:
-        return " \\| ".join(f"`\"{a}\"`" for a in get_args(tp))
+    if get_origin(tp) is Literal or f.metadata.get("choices") is not None:
+        choices = f.metadata.get("choices")
+        allowed = tuple(choices()) if choices is not None else get_args(tp)
+        return " \\| ".join(f"`\"{a}\"`" for a in allowed)
     if hasattr(tp, "to_table"):
         return "inline table"
     if _is_schema(tp):
@@ -790,7 +803,7 @@ def render_reference() -> str:
     out += ["## options (per builder)", "",
             "`options = { ... }` in `[packages.NAME]` (or a `[packages.NAME.options]` table);",
             "the keys depend on the package's builder.", ""]
-    for builder in BUILDERS:
+    for builder in builder_names():
         options = builder_options(builder)
         out.append(f"### builder = \"{builder}\"")
         out.append("")

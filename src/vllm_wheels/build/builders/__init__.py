@@ -12,23 +12,26 @@ names a builder.
   vllm.py        vLLM: CMake configure as setup.py does it, disconnected, then the wheel
 
 Adding a builder: write `builders/NAME.py` with the members of `Builder` (copy
-setuptools.py, the smallest), add it to BUILDERS below, and add `tests/unit/
-test_builder_NAME.py` checking its steps on a small fixture tree. Nothing else changes:
-the plan, the build and the manifest reach it through the protocol.
+setuptools.py, the smallest) and add `tests/unit/test_builder_NAME.py` checking its steps
+on a small fixture tree. Nothing else changes: the registry finds the module, the stack
+schema accepts its NAME and reads its Options, docs/stack-reference.md documents them once
+regenerated, and the plan, the build and the manifest reach it through the protocol.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from packaging.utils import canonicalize_name
 
 from ..fetchcontent import ExternalSource
 from ..stack import PackageSpec
-from . import flashinfer, setuptools, vllm
+from . import setuptools
 from .base import (
     DEFAULT_SOURCE_DATE_EPOCH,
     HELPERS,
@@ -64,6 +67,9 @@ class Builder(Protocol):
     """What the pipeline asks a builder (each builder is a module of this package)."""
 
     NAME: str  # the stack's `builder = "NAME"`
+    # The packages (distribution names) built with this builder when their stack table
+    # names no builder.
+    PACKAGES: tuple[str, ...]
     @property
     def Options(self) -> type:  # noqa: N802 - the builder module's class
         """The frozen dataclass of [packages.P.options]: its fields (type, default, "doc"
@@ -109,17 +115,27 @@ class Builder(Protocol):
         ...
 
 
+def _discover() -> dict[str, Builder]:
+    """Every module of this package but base.py is a builder, registered by its NAME (sorted
+    by module name, so the order is the same everywhere): a new builder is a new module,
+    nothing to register by hand. Whether each module answers the whole protocol is checked
+    by tests/unit/test_builders.py (a registry built at run time is beyond mypy)."""
+    found: dict[str, Builder] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        module = cast("Builder", importlib.import_module(f"{__name__}.{info.name}"))
+        found[module.NAME] = module
+    return found
+
+
 # builder name (the stack's `builder = ...`) -> the module implementing it
-BUILDERS: dict[str, Builder] = {
-    setuptools.NAME: setuptools,
-    flashinfer.NAME: flashinfer,
-    vllm.NAME: vllm,
-}
+BUILDERS: dict[str, Builder] = _discover()
 
-
-# The builder of a package whose stack table names none (canonical name -> builder);
-# every other package is built with setuptools.
-DEFAULT_BUILDERS = {"vllm": vllm.NAME, "flashinfer-python": flashinfer.NAME}
+# The builder of a package whose stack table names none (canonical name -> builder), from
+# each builder's PACKAGES; every other package is built with setuptools.
+DEFAULT_BUILDERS = {canonicalize_name(package): name for name, module in BUILDERS.items()
+                    for package in module.PACKAGES}
 
 
 def default_builder(package: str) -> str:

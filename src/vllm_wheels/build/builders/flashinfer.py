@@ -29,6 +29,7 @@ from .base import (
 )
 
 NAME = "flashinfer"
+PACKAGES: tuple[str, ...] = ("flashinfer-python",)  # built with this builder by default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ from ..stack import PackageSpec
 from .base import BuildContext, Step, WheelExtras, parse_options, wheel_step
 
 NAME = "setuptools"
+PACKAGES: tuple[str, ...] = ()  # built with this builder by default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ from ..stack import PackageSpec
 from .base import BuildContext, Step, WheelExtras, parse_options, wheel_step
 
 NAME = "vllm"
+PACKAGES: tuple[str, ...] = ("vllm",)  # built with this builder by default
 
 
 @dataclass(frozen=True, kw_only=True)
