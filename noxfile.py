@@ -144,7 +144,8 @@ def tests(session: nox.Session) -> None:
     """Unit tests, then integration tests (pass pytest arguments after --)."""
     session.install("-e", ".[test]")
     args = session.posargs or []
-    session.run("pytest", "tests/unit", *args)
+    # The unit tier is independent tests: one worker per core (pytest-xdist) keeps it fast.
+    session.run("pytest", "tests/unit", "-n", "auto", *args)
     session.run("pytest", "tests/integration", "--timeout=3000", *args)
 
 
