@@ -6,12 +6,13 @@ a CMake cache another builder left in a shared tree is not reused. Real local so
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
 
 from vllm_wheels.build.builders.vllm import stale_cmake_cache
-from vllm_wheels.build.prepare import ensure_prepared, prepare_package
+from vllm_wheels.build.prepare import ensure_prepared, prepare_package, tree_name
 from vllm_wheels.build.stack import load_stack
 from vllm_wheels.cache import Cache
 from vllm_wheels.layout import PREPARED_MARKER
@@ -39,7 +40,8 @@ def test_a_changed_tree_is_prepared_again_at_the_same_path(tmp_path: Path) -> No
     cache = Cache(tmp_path / "cache")
     reporter = Reporter(tmp_path / "log", stream=io.StringIO())
     first = prepare_package(spec, cache, tmp_path, reporter)
-    assert first.tree == cache.tree_parent(False) / "tiny-cuda-ext-0.1.0"
+    assert first.tree == cache.tree_parent(False) / tree_name(spec)
+    assert first.tree.name.startswith("tiny-cuda-ext-0.1.0-")
     assert json.loads((first.tree / PREPARED_MARKER).read_text())["key"] == first.key
     # What a build leaves in the tree (its build dir) stays while nothing changed.
     (first.tree / "build").mkdir()
@@ -58,7 +60,14 @@ def test_a_changed_tree_is_prepared_again_at_the_same_path(tmp_path: Path) -> No
     patched = changed.tree / "tiny_cuda_ext" / "kernel.cu"
     assert patched.read_text().startswith("// one-file patch\n")
     assert not (changed.tree / "build").exists()
-    assert sorted(p.name for p in changed.tree.parent.iterdir()) == ["tiny-cuda-ext-0.1.0"]
+    assert sorted(p.name for p in changed.tree.parent.iterdir()) == [first.tree.name]
+
+    # Another patch series directory of the same version (another stack's): its own tree,
+    # the first one untouched.
+    other = dataclasses.replace(spec, patches="other-patches")
+    elsewhere = prepare_package(other, cache, tmp_path, reporter)
+    assert elsewhere.tree != changed.tree and elsewhere.tree.name.startswith("tiny-cuda-ext-0.1.0-")
+    assert patched.read_text().startswith("// one-file patch\n")
 
     # A build planned before the patch finds the tree changed since its plan: its build
     # step prepares its own content again before compiling.

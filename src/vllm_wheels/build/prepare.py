@@ -103,17 +103,17 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
     remote compile cache) under the machine-wide build root, where every builder's tree of
     the same source is at the same path (Cache.tree_parent).
 
-    The path is one per package and version; the content's key (source and patches) is in
-    the tree's marker file. Why not the key in the path: nvcc writes the source's path into
-    the preprocessed device code it hands to cudafe++ and cicc, so a new path for a patched
-    tree made every unit of it miss the compile cache, not only the patched one (measured
-    with the fixture extension: a one-file change missed both of its units). A tree whose
-    key differs is prepared again in its place, under the tree's lock."""
+    The path is one per package, version and patch series directory (tree_name); the
+    content's key (source and patches) is in the tree's marker file. Why not the key in the
+    path: nvcc writes the source's path into the preprocessed device code it hands to
+    cudafe++ and cicc, so a new path for a patched tree made every unit of it miss the
+    compile cache, not only the patched one (measured with the fixture extension: a
+    one-file change missed both of its units). A tree whose key differs is prepared again in
+    its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
     series = patches.read_series(repo_root / spec.patches)
     key = _content_key(_source_identity(fetched), series)
-    version = spec.source.version or "local"
-    tree = cache.tree_parent(shared_tree) / f"{canonicalize_name(spec.name)}-{version}"
+    tree = cache.tree_parent(shared_tree) / tree_name(spec)
     prep = PreparedPackage(spec, fetched, tree, tuple(series), (), (), key=key)
     with cache.tree_lock(tree):
         ensure_prepared(prep)
@@ -121,6 +121,18 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
         requirements = tuple(build_requirements(tree, spec))
     recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
     return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements)
+
+
+def tree_name(spec: PackageSpec) -> str:
+    """A prepared tree's directory name: the package, its version and the stack's patch
+    series directory (as the stack writes it, so the same on every builder), not the
+    patches' content. An edited patch or source file keeps the tree's path (its unchanged
+    units hit the compile cache); another series of the same version (another stack's, a
+    trial's) gets its own tree, so stacks that differ in patches do not take turns
+    rebuilding one tree."""
+    version = spec.source.version or "local"
+    series = hashlib.sha256(spec.patches.encode()).hexdigest()[:8]
+    return f"{canonicalize_name(spec.name)}-{version}-{series}"
 
 
 def _source_identity(fetched: sources.FetchedSource) -> str:
