@@ -163,8 +163,10 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
         # local cache (sccache's write policy l0), so the build succeeds; say so.
         remote_warning = ""
         if cc.remote is not None and cc.tool == "sccache":
+            # No ping when the guard already saw the remote go (it would only wait for it).
             remote_warning = start_warning or remote_cache.after_build(
-                cc.remote, stats, remote_cache.ping(cc.remote), guard.fallback)
+                cc.remote, stats, remote_cache.ping(cc.remote) if guard.fallback is None
+                else None, guard.fallback)
             if guard.error:
                 remote_warning += f" (restarting sccache without the remote: {guard.error})"
             if remote_warning:

@@ -112,11 +112,12 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
     its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
     series = patches.read_series(repo_root / spec.patches)
-    key = _content_key(_source_identity(fetched), series)
+    identity = _source_identity(fetched)
+    key = _content_key(identity, series)
     tree = cache.tree_parent(shared_tree) / tree_name(spec)
     prep = PreparedPackage(spec, fetched, tree, tuple(series), (), (), key=key)
     with cache.tree_lock(tree):
-        ensure_prepared(prep)
+        ensure_prepared(prep, identity)
         data = json.loads((tree / layout.PREPARED_MARKER).read_text())
         requirements = tuple(build_requirements(tree, spec))
     recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
@@ -145,15 +146,17 @@ def _content_key(identity: str, series: Sequence[patches.PatchFile]) -> str:
                                       "layout": PREPARE_LAYOUT}).encode()).hexdigest()[:12]
 
 
-def ensure_prepared(prep: PreparedPackage) -> None:
+def ensure_prepared(prep: PreparedPackage, identity: str | None = None) -> None:
     """The tree holds prep's content (its marker has prep's key), prepared again in place
     if another build (other patches, another source of the same version) left its own
-    there. The caller holds the tree's lock."""
+    there. The caller holds the tree's lock. `identity`: the source's, when the caller has
+    just computed it (for a path source that reads every file)."""
     tree, marker = prep.tree, prep.tree / layout.PREPARED_MARKER
     if marker.exists() and json.loads(marker.read_text()).get("key") == prep.key:
         return
     # The key of what is copied now (a path source may have changed since the plan).
-    identity = _source_identity(prep.fetched)
+    if identity is None:
+        identity = _source_identity(prep.fetched)
     key = _content_key(identity, prep.patches)
     tmp = temp_sibling(tree)
     remove(tmp)

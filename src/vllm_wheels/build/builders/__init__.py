@@ -20,7 +20,6 @@ regenerated, and the plan, the build and the manifest reach it through the proto
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Mapping
@@ -55,7 +54,6 @@ __all__ = [
     "WheelExtras",
     "builder_for",
     "default_builder",
-    "option_defaults",
     "hold_specs",
     "makes_wheel",
     "prefix_specs_path",
@@ -140,15 +138,6 @@ DEFAULT_BUILDERS = {canonicalize_name(package): name for name, module in BUILDER
 
 def default_builder(package: str) -> str:
     return DEFAULT_BUILDERS.get(canonicalize_name(package), setuptools.NAME)
-
-
-def option_defaults(builder: str) -> dict[str, Any]:
-    """The builder's options as a stack file writes them when none is set (lists for
-    tuples), from its options dataclass: what a stack writer may leave out."""
-    options = BUILDERS[builder].parse({}, f"{builder} defaults")
-    assert dataclasses.is_dataclass(options) and not isinstance(options, type)
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(options).items()}
 
 
 def builder_for(spec: PackageSpec) -> Builder:
