@@ -287,6 +287,23 @@ def test_vllm_steps(tmp_path: Path) -> None:
     assert dict(wheel.env) == vllm_builder.vllm_env(ctx)
 
 
+def test_vllm_configure_is_fresh_only_over_another_builders_cmake_cache(tmp_path: Path
+                                                                        ) -> None:
+    """Decided when the step runs: no cache or this build's nvcc -> the planned command;
+    a CMakeCache.txt naming another builder's nvcc -> the same command with --fresh."""
+    t = tmp_path
+    ctx = vllm_context(t)
+    configure = builders.steps_for(ctx)[0]
+    assert configure.resolve is not None
+    assert configure.resolve() == configure.argv  # nothing configured yet
+    cache = t / "src" / "vllm" / "build" / f"temp.{PLAT}-cpython-312" / "CMakeCache.txt"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(f"CMAKE_CUDA_COMPILER:FILEPATH={t}/cuda/bin/nvcc\n")
+    assert configure.resolve() == configure.argv
+    cache.write_text("CMAKE_CUDA_COMPILER:FILEPATH=/other-cache/cuda-home/bin/nvcc\n")
+    assert configure.resolve() == (*configure.argv, "--fresh")
+
+
 def test_vllm_steps_compile_only(tmp_path: Path) -> None:
     t = tmp_path
     ctx = vllm_context(t, options={"compile_only": ["csrc/a.cu", "csrc/b.cu"]})
