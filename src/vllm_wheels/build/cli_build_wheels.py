@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from . import bundle, pipeline
 from .parallelism import parallelism_overrides
 from .plan import make_plan, raise_on_failed_checks
 from .render import render_plan
-from .stack import load_stack
+from .stack import TOOLKIT_OVERRIDE_ENV, load_stack, with_toolkit_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "build-telemetry.json (e.g. another machine's) or a record from "
                              "CACHE/unit-costs/ (default: $VLLM_WHEELS_UNIT_COSTS, then this "
                              "cache's record of the same version and arch list, then the rule)")
+    parser.add_argument("--cuda-toolkit", choices=("system", "pip"), default=None,
+                        help="where nvcc comes from on this machine, over the stack's "
+                             "[cuda_toolkit] source (default: $VLLM_WHEELS_CUDA_TOOLKIT, then "
+                             "the stack); the version requirement still applies")
     parser.add_argument("--only", nargs="+", default=None, help="build only these packages")
     parser.add_argument("--no-fetch", action="store_true",
                         help="never clone external sources (fail if one is not in the cache)")
@@ -107,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         stack_path = args.stack or layout.default_stack(root)
     stack = load_stack(stack_path)
+    if args.cuda_toolkit:
+        stack = with_toolkit_source(stack, args.cuda_toolkit, "--cuda-toolkit")
+    else:
+        stack = with_toolkit_source(stack, os.environ.get(TOOLKIT_OVERRIDE_ENV),
+                                    TOOLKIT_OVERRIDE_ENV)
     output = (args.output_dir or layout.wheels_dir(root, stack.name)).resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_path = cache.logs / f"{'plan' if args.dry_run else 'build'}-{stack.name}-{stamp}.log"

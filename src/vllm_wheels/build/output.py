@@ -91,7 +91,10 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
         "stack": {"name": plan.stack.name, "digest": plan.stack.digest(),
                   "file": _repo_relative(plan.stack.path, plan.repo_root)},
         "torch": {**torch, "pin": pin_map.get("torch")},
-        "nvcc": {"version": plan.nvcc.full_version, "release": plan.nvcc.release},
+        # Which toolkit compiled: its version, and whether it was the machine's own or the
+        # one assembled from PyPI's cuda-toolkit wheels (a machine may override the stack).
+        "nvcc": {"version": plan.nvcc.full_version, "release": plan.nvcc.release,
+                 "toolkit": plan.stack.cuda_toolkit.source},
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
                   "options": dict(prep.spec.options), "cmake_args": cmake_args},

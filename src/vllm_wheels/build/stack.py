@@ -621,6 +621,36 @@ def _read_packages(table: Table) -> tuple[PackageSpec, ...]:
                  for name in list(packages.data))
 
 
+TOOLKIT_OVERRIDE_ENV = "VLLM_WHEELS_CUDA_TOOLKIT"
+
+
+def with_toolkit_source(stack: Stack, override: str | None, origin: str) -> Stack:
+    """The stack with a machine-level choice of where nvcc comes from.
+
+    A stack pins *which* toolkit may compile ([cuda_toolkit] version, always checked); where
+    it comes from is a fact of the machine: a laptop or CI box assembles it from PyPI's
+    cuda-toolkit wheels, a GPU host with the toolkit installed and no PyPI uses its own.
+    `origin` names the flag or variable for the error message. The effective source is
+    recorded in each wheel's manifest (nvcc.toolkit) and so in its stack digest."""
+    if not override or override == stack.cuda_toolkit.source:
+        return stack
+    if override not in ("system", "pip"):
+        raise ConfigError(f"{origin}={override!r}: not a CUDA toolkit source",
+                          why="the toolkit comes from the machine (system) or from PyPI's "
+                              "cuda-toolkit wheels (pip)",
+                          fix=f"set {origin} to system or pip, or leave it unset to use the "
+                              f"stack's [cuda_toolkit] source ({stack.cuda_toolkit.source})")
+    if override == "pip" and not stack.cuda_toolkit.pip_version:
+        raise ConfigError(f"{origin}=pip, but stack {stack.name} has no [cuda_toolkit] "
+                          "pip_version",
+                          why="the pip toolkit is assembled from the cuda-toolkit wheels of "
+                              "one pinned version",
+                          fix='add pip_version (e.g. "13.0.2") to the stack\'s [cuda_toolkit], '
+                              f"or use {origin}=system with CUDA_HOME set")
+    return dataclasses.replace(stack, cuda_toolkit=dataclasses.replace(
+        stack.cuda_toolkit, source=override))
+
+
 def load_stack(path: Path) -> Stack:
     """Read and validate a stack file."""
     path = Path(path)
