@@ -108,6 +108,15 @@ def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
     runtime = probe(python)
     if not host_gpus:
         runtime.gpus = []
+    elif arch_targets:
+        # Targets given explicitly: a host GPU of another major is not one of them (12.0
+        # wheels checked on an H200). Its code is not required, and no kernel of the wheels
+        # can run on it, so the import test imports every extension without a GPU op; the
+        # gpu-archs check says so plainly instead of failing or staying silent.
+        majors = {cc[0] for cc in (checks.parse_arch(t) for t in arch_targets) if cc}
+        runtime.non_target_gpus = [g for g in runtime.gpus
+                                   if g.compute_capability[0] not in majors]
+        runtime.gpus = [g for g in runtime.gpus if g not in runtime.non_target_gpus]
     say(f"verify_abi: {len(wheels)} wheel(s) against {python}")
     unpack_root = work_dir / "unpacked"
     facts = [read_wheel(w, unpack_root, runtime.site_packages) for w in wheels]

@@ -601,8 +601,11 @@ def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> Check:
                 skipped.append(text)
         if covering == 0:
             gaps.append(f"no object of the wheel has code for {label}")
+    elsewhere = [f"GPU {g.name} ({g.compute_capability[0]}.{g.compute_capability[1]})"
+                 for g in rt.non_target_gpus]
     evidence = {"targets": {k: f"{v[0]}.{v[1]}" for k, v in wanted.items()}, "contents": per_so,
-                "jit_only": jit_only, "arch_specific_elsewhere": skipped}
+                "jit_only": jit_only, "arch_specific_elsewhere": skipped,
+                "host_gpus_not_targeted": elsewhere}
     if gaps:
         return Check(name, FAIL, "; ".join(gaps[:MAX_LISTED]), evidence,
                            fix="rebuild with the target's arch in the stack's cuda_arch_list "
@@ -610,5 +613,8 @@ def check_archs(w: WheelFacts, rt: Runtime, targets: Sequence[str]) -> Check:
     note = f"; {len(jit_only)} PTX-only (slow first launch)" if jit_only else ""
     if skipped:
         note += f"; {len(skipped)} arch-specific object(s) have no code for it (unused there)"
+    if elsewhere:
+        note += (f"; this host's {', '.join(elsewhere)} is not a target: its code is not "
+                 "required, and these wheels' kernels do not run on it (import only, no GPU op)")
     return Check(name, PASS, f"{len(with_code)} object(s) with GPU code; "
                                    f"{', '.join(wanted)} covered{note}", evidence)

@@ -73,6 +73,9 @@ class Runtime:
     torch: TorchRuntime | None
     torch_error: str | None
     gpus: list[Gpu] = field(default_factory=list)
+    # Host GPUs that no --arch target runs on (an H200 checking RTX 5090 wheels): not
+    # required by gpu-archs, no GPU op on them, and said so in the report.
+    non_target_gpus: list[Gpu] = field(default_factory=list)
     # The file-name endings this interpreter's import system tries for an extension module,
     # in its order (importlib.machinery.EXTENSION_SUFFIXES); None: not probed.
     extension_suffixes: list[str] | None = None
