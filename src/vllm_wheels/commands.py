@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "fail when docker/ and the stack disagree"),
     "verify-abi": ("vllm_wheels.verify.cli_abi",
                    "check built wheels against a runtime environment before import"),
+    "compare-wheels": ("vllm_wheels.verify.cli_compare",
+                       "compare a built wheel with the official one: extensions, packages, "
+                       "machine code per arch"),
     "verify-throughput": ("vllm_wheels.verify.cli_throughput",
                           "A/B the custom wheels against the vllm/vllm-openai nightly image"),
     "trial": ("vllm_wheels.trial.cli_trial",
