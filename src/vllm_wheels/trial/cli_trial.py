@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
                      + ("" if gpu else " (no GPU here: throughput is not run)"))
         reporter.say(f"    {state.note}; state file: {state_path}")
         reporter.say(f"    full log: {log_path}")
+        # A plan whose stack left out what it could not read (digest None) is made again:
+        # the index may answer now.
         reuse = (state.plan is not None and state.passed("plan") and stack_out.is_file()
+                 and state.plan["candidate_stack"]["digest"] is not None
                  and _digest_or_none(stack_out) == state.plan["candidate_stack"]["digest"])
         total = (1 if reuse else PLAN_STEPS) + len(later) + 1
         if reuse:

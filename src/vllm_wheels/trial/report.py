@@ -71,7 +71,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     torch = report["torch"]
     out = [f"# Upgrade trial: vLLM {vllm_row['current']} -> {req['vllm']}", "",
            f"- Current stack: `{cur['file']}` ({cur['name']}: {cur['description']})",
-           f"- Candidate stack: `{cand['file']}` ({cand['description']})",
+           f"- Candidate stack: `{cand['file']}` ({cand['description']})"
+           + (f"; LEAVES OUT {', '.join(cand['left_out'])} (could not be read: set them before "
+              "building)" if cand.get("left_out") else ""),
            "- Request: " + " ".join(f"`{k}=={v}`" for k, v in req.items() if v),
            f"- Generated {report['generated']}; stages requested: "
            f"{', '.join(report['trial']['stages_requested'])}; {report['trial']['state']}", "",
@@ -126,6 +128,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                                 "taken" if taken else ""])
     out += _table(["release", "branch", "CUDA_SUPPORTED_ARCHS", "where", "with the stack's nvcc"],
                   branch_rows)
+    if archs["candidate"].get("unknown"):
+        out += ["", f"The candidate's nvcc is unknown ({archs['candidate']['unknown']}): no "
+                "branch of the candidate is checked."]
     missing = archs["candidate"].get("missing") or []
     out += ["", "Stack archs the candidate drops: " + (", ".join(missing) if missing else "none")]
 
