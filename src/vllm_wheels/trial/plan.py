@@ -304,11 +304,11 @@ def _patch_report(spec: PackageSpec, candidate: PackageSpec, tree: Path, repo_ro
     for patch, check in zip(series, checks, strict=True):
         hunks = []
         for failed in check.failed_hunks:
-            m = re.match(r"^(.*): hunk #(\d+) at line (\d+)$", failed)
+            m = re.match(r"^(.*?): hunk #(\d+) at line (\d+)(?: \(.*\))?$", failed)
             hunks.append({"where": failed, "text": hunk_text(patch.path, m.group(1),
                                                               int(m.group(2))) if m else ""})
         out.append({"name": patch.name, "sha256": patch.sha256, "status": check.status,
-                    "failed_hunks": hunks,
+                    "offsets": list(check.offsets), "failed_hunks": hunks,
                     "output": check.output[-2000:] if check.status == "conflicts" else ""})
     default_dir = default_patch_dir(candidate.name, candidate.source.version)
     if carried and not series:

@@ -136,14 +136,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     out += ["", "## Patches", "",
             "Each patch of the series is re-applied, in order, to the candidate's pristine "
-            "source (dry run on scratch copies)."]
+            "source (dry run on scratch copies), exactly as a build applies it: no fuzz; a "
+            "hunk found a few lines away is listed with its offset."]
     for p in report["patches"]:
         out += ["", f"### {p['package']}: `{p['series_dir']}`", "", p["note"], ""]
         if not p["patches"]:
             out.append("No patches in the series.")
             continue
         out += _table(["patch", "status", "failing hunks"],
-                      [[x["name"], PATCH_STATUS.get(x["status"], x["status"]),
+                      [[x["name"], PATCH_STATUS.get(x["status"], x["status"])
+                        + "".join(f", {o}" for o in x.get("offsets", ())),
                         "; ".join(h["where"] for h in x["failed_hunks"])] for x in p["patches"]])
         for x in p["patches"]:
             for h in x["failed_hunks"]:
