@@ -18,7 +18,7 @@ from vllm_wheels.build.patches import read_series
 from vllm_wheels.build.render import render_plan
 from vllm_wheels.build.stack import Source, load_stack
 from vllm_wheels.cache import Cache
-from vllm_wheels.errors import PatchError
+from vllm_wheels.errors import ConfigError, PatchError
 from vllm_wheels.log import Reporter
 from vllm_wheels.trial.plan import _patch_report, check_series
 
@@ -98,3 +98,31 @@ def test_trial_check_reports_offsets_and_a_fuzz_needing_patch_as_a_conflict(
     assert fuzz["status"] == "conflicts"
     assert [h["where"] for h in fuzz["failed_hunks"]] == [NEEDS_FUZZ]
     assert "}  // add_kernel" in fuzz["failed_hunks"][0]["text"]
+
+
+def test_a_patch_directory_the_stack_names_must_exist(tmp_path: Path) -> None:
+    """`patches = "DIR"` naming no directory is exit 2 in a build and in a trial, not a
+    build without patches; the default directory may be absent (no patches)."""
+    repo = _repo(tmp_path / "repo")
+    stack_file = repo / "build" / "stacks" / "tiny.toml"
+    default = load_stack(stack_file)
+    shutil.rmtree(repo / "patches")
+    stack_file.write_text(stack_toml("tiny-patches", TINY_CUDA_EXT.replace(
+        'patches = "patches/tiny-cuda-ext"', "")))
+    plan = _plan(repo, Cache(tmp_path / "cache"))  # default patches/tiny-cuda-ext/0.1.0: absent
+    assert plan.packages[0].patches == ()
+
+    stack_file.write_text(stack_toml("tiny-patches", TINY_CUDA_EXT))  # names a missing DIR
+    cache = Cache(tmp_path / "cache2")
+    with pytest.raises(ConfigError) as info:
+        _plan(repo, cache)
+    assert info.value.exit_code == 2
+    assert 'patches = "patches/tiny-cuda-ext", does not exist' in info.value.what
+    assert "no patches at all" in info.value.why and "remove the `patches` key" in info.value.fix
+    assert not cache.sources.is_dir() or not any(cache.sources.glob("tiny-cuda-ext-*"))
+
+    spec = default.packages[0]
+    candidate = dataclasses.replace(spec, source=Source(kind="path", version="0.1.0",
+                                                        path=str(TINY_CUDA_EXT_FIXTURE)))
+    with pytest.raises(ConfigError, match="does not exist"):
+        _patch_report(spec, candidate, TINY_CUDA_EXT_FIXTURE, repo)

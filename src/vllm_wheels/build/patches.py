@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, PatchError, ToolchainError
 from ..runner import QueryResult, query
+from .stack import PackageSpec, default_patch_dir
 
 _HUNK_FAILED = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
 _HUNK_OFFSET = re.compile(r"Hunk #(\d+) succeeded at (\d+) .*\(offset (-?\d+) lines?\)")
@@ -60,8 +61,26 @@ class PatchCheck:
         return ", ".join(("applied", *self.offsets))
 
 
+def package_series(spec: PackageSpec, repo_root: Path) -> list[PatchFile]:
+    """The package's series. Its default directory (patches/NAME/VERSION) may be absent (no
+    patches); a directory the stack names (`patches = "DIR"`) must exist: a typo there
+    would otherwise build without the patches the stack asks for."""
+    directory = repo_root / spec.patches
+    if spec.patches != default_patch_dir(spec.name, spec.version) and not directory.is_dir():
+        raise ConfigError(
+            f"the patch directory of {spec.name}, patches = \"{spec.patches}\", does not "
+            f"exist ({directory})",
+            why="a directory the stack names must hold the series it means; without it the "
+                "package would be built with no patches at all",
+            fix="fix the path (it is relative to the repository root), create the directory "
+                "with a `series` file, or remove the `patches` key (the default "
+                f"{default_patch_dir(spec.name, spec.version)} may be absent: no patches)")
+    return read_series(directory)
+
+
 def read_series(patch_dir: Path) -> list[PatchFile]:
-    """The patches to apply, in order. A directory without patches is an empty series."""
+    """The patches to apply, in order. A directory without patches is an empty series
+    (a missing one too: package_series refuses a missing directory the stack names)."""
     if not patch_dir.is_dir():
         return []
     series = patch_dir / "series"

@@ -115,7 +115,7 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
     one-file change missed both of its units). A tree whose key differs is prepared again in
     its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
-    series = patches.read_series(repo_root / spec.patches)
+    series = patches.package_series(spec, repo_root)
     identity = _source_identity(fetched)
     key = _content_key(identity, series)
     tree = cache.tree_parent(shared_tree) / tree_name(spec)

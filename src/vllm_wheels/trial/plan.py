@@ -28,7 +28,14 @@ from packaging.version import InvalidVersion, Version
 
 from .. import layout
 from ..build import sources
-from ..build.patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
+from ..build.patches import (
+    PatchCheck,
+    PatchFile,
+    apply_series,
+    check_patch,
+    package_series,
+    read_series,
+)
 from ..build.stack import (
     PYPI_SIMPLE_URL,
     CudaToolkit,
@@ -297,6 +304,7 @@ def check_series(tree: Path, series: list[PatchFile]) -> list[PatchCheck]:
 def _patch_report(spec: PackageSpec, candidate: PackageSpec, tree: Path, repo_root: Path
                   ) -> dict[str, Any]:
     assert candidate.source.version is not None
+    package_series(spec, repo_root)  # a directory the stack names must exist (ConfigError)
     directory, note, carried = patch_dir_for(spec, candidate.source.version, repo_root)
     series = read_series(repo_root / directory)
     checks = check_series(tree, series)
