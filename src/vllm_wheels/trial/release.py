@@ -139,7 +139,8 @@ class ReleaseFacts:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "project": self.project, "version": self.version, "tree": str(self.tree),
+            # No tree: its path is in this machine's cache, and the report is committed.
+            "project": self.project, "version": self.version,
             "torch_pins": [p.to_dict() for p in self.torch_pins],
             "expected_torch": self.expected_torch(),
             "torch_disagreements": self.torch_disagreements(),
