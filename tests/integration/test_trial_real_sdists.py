@@ -57,7 +57,7 @@ def test_default_stack_to_0_12_0(repo_root: Path, shared_cache: Path, tmp_path: 
     done, report = trial(repo_root, shared_cache, tmp_path / "t", "vllm==0.12.0",
                          "--stages", "plan")
     assert done.returncode == 0, done.stderr
-    assert report is not None and report["schema_version"] == 1
+    assert report is not None and report["schema_version"] == 2
     # torch stays, read from the release itself (several places say so).
     assert report["torch"]["verdict"] == "stays" and report["torch"]["chosen"] == "2.9.0"
     assert "requirements/cuda.txt:8" in report["torch"]["expected_where"]
@@ -140,8 +140,10 @@ def test_fixture_patches_build_stage_and_resume(repo_root: Path, shared_cache: P
     build = by_name(report["stages"])["build"]
     assert build["status"] == "failed" and build["exit_code"] == 5, build
     assert build["exit_meaning"] == "patch"
+    run = json.loads((out / "trial.run.json").read_text())  # this run's logs and times
+    build_log = by_name(run["stages"])["build"]["log"]
     assert "0002-cutlass-revision-not-cached.patch is already in the source" in \
-        Path(build["log"]).read_text()
+        Path(build_log).read_text()
     assert done.returncode == 5
     assert by_name(report["stages"])["abi"]["status"] == "not-requested"
 
@@ -151,8 +153,10 @@ def test_fixture_patches_build_stage_and_resume(repo_root: Path, shared_cache: P
     assert report2 is not None and again.returncode == 5
     stages2 = by_name(report2["stages"])
     assert "plan: reused" in again.stderr
-    state = json.loads(Path(report2["trial"]["state_file"]).read_text())
-    assert state["results"]["build"]["log"] != build["log"]  # a new attempt, with a new log
+    run2 = json.loads((out / "trial.run.json").read_text())
+    state = json.loads(Path(run2["state_file"]).read_text())
+    assert state["results"]["build"]["log"] != build_log  # a new attempt, with a new log
+    assert by_name(run2["stages"])["build"]["log"] == state["results"]["build"]["log"]
     # It failed the same way: the report says nothing new and is left as it was (a trial
     # of unchanged inputs leaves the tracked reports unchanged; the run is in the state).
     assert report2 == report and stages2["build"]["exit_code"] == 5

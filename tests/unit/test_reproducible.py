@@ -206,29 +206,49 @@ def test_second_cache_shares_inputs_only(tmp_path: Path) -> None:
     assert not second.sources.exists() and not second.staging.exists()
 
 
-def test_trial_report_rerun_with_unchanged_inputs_leaves_the_files(tmp_path: Path) -> None:
-    """The recorded trial report (verify/trials/), re-written as a re-run would write it:
-    other date, duration, host paths, reuse flag: the tracked files keep their bytes. A real
-    change (another pin) is written."""
+def test_trial_reports_of_the_same_inputs_are_byte_identical(tmp_path: Path) -> None:
+    """The committed trial report (verify/trials/) rendered again from its own JSON, as two
+    runs of the same trial on two machines would: other times, durations, logs, reuse,
+    cache, home and checkout. The committed files come out byte for byte; the volatile
+    facts are only in each run file. A real change (another pin) changes the report."""
     import json
 
-    from vllm_wheels.trial.report import write_report
+    from vllm_wheels.trial.report import build_report, run_path, write_report
+    from vllm_wheels.trial.stages import StageResult, StageStatus
 
-    recorded = json.loads((REPO / "verify" / "trials" / "trial-vllm-0.12.0.json").read_text())
-    md, js = tmp_path / "trial.md", tmp_path / "trial.json"
-    assert write_report(recorded, md, js)
-    before = (md.read_bytes(), js.read_bytes())
-    rerun = json.loads(json.dumps(recorded).replace("/root/.cache/vllm-wheels", "/home/b/c"))
-    rerun["generated"] = "2031-01-01T00:00:00+0000"
-    rerun["trial"].update(state="continuing the saved trial (done: plan)", plan_seconds=99.0,
-                          report_json="/elsewhere/trial.json")
-    rerun["stages"][0].update(seconds=99.0, reused=True, log="/home/b/c/logs/x.log")
-    assert rerun != recorded
-    assert not write_report(rerun, md, js)
-    assert (md.read_bytes(), js.read_bytes()) == before
-    rerun["pins"][0]["candidate"] = "9.9.9"
-    assert write_report(rerun, md, js)
-    assert js.read_bytes() != before[1] and "9.9.9" in js.read_text()
+    committed_md = REPO / "verify" / "trials" / "trial-vllm-0.12.0.md"
+    committed = json.loads(committed_md.with_suffix(".json").read_text())
+    plan = {k: v for k, v in committed.items()
+            if k not in ("schema_version", "kind", "trial", "stages")}
+    outputs = []
+    for run, (root, when, seconds, reused) in enumerate((("/home/a/repo", "A", 2.6, False),
+                                                          ("/root/other", "B", 99.0, True))):
+        cache = Path(root) / ".cache" / "vllm-wheels"
+        plan_result = StageResult(
+            "plan", StageStatus.PASSED, seconds=seconds, exit_code=0, detail="no blockers",
+            log=f"{cache}/logs/trial-{when}.log", outputs={"stack": f"{root}/build/stacks/t.toml"},
+            finished=f"2031-01-0{run + 1}T00:00:00+0000", reused=reused)
+        report, run_facts = build_report(
+            {**plan, "seconds": seconds}, {"plan": plan_result}, requested=["plan"], gpu=False,
+            repo_root=Path(root), cache_root=cache, state_file=cache / "trials" / f"{when}.json",
+            state_note="new trial" if not run else "continuing the saved trial (done: plan)",
+            report_md=Path(root) / "verify/trials/trial-vllm-0.12.0.md",
+            report_json=Path(root) / "verify/trials/trial-vllm-0.12.0.json")
+        md, js = tmp_path / f"{run}" / "trial.md", tmp_path / f"{run}" / "trial.json"
+        md.parent.mkdir()
+        assert write_report(report, run_facts, md, js)
+        outputs.append((md.read_bytes(), js.read_bytes()))
+        facts = json.loads(run_path(js).read_text())
+        assert facts["stages"][0]["log"] == f"{cache}/logs/trial-{when}.log"
+        assert facts["stages"][0]["seconds"] == seconds and facts["state_file"].endswith(when + ".json")
+    assert outputs[0] == outputs[1]
+    assert outputs[0] == (committed_md.read_bytes(), committed_md.with_suffix(".json").read_bytes())
+    for volatile in ("/home/a", "/root", "2031-", "99.0", "2.6", "trial-A.log", "reused"):
+        assert volatile not in outputs[0][0].decode() + outputs[0][1].decode(), volatile
+    # Unchanged bytes are not rewritten; a real change is.
+    assert not write_report(report, run_facts, md, js)
+    report["pins"][0]["candidate"] = "9.9.9"
+    assert write_report(report, run_facts, md, js) and "9.9.9" in js.read_text()
 
 
 def test_nvcc_launcher_names_the_source_by_its_mapped_path(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ def test_a_changed_tree_is_prepared_again_at_the_same_path(tmp_path: Path) -> No
     spec = load_stack(stack_file).packages[0]
     cache = Cache(tmp_path / "cache")
     reporter = Reporter(tmp_path / "log", stream=io.StringIO())
+    (tmp_path / "patches").mkdir()  # named by the stack: it must exist (empty: no patches)
     first = prepare_package(spec, cache, tmp_path, reporter)
     assert first.tree == cache.tree_parent(False) / tree_name(spec)
     assert first.tree.name.startswith("tiny-cuda-ext-0.1.0-")
@@ -51,7 +52,6 @@ def test_a_changed_tree_is_prepared_again_at_the_same_path(tmp_path: Path) -> No
 
     # A one-file patch: the same path, another key, the patched content, a new build dir.
     kernel = FIXTURE / "tiny_cuda_ext" / "kernel.cu"
-    (tmp_path / "patches").mkdir()
     (tmp_path / "patches" / "0001-one-file.patch").write_text(
         PATCH.format(first=kernel.read_text().splitlines()[0]))
     (tmp_path / "patches" / "series").write_text("0001-one-file.patch\n")
@@ -65,6 +65,7 @@ def test_a_changed_tree_is_prepared_again_at_the_same_path(tmp_path: Path) -> No
     # Another patch series directory of the same version (another stack's): its own tree,
     # the first one untouched.
     other = dataclasses.replace(spec, patches="other-patches")
+    (tmp_path / "other-patches").mkdir()
     elsewhere = prepare_package(other, cache, tmp_path, reporter)
     assert elsewhere.tree != changed.tree and elsewhere.tree.name.startswith("tiny-cuda-ext-0.1.0-")
     assert patched.read_text().startswith("// one-file patch\n")

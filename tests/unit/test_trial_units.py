@@ -6,8 +6,11 @@ resume)."""
 from __future__ import annotations
 
 import dataclasses
+import email.parser
+import http.server
 import io
 import json
+import platform
 import signal
 import sys
 import threading
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback import serve_on_loopback
 from packaging.version import Version
 
 from vllm_wheels.build.fetchcontent import ExternalSource
@@ -24,7 +28,15 @@ from vllm_wheels.build.stack import ExternalOverride, load_stack
 from vllm_wheels.errors import ConfigError, InterruptedError_
 from vllm_wheels.log import Reporter
 from vllm_wheels.trial import compare, stages
-from vllm_wheels.trial.plan import check_series, hunk_text, parse_request, patch_dir_for
+from vllm_wheels.trial.plan import (
+    candidate_toolkit,
+    check_series,
+    cuda_from_requires_dist,
+    hunk_text,
+    parse_request,
+    patch_dir_for,
+    torch_cuda_from_simple_url,
+)
 from vllm_wheels.trial.release import read_release, toolkit_floor
 from vllm_wheels.trial.stack_writer import promotion_commands, render_stack, write_stack
 
@@ -146,7 +158,8 @@ def test_torch_decision(repo_root: Path, tmp_path: Path) -> None:
     assert moves.cuda_note == "read from index for 2.10.0"
 
     unknown = compare.decide_torch(stack, moved, None, lambda v: (None, "no wheel"))
-    assert unknown.cuda_chosen == "12.8" and unknown.cuda_note.startswith("could not")
+    # Not read: no value (never the current 12.8 as if it had been read).
+    assert unknown.cuda_chosen is None and unknown.cuda_note.startswith("could not")
 
     forced = compare.decide_torch(stack, same, "2.10.0", lambda v: ("13.0", "index"))
     assert forced.verdict == "forced" and forced.expected == "2.9.0"
@@ -440,3 +453,160 @@ def test_candidate_archs_follow_the_candidates_nvcc(repo_root: Path, tmp_path: P
     assert moved["candidate"]["branch"]["min_nvcc"] == "13.0" or \
         "13.0" in moved["candidate"]["branch"]["condition"]
     assert moved["current"]["missing"] == []
+
+
+# ------------------------------------------------- torch's CUDA from its wheel metadata
+
+TORCH_METADATA = Path(__file__).parent.parent / "fixtures" / "torch-metadata"
+
+
+def _requires_dist(version: str) -> list[str]:
+    path = TORCH_METADATA / f"torch-{version}-cp312-cp312-manylinux_2_28_x86_64.whl.metadata"
+    message = email.parser.Parser().parsestr(path.read_text(encoding="utf-8"))
+    return message.get_all("Requires-Dist") or []
+
+
+@pytest.mark.parametrize(("version", "cuda", "where"), [
+    ("2.9.0", "12.8", "nvidia-cuda-runtime-cu12==12.8.90"),
+    ("2.11.0", "13.0", "cuda-toolkit==13.0.2"),
+    ("2.13.0", "13.0", "cuda-toolkit==13.0.3"),
+])
+def test_torch_cuda_from_real_pypi_metadata(version: str, cuda: str, where: str) -> None:
+    """The real Requires-Dist of torch's x86_64 wheels on PyPI (fixtures with provenance):
+    CUDA 12 as nvidia-cuda-runtime-cu12, CUDA 13 as the cuda-toolkit metapackage."""
+    assert cuda_from_requires_dist(_requires_dist(version), machine="x86_64",
+                                   python="3.12") == (cuda, where)
+
+
+def test_torch_cuda_requirement_forms_and_markers() -> None:
+    # torch 2.9.0 names its CUDA runtime for x86_64 only: on aarch64 it is no CUDA build.
+    cuda, why = cuda_from_requires_dist(_requires_dist("2.9.0"), machine="aarch64",
+                                        python="3.12")
+    assert cuda is None and "names no CUDA runtime" in why
+    # The CUDA 13 runtime package without a -cuNN suffix (a line written here: no torch
+    # on PyPI uses this form, the cu130 wheels of download.pytorch.org do).
+    assert cuda_from_requires_dist(['nvidia-cuda-runtime==13.0.96; platform_system == "Linux"',
+                                    "filelock"], machine="x86_64", python="3.12") == (
+        "13.0", "nvidia-cuda-runtime==13.0.96")
+    cuda, why = cuda_from_requires_dist(["cuda-toolkit[cudart]>=13"], machine="x86_64",
+                                        python="3.12")
+    assert cuda is None and "pins no exact CUDA version" in why
+
+
+def _torch_index(metadata: dict[str, bytes]) -> type[http.server.BaseHTTPRequestHandler]:
+    """A PEP 691 simple index on loopback listing one torch wheel per version in
+    `metadata` for this machine, serving its PEP 658 .metadata (404 where empty)."""
+    machine = platform.machine()
+    names = {v: f"torch-{v}-cp312-cp312-manylinux_2_28_{machine}.whl" for v in metadata}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path == "/simple/torch/":
+                files = [{"filename": n, "url": f"/files/{n}", "hashes": {}}
+                         for n in names.values()]
+                body = json.dumps({"meta": {"api-version": "1.1"}, "name": "torch",
+                                   "files": files}).encode()
+                kind = "application/vnd.pypi.simple.v1+json"
+            else:
+                found = [v for v, n in names.items() if self.path == f"/files/{n}.metadata"]
+                body = metadata[found[0]] if found else b""
+                kind = "text/plain"
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def test_torch_cuda_from_a_simple_index(tmp_path: Path) -> None:
+    """The whole read, through a real HTTP index on loopback serving PyPI's real torch
+    2.11.0 metadata (as this machine's wheel) and a torch 2.12.0 without metadata."""
+    real = (TORCH_METADATA / "torch-2.11.0-cp312-cp312-manylinux_2_28_x86_64.whl.metadata"
+            ).read_bytes()
+    with serve_on_loopback(_torch_index({"2.11.0": real, "2.12.0": b""})) as base:
+        cuda, where = torch_cuda_from_simple_url(base + "/simple", "2.11.0", "3.12")
+        assert cuda == "13.0", where
+        assert where.startswith("cuda-toolkit==13.0.2 in the metadata of torch-2.11.0-")
+        cuda, why = torch_cuda_from_simple_url(base + "/simple", "2.12.0", "3.12")
+        assert cuda is None and "metadata could not be read" in why
+        cuda, why = torch_cuda_from_simple_url(base + "/simple", "2.14.0", "3.12")
+        assert cuda is None and "no cp312 linux" in why
+
+
+def test_candidate_toolkit_and_arch_branch_follow_the_cuda_read(repo_root: Path,
+                                                                 tmp_path: Path) -> None:
+    """torch 2.11's CUDA 13.0 moves nvcc to >= 13.0, and the candidate is checked against
+    CMake's nvcc >= 13.0 branch; 12.8 keeps the 12.8 branch; a CUDA that could not be read
+    is a blocker and is left out of the candidate stack, never the current value."""
+    stack = load_stack(repo_root / "build" / "stack.toml")
+    assert stack.torch.cuda == "12.8"
+    facts = read_release(release_tree(tmp_path / "src", torch="2.11.0", build_torch="2.11.0"),
+                         "vllm", "9.9.9")
+    floor = toolkit_floor(stack.cuda_toolkit.version, stack.cuda_toolkit.pip_version)
+
+    def decide(cuda: str | None) -> compare.TorchDecision:
+        return compare.decide_torch(stack, facts, None,
+                                    lambda v: (cuda, "the index") if cuda else
+                                    (None, "no wheel"))
+
+    for cuda, nvcc, branch in (("13.0", ">=13.0,<14", "13.0"), ("12.8", ">=12.8,<13", "12.8")):
+        toolkit, _note, cand_floor, unknown, blockers = candidate_toolkit(stack, decide(cuda))
+        assert (toolkit.version, str(cand_floor), unknown, blockers) == (nvcc, branch, {}, [])
+        archs = compare.arch_support(stack, floor, facts, facts, cand_floor)
+        assert archs["candidate"]["branch"]["condition"] == f"nvcc >= {branch}"
+
+    decision = decide(None)
+    assert decision.cuda_chosen is None and decision.cuda_note.startswith("could not read")
+    toolkit, _note, cand_floor, unknown, blockers = candidate_toolkit(stack, decision)
+    assert cand_floor is None and blockers == [decision.cuda_note]
+    assert set(unknown) == {("torch", "cuda"), ("cuda_toolkit", "version")}
+    archs = compare.arch_support(stack, floor, facts, facts, cand_floor,
+                                 candidate_nvcc_unknown=unknown[("cuda_toolkit", "version")])
+    assert archs["candidate"]["branch"] is None and archs["candidate"]["unknown"]
+
+    # The candidate stack: the placeholder values are proven, then left out with the
+    # blocker in their place; the file does not load until the user sets them.
+    target = tmp_path / "trial.toml"
+    written = write_stack(stack, target, header=["trial"], unknown=unknown)
+    text = target.read_text()
+    assert written.path == target and written.torch.version == stack.torch.version
+    torch_table = text.split("\n[torch]\n", 1)[1].split("\n[", 1)[0]
+    toolkit_table = text.split("\n[cuda_toolkit]\n", 1)[1].split("\n[", 1)[0]
+    assert "\ncuda = " not in torch_table and "\nversion = " not in toolkit_table
+    assert f"# cuda = ?  LEFT OUT (blocker): {decision.cuda_note}" in torch_table
+    assert "# version = ?  LEFT OUT (blocker): nvcc's major" in toolkit_table
+    with pytest.raises(ConfigError):
+        load_stack(target)
+
+
+def test_release_reads_torch_from_the_per_device_build_requirements(tmp_path: Path) -> None:
+    """Newer vLLM keeps its build requirements in requirements/build/cuda.txt."""
+    tree = release_tree(tmp_path / "src", torch="2.11.0", build_torch="2.11.0")
+    (tree / "requirements" / "build.txt").unlink()
+    (tree / "requirements" / "build").mkdir()
+    (tree / "requirements" / "build" / "cuda.txt").write_text("cmake\ntorch==2.11.0\n")
+    facts = read_release(tree, "vllm", "9.9.9")
+    assert "requirements/build/cuda.txt:2" in [p.where for p in facts.torch_pins]
+
+
+def test_build_stage_skips_a_candidate_stack_that_leaves_values_out(tmp_path: Path) -> None:
+    """A stack written without [torch] cuda (could not be read) is not handed to
+    build-wheels, whose command here would fail the test if it ran."""
+    state = stages.TrialState(tmp_path / "state.json", "k")
+    state.plan = {"candidate_stack": {"left_out": ["[torch] cuda", "[cuda_toolkit] version"]}}
+    state.record(stages.StageResult("plan", stages.StageStatus.PASSED))
+    reporter = _reporter(tmp_path)
+    commands = {name: _py("raise SystemExit(1)") for name in ("build", "abi", "throughput")}
+    try:
+        build, abi = stages.run_stages(state, ["plan", "build", "abi"], commands=commands,
+                                       paths=_paths(tmp_path), reporter=reporter, gpu=False,
+                                       throughput_available=False, first_step=2, total_steps=4)
+    finally:
+        reporter.close()
+    assert build.status == "skipped" and "[torch] cuda" in build.detail
+    assert abi.status == "skipped"

@@ -120,7 +120,9 @@ class Plan:
                        "url": prep.fetched.url or src.url or src.path,
                        "commit": prep.fetched.commit, "archive": str(prep.fetched.archive or "")},
             "tree": str(prep.tree),
-            "patches": [{"name": p.name, "sha256": p.sha256} for p in prep.patches],
+            "patches": [{"name": p.name, "sha256": p.sha256, "applied": note}
+                        for p, note in zip(prep.patches, prep.patch_notes or
+                                           ("",) * len(prep.patches), strict=True)],
             "stripped_torch_pins": [f"{s.file}: {s.line}" for s in prep.stripped_pins],
             "build_requirements": list(prep.build_requirements),
             "externals": [e.to_dict() for e in prep.externals],

@@ -28,7 +28,9 @@ from .stack import PackageSpec
 # 2: reproducible builds (prefix maps, nvcc source-path launcher): a tree built before
 # keeps objects and a CMake cache without them, and FlashInfer's AOT step keeps its
 # kernels; new trees rebuild everything once.
-PREPARE_LAYOUT = 2
+# 3: patches apply without fuzz (a tree patched with fuzz must not be reused) and the
+# marker records each patch's offsets.
+PREPARE_LAYOUT = 3
 
 
 class ExternalOrigin(StrEnum):
@@ -66,6 +68,8 @@ class PreparedPackage:
     externals: tuple[ResolvedExternal, ...] = ()
     # The content's key (source and patches): the tree's marker file names it.
     key: str = ""
+    # Per patch, how it applied: "applied" or "applied, FILE: hunk #N at offset +K".
+    patch_notes: tuple[str, ...] = ()
 
 
 def dir_digest(path: Path) -> str:
@@ -111,7 +115,7 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
     one-file change missed both of its units). A tree whose key differs is prepared again in
     its place, under the tree's lock."""
     fetched = sources.fetch(spec, cache, repo_root, reporter)
-    series = patches.read_series(repo_root / spec.patches)
+    series = patches.package_series(spec, repo_root)
     identity = _source_identity(fetched)
     key = _content_key(identity, series)
     tree = cache.tree_parent(shared_tree) / tree_name(spec)
@@ -121,7 +125,8 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
         data = json.loads((tree / layout.PREPARED_MARKER).read_text())
         requirements = tuple(build_requirements(tree, spec))
     recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
-    return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements)
+    return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements,
+                               patch_notes=tuple(note for _n, _s, note in data["patches"]))
 
 
 def tree_name(spec: PackageSpec) -> str:
@@ -170,7 +175,8 @@ def ensure_prepared(prep: PreparedPackage, identity: str | None = None) -> None:
         stripped = pins.strip_torch_pins(tmp)
         (tmp / layout.PREPARED_MARKER).write_text(json.dumps({
             "key": key, "source": identity,
-            "patches": [[p.name, p.sha256] for p in applied],
+            "patches": [[p.patch, s.sha256, p.describe()]
+                        for p, s in zip(applied, prep.patches, strict=True)],
             "stripped_pins": [[s.file, s.line] for s in stripped]}, indent=2))
     except BaseException:
         remove(tmp)

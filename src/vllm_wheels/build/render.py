@@ -60,8 +60,10 @@ def render_plan(plan: Plan) -> str:
         if src["sha256"]:
             lines.append(f"          sha256 {src['sha256']} (verified)")
         lines.append(f"  tree: {pkg['tree']}")
-        lines.append("  patches: " + (", ".join(p["name"] for p in pkg["patches"]) or "none")
-                     + (" (applied)" if pkg["patches"] else ""))
+        # Each patch applied exactly (no fuzz); an offset is where a hunk landed away
+        # from the line the patch names.
+        lines.append("  patches: " + ("; ".join(f"{p['name']} ({p['applied'] or 'applied'})"
+                                                for p in pkg["patches"]) or "none"))
         by_file: dict[str, int] = {}
         for pin in pkg["stripped_torch_pins"]:
             by_file[pin.split(":")[0]] = by_file.get(pin.split(":")[0], 0) + 1

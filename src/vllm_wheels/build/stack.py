@@ -363,7 +363,9 @@ class PackageSpec:
     source: Source = field(metadata=key("Where the source comes from (see [source] below)."))
     patches: str = field(metadata=key(
         "The patch series directory (a `series` file and patches), relative to the "
-        "repository root.", derive=lambda v: default_patch_dir(v["name"], v["source"].version),
+        "repository root. A directory named here must exist (exit 2 otherwise); the "
+        "default may be absent (no patches).",
+        derive=lambda v: default_patch_dir(v["name"], v["source"].version),
         default_doc="patches/NAME/VERSION (\"local\" without a version)"))
     options: Mapping[str, Any] = field(default_factory=dict, metadata=key(
         "Builder options, a table whose keys depend on the builder (see below). The reader "

@@ -25,7 +25,7 @@ from .plan import (
     parse_request,
     plan_trial,
 )
-from .report import build_report, write_report
+from .report import build_report, run_path, write_report
 
 # Bump when the plan's content changes shape: saved trials are then planned again.
 PLAN_LAYOUT = 1
@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
                      + ("" if gpu else " (no GPU here: throughput is not run)"))
         reporter.say(f"    {state.note}; state file: {state_path}")
         reporter.say(f"    full log: {log_path}")
+        # A plan whose stack left out what it could not read (digest None) is made again:
+        # the index may answer now.
         reuse = (state.plan is not None and state.passed("plan") and stack_out.is_file()
+                 and state.plan["candidate_stack"]["digest"] is not None
                  and _digest_or_none(stack_out) == state.plan["candidate_stack"]["digest"])
         total = (1 if reuse else PLAN_STEPS) + len(later) + 1
         if reuse:
@@ -132,10 +135,11 @@ def run(args: argparse.Namespace) -> int:
 
         def write() -> None:
             assert state.plan is not None
-            report = build_report(state.plan, state.results, requested=wanted, gpu=gpu,
-                                  state_file=state_path, state_note=state.note,
-                                  report_md=report_md, report_json=report_json)
-            write_report(report, report_md, report_json)
+            report, run_facts = build_report(
+                state.plan, state.results, requested=wanted, gpu=gpu, repo_root=root,
+                cache_root=cache.root, state_file=state_path, state_note=state.note,
+                report_md=report_md, report_json=report_json)
+            write_report(report, run_facts, report_md, report_json)
 
         write()
         commands = stages.stage_commands(paths, abi_python=args.abi_python)
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         reporter.say(f"Candidate stack: {stack_out}")
         reporter.say(f"Report: {report_md}")
         reporter.say(f"JSON:   {report_json}")
+        reporter.say(f"Run:    {run_path(report_json)} (times, durations, logs; not committed)")
         failed = [r for r in results if r.status == stages.StageStatus.FAILED and not r.reused]
         return (failed[0].exit_code or 1) if failed else 0
     finally:

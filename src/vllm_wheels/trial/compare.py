@@ -65,7 +65,7 @@ class TorchDecision:
     chosen: str
     forced: bool
     cuda_current: str
-    cuda_chosen: str
+    cuda_chosen: str | None  # None: could not be read (a blocker, never a guess)
     cuda_note: str
     companions_current: Mapping[str, str]
     companions_chosen: Mapping[str, str]
@@ -148,6 +148,7 @@ def decide_torch(stack: Stack, release: ReleaseFacts, forced: str | None,
                    f"package ({others}) is rebuilt against it, FlashInfer and vLLM together "
                    f"in one build; wheels built against torch {current} must not be mixed "
                    "with them.")
+    cuda: str | None
     if chosen == current:
         cuda, cuda_note = stack.torch.cuda, "unchanged (same torch)"
     else:
@@ -155,9 +156,13 @@ def decide_torch(stack: Stack, release: ReleaseFacts, forced: str | None,
         if found_cuda:
             cuda, cuda_note = found_cuda, f"read from {source}"
         else:
-            cuda = stack.torch.cuda
-            cuda_note = (f"could not read torch {chosen}'s CUDA version ({source}); kept "
-                         f"{cuda}: check [torch] cuda before building")
+            # Never the current value as if it had been read: torch 2.11 moved to CUDA 13,
+            # and a kept 12.8 picks the wrong toolkit and arch branch without a word.
+            cuda = None
+            cuda_note = (f"could not read torch {chosen}'s CUDA version ({source}): the "
+                         "candidate stack leaves [torch] cuda and [cuda_toolkit] version out; "
+                         f"set them (torch.version.cuda of the torch {chosen} wheel the stack "
+                         "installs, and a toolkit of that CUDA major) before building")
     release_companions = {p.name: p.exact for p in release.companions if p.exact}
     current_companions = dict(stack.torch.companions)
     chosen_companions: dict[str, str] = {}
@@ -257,21 +262,28 @@ def _base_arch(arch: str) -> str:
 
 
 def arch_support(stack: Stack, nvcc_floor: Version | None, current: ReleaseFacts,
-                 candidate: ReleaseFacts, candidate_floor: Version | None = None
-                 ) -> dict[str, Any]:
+                 candidate: ReleaseFacts, candidate_floor: Version | None = None, *,
+                 candidate_nvcc_unknown: str = "") -> dict[str, Any]:
     """The stack's arch list against the CUDA_SUPPORTED_ARCHS branch each release's CMake
     takes with the nvcc it is built with: the current stack's for the current release, the
-    candidate stack's (which moves with torch's CUDA major) for the candidate."""
-    cand_floor = candidate_floor if candidate_floor is not None else nvcc_floor
+    candidate stack's (which moves with torch's CUDA major) for the candidate.
+
+    candidate_nvcc_unknown: why the candidate's nvcc is not known (torch's CUDA could not
+    be read); then no candidate branch is picked rather than one for a guessed nvcc."""
+    cand_floor = None if candidate_nvcc_unknown else \
+        candidate_floor if candidate_floor is not None else nvcc_floor
     result: dict[str, Any] = {"stack_archs": list(stack.cuda_arch_list),
                               "nvcc_floor": str(nvcc_floor) if nvcc_floor else None,
                               "candidate_nvcc_floor": str(cand_floor) if cand_floor else None}
     unsupported: list[str] = []
     for key, facts, floor in (("current", current, nvcc_floor),
                               ("candidate", candidate, cand_floor)):
-        branch = facts.branch_for(floor)
+        branch = None if key == "candidate" and candidate_nvcc_unknown else \
+            facts.branch_for(floor)
         result[key] = {"branches": [b.to_dict() for b in facts.arch_branches],
                        "branch": branch.to_dict() if branch else None}
+        if key == "candidate" and candidate_nvcc_unknown:
+            result[key]["unknown"] = candidate_nvcc_unknown
         if branch is None:
             result[key]["missing"] = []
             continue

@@ -17,17 +17,34 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .. import layout
 from ..build import sources
-from ..build.patches import PatchCheck, PatchFile, apply_series, check_patch, read_series
-from ..build.stack import PYPI_SIMPLE_URL, PackageSpec, Source, Stack, TorchPin, default_patch_dir
+from ..build.patches import (
+    PatchCheck,
+    PatchFile,
+    apply_series,
+    check_patch,
+    package_series,
+    read_series,
+)
+from ..build.stack import (
+    PYPI_SIMPLE_URL,
+    CudaToolkit,
+    PackageSpec,
+    Source,
+    Stack,
+    TorchPin,
+    default_patch_dir,
+)
 from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ConfigError, PipelineError
 from ..log import Reporter
@@ -128,11 +145,49 @@ def candidate_spec(base: PackageSpec, version: str, cache: Cache, reporter: Repo
     return dataclasses.replace(base, source=source)
 
 
+# torch's CUDA requirement, in every form its wheel metadata has taken on PyPI
+# (docs/facts/toolchain.md; real metadata in tests/fixtures/torch-metadata/): the CUDA 12
+# runtime package `nvidia-cuda-runtime-cu12==12.8.90` (torch <= 2.10), the CUDA 13 one
+# `nvidia-cuda-runtime==13.0.96`, and the `cuda-toolkit[cublas,cudart,...]==13.0.2`
+# metapackage (torch 2.11.0; ==13.0.3 from 2.13.0). The version's major.minor is the CUDA
+# release torch was built with (torch.version.cuda).
+_CUDA_REQUIREMENT = re.compile(r"^(?:nvidia-cuda-runtime(?:-cu\d+)?|cuda-toolkit)$")
+
+
+def cuda_from_requires_dist(requirements: Sequence[str], *, machine: str, python: str
+                            ) -> tuple[str | None, str]:
+    """(torch.version.cuda, the requirement it was read from) from a torch wheel's
+    Requires-Dist lines, or (None, why not). Markers are evaluated for Linux on `machine`
+    with the stack's Python: torch 2.9.0's aarch64 wheel on PyPI names the CUDA runtime
+    for x86_64 only, so it is no CUDA build there."""
+    environment = {"platform_system": "Linux", "sys_platform": "linux", "os_name": "posix",
+                   "platform_machine": machine, "python_version": python,
+                   "python_full_version": f"{python}.0", "implementation_name": "cpython",
+                   "platform_python_implementation": "CPython", "extra": ""}
+    for text in requirements:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if not _CUDA_REQUIREMENT.match(canonicalize_name(requirement.name)):
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        exact = [s.version for s in requirement.specifier if s.operator in ("==", "===")]
+        m = re.match(r"^(\d+)\.(\d+)", exact[0]) if len(exact) == 1 else None
+        if m is None:
+            return None, f"its requirement '{text}' pins no exact CUDA version"
+        return f"{m.group(1)}.{m.group(2)}", f"{canonicalize_name(requirement.name)}=={exact[0]}"
+    return None, (f"it names no CUDA runtime (nvidia-cuda-runtime[-cuNN] or cuda-toolkit) "
+                  f"for linux {machine}")
+
+
 def torch_cuda_from_simple_url(simple_url: str | None, version: str, python: str
                                ) -> tuple[str | None, str]:
     """torch.version.cuda of `torch==version` as the stack's torch simple URL serves it for
-    this platform: from a local label (+cu128) or from the wheel's metadata (PEP 658 .metadata
-    file), whose nvidia-cuda-runtime requirement names the CUDA it was built with."""
+    this platform: from a local label (+cu128) or from the wheel's metadata (the PEP 658
+    .metadata file), whose CUDA requirement (cuda_from_requires_dist) names the CUDA it was
+    built with. (None, why) when it cannot be read: the caller must not guess."""
     url = (simple_url or PYPI_SIMPLE_URL).rstrip("/")
     tag = "cp" + python.replace(".", "")
     machine = platform.machine()
@@ -146,6 +201,7 @@ def torch_cuda_from_simple_url(simple_url: str | None, version: str, python: str
         local = re.match(r"torch-[^-+]+\+cu(\d+)(\d)-", wheel.filename)
         if local:
             return f"{local.group(1)}.{local.group(2)}", f"{wheel.filename} on {url}"
+    unread: list[str] = []
     for wheel in wheels:
         request = urllib.request.Request(wheel.url + ".metadata",
                                          headers={"User-Agent": sources.USER_AGENT})
@@ -153,14 +209,16 @@ def torch_cuda_from_simple_url(simple_url: str | None, version: str, python: str
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
                 metadata = email.parser.Parser().parsestr(response.read().decode("utf-8",
                                                                                   "replace"))
-        except (urllib.error.URLError, TimeoutError, OSError):
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            unread.append(f"{wheel.filename}.metadata: {exc}")
             continue
-        for requirement in metadata.get_all("Requires-Dist") or []:
-            m = re.match(r"nvidia-cuda-runtime(?:-cu\d+)?\s*==\s*(\d+)\.(\d+)", requirement)
-            if m:
-                return (f"{m.group(1)}.{m.group(2)}",
-                        f"the nvidia-cuda-runtime requirement of {wheel.filename} on {url}")
-        return None, f"{wheel.filename} on {url} names no nvidia-cuda-runtime"
+        cuda, where = cuda_from_requires_dist(metadata.get_all("Requires-Dist") or [],
+                                              machine=machine, python=python)
+        if cuda:
+            return cuda, f"{where} in the metadata of {wheel.filename} on {url}"
+        return None, f"{wheel.filename} on {url}: {where}"
+    if unread:
+        return None, f"the wheel metadata could not be read ({'; '.join(unread)})"
     return None, f"no {tag} linux {machine} wheel of torch {version} on {url}"
 
 
@@ -246,6 +304,7 @@ def check_series(tree: Path, series: list[PatchFile]) -> list[PatchCheck]:
 def _patch_report(spec: PackageSpec, candidate: PackageSpec, tree: Path, repo_root: Path
                   ) -> dict[str, Any]:
     assert candidate.source.version is not None
+    package_series(spec, repo_root)  # a directory the stack names must exist (ConfigError)
     directory, note, carried = patch_dir_for(spec, candidate.source.version, repo_root)
     series = read_series(repo_root / directory)
     checks = check_series(tree, series)
@@ -253,11 +312,11 @@ def _patch_report(spec: PackageSpec, candidate: PackageSpec, tree: Path, repo_ro
     for patch, check in zip(series, checks, strict=True):
         hunks = []
         for failed in check.failed_hunks:
-            m = re.match(r"^(.*): hunk #(\d+) at line (\d+)$", failed)
+            m = re.match(r"^(.*?): hunk #(\d+) at line (\d+)(?: \(.*\))?$", failed)
             hunks.append({"where": failed, "text": hunk_text(patch.path, m.group(1),
                                                               int(m.group(2))) if m else ""})
         out.append({"name": patch.name, "sha256": patch.sha256, "status": check.status,
-                    "failed_hunks": hunks,
+                    "offsets": list(check.offsets), "failed_hunks": hunks,
                     "output": check.output[-2000:] if check.status == "conflicts" else ""})
     default_dir = default_patch_dir(candidate.name, candidate.source.version)
     if carried and not series:
@@ -387,26 +446,22 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     warnings += ext_warnings
     declared = {e.name for e in cand_vllm.externals if e.device == "cuda"}
     kept_overrides = {k: v for k, v in vllm_spec.externals.items() if k in declared}
-    toolkit_version, toolkit_note = compare.toolkit_for(stack, decision.cuda_chosen)
-    toolkit = stack.cuda_toolkit
-    if toolkit_version != toolkit.version:
-        if toolkit.source == "pip":
-            blockers.append(f"torch's CUDA moves to {decision.cuda_chosen}: set [cuda_toolkit] "
-                            "pip_version to a cuda-toolkit wheel of that major")
-        toolkit = dataclasses.replace(toolkit, version=toolkit_version)
-    if decision.moves and decision.cuda_note.startswith("could not"):
-        blockers.append(decision.cuda_note)
+    toolkit, toolkit_note, cand_floor, unknown, toolkit_blockers = candidate_toolkit(
+        stack, decision)
+    blockers += toolkit_blockers
     # The arch branch each release's CMake takes depends on the nvcc it is built with: the
-    # candidate's toolkit has moved with torch's CUDA major, when it moved.
+    # candidate's toolkit has moved with torch's CUDA major, when it moved (nvcc >= 13.0
+    # for torch 2.11's CUDA 13.0, >= 12.8 for 2.9's 12.8), and is unknown when it is.
     floor = toolkit_floor(stack.cuda_toolkit.version, stack.cuda_toolkit.pip_version)
-    cand_floor = toolkit_floor(toolkit.version, toolkit.pip_version)
-    archs = compare.arch_support(stack, floor, current["vllm"], cand_vllm, cand_floor)
+    archs = compare.arch_support(
+        stack, floor, current["vllm"], cand_vllm, cand_floor,
+        candidate_nvcc_unknown=unknown.get(("cuda_toolkit", "version"), ""))
     if archs["candidate_drops"]:
         where = archs["candidate"]["branch"]["where"] if archs["candidate"]["branch"] else "?"
         blockers.append(f"vllm {request.vllm} does not accept "
                         f"{', '.join(archs['candidate_drops'])} with nvcc {cand_floor} "
                         f"(CUDA_SUPPORTED_ARCHS, {where})")
-    if not archs["found"]:
+    if not archs["found"] and not unknown:
         warnings.append(f"no CUDA_SUPPORTED_ARCHS found in vllm {request.vllm}'s CMakeLists.txt: "
                         "the arch list is unverified")
 
@@ -423,7 +478,9 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
         else:
             new = spec
         new_packages.append(new)
-    torch_pin = TorchPin(version=decision.chosen, cuda=decision.cuda_chosen,
+    # A placeholder where the CUDA is unknown: write_stack proves the file with it, then
+    # leaves the key out (`unknown`).
+    torch_pin = TorchPin(version=decision.chosen, cuda=decision.cuda_chosen or stack.torch.cuda,
                          simple_url=stack.torch.simple_url,
                          sha256=None if decision.moves else stack.torch.sha256,
                          companions=dict(decision.companions_chosen))
@@ -432,7 +489,8 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     replacements = [(f"vLLM {vllm_spec.source.version}", f"vLLM {request.vllm}"),
                     (f"FlashInfer {fi_spec.source.version if fi_spec else ''}",
                      f"FlashInfer {fi_version or ''}"),
-                    (f"torch {stack.torch.local_version}", f"torch {torch_pin.local_version}")]
+                    (f"torch {stack.torch.local_version}",
+                     f"torch {torch_pin.local_version if decision.cuda_chosen else decision.chosen}")]
     candidate_stack = dataclasses.replace(
         stack, name=request.name, path=stack_out, description=_describe(stack, replacements),
         torch=torch_pin, cuda_toolkit=toolkit, packages=tuple(new_packages))
@@ -447,9 +505,15 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
     for report in patch_reports:
         if report["carried_over"]:
             notes[report["package"]] = [f"trial: {report['note']}"]
-    written = write_stack(candidate_stack, stack_out, header=header, notes=notes)
-    reporter.say(f"    wrote {stack_out} (read back with load_stack: digest "
-                 f"{written.digest()[:12]})")
+    written = write_stack(candidate_stack, stack_out, header=header, notes=notes,
+                          unknown=unknown)
+    if unknown:
+        reporter.say(f"    wrote {stack_out} WITHOUT "
+                     + ", ".join(f"[{t}] {k}" for t, k in unknown)
+                     + ": could not be read (see the blockers); set them before building")
+    else:
+        reporter.say(f"    wrote {stack_out} (read back with load_stack: digest "
+                     f"{written.digest()[:12]})")
     reporter.step_done()
 
     rebuild = []
@@ -486,14 +550,14 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
                     {"stays": "", "moves": "the whole stack moves",
                      "forced": f"forced; the release expects {decision.expected}"}
                     [decision.verdict]),
-        compare.row("torch CUDA (torch.version.cuda)", stack.torch.cuda, decision.cuda_chosen,
-                    decision.cuda_note),
+        compare.row("torch CUDA (torch.version.cuda)", stack.torch.cuda,
+                    decision.cuda_chosen or "?", decision.cuda_note),
     ]
     for name in sorted(set(decision.companions_current) | set(decision.companions_chosen)):
         pins.append(compare.row(name, decision.companions_current.get(name),
                                 decision.companions_chosen.get(name), decision.companions_note))
-    pins.append(compare.row("cuda_toolkit (nvcc)", stack.cuda_toolkit.version, toolkit.version,
-                            toolkit_note))
+    pins.append(compare.row("cuda_toolkit (nvcc)", stack.cuda_toolkit.version,
+                            "?" if unknown else toolkit.version, toolkit_note))
     cur_v, cand_v = current["vllm"], cand_vllm
     pins.append(compare.row("vLLM requires-python", cur_v.requires_python,
                             cand_v.requires_python,
@@ -524,8 +588,11 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
         "request": request.to_dict(),
         "current_stack": {"file": _shown(stack.path, repo_root), "name": stack.name,
                           "digest": stack.digest(), "description": stack.description},
+        # digest None: the file leaves out what could not be read, so it does not load.
         "candidate_stack": {"file": _shown(stack_out, repo_root), "name": written.name,
-                            "digest": written.digest(), "description": written.description},
+                            "digest": None if unknown else written.digest(),
+                            "description": written.description,
+                            "left_out": [f"[{t}] {k}" for t, k in unknown]},
         "torch": decision.to_dict(),
         "pins": [r.to_dict() for r in pins],
         "externals": externals,
@@ -539,6 +606,32 @@ def plan_trial(stack: Stack, request: TrialRequest, *, repo_root: Path, cache: C
         "releases": releases,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def candidate_toolkit(stack: Stack, decision: compare.TorchDecision
+                      ) -> tuple[CudaToolkit, str, Version | None, dict[tuple[str, str], str],
+                                 list[str]]:
+    """The candidate's [cuda_toolkit], why, the oldest nvcc it accepts (which picks the
+    CUDA_SUPPORTED_ARCHS branch), what the candidate stack must leave out ((table, key) ->
+    the blocker) and the blockers. nvcc follows torch's CUDA major: torch 2.11's CUDA 13.0
+    takes nvcc >= 13.0; a CUDA that could not be read is left out, never guessed."""
+    toolkit = stack.cuda_toolkit
+    if decision.cuda_chosen is None:
+        unknown = {("torch", "cuda"): decision.cuda_note,
+                   ("cuda_toolkit", "version"): "nvcc's major must equal torch's CUDA major, "
+                                                "which could not be read (see [torch] cuda)"}
+        return (toolkit, "unknown: torch's CUDA could not be read", None, unknown,
+                [decision.cuda_note])
+    blockers = []
+    version, note = compare.toolkit_for(stack, decision.cuda_chosen)
+    if version == toolkit.version:
+        return toolkit, note, toolkit_floor(toolkit.version, toolkit.pip_version), {}, []
+    if toolkit.source == "pip":
+        blockers.append(f"torch's CUDA moves to {decision.cuda_chosen}: set [cuda_toolkit] "
+                        "pip_version to a cuda-toolkit wheel of that major")
+    # The moved toolkit's own floor (a pip_version of the old major says nothing).
+    return (dataclasses.replace(toolkit, version=version), note, toolkit_floor(version, None),
+            {}, blockers)
 
 
 def _version_of(report: dict[str, Any], vllm: PackageSpec, fi: PackageSpec | None) -> str:

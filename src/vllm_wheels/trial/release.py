@@ -28,7 +28,9 @@ from ..build.pins import TORCH_FAMILY
 # user installs (requirements/cuda.txt), then the build ones. Older releases kept them at
 # the top level (requirements-cuda.txt).
 RUNTIME_REQUIREMENTS = ("requirements/cuda.txt", "requirements-cuda.txt", "requirements.txt")
-BUILD_REQUIREMENTS = ("requirements/build.txt", "requirements-build.txt")
+# Newer releases split the build requirements per device (requirements/build/cuda.txt).
+BUILD_REQUIREMENTS = ("requirements/build/cuda.txt", "requirements/build.txt",
+                      "requirements-build.txt")
 # Variables that every build reads from the OS, not switches of the project.
 _GENERIC_ENV = frozenset({"PATH", "LD_LIBRARY_PATH", "HOME", "PYTHONPATH", "CC", "CXX", "TMPDIR"})
 
@@ -137,7 +139,8 @@ class ReleaseFacts:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "project": self.project, "version": self.version, "tree": str(self.tree),
+            # No tree: its path is in this machine's cache, and the report is committed.
+            "project": self.project, "version": self.version,
             "torch_pins": [p.to_dict() for p in self.torch_pins],
             "expected_torch": self.expected_torch(),
             "torch_disagreements": self.torch_disagreements(),

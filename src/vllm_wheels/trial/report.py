@@ -1,6 +1,13 @@
-"""The trial report: one JSON document (schema_version 1) and its markdown rendering,
+"""The trial report: one JSON document (schema_version 2) and its markdown rendering,
 written side by side into verify/trials/. The markdown is built from the JSON only, so
 the two never disagree and a saved trial renders the same after a resume.
+
+Both are committed, so they hold only what the trial found: a trial of the same inputs
+gives the same bytes. What changes from run to run (when it ran, how long each stage
+took, its log, whether the plan was reused, paths on this machine) goes into the run
+file next to them (NAME.run.json, git-ignored) and the log; paths under the repository,
+the cache or the home directory that reach the report through messages are written
+relative, as <cache>/... or as ~/...
 """
 
 from __future__ import annotations
@@ -12,20 +19,44 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import write_atomic
-from ..log import format_duration
 from .stages import NO_GPU, STAGES, StageResult, StageStatus
 
-REPORT_SCHEMA_VERSION = 1
+# 2: times, durations, logs and machine paths moved to the run file.
+REPORT_SCHEMA_VERSION = 2
+RUN_SCHEMA_VERSION = 1
 PATCH_STATUS = {"applies": "applies cleanly",
                 "already-applied": "already upstream (reverse-applies)",
                 "conflicts": "CONFLICTS"}
 EARLIER_RUN = "(from an earlier run of this trial)"
+# A stage's facts that belong to one run, not to the trial (the run file keeps them).
+RUN_STAGE_KEYS = ("seconds", "finished", "reused", "log", "command", "outputs")
+
+
+def run_path(json_path: Path) -> Path:
+    """The run file beside the JSON report: trial-vllm-0.12.0.json -> .run.json."""
+    return json_path.with_name(json_path.stem + ".run.json")
+
+
+def _scrubbed(value: Any, prefixes: Sequence[tuple[str, str]]) -> Any:
+    """`value` with machine paths in its strings rewritten (longest prefix first)."""
+    if isinstance(value, str):
+        for prefix, shown in prefixes:
+            value = value.replace(prefix, shown)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _scrubbed(v, prefixes) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v, prefixes) for v in value]
+    return value
 
 
 def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
-                 requested: Sequence[str], gpu: bool, state_file: Path, state_note: str,
-                 report_md: Path, report_json: Path) -> dict[str, Any]:
-    stages = []
+                 requested: Sequence[str], gpu: bool, repo_root: Path, cache_root: Path,
+                 state_file: Path, state_note: str, report_md: Path, report_json: Path
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the report, the run file): the first the same for the same inputs, the second
+    this run's times, durations, logs and paths."""
+    stages, run_stages = [], []
     for name in STAGES:
         result = results.get(name)
         if result is not None:
@@ -38,20 +69,40 @@ def build_report(plan: Mapping[str, Any], results: Mapping[str, StageResult], *,
         else:
             entry = StageResult(name, StageStatus.NOT_REQUESTED,
                                 detail=f"not requested (--stages {','.join(requested)})").to_dict()
-        stages.append(entry)
+        stages.append({k: v for k, v in entry.items() if k not in RUN_STAGE_KEYS})
+        run_stages.append({"name": name, **{k: entry[k] for k in RUN_STAGE_KEYS}})
     body = {k: v for k, v in plan.items() if k != "seconds"}
-    return {
+    releases = body.get("releases")
+    if isinstance(releases, Mapping):  # a pristine tree's path in the cache (older plans)
+        body["releases"] = {side: {pkg: {k: v for k, v in facts.items() if k != "tree"}
+                                   for pkg, facts in by_pkg.items()}
+                            for side, by_pkg in releases.items()}
+    # Directories as prefixes ("DIR/"), longest first: a cache under the home directory
+    # is <cache>/..., not ~/.cache/...
+    prefixes = [(f"{Path(repo_root).resolve()}/", ""), (f"{Path(cache_root).resolve()}/",
+                                                         "<cache>/")]
+    if str(Path.home()) not in ("", "/"):
+        prefixes.append((f"{Path.home()}/", "~/"))
+    prefixes.sort(key=lambda item: -len(item[0]))
+    report = _scrubbed({
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "vllm-wheels trial",
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "trial": {"name": f"trial-vllm-{plan['request']['vllm']}",
                   "stages_requested": list(requested), "gpu": gpu,
-                  "state_file": str(state_file), "state": state_note,
-                  "report_markdown": str(report_md), "report_json": str(report_json),
-                  "plan_seconds": plan.get("seconds")},
+                  "run_file": run_path(report_json).name},
         **body,
         "stages": stages,
+    }, prefixes)
+    run = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "kind": "vllm-wheels trial run",
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "state_file": str(state_file), "state": state_note,
+        "report_markdown": str(report_md), "report_json": str(report_json),
+        "plan_seconds": plan.get("seconds"),
+        "stages": run_stages,
     }
+    return report, run
 
 
 def _cell(text: Any) -> str:
@@ -71,10 +122,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     torch = report["torch"]
     out = [f"# Upgrade trial: vLLM {vllm_row['current']} -> {req['vllm']}", "",
            f"- Current stack: `{cur['file']}` ({cur['name']}: {cur['description']})",
-           f"- Candidate stack: `{cand['file']}` ({cand['description']})",
+           f"- Candidate stack: `{cand['file']}` ({cand['description']})"
+           + (f"; LEAVES OUT {', '.join(cand['left_out'])} (could not be read: set them before "
+              "building)" if cand.get("left_out") else ""),
            "- Request: " + " ".join(f"`{k}=={v}`" for k, v in req.items() if v),
-           f"- Generated {report['generated']}; stages requested: "
-           f"{', '.join(report['trial']['stages_requested'])}; {report['trial']['state']}", "",
+           f"- Stages requested: {', '.join(report['trial']['stages_requested'])} (when it "
+           f"ran, durations and logs: `{report['trial']['run_file']}`, not committed)", "",
            "## Verdict", "",
            f"- **torch {torch['verdict']}**: {torch['message']}"]
     if torch["risk"]:
@@ -126,19 +179,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                                 "taken" if taken else ""])
     out += _table(["release", "branch", "CUDA_SUPPORTED_ARCHS", "where", "with the stack's nvcc"],
                   branch_rows)
+    if archs["candidate"].get("unknown"):
+        out += ["", f"The candidate's nvcc is unknown ({archs['candidate']['unknown']}): no "
+                "branch of the candidate is checked."]
     missing = archs["candidate"].get("missing") or []
     out += ["", "Stack archs the candidate drops: " + (", ".join(missing) if missing else "none")]
 
     out += ["", "## Patches", "",
             "Each patch of the series is re-applied, in order, to the candidate's pristine "
-            "source (dry run on scratch copies)."]
+            "source (dry run on scratch copies), exactly as a build applies it: no fuzz; a "
+            "hunk found a few lines away is listed with its offset."]
     for p in report["patches"]:
         out += ["", f"### {p['package']}: `{p['series_dir']}`", "", p["note"], ""]
         if not p["patches"]:
             out.append("No patches in the series.")
             continue
         out += _table(["patch", "status", "failing hunks"],
-                      [[x["name"], PATCH_STATUS.get(x["status"], x["status"]),
+                      [[x["name"], PATCH_STATUS.get(x["status"], x["status"])
+                        + "".join(f", {o}" for o in x.get("offsets", ())),
                         "; ".join(h["where"] for h in x["failed_hunks"])] for x in p["patches"]])
         for x in p["patches"]:
             for h in x["failed_hunks"]:
@@ -160,10 +218,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out.append(f"- {item['package']}: " + ("; ".join(item["reasons"]) or "unchanged"))
 
     out += ["", "## Stages", ""]
-    out += _table(["stage", "result", "duration", "details", "log"],
-                  [[s["name"], s["status"] + (" (reused)" if s.get("reused") else ""),
-                    format_duration(s["seconds"]) if s["seconds"] is not None else None,
-                    s["detail"], f"`{s['log']}`" if s["log"] else None]
+    out += _table(["stage", "result", "exit code", "details"],
+                  [[s["name"], s["status"],
+                    f"{s['exit_code']} ({s['exit_meaning']})" if s["exit_code"] is not None
+                    else None, s["detail"]]
                    for s in report["stages"]])
 
     out += ["", "## Promote the candidate to the default stack", ""]
@@ -176,50 +234,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-# What changes from run to run of the same trial without the trial changing: when it ran,
-# how long it took, this run's log, whether the plan was reused, and paths on this host
-# (the cache, the checkout). The reports are tracked in git, so a re-run that differs only
-# here leaves them untouched.
-VOLATILE_TRIAL_KEYS = ("state", "state_file", "report_markdown", "report_json", "plan_seconds")
-VOLATILE_STAGE_KEYS = ("seconds", "finished", "reused", "log", "command", "outputs")
-
-
-def _without_volatile(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        out = {k: _without_volatile(v) for k, v in value.items()
-               if k not in ("generated", "tree")}
-        if isinstance(out.get("trial"), dict):
-            out["trial"] = {k: v for k, v in out["trial"].items()
-                            if k not in VOLATILE_TRIAL_KEYS}
-        if isinstance(out.get("stages"), list):
-            out["stages"] = [
-                {k: (v.replace(" " + EARLIER_RUN, "").replace(EARLIER_RUN, "")
-                     if k == "detail" and isinstance(v, str) else v)
-                 for k, v in st.items() if k not in VOLATILE_STAGE_KEYS}
-                if isinstance(st, dict) else st for st in out["stages"]]
-        return out
-    if isinstance(value, list):
-        return [_without_volatile(v) for v in value]
-    return value
-
-
-def same_trial(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """The two reports say the same, apart from VOLATILE_* (and dates, durations, paths)."""
-    return bool(_without_volatile(old) == _without_volatile(new))
-
-
-def write_report(report: Mapping[str, Any], markdown_path: Path, json_path: Path) -> bool:
-    """Both files, each written to a temporary sibling and renamed; neither is rewritten
-    when the saved report says the same (`same_trial`), so a trial of unchanged inputs
-    leaves the tracked files as they were. True when written."""
-    text = json.dumps(report, indent=2, default=str) + "\n"
-    if markdown_path.is_file() and json_path.is_file():
+def write_report(report: Mapping[str, Any], run: Mapping[str, Any], markdown_path: Path,
+                 json_path: Path) -> bool:
+    """The report's two files, each written to a temporary sibling and renamed when its
+    bytes change (a trial of unchanged inputs leaves them as they were), and the run file
+    beside them. True when the report changed."""
+    changed = False
+    for path, body in ((json_path, json.dumps(report, indent=2, default=str) + "\n"),
+                       (markdown_path, render_markdown(report))):
         try:
-            saved = json.loads(json_path.read_text(encoding="utf-8"))
-        except ValueError:
-            saved = None
-        if saved is not None and same_trial(saved, json.loads(text)):
-            return False
-    for path, body in ((json_path, text), (markdown_path, render_markdown(report))):
-        write_atomic(path, body)
-    return True
+            same = path.read_text(encoding="utf-8") == body
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            write_atomic(path, body)
+            changed = True
+    write_atomic(run_path(json_path), json.dumps(run, indent=2, default=str) + "\n")
+    return changed

@@ -7,6 +7,7 @@ Also the promotion commands: what turns the trial stack into the default one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -25,10 +26,32 @@ def render_stack(stack: Stack, *, header: Sequence[str],
     return render_toml(stack, header=header, notes=notes)
 
 
+def leave_out(text: str, table: str, key: str, why: str) -> str:
+    """`text` with the line `key = ...` of `[table]` replaced by a comment saying why it is
+    left out: a value the trial could not read is not written as if it had been."""
+    why = " ".join(why.split())  # one comment line, whatever the reason's text holds
+    lines = text.split("\n")
+    start = lines.index(f"[{table}]")
+    for index in range(start + 1, len(lines)):
+        line = lines[index]
+        if line.startswith("["):
+            break
+        if line.startswith(f"{key} = "):
+            lines[index:index + 1] = [f"# {key} = ?  LEFT OUT (blocker): {why}"]
+            return "\n".join(lines)
+    raise ValueError(f"no {key} in [{table}]")
+
+
 def write_stack(stack: Stack, target: Path, *, header: Sequence[str],
-                notes: Mapping[str, Sequence[str]] | None = None) -> Stack:
+                notes: Mapping[str, Sequence[str]] | None = None,
+                unknown: Mapping[tuple[str, str], str] | None = None) -> Stack:
     """Write atomically and read back; refuse (and leave nothing) if the file does not
-    load as the same stack."""
+    load as the same stack.
+
+    unknown: (table, key) -> why, for values the trial could not read. The stack's values
+    there are placeholders: the file is proven with them, then written with those keys
+    left out (a comment with the blocker in their place), so it does not load until the
+    user sets them. The proven in-memory stack is returned."""
     text = render_stack(stack, header=header, notes=notes)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
@@ -40,11 +63,15 @@ def write_stack(stack: Stack, target: Path, *, header: Sequence[str],
             raise ConfigError(f"the trial stack written to {target} does not read back as the "
                               "stack that was meant (a bug in the writer)",
                               fix=f"report it with the file {tmp}")
+        if unknown:
+            for (table, key), why in unknown.items():
+                text = leave_out(text, table, key, why)
+            tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
     except BaseException:
         remove(tmp)
         raise
-    return load_stack(target)
+    return dataclasses.replace(loaded, path=target) if unknown else load_stack(target)
 
 
 def _bre_escape(text: str) -> str:

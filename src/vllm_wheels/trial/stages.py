@@ -296,6 +296,11 @@ def _one_stage(name: str, state: TrialState, commands: Mapping[str, Sequence[str
             return StageResult(name, StageStatus.NOT_RUN,
                                detail=f"not run here: the {THROUGHPUT_COMMAND} command does not "
                                       "exist yet (needs the verify_throughput session)")
+    left_out = (state.plan or {}).get("candidate_stack", {}).get("left_out") or []
+    if name == "build" and left_out:
+        return StageResult(name, StageStatus.SKIPPED,
+                           detail=f"the candidate stack leaves out {', '.join(left_out)} (could "
+                                  "not be read; see the blockers): set them, then build it")
     if name in ("abi", "throughput") and not state.passed("build"):
         build = state.results.get("build")
         why = f"build {build.status}" if build else "build not run"
