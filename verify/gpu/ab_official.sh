@@ -143,7 +143,8 @@ ensure_servers() {  # NAME...: exactly these running (others stopped first: GPU 
 # ------------------------------------------------------------------ steps
 ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput call
   local id=$1 cand=$2 base=$3; shift 3
-  local family=${cand%%.*} mode=${cand#*-} limit
+  local family=${cand%%.*} rest=${cand#*.} limit
+  local mode=${rest#*-}            # FAMILY.WHO-MODE; families have dashes, WHO has none
   [ "$mode" = eager ] && mode=forced
   limit=$(left)
   local runs=()
