@@ -1,7 +1,9 @@
 """verify_throughput outputs, under verify/results/<stamp>-<workload>/:
 
     result.json   schema_version 1 (below); every run of both arms, the arms' facts
-    report.md     the verdict first, then one table per workload x concurrency
+    report.md     the verdict, then every backend difference between the arms with its
+                  likely cost, then one table per workload x concurrency, backend parity,
+                  the gate's power, the order effect, the anchor, the client cross-check
     plot.png      per-run output throughput of both arms; TTFT and ITL distributions
     servers/      the server logs of arms the harness started (moved in by cli.run once
                   the directory is published, with verify-throughput.log)
@@ -19,7 +21,20 @@ result.json, schema_version 1:
                 "metrics": [{metric, gated, ratio, ci: [lo, hi], change, cv_candidate,
                              cv_baseline, threshold, verdict, reason,
                              candidate_runs: [...], baseline_runs: [...]}]}],
-     "runs": [{arm, round, concurrency, valid, problems, <vLLM metric keys>,
+     "parity": {"candidate": {attention_backend, moe_backend, gemm_kernel, cuda_graphs,
+                              compile, flashinfer, archs, gpu_coverage, vllm_version,
+                              build_type, quantization}, "baseline": {...},
+                "differences": [{key, text, cost}], "unknown": [...]},
+     "power": {"<concurrency>": [{metric, runs, cv, mde, flags_regression_from,
+                                  threshold, power}]},
+     "order": {mode, seed, rounds: [["baseline", "candidate"], ...],
+               effect: {"<concurrency>": second-vs-first change or null}},
+     "runs_auto": null | {target, budget_s, pilot_runs, runs_needed, runs_planned, ...},
+     "cross_check": [{arm, concurrency, command, bench{...}, harness_output_throughput,
+                      bench_output_throughput, difference, agree, tolerance}],
+     "anchor": [{arm, gpu, measured_output_tok_s, bytes_per_token, ceiling_tok_s, share,
+                 bandwidth_bytes_s, bandwidth_source, total_params, active_params}],
+     "runs": [{arm, round, position, concurrency, valid, problems, <vLLM metric keys>,
                ttfts_s: [...], e2els_s: [...]}],
      "warmups": [...same shape...]}
 """
