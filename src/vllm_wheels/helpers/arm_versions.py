@@ -33,6 +33,9 @@ def version(*names: str) -> str | None:
 def main() -> None:
     out: dict[str, object] = {"python": sys.version.split()[0], "vllm": version("vllm"),
            "flashinfer": version("flashinfer-python", "flashinfer"),
+           # FlashInfer's AOT kernels: present, it runs them; absent, it compiles (JIT).
+           "flashinfer_jit_cache": version("flashinfer-jit-cache"),
+           "flashinfer_cubin": version("flashinfer-cubin"),
            "torch": None, "torch_git": None, "torch_cuda": None, "vllm_wheels_build": None}
     spec = importlib.util.find_spec("torch")
     if spec is not None and spec.origin:

@@ -41,8 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: venv:wheels/<stack>/venv, the stack's wheels installed)")
     parser.add_argument("--baseline", default=None,
                         help="arm SPEC (default: image: the nightly named in verify/baseline.toml)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="measured runs per arm (>= 5; default: the workload's)")
+    parser.add_argument("--runs", default=None,
+                        help="measured runs per arm (>= 5; default: the workload's), or "
+                             "'auto': a pilot, then the runs needed for --target-change "
+                             "within --time-budget")
+    parser.add_argument("--target-change", type=float, default=0.03,
+                        help="--runs auto: the smallest change (fraction) the A/B must "
+                             "resolve with 80%% power (default 0.03)")
+    parser.add_argument("--time-budget", type=float, default=1800.0,
+                        help="--runs auto: seconds the whole A/B may take (default 1800)")
+    for label in ("candidate", "baseline"):
+        parser.add_argument(f"--{label}-log", type=Path, default=None,
+                            help=f"a url: {label}'s server log, read for the parity report")
+        parser.add_argument(f"--{label}-venv", type=Path, default=None,
+                            help=f"the venv a url: {label}'s server runs from (versions, "
+                                 "compiled archs)")
+    parser.add_argument("--cross-check-venv", type=Path, default=None,
+                        help="a venv with vLLM: after the A/B, run its `vllm bench serve` "
+                             "against each url: arm with the workload's lengths and compare "
+                             "its output tok/s with the harness's")
     parser.add_argument("--model", type=Path, default=None,
                         help="model directory (overrides the workload's model)")
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -105,7 +122,16 @@ def run(args: argparse.Namespace) -> int:
     # ModuleNotFoundError deep inside the first round.
     check_extra()
     workload = load_workload(resolve_workload_path(args.workload, verify_dir / "workloads"))
-    workload = workload.with_overrides(model=args.model, runs=args.runs)
+    auto = None
+    runs: int | None = None
+    if args.runs == "auto":
+        auto = harness.AutoRuns(target=args.target_change, budget_s=args.time_budget)
+    elif args.runs is not None:
+        try:
+            runs = int(args.runs)
+        except ValueError:
+            raise ConfigError(f"--runs {args.runs}: not a number or 'auto'") from None
+    workload = workload.with_overrides(model=args.model, runs=runs)
     if not (workload.model / "config.json").is_file():
         raise ConfigError(f"model directory {workload.model} has no config.json",
                           why="vLLM needs the model's config.json and tokenizer files even "
@@ -115,8 +141,15 @@ def run(args: argparse.Namespace) -> int:
         args.candidate or _default_candidate(root, args.stack, args.wheels, Reporter(None)))
     baseline_spec = arms.parse_arm_spec(
         args.baseline or "image:" + arms.load_baseline_image(verify_dir / "baseline.toml"))
-    candidate = arms.make_arm("candidate", candidate_spec, workload)
-    baseline = arms.make_arm("baseline", baseline_spec, workload)
+    candidate = arms.make_arm("candidate", candidate_spec, workload,
+                              server_log=args.candidate_log, venv=args.candidate_venv)
+    baseline = arms.make_arm("baseline", baseline_spec, workload,
+                             server_log=args.baseline_log, venv=args.baseline_venv)
+    cross_check = None
+    if args.cross_check_venv is not None:
+        from .throughput import crosscheck
+
+        cross_check = crosscheck.CrossCheck(args.cross_check_venv.resolve(), reporter=None)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_root = (args.results_dir or verify_dir / "results").resolve()
@@ -130,8 +163,11 @@ def run(args: argparse.Namespace) -> int:
         reporter.say(f"verify-throughput: workload {workload.name}; candidate {candidate_spec}; "
                      f"baseline {baseline_spec}; {c.runs} runs per arm x concurrency "
                      f"{list(c.concurrency)}; full log: {log_path}")
+        if cross_check is not None:
+            cross_check.reporter = reporter
+            cross_check.work_dir = server_logs / "cross-check"
         result = harness.run_ab(workload, candidate, baseline, reporter=reporter,
-                                server_logs=server_logs)
+                                server_logs=server_logs, auto=auto, cross_check=cross_check)
         try:
             report.write(result, out_dir)
         except BaseException:

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,10 @@ from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter
 from ...runner import query
 from ...runner import start as start_process
+from . import parity
 from .workload import Workload
 
 ArmKind = Literal["venv", "image", "url"]
-_CHOICE_LINE = re.compile(r"Using \S+.*backend|attention backend|cuda ?graph|torch\.compile",
-                          re.IGNORECASE)
 CONTAINER_MODEL_DIR = "/model"
 CONTAINER_PORT = 8000
 
@@ -108,15 +108,36 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
 
 
 def gpu_facts() -> list[dict[str, str]] | None:
-    """GPU name and driver per device, or None where nvidia-smi is absent."""
+    """GPU name, driver and compute capability per device, or None where nvidia-smi is
+    absent."""
     if shutil.which("nvidia-smi") is None:
         return None
-    done = query(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                 timeout=30)
+    done = query(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap",
+                  "--format=csv,noheader"], timeout=30)
     if not done.ok:
         return [{"error": done.describe(300)}]
-    return [dict(zip(("name", "driver"), (p.strip() for p in line.split(",")), strict=False))
+    return [dict(zip(("name", "driver", "compute_cap"), (p.strip() for p in line.split(",")),
+                     strict=False))
             for line in done.stdout.splitlines() if line.strip()]
+
+
+def venv_facts(venv: Path) -> dict[str, Any]:
+    """Versions (the arm's own Python runs the helper) and the archs compiled into its
+    vllm/_C.abi3.so."""
+    facts: dict[str, Any] = {}
+    done = query([venv / "bin" / "python", VERSIONS_HELPER], timeout=120)
+    try:
+        facts["versions"] = (json.loads(done.stdout) if done.ok
+                             else {"error": done.describe(300)})
+    except ValueError as exc:
+        facts["versions"] = {"error": f"unreadable version report: {exc}"}
+    so = parity.vllm_extension(venv)
+    if so is not None:
+        try:
+            facts["archs"] = parity.compiled_archs(so)
+        except (OSError, ValueError) as exc:  # not an ELF file, unreadable
+            facts["archs_error"] = f"{so}: {exc}"
+    return facts
 
 
 class Arm:
@@ -205,12 +226,10 @@ class _ServerArm(Arm):
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._wait_ready(log_path)
         self._check_serves_model()
-        # What the server chose (attention backend, compile, graphs) is only in its log;
-        # keep those lines so two builds choosing differently shows in the report.
-        chosen = [line.strip()[-200:] for line in
-                  log_path.read_text(errors="replace").splitlines()
-                  if _CHOICE_LINE.search(line)]
-        self._facts["server_choices"] = chosen[:20]
+        # What the server chose (attention, MoE and GEMM backends, compile, graphs) is
+        # only in its log: the parity report compares the arms on it.
+        self._facts["server_log"] = parity.parse_server_log(
+            log_path.read_text(errors="replace"))
         return self.base_url
 
     def _wait_ready(self, log_path: Path) -> None:
@@ -271,12 +290,7 @@ class VenvArm(_ServerArm):
                                        "wheels/<stack>/vllm-*.whl")
 
     def collect_facts(self) -> None:
-        done = query([self.venv / "bin" / "python", VERSIONS_HELPER], timeout=120)
-        try:
-            self._facts["versions"] = (json.loads(done.stdout) if done.ok
-                                       else {"error": done.describe(300)})
-        except ValueError as exc:
-            self._facts["versions"] = {"error": f"unreadable version report: {exc}"}
+        self._facts.update(venv_facts(self.venv))
         self._facts["gpu"] = gpu_facts()
         self._facts["command"] = shlex.join(self.command(0)[0])
 
@@ -386,11 +400,18 @@ class ImageArm(_ServerArm):
 
 
 class UrlArm(Arm):
+    """Someone else's server. `server_log` (its log file) and `venv` (the environment it
+    runs from), when given, let the report compare its backends and archs like a
+    venv arm's."""
+
     kind: ArmKind = "url"
 
-    def __init__(self, label: str, spec: ArmSpec, workload: Workload) -> None:
+    def __init__(self, label: str, spec: ArmSpec, workload: Workload, *,
+                 server_log: Path | None = None, venv: Path | None = None) -> None:
         super().__init__(label, spec, workload)
         self.base_url = spec.target.rstrip("/")
+        self.server_log = server_log
+        self.venv = venv
 
     def given_settings(self) -> dict[str, Any] | None:
         return None  # someone else's server: its engine settings are not ours to know
@@ -411,7 +432,18 @@ class UrlArm(Arm):
 
     def start(self, reporter: Reporter, log_path: Path) -> str:
         self._check_serves_model()
+        self._read_log()
         return self.base_url
+
+    def _read_log(self) -> None:
+        if self.server_log is None:
+            return
+        try:
+            text = self.server_log.read_text(errors="replace")
+        except OSError as exc:
+            self._facts["server_log_error"] = f"{self.server_log}: {exc}"
+            return
+        self._facts["server_log"] = parity.parse_server_log(text)
 
     def collect_facts(self) -> None:
         try:
@@ -419,12 +451,22 @@ class UrlArm(Arm):
         except (OSError, ValueError):
             self._facts["version"] = None  # not a vLLM server, or an older one
         self._facts["url"] = self.base_url
-        self._facts["gpu"] = None  # the server's host is not ours to query
+        if self.venv is not None:
+            self._facts.update(venv_facts(self.venv))
+        # A server on loopback runs on this machine's GPU; elsewhere it is not ours to query.
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        self._facts["gpu"] = gpu_facts() if host in ("127.0.0.1", "localhost", "::1") else None
+        self._read_log()
 
 
-def make_arm(label: str, spec: ArmSpec, workload: Workload) -> Arm:
+def make_arm(label: str, spec: ArmSpec, workload: Workload, *,
+             server_log: Path | None = None, venv: Path | None = None) -> Arm:
+    if (server_log is not None or venv is not None) and spec.kind != "url":
+        raise ConfigError(f"--{label}-log / --{label}-venv are for url: arms",
+                          why=f"the harness starts a {spec.kind}: arm's server and reads its "
+                              "log and environment itself")
     if spec.kind == "venv":
         return VenvArm(label, spec, workload)
     if spec.kind == "image":
         return ImageArm(label, spec, workload)
-    return UrlArm(label, spec, workload)
+    return UrlArm(label, spec, workload, server_log=server_log, venv=venv)

@@ -51,8 +51,10 @@ Where this client is stricter than vLLM's, on purpose:
   * `usage` is read even when it rides on a message that also has `choices`
     (transformers serve sends it on the final finish_reason message; vLLM's client
     would miss it there). vLLM's own server sends usage with `choices: []`;
-  * a run is valid only when no request failed and every request returned exactly
-    `output_len` tokens; an invalid run is recorded but never averaged in.
+  * a run is valid only when no request failed and, with ignore_eos, every request
+    returned exactly `output_len` tokens (without ignore_eos a request may stop at EOS
+    and counts with its real length, as in vLLM's bench; more than `output_len` tokens
+    is always invalid); an invalid run is recorded but never averaged in.
 Not computed: goodput and peak output tokens/s (`max_output_tokens_per_s`).
 """
 
@@ -304,13 +306,17 @@ def compute_metrics(records: Sequence[RequestRecord], duration: float, *,
     return result
 
 
-def run_problems(records: Sequence[RequestRecord], output_len: int) -> list[str]:
-    """Why a run is invalid (empty list: valid)."""
+def run_problems(records: Sequence[RequestRecord], output_len: int, *,
+                 ignore_eos: bool = True) -> list[str]:
+    """Why a run is invalid (empty list: valid). Short outputs make it invalid only when
+    the run asked for ignore_eos; without it a request may end at EOS and counts with its
+    real length, as in `vllm bench serve` (more than output_len is always wrong)."""
     problems = []
     failed = [r for r in records if not r.success]
     if failed:
         problems.append(f"{len(failed)}/{len(records)} requests failed; first: {failed[0].error}")
-    wrong = [r.output_tokens for r in records if r.success and r.output_tokens != output_len]
+    wrong = [r.output_tokens for r in records if r.success and r.output_tokens != output_len
+             and (ignore_eos or (r.output_tokens or 0) > output_len)]
     if wrong:
         problems.append(f"{len(wrong)}/{len(records)} requests returned "
                         f"{sorted({n or 0 for n in wrong})} "
@@ -403,7 +409,7 @@ def measure(base_url: str, model: str, prompts: Sequence[Prompt], *, output_len:
     """One benchmark run -> its metrics and validity."""
     run = benchmark(base_url, model, prompts, output_len=output_len, concurrency=concurrency,
                     ignore_eos=ignore_eos, seed=seed, on_progress=on_progress)
-    problems = run_problems(run.records, output_len)
+    problems = run_problems(run.records, output_len, ignore_eos=ignore_eos)
     metrics = compute_metrics(run.records, run.duration, input_len=input_len)
     return RunMetrics(concurrency=concurrency, num_prompts=len(prompts), metrics=metrics,
                       valid=not problems, problems=tuple(problems)), run

@@ -1,13 +1,27 @@
-"""The A/B method: both arms, one server at a time, interleaved A B A B.
+"""The A/B method: both arms, one server at a time, in a balanced order.
 
-For each round r = 1..runs, for each arm in turn (baseline, then candidate):
+For each round r = 1..runs, both arms in the round's order:
     start the arm's server (fresh: caches and compiled state start equal), wait for
     /health, send the warm-up prompts and discard them (CUDA graphs, torch.compile,
     allocator), then run the measured prompts once per concurrency level, stop it.
+The order within a round alternates (ABBA: baseline first in odd rounds, candidate first
+in even ones; `order = "alternate"`, the default) or is a balanced random permutation
+drawn from the workload's seed (`order = "random"`, the seed recorded), so an order
+effect (warm-up, clocks, caches: whichever arm runs second is slower) falls on both
+arms equally instead of biasing one; `order = "fixed"` (baseline always first) is the
+old method, kept to show the difference. An odd number of runs is rounded up to even, so
+each arm goes first equally often. The report measures the order effect itself (second
+position vs first, both arms together).
+
 A warm-up that is itself invalid (failed requests, short outputs) stops the A/B at once:
 that arm cannot produce a valid run, and GPU time is better not spent on the rest.
 A measured run that is invalid is recorded and left out of the statistics; a cell with
 fewer than MIN_RUNS valid runs in an arm cannot be decided ("could not run").
+
+`--runs auto` (AutoRuns): the first MIN_RUNS rounds (rounded to even) are the pilot;
+from their CVs (the worst gated metric of every cell) and the time a round took, the
+runs needed for the target detectable change (stats.runs_needed) are added, as far as
+the time budget allows; the report states the detectable change reached.
 
 The overall verdict is the worst cell by regression > could-not-run > inconclusive >
 pass: a regression proven at one concurrency is the most important news even when
@@ -36,12 +50,14 @@ class ArmRun:
     round: int  # 1-based
     concurrency: int
     metrics: client.RunMetrics
+    position: int = 1  # 1: this arm ran first in its round, 2: second
     ttfts: list[float] = field(default_factory=list)  # seconds, per request
     itls: list[float] = field(default_factory=list)
     e2els: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arm": self.arm, "round": self.round, **self.metrics.to_dict(),
+        return {"arm": self.arm, "round": self.round, "position": self.position,
+                **self.metrics.to_dict(),
                 "ttfts_s": self.ttfts, "e2els_s": self.e2els}
 
 
@@ -59,6 +75,10 @@ class AbResult:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    orders: list[tuple[str, str]] = field(default_factory=list)  # per round, first first
+    order_seed: int | None = None  # the seed of order = "random"
+    auto: dict[str, Any] | None = None  # what --runs auto decided, and why
+    cross_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def valid_runs(self, arm: str, concurrency: int) -> list[ArmRun]:
         return [r for r in self.runs
@@ -109,18 +129,55 @@ class _Progress:
                               f"A/B ETA {self.eta()}")
 
 
+@dataclass(frozen=True)
+class AutoRuns:
+    """--runs auto: enough runs for `target` (the smallest change the CI resolves with
+    80 % power), at most `max_runs` per arm, within `budget_s` seconds of A/B."""
+
+    target: float = 0.03
+    budget_s: float = 1800.0
+    max_runs: int = 40
+
+
+def round_orders(rounds: int, mode: str, seed: int) -> list[tuple[str, str]]:
+    """Which arm runs first in each round (see the module docstring)."""
+    ab, ba = ("baseline", "candidate"), ("candidate", "baseline")
+    if mode == "fixed":
+        return [ab] * rounds
+    if mode == "random":
+        import numpy as np
+
+        firsts = [ab] * (rounds // 2) + [ba] * (rounds - rounds // 2)
+        rng = np.random.default_rng(seed)
+        return [firsts[i] for i in rng.permutation(rounds)]
+    return [ab if r % 2 == 0 else ba for r in range(rounds)]
+
+
 def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Reporter,
-           server_logs: Path) -> AbResult:
+           server_logs: Path, auto: AutoRuns | None = None,
+           cross_check: Any = None) -> AbResult:
+    """`cross_check`: called as cross_check(result, arms) after the last round, while
+    url: arms still serve (crosscheck.run_cross_check)."""
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result = AbResult(workload=workload, candidate=candidate, baseline=baseline,
                       started=started)
     result.notes += check_settings(candidate, baseline)
     t0 = time.monotonic()
     c = workload.client
-    order = (baseline, candidate)
-    progress = _Progress(reporter, c.runs * len(order) * len(c.concurrency))
+    arms = {"baseline": baseline, "candidate": candidate}
+    rounds = c.runs
+    if c.order != "fixed" and rounds % 2:
+        rounds += 1
+        result.notes.append(f"runs rounded up from {c.runs} to {rounds}, so each arm runs "
+                            "first in half the rounds")
+    if auto is not None:
+        rounds = MIN_RUNS + MIN_RUNS % 2  # the pilot
+    result.orders = round_orders(rounds, c.order, c.seed)
+    if c.order == "random":
+        result.order_seed = c.seed
+    progress = _Progress(reporter, rounds * 2 * len(c.concurrency))
     try:
-        prepare_arms(order, reporter)
+        prepare_arms((baseline, candidate), reporter)
         if candidate.served_model != baseline.served_model:
             result.notes.append(f"the arms serve different model names: candidate "
                                 f"'{candidate.served_model}', baseline '{baseline.served_model}'")
@@ -134,20 +191,66 @@ def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Repor
             result.notes.append(f"prompt lengths under the tokenizer: {lengths} (target "
                                 f"{c.input_len}); total_input_tokens counts these "
                                 "client-side lengths, as vLLM's bench does")
-        for round_no in range(1, c.runs + 1):
-            for arm in order:
-                _one_round(result, arm, round_no, prompts, warmup, reporter, progress,
-                           server_logs)
+        round_no = 0
+        while round_no < len(result.orders):
+            round_no += 1
+            for position, label in enumerate(result.orders[round_no - 1], start=1):
+                _one_round(result, arms[label], round_no, position, len(result.orders),
+                           prompts, warmup, reporter, progress, server_logs)
                 if result.problems:
                     return _finish(result, t0)
+            if auto is not None and round_no == len(result.orders) and result.auto is None:
+                _plan_auto(result, auto, time.monotonic() - t0, reporter)
+                progress.total_units = len(result.orders) * 2 * len(c.concurrency)
+        if cross_check is not None:
+            cross_check(result, arms)
     except CouldNotRunError as exc:
         result.problems.append(exc.what + (f" (fix: {exc.fix})" if exc.fix else ""))
         return _finish(result, t0)
     finally:
-        for arm in order:
+        for arm in (baseline, candidate):
             arm.stop(reporter)
     _decide(result)
     return _finish(result, t0)
+
+
+def _plan_auto(result: AbResult, auto: AutoRuns, elapsed: float, reporter: Reporter) -> None:
+    """After the pilot: the runs the target needs, as far as the budget allows."""
+    w = result.workload
+    pilot = len(result.orders)
+    needed = pilot
+    worst: tuple[float, str] = (0.0, "")
+    for conc in w.client.concurrency:
+        cand = result.valid_runs("candidate", conc)
+        base = result.valid_runs("baseline", conc)
+        if len(cand) < 2 or len(base) < 2:
+            continue
+        for metric in w.gate.metrics:
+            cv_c = stats.cv([r.metrics[metric] for r in cand])
+            cv_b = stats.cv([r.metrics[metric] for r in base])
+            n = stats.runs_needed(cv_c, cv_b, auto.target, confidence=w.gate.confidence)
+            if n > needed:
+                needed = n
+            if max(cv_c, cv_b) > worst[0]:
+                worst = (max(cv_c, cv_b), f"{metric} at concurrency {conc}")
+    per_round = elapsed / pilot
+    fit = pilot + int(max(0.0, auto.budget_s - elapsed) // per_round)
+    planned = max(pilot, min(needed, fit, auto.max_runs))
+    planned += planned % 2
+    limited = ("reached" if planned >= needed else
+               "the time budget" if fit <= min(needed, auto.max_runs) else "max_runs")
+    if w.client.order == "random":  # balanced within each added pair of rounds
+        for k in range((planned - pilot) // 2):
+            result.orders += round_orders(2, "random", w.client.seed + pilot + k)
+    else:
+        result.orders += round_orders(planned, w.client.order, w.client.seed)[pilot:]
+    result.auto = {"target": auto.target, "budget_s": auto.budget_s, "max_runs": auto.max_runs,
+                   "pilot_runs": pilot, "pilot_s": elapsed, "s_per_round": per_round,
+                   "runs_needed": needed, "runs_planned": planned, "limited_by": limited,
+                   "noisiest": f"{worst[1]} (CV {worst[0]:.2%})" if worst[1] else ""}
+    reporter.say(f"==> --runs auto: the pilot ({pilot} runs per arm, {per_round:.0f} s a round) "
+                 f"needs {needed} runs per arm for a {auto.target:.1%} detectable change; "
+                 f"running {planned} ({limited})")
 
 
 def prepare_arms(order: tuple[Arm, ...], reporter: Reporter) -> None:
@@ -160,12 +263,12 @@ def prepare_arms(order: tuple[Arm, ...], reporter: Reporter) -> None:
         arm.collect_facts()
 
 
-def _one_round(result: AbResult, arm: Arm, round_no: int, prompts: list[client.Prompt],
-               warmup: list[client.Prompt], reporter: Reporter, progress: _Progress,
-               server_logs: Path) -> None:
+def _one_round(result: AbResult, arm: Arm, round_no: int, position: int, rounds: int,
+               prompts: list[client.Prompt], warmup: list[client.Prompt],
+               reporter: Reporter, progress: _Progress, server_logs: Path) -> None:
     w = result.workload
     c = w.client
-    reporter.say(f"==> round {round_no}/{c.runs}: {arm.label} ({arm.spec}); "
+    reporter.say(f"==> round {round_no}/{rounds}: {arm.label} ({arm.spec}); "
                  f"A/B ETA {progress.eta()}")
     base_url = arm.start(reporter, server_logs / f"{arm.label}-round{round_no}.log")
     try:
@@ -175,20 +278,20 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, prompts: list[client.P
                                           output_len=c.output_len, input_len=c.input_len,
                                           concurrency=max(c.concurrency),
                                           ignore_eos=c.ignore_eos, seed=c.seed,
-                                          on_progress=progress.requests)
-            result.warmups.append(_arm_run(arm.label, round_no, metrics, run))
+                                          on_progress=progress.requests)  # warm-up
+            result.warmups.append(_arm_run(arm.label, round_no, metrics, run, position))
             if not metrics.valid:
                 result.problems.append(
                     f"{arm.label} ({arm.spec}): the warm-up was invalid: "
                     + "; ".join(metrics.problems))
                 return
         for conc in c.concurrency:
-            progress.label = f"{arm.label} run {round_no}/{c.runs} concurrency {conc}"
+            progress.label = f"{arm.label} run {round_no}/{rounds} concurrency {conc}"
             metrics, run = client.measure(base_url, arm.served_model, prompts,
                                           output_len=c.output_len, input_len=c.input_len,
                                           concurrency=conc, ignore_eos=c.ignore_eos,
                                           seed=c.seed, on_progress=progress.requests)
-            result.runs.append(_arm_run(arm.label, round_no, metrics, run))
+            result.runs.append(_arm_run(arm.label, round_no, metrics, run, position))
             progress.done_units += 1
             state = "valid" if metrics.valid else "INVALID: " + "; ".join(metrics.problems)
             reporter.say(f"    {arm.label} run {round_no} c={conc}: "
@@ -200,9 +303,10 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, prompts: list[client.P
 
 
 def _arm_run(label: str, round_no: int, metrics: client.RunMetrics,
-             run: client.BenchmarkRun) -> ArmRun:
+             run: client.BenchmarkRun, position: int = 1) -> ArmRun:
     done = [r for r in run.records if r.success]
     return ArmRun(arm=label, round=round_no, concurrency=metrics.concurrency, metrics=metrics,
+                  position=position,
                   ttfts=[r.ttft for r in done], itls=[g for r in done for g in r.itl],
                   e2els=[r.latency for r in done])
 
@@ -214,7 +318,7 @@ def _decide(result: AbResult) -> None:
     for conc in w.client.concurrency:
         cand = result.valid_runs("candidate", conc)
         base = result.valid_runs("baseline", conc)
-        short = [f"{name} has {len(runs)} valid runs of {w.client.runs}"
+        short = [f"{name} has {len(runs)} valid runs of {len(result.orders) or w.client.runs}"
                  for name, runs in (("candidate", cand), ("baseline", base))
                  if len(runs) < MIN_RUNS]
         if short:
@@ -234,6 +338,28 @@ def _decide(result: AbResult) -> None:
         result.cell_verdicts[conc] = verdict
         verdicts.append(verdict)
     result.verdict = overall_verdict(verdicts)
+
+
+def order_effect(result: AbResult, concurrency: int, metric: str = "output_throughput"
+                 ) -> float | None:
+    """median(second-position runs) / median(first-position runs) - 1 over both arms,
+    each run first divided by its arm's median (so the arms' own difference cancels);
+    None without runs in both positions."""
+    import numpy as np
+
+    scaled: dict[int, list[float]] = {1: [], 2: []}
+    for arm in ("baseline", "candidate"):
+        runs = result.valid_runs(arm, concurrency)
+        if not runs:
+            continue
+        centre = float(np.median([r.metrics[metric] for r in runs]))
+        if centre == 0:
+            continue
+        for r in runs:
+            scaled[r.position].append(r.metrics[metric] / centre)
+    if not scaled[1] or not scaled[2]:
+        return None
+    return float(np.median(scaled[2]) / np.median(scaled[1]) - 1.0)
 
 
 _PRECEDENCE: tuple[Outcome, ...] = ("regression", "could-not-run", "inconclusive", "pass")

@@ -1,7 +1,9 @@
 """verify_throughput outputs, under verify/results/<stamp>-<workload>/:
 
     result.json   schema_version 1 (below); every run of both arms, the arms' facts
-    report.md     the verdict first, then one table per workload x concurrency
+    report.md     the verdict, then every backend difference between the arms with its
+                  likely cost, then one table per workload x concurrency, backend parity,
+                  the gate's power, the order effect, the anchor, the client cross-check
     plot.png      per-run output throughput of both arms; TTFT and ITL distributions
     servers/      the server logs of arms the harness started (moved in by cli.run once
                   the directory is published, with verify-throughput.log)
@@ -19,7 +21,20 @@ result.json, schema_version 1:
                 "metrics": [{metric, gated, ratio, ci: [lo, hi], change, cv_candidate,
                              cv_baseline, threshold, verdict, reason,
                              candidate_runs: [...], baseline_runs: [...]}]}],
-     "runs": [{arm, round, concurrency, valid, problems, <vLLM metric keys>,
+     "parity": {"candidate": {attention_backend, moe_backend, gemm_kernel, cuda_graphs,
+                              compile, flashinfer, archs, gpu_coverage, vllm_version,
+                              build_type, quantization}, "baseline": {...},
+                "differences": [{key, text, cost}], "unknown": [...]},
+     "power": {"<concurrency>": [{metric, runs, cv, mde, flags_regression_from,
+                                  threshold, power}]},
+     "order": {mode, seed, rounds: [["baseline", "candidate"], ...],
+               effect: {"<concurrency>": second-vs-first change or null}},
+     "runs_auto": null | {target, budget_s, pilot_runs, runs_needed, runs_planned, ...},
+     "cross_check": [{arm, concurrency, command, bench{...}, harness_output_throughput,
+                      bench_output_throughput, difference, agree, tolerance}],
+     "anchor": [{arm, gpu, measured_output_tok_s, bytes_per_token, ceiling_tok_s, share,
+                 bandwidth_bytes_s, bandwidth_source, total_params, active_params}],
+     "runs": [{arm, round, position, concurrency, valid, problems, <vLLM metric keys>,
                ttfts_s: [...], e2els_s: [...]}],
      "warmups": [...same shape...]}
 """
@@ -31,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from ...cache import publish_dir, remove, temp_sibling
-from .harness import AbResult
+from . import anchor, crosscheck, parity, stats
+from .harness import AbResult, order_effect
 
 SCHEMA_VERSION = 1
 
@@ -64,9 +80,121 @@ def to_json(result: AbResult) -> dict[str, Any]:
         "cells": [{"concurrency": conc, "verdict": result.cell_verdicts.get(conc),
                    "metrics": [m.to_dict() for m in result.comparisons.get(conc, [])]}
                   for conc in result.workload.client.concurrency],
+        "parity": parity_json(result),
+        "power": {str(conc): [stats.power_of(m, result.workload.gate.confidence).to_dict()
+                              for m in result.comparisons.get(conc, []) if m.gated]
+                  for conc in result.workload.client.concurrency},
+        "order": {"mode": result.workload.client.order, "seed": result.order_seed,
+                  "rounds": [list(o) for o in result.orders],
+                  "effect": {str(conc): order_effect(result, conc)
+                             for conc in result.workload.client.concurrency}},
+        "runs_auto": result.auto,
+        "cross_check": result.cross_checks,
+        "anchor": anchors(result),
         "runs": [r.to_dict() for r in result.runs],
         "warmups": [r.to_dict() for r in result.warmups],
     }
+
+
+def parity_json(result: AbResult) -> dict[str, Any]:
+    cand = parity.arm_parity(result.candidate.facts())
+    base = parity.arm_parity(result.baseline.facts())
+    return {"candidate": cand, "baseline": base,
+            "differences": [{"key": d.key, "text": d.text, "cost": d.cost}
+                            for d in parity.differences(cand, base)],
+            "unknown": parity.unknown_fields(cand, base)}
+
+
+def parity_lines(result: AbResult) -> list[str]:
+    """The report's first lines: every difference between the arms, with its cost."""
+    doc = parity_json(result)
+    diffs = doc["differences"]
+    if diffs:
+        lines = [f"**{len(diffs)} difference(s) between the arms** (from their server logs, "
+                 "packages and compiled archs):", ""]
+        lines += [f"- {d['text']} — likely cost: {d['cost']}" for d in diffs]
+    else:
+        lines = ["No backend, kernel-path, graph, compile or arch difference found between "
+                 "the arms (from their server logs, packages and compiled archs)."]
+    if doc["unknown"]:
+        lines += ["", "Not known for both arms (no log line, venv or GPU to read it from): "
+                  + ", ".join(doc["unknown"]) + "."]
+    return lines
+
+
+def parity_table(result: AbResult) -> list[str]:
+    doc = parity_json(result)
+    lines = ["| backend parity | candidate | baseline |", "|---|---|---|"]
+    for key, label in parity.FIELDS:
+        a, b = doc["candidate"].get(key), doc["baseline"].get(key)
+        lines.append(f"| {label} | {a if a is not None else '?'} | "
+                     f"{b if b is not None else '?'} |")
+    return lines
+
+
+def _gpu_name(result: AbResult) -> str:
+    for arm in (result.candidate, result.baseline):
+        for gpu in arm.facts().get("gpu") or []:
+            if gpu.get("name"):
+                return str(gpu["name"])
+    return ""
+
+
+def anchors(result: AbResult) -> list[dict[str, Any]]:
+    """Single-stream (concurrency 1) output tok/s of each arm against the bandwidth
+    ceiling; empty without a concurrency-1 cell or a known GPU name."""
+    import numpy as np
+
+    if 1 not in result.workload.client.concurrency:
+        return []
+    gpu = _gpu_name(result)
+    out = []
+    for arm in ("candidate", "baseline"):
+        runs = result.valid_runs(arm, 1)
+        if not runs:
+            continue
+        tps = float(np.median([r.metrics["output_throughput"] for r in runs]))
+        if not gpu:
+            out.append({"arm": arm, "measured_output_tok_s": tps,
+                        "error": "no GPU name (nvidia-smi) to read the bandwidth for"})
+            continue
+        out.append({"arm": arm, **anchor.anchor(result.workload.model,
+                                                 result.workload.engine.args, gpu, tps)})
+    return out
+
+
+def anchor_lines(result: AbResult) -> list[str]:
+    lines = []
+    for a in anchors(result):
+        if "error" in a:
+            lines.append(f"- {a['arm']}: {a['measured_output_tok_s']:.1f} output tok/s at "
+                         f"concurrency 1; no anchor: {a['error']}")
+            continue
+        lines.append(
+            f"- {a['arm']}: {a['measured_output_tok_s']:.1f} output tok/s at concurrency 1 = "
+            f"**{a['share']:.0%}** of the {a['gpu']} bandwidth ceiling "
+            f"{a['ceiling_tok_s']:.0f} tok/s ({a['bandwidth_bytes_s'] / 1e12:.2f} TB/s "
+            f"[{a['bandwidth_source']}] / {a['bytes_per_token'] / 1e9:.2f} GB of weights read "
+            f"per token; {a['active_params'] / 1e9:.2f} B active of "
+            f"{a['total_params'] / 1e9:.2f} B params)")
+    return lines
+
+
+def power_lines(result: AbResult) -> list[str]:
+    g = result.workload.gate
+    lines = [f"| concurrency | metric | valid runs cand / base | CV cand / base | resolves "
+             f"(80 % power, {g.confidence:.0%} CI) | flags a regression from |",
+             "|---|---|---|---|---|---|"]
+    for conc in result.workload.client.concurrency:
+        for m in result.comparisons.get(conc, []):
+            if not m.gated:
+                continue
+            pw = stats.power_of(m, g.confidence)
+            lines.append(f"| {conc} | {_LABELS[m.metric][0]} | {pw.runs[0]} / {pw.runs[1]} | "
+                         f"{pw.cv[0]:.2%} / {pw.cv[1]:.2%} | ±{pw.mde:.2%} | "
+                         f"{pw.flags_from:.2%} (threshold {pw.threshold:.1%} + "
+                         f"{pw.mde:.2%}) |")
+    return lines
 
 
 def _arm_line(facts: dict[str, Any]) -> str:
@@ -103,6 +231,7 @@ def markdown(result: AbResult) -> str:
     w = result.workload
     c = w.client
     lines = [f"# Throughput A/B: {w.name} — **{result.verdict.upper()}**", ""]
+    lines += parity_lines(result) + [""]
     if result.problems:
         lines += ["Could not run or decide:", ""] + [f"- {p}" for p in result.problems] + [""]
     lines += verdict_lines(result)
@@ -110,8 +239,11 @@ def markdown(result: AbResult) -> str:
               f"- baseline: {_arm_line(result.baseline.facts())}",
               f"- workload `{w.path.name}` (fingerprint {w.fingerprint()}): model `{w.model}`, "
               f"input {c.input_len} / output {c.output_len} tokens, {c.num_prompts} prompts, "
-              f"seed {c.seed}, warm-up {c.warmup_prompts} prompts, {c.runs} runs per arm "
-              f"interleaved, ignore_eos {c.ignore_eos}, temperature 0",
+              f"seed {c.seed}, warm-up {c.warmup_prompts} prompts, {len(result.orders)} runs "
+              f"per arm, order {c.order}"
+              + (f" (seed {result.order_seed})" if result.order_seed is not None else "")
+              + f" ({' '.join(''.join(a[0].upper() for a in o) for o in result.orders)}), "
+              f"ignore_eos {c.ignore_eos}, temperature 0",
               f"- gate on {', '.join(w.gate.metrics)}: throughput drop > "
               f"{w.gate.throughput_drop:.1%} or latency rise > {w.gate.latency_rise:.1%} with "
               f"{w.gate.confidence:.0%} confidence; "
@@ -138,6 +270,31 @@ def markdown(result: AbResult) -> str:
         lines.append("")
         lines.append("\\* reported, not gated. Change = median(candidate) / median(baseline) - 1 "
                      "over the valid runs; CI by bootstrap over runs.")
+    lines += ["", "## Backend parity", ""] + parity_table(result)
+    if result.comparisons:
+        lines += ["", "## The gate's power", "",
+                  "The smallest change the runs resolve (normal approximation for the ratio "
+                  "of medians; see stats.py) and the smallest regression the gate flags, "
+                  "each with 80 % power:", ""] + power_lines(result)
+    if result.auto:
+        a = result.auto
+        lines += ["", f"--runs auto: target ±{a['target']:.1%}; the pilot ({a['pilot_runs']} "
+                  f"runs per arm, {a['s_per_round']:.0f} s a round; noisiest {a['noisiest']}) "
+                  f"needed {a['runs_needed']} runs per arm; ran {a['runs_planned']} "
+                  f"({a['limited_by']}; budget {a['budget_s']:.0f} s)."]
+    effects = [(conc, order_effect(result, conc)) for conc in c.concurrency]
+    effects = [(conc, e) for conc, e in effects if e is not None]
+    if effects:
+        lines += ["", "Order effect (output tok/s of the arm running second in its round vs "
+                  "first, both arms; balanced order keeps it out of the comparison): "
+                  + ", ".join(f"concurrency {conc} {e:+.2%}" for conc, e in effects) + "."]
+    anchor_text = anchor_lines(result)
+    if anchor_text:
+        lines += ["", "## Absolute anchor (single stream vs the GPU's memory bandwidth)", ""]
+        lines += anchor_text
+    if result.cross_checks:
+        lines += ["", "## Client cross-check (vllm bench serve, same server and lengths)", ""]
+        lines += crosscheck.lines(result.cross_checks)
     invalid = [r for r in result.runs if not r.metrics.valid]
     if invalid:
         lines += ["", "## Invalid runs (left out)", ""]
@@ -174,7 +331,7 @@ def plot(result: AbResult, path: Path) -> None:
             if itls:
                 ax_itl.hist(itls, bins=60, alpha=0.5, color=colors[arm], label=arm)
         ax_tp.set_title(f"concurrency {conc}: output throughput per run")
-        ax_tp.set_xlabel("round (interleaved A B A B)")
+        ax_tp.set_xlabel("round (order alternates: see report.md)")
         ax_tp.set_ylabel("tok/s")
         ax_ttft.set_title("TTFT per request (valid runs)")
         ax_ttft.set_xlabel("ms")

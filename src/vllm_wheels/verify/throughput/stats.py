@@ -168,3 +168,78 @@ def compare_runs(candidate: Sequence[dict[str, float]], baseline: Sequence[dict[
             max_cv=max_cv, confidence=confidence, resamples=resamples,
             gated=metric in gated, seed=seed))
     return out
+
+
+# ---------------------------------------------------------------------------- power
+#
+# How small a change can the gate see with the runs it made? Normal approximation for
+# the ratio of two medians of n runs each (what the bootstrap estimates):
+#     var(median of n runs) ~= (pi / 2) * sigma^2 / n         (the median of a normal
+#                                                              sample; efficiency 2/pi)
+#     SE(log ratio)         ~= sqrt(pi / 2 * (cv_c^2 / n_c + cv_b^2 / n_b))
+#     resolution (MDE)      = (z_{1 - alpha/2} + z_{power}) * SE
+# A true change of the MDE has its confidence interval clear of "no change" with the
+# given power (80 % by default). The gate adds its threshold on top: it flags a
+# regression only when the whole CI lies beyond the threshold, so the smallest drop it
+# flags with that power is threshold + MDE, and a build equal to the baseline passes
+# with that power only while MDE < threshold.
+
+POWER = 0.8
+
+
+def _z(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+def standard_error(cv_candidate: float, cv_baseline: float, n_candidate: int,
+                   n_baseline: int) -> float:
+    """SE of log(median ratio) from the arms' CVs and run counts (see above)."""
+    import math
+
+    return math.sqrt(math.pi / 2 * (cv_candidate ** 2 / n_candidate
+                                    + cv_baseline ** 2 / n_baseline))
+
+
+def detectable_change(cv_candidate: float, cv_baseline: float, n_candidate: int,
+                      n_baseline: int, *, confidence: float, power: float = POWER) -> float:
+    """The smallest true relative change the CI resolves with `power` (the MDE)."""
+    z = _z(1 - (1 - confidence) / 2) + _z(power)
+    return z * standard_error(cv_candidate, cv_baseline, n_candidate, n_baseline)
+
+
+def runs_needed(cv_candidate: float, cv_baseline: float, target: float, *,
+                confidence: float, power: float = POWER) -> int:
+    """Runs per arm (equal for both) so that the MDE is at most `target`."""
+    import math
+
+    z = _z(1 - (1 - confidence) / 2) + _z(power)
+    n = math.pi / 2 * z ** 2 * (cv_candidate ** 2 + cv_baseline ** 2) / target ** 2
+    return max(2, math.ceil(n - 1e-9))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Power:
+    """What one gated metric's runs can tell."""
+
+    metric: str
+    runs: tuple[int, int]  # valid runs (candidate, baseline)
+    cv: tuple[float, float]
+    mde: float  # smallest change the CI resolves with POWER
+    flags_from: float  # smallest regression the gate flags with POWER (threshold + mde)
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "runs": list(self.runs), "cv": list(self.cv),
+                "mde": self.mde, "flags_regression_from": self.flags_from,
+                "threshold": self.threshold, "power": POWER}
+
+
+def power_of(comparison: MetricComparison, confidence: float) -> Power:
+    n_c, n_b = len(comparison.candidate), len(comparison.baseline)
+    mde = detectable_change(comparison.cv_candidate, comparison.cv_baseline, n_c, n_b,
+                            confidence=confidence)
+    return Power(metric=comparison.metric, runs=(n_c, n_b),
+                 cv=(comparison.cv_candidate, comparison.cv_baseline), mde=mde,
+                 flags_from=comparison.threshold + mde, threshold=comparison.threshold)

@@ -8,7 +8,7 @@ rejected with a suggestion: a typo must not silently fall back to a default.
     name = "single-stream"
     model = "../models/gpt-oss-20b"     # config.json + tokenizer files; relative to this file
     [client]   input_len, output_len, num_prompts, concurrency = [1, 8], seed,
-               warmup_prompts, runs, ignore_eos
+               warmup_prompts, runs, ignore_eos, order = "alternate" | "random" | "fixed"
     [engine]   args = [...], load_format = "dummy", seed, prefix_caching,
                attention_backend, env = {...}
     [gate]     throughput_drop, latency_rise, max_cv, confidence, bootstrap_resamples
@@ -26,6 +26,7 @@ from typing import Any
 from ...config import Table, read_toml
 from ...errors import ConfigError
 
+ORDERS = ("alternate", "random", "fixed")
 MIN_RUNS = 5  # fewer independent runs per arm give no usable confidence interval
 
 
@@ -41,10 +42,15 @@ class ClientSettings:
     warmup_prompts: int = 8
     runs: int = MIN_RUNS
     # vLLM needs ignore_eos with random (dummy) weights to produce exactly output_len
-    # tokens; servers that reject the field (transformers serve answers 422) need a
-    # model without an EOS token instead. Either way the run is valid only if every
-    # request returned exactly output_len tokens.
+    # tokens; then a run is valid only if every request returned exactly output_len
+    # tokens. Without it (servers that refuse the field: transformers serve answers 422),
+    # a request may end early at EOS and is measured as `vllm bench serve` measures it
+    # (its real output tokens); only a request longer than output_len is invalid.
     ignore_eos: bool = True
+    # Which arm runs first in each round (harness.round_orders): "alternate" (ABBA),
+    # "random" (balanced, from `seed`) or "fixed" (baseline first: biased by any order
+    # effect, kept to show it).
+    order: str = "alternate"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +167,12 @@ def load_workload(path: Path) -> Workload:
         warmup_prompts=c.get("warmup_prompts", int, default=8),
         runs=c.get("runs", int, default=MIN_RUNS),
         ignore_eos=c.get("ignore_eos", bool, default=True),
+        order=c.get("order", str, default="alternate"),
     )
     c.finish()
+    if client.order not in ORDERS:
+        raise ConfigError(f"{path}: [client] order must be one of {list(ORDERS)}, "
+                          f"got {client.order!r}")
     _check_runs(client.runs, f"{path}: [client] runs = {client.runs}")
     if client.output_len < 2:
         raise ConfigError(f"{path}: [client] output_len must be >= 2",

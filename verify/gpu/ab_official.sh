@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Issue 19 on one GPU: our vLLM build against PyPI's official wheel of the same release,
+# with verify_throughput over url: arms (servers started once, not per round).
+#
+#   verify/gpu/ab_official.sh OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]
+#
+# Both venvs are installed already (vllm in each). FAMILY is a workload family of
+# verify/workloads/ (llama-8b, mixtral-small, llama-8b-fp8: FAMILY.toml = vLLM's defaults,
+# FAMILY-forced.toml = the same backends forced on both arms); STEP is one of
+#   aa          A/A: ours (forced backends) against itself, one server as both arms
+#   ab-forced   (a) ours vs official, the same backends forced on both
+#   ab-default  (b) ours vs official, vLLM's defaults, plus the `vllm bench serve`
+#               cross-check (the official venv's) against both servers
+#   eager       planted regression: ours with --enforce-eager (candidate) vs ours
+#               (baseline), forced backends; expected: exit 11, "CUDA graphs off on candidate"
+# Default steps, in priority order: see STEPS below. Each step runs only when the time it
+# needs is left in BUDGET (seconds, default 540: one device call of 10 minutes); a step
+# that ran is marked done in $W/done/ and skipped by the next call, so a second call with
+# the same arguments goes on where the first stopped (servers are kept between calls
+# with KEEP_SERVERS=1; the lease keeps /tmp while it is held).
+#
+# Servers: at most three at a time (0.25 of the GPU each at start-up and a fixed 4 GiB KV
+# cache, from the workloads), started with `setsid` as direct background children (so $!
+# is the server and its session id: issue 23 item 13), stopped by their own process group.
+# Evidence: $OUT/ab-official.tar.gz (server logs, every report, the step log) and
+# $OUT/ab-official-summary.txt, rewritten after every step.
+#
+# Environment: BUDGET (s), W (state dir, default /tmp/abo), OUT, HARNESS_PY (the Python
+# that runs the harness and make_model.py: needs numpy, tokenizers, aiohttp, matplotlib;
+# default python3), RUNS (runs per arm, default the workload's 6), KEEP_SERVERS=1,
+# READY_S (server start-up limit, default 420).
+set -uo pipefail
+OURS=$(readlink -f "${1:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
+OFFICIAL=$(readlink -f "${2:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
+shift 2
+STEPS=("$@")
+if [ ${#STEPS[@]} -eq 0 ]; then
+  STEPS=(llama-8b:aa llama-8b:ab-forced llama-8b:ab-default llama-8b:eager
+         mixtral-small:ab-default mixtral-small:ab-forced
+         llama-8b-fp8:ab-default llama-8b-fp8:ab-forced mixtral-small:aa llama-8b-fp8:aa)
+fi
+REPO=$PWD
+BUDGET=${BUDGET:-540}
+W=${W:-/tmp/abo}
+OUT=${OUT:-$W/out}
+PY=${HARNESS_PY:-python3}
+READY_S=${READY_S:-420}
+RESERVE=25                       # seconds kept for stopping servers and packing
+EV=$W/evidence
+mkdir -p "$W/done" "$W/run" "$OUT" "$EV/servers" "$EV/results"
+export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+T0=$SECONDS
+LOG=$EV/steps.log
+
+say() { echo "[$(date +%H:%M:%S) +$((SECONDS - T0))s] $*" | tee -a "$LOG"; }
+left() { echo $((BUDGET - (SECONDS - T0) - RESERVE)); }
+pack() {
+  tar -C "$W" -czf "$OUT/ab-official.tar.gz.tmp" evidence 2>/dev/null \
+    && mv "$OUT/ab-official.tar.gz.tmp" "$OUT/ab-official.tar.gz"
+  cp "$LOG" "$OUT/ab-official-summary.txt" 2>/dev/null
+}
+
+# ------------------------------------------------------------------ servers
+# A server is NAME = FAMILY.WHO-MODE (who: ours|official, mode: forced|default|eager);
+# its port, pid and log live in $W/run/ and $EV/servers/.
+venv_of() { case $1 in ours*) echo "$OURS" ;; *) echo "$OFFICIAL" ;; esac; }
+model_of() { case $1 in mixtral-small*) echo mixtral-small ;; *) echo llama-8b ;; esac; }
+workload_of() {  # FAMILY MODE
+  case $2 in default) echo "$REPO/verify/workloads/$1.toml" ;;
+             *) echo "$REPO/verify/workloads/$1-forced.toml" ;; esac
+}
+port_of() {
+  local f=$W/run/$1.port
+  if [ ! -f "$f" ]; then
+    local n; n=$(ls "$W"/run/*.port 2>/dev/null | wc -l); echo $((8100 + n)) > "$f"
+  fi
+  cat "$f"
+}
+alive() { local p; p=$(cat "$W/run/$1.pid" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+healthy() { curl -sf "http://127.0.0.1:$(port_of "$1")/health" >/dev/null 2>&1; }
+
+start_server() {  # NAME
+  local name=$1 family=${1%%.*} rest=${1#*.}
+  local who=${rest%%-*} mode=${rest#*-} extra=()
+  [ "$mode" = eager ] && extra=(--enforce-eager)
+  local argv=()
+  mapfile -t argv < <("$PY" "$REPO/verify/gpu/serve_command.py" --lines "$(venv_of "$who")" \
+        "$(workload_of "$family" "$mode")" "$W/models/$(model_of "$family")" \
+        "$(port_of "$name")" "${extra[@]}")
+  [ ${#argv[@]} -gt 3 ] || { say "cannot make the command of $name"; return 1; }
+  printf '%q ' "${argv[@]}" > "$EV/servers/$name.cmd"
+  say "start $name: $(cat "$EV/servers/$name.cmd")"
+  # setsid as the direct background child (a simple command, so the forked child execs
+  # it): $! is the server itself, setsid does not fork again (a background job is no
+  # process-group leader), so its pid is its session and process-group id.
+  setsid "${argv[@]}" > "$EV/servers/$name.log" 2>&1 < /dev/null &
+  echo $! > "$W/run/$name.pid"
+}
+
+stop_server() {  # NAME: TERM its own process group, then KILL what is left
+  local name=$1 pid sid
+  pid=$(cat "$W/run/$name.pid" 2>/dev/null) || return 0
+  sid=$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')
+  if [ -n "$pid" ] && [ "$sid" = "$pid" ]; then
+    say "stop $name (session $sid)"
+    kill -TERM -- "-$pid" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null
+  elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    say "stop $name: pid $pid is not its own session leader ($sid); TERM to the pid only"
+    kill -TERM "$pid" 2>/dev/null
+  fi
+  rm -f "$W/run/$name.pid"
+}
+
+ensure_servers() {  # NAME...: exactly these running (others stopped first: GPU memory)
+  local want=" $* " f name
+  for f in "$W"/run/*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    case $want in *" $name "*) ;; *) stop_server "$name" ;; esac
+  done
+  for name in "$@"; do
+    if alive "$name" && healthy "$name"; then continue; fi
+    alive "$name" || start_server "$name" || return 1
+  done
+  local t=$SECONDS limit=$READY_S
+  [ "$(left)" -lt "$limit" ] && limit=$(left)
+  for name in "$@"; do
+    while ! healthy "$name"; do
+      if ! alive "$name"; then
+        say "server $name exited before it was ready; its log's tail:"
+        tail -25 "$EV/servers/$name.log" | tee -a "$LOG"
+        return 1
+      fi
+      if [ $((SECONDS - t)) -ge "$limit" ]; then say "server $name not ready after ${limit}s"; return 1; fi
+      sleep 2
+    done
+    say "server $name ready (port $(port_of "$name"))"
+  done
+}
+
+# ------------------------------------------------------------------ steps
+ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput call
+  local id=$1 cand=$2 base=$3; shift 3
+  local family=${cand%%.*} rest=${cand#*.} limit
+  local mode=${rest#*-}            # FAMILY.WHO-MODE; families have dashes, WHO has none
+  [ "$mode" = eager ] && mode=forced
+  limit=$(left)
+  local runs=()
+  [ -n "${RUNS:-}" ] && runs=(--runs "$RUNS")
+  say "verify-throughput $id: candidate $cand, baseline $base (limit ${limit}s)"
+  timeout -k 10 "$limit" "$PY" -m vllm_wheels verify-throughput \
+    --workload "$(workload_of "$family" "$mode")" --model "$W/models/$(model_of "$family")" \
+    --candidate "url:http://127.0.0.1:$(port_of "$cand")" \
+    --baseline "url:http://127.0.0.1:$(port_of "$base")" \
+    --candidate-log "$EV/servers/$cand.log" --baseline-log "$EV/servers/$base.log" \
+    --candidate-venv "$(venv_of "${cand#*.}")" --baseline-venv "$(venv_of "${base#*.}")" \
+    --results-dir "$EV/results/$id" "${runs[@]}" "$@" > "$EV/results/$id.txt" 2>&1
+  local rc=$?
+  say "verify-throughput $id exit $rc (0 pass, 11 regression, 12 inconclusive, 13 could not run, 124 time limit)"
+  grep -hA12 "^# Throughput" "$EV"/results/"$id"/*/report.md 2>/dev/null | head -14 | tee -a "$LOG"
+  return 0
+}
+
+need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms)
+  case $1 in *:ab-default) echo 200 ;; *) echo 160 ;; esac
+}
+
+run_step() {  # FAMILY:STEP
+  local family=${1%%:*} step=${1#*:} id=${1/:/-}
+  [ -f "$W/done/$id" ] && { say "$1: done in an earlier call, skipped"; return; }
+  if [ "$(left)" -lt "$(need_s "$1")" ]; then say "$1: skipped, $(left)s left of the budget"; return; fi
+  local O=$family.ours P=$family.official
+  case $step in
+    aa) ensure_servers "$O-forced" || return
+        ab "$id" "$O-forced" "$O-forced" ;;
+    ab-forced) ensure_servers "$O-forced" "$P-forced" || return
+        ab "$id" "$O-forced" "$P-forced" ;;
+    ab-default) ensure_servers "$O-default" "$P-default" || return
+        ab "$id" "$O-default" "$P-default" --cross-check-venv "$OFFICIAL" ;;
+    eager) ensure_servers "$O-forced" "$O-eager" || return
+        ab "$id" "$O-eager" "$O-forced" ;;
+    *) say "unknown step $1"; return ;;
+  esac
+  touch "$W/done/$id"
+  pack
+}
+
+# ------------------------------------------------------------------ main
+say "ab_official: ours $OURS, official $OFFICIAL, budget ${BUDGET}s, steps: ${STEPS[*]}"
+{
+  nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv
+  for v in "$OURS" "$OFFICIAL"; do
+    echo "== $v"; "$v/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|torch|flashinfer|triton|transformers) '
+  done
+} > "$EV/machine.txt" 2>&1
+cat "$EV/machine.txt"
+for m in $(for s in "${STEPS[@]}"; do model_of "$s"; done | sort -u); do
+  [ -f "$W/models/$m/config.json" ] && continue
+  say "model $m: config + tokenizer (verify/gpu/make_model.py)"
+  timeout 120 "$PY" "$REPO/verify/gpu/make_model.py" "$m" "$W/models/$m" >> "$LOG" 2>&1 \
+    || say "make_model $m failed"
+done
+for s in "${STEPS[@]}"; do run_step "$s"; done
+if [ "${KEEP_SERVERS:-0}" != 1 ]; then
+  for f in "$W"/run/*.pid; do [ -e "$f" ] && stop_server "$(basename "$f" .pid)"; done
+fi
+say "end: $(ls "$W/done" | tr '\n' ' ')"
+pack
