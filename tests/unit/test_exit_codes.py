@@ -277,3 +277,29 @@ def test_from_source_naming_errors(tmp_path: Path, edit: Callable[[str], str], m
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and fix in result.stderr
     assert not (tmp_path / "cache" / "src").exists()  # refused before preparing anything
+
+
+def test_3_every_failed_check_is_printed_with_its_fix(tmp_path: Path) -> None:
+    """A fresh box fails several checks at once (no Python of the stack's version, no
+    matching nvcc): each is named with its own fix, not only the first."""
+    stack = make_project(tmp_path, toolkit=IMPOSSIBLE_TOOLKIT)
+    stack.write_text(stack.read_text().replace(f'python = "{PY}"', 'python = "3.99"'))
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 3, result.stderr
+    error = result.stderr[result.stderr.index("ERROR (toolchain, exit 3)"):]
+    assert "toolchain checks failed" in error
+    assert "- python: python3.99 not found" in error and "fix: install Python 3.99" in error
+    assert "- nvcc" in error
+    assert "fix: install a CUDA toolkit matching >=99,<100" in error \
+        or "fix: install a CUDA 13.x toolkit" in error
+
+
+def test_3_a_cuda_home_without_nvcc_is_refused_not_replaced(tmp_path: Path) -> None:
+    """CUDA_HOME names the toolkit the user chose: without nvcc there, the dry run fails
+    naming it, instead of falling back to the nvcc on PATH or /usr/local/cuda."""
+    stack = make_project(tmp_path, toolkit='version = ">=1"\nsource = "system"')
+    (tmp_path / "not-a-toolkit" / "bin").mkdir(parents=True)
+    result = dry_run(tmp_path, stack, env={"CUDA_HOME": str(tmp_path / "not-a-toolkit")})
+    assert result.returncode == 3, result.stderr
+    assert f"nvcc: CUDA_HOME={tmp_path / 'not-a-toolkit'} holds no nvcc" in result.stderr
+    assert "fix: point CUDA_HOME at a CUDA toolkit's root" in result.stderr

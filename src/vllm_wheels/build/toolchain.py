@@ -82,14 +82,15 @@ def nvcc_at(cuda_home: Path, found_via: str) -> Nvcc | None:
 
 
 def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, list[str]]:
-    """The nvcc a build would use: CUDA_HOME, then nvcc on PATH, then /usr/local/cuda."""
+    """The nvcc a build would use: CUDA_HOME, then nvcc on PATH, then /usr/local/cuda. A
+    CUDA_HOME without nvcc is None (check_nvcc names it), never a silent fall-back to
+    another toolkit: the user chose that one, and builds would mix its headers with
+    another's nvcc."""
     env = dict(os.environ) if env is None else env
     searched = []
     if env.get("CUDA_HOME"):
         searched.append(f"CUDA_HOME={env['CUDA_HOME']}")
-        found = nvcc_at(Path(env["CUDA_HOME"]), "CUDA_HOME")
-        if found:
-            return found, searched
+        return nvcc_at(Path(env["CUDA_HOME"]), "CUDA_HOME"), searched
     on_path = shutil.which("nvcc", path=env.get("PATH"))
     searched.append(f"PATH ({on_path or 'no nvcc'})")
     if on_path:
@@ -106,6 +107,14 @@ def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, li
 
 def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[ToolchainCheck]:
     checks = []
+    cuda_home = next((s.split("=", 1)[1] for s in searched if s.startswith("CUDA_HOME=")), None)
+    if nvcc is None and cuda_home is not None:
+        return [ToolchainCheck("nvcc", CheckStatus.FAIL,
+                               f"CUDA_HOME={cuda_home} holds no nvcc (no executable "
+                               f"{Path(cuda_home) / 'bin' / 'nvcc'})",
+                               "point CUDA_HOME at a CUDA toolkit's root (the directory with "
+                               f"bin/nvcc, {stack.cuda_toolkit.version}), or unset it to use "
+                               "the nvcc on PATH or /usr/local/cuda")]
     if nvcc is None:
         return [ToolchainCheck("nvcc", CheckStatus.FAIL,
                                "no nvcc found (searched: " + "; ".join(searched) + ")",
@@ -139,14 +148,23 @@ def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Too
 
 
 def raise_on_failed(checks: list[ToolchainCheck]) -> None:
+    """ToolchainError (exit 3) naming every failed check with its own fix: on a fresh box
+    several fail at once (no Python of the stack's version, no matching nvcc), and the
+    fix of the second (e.g. a stack this box can build) matters as much as the first's."""
     failed = [c for c in checks if c.status == CheckStatus.FAIL]
-    if failed:
-        first = failed[0]
-        more = "".join(f"\n  also: {c.name}: {c.detail}" for c in failed[1:])
-        raise ToolchainError(f"{first.name}: {first.detail}{more}",
-                             why="refused before compiling: a mismatched toolchain builds "
-                                 "wheels that fail at import or at the first kernel launch",
-                             fix=first.fix)
+    if not failed:
+        return
+    why = ("refused before compiling: a mismatched toolchain builds wheels that fail at "
+           "import or at the first kernel launch")
+    if len(failed) == 1:
+        raise ToolchainError(f"{failed[0].name}: {failed[0].detail}", why=why,
+                             fix=failed[0].fix)
+    lines = [f"{len(failed)} toolchain checks failed ({', '.join(c.name for c in failed)}):"]
+    for check in failed:
+        lines.append(f"  - {check.name}: {check.detail}")
+        if check.fix:
+            lines.append(f"    fix: {check.fix}")
+    raise ToolchainError("\n".join(lines), why=why, fix="each failed check above has its fix")
 
 
 def python_version(python: Path) -> str | None:
