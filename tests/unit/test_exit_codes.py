@@ -303,3 +303,22 @@ def test_3_a_cuda_home_without_nvcc_is_refused_not_replaced(tmp_path: Path) -> N
     assert result.returncode == 3, result.stderr
     assert f"nvcc: CUDA_HOME={tmp_path / 'not-a-toolkit'} holds no nvcc" in result.stderr
     assert "fix: point CUDA_HOME at a CUDA toolkit's root" in result.stderr
+
+
+def test_runs_started_in_the_same_second_get_a_log_file_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two build-wheels runs of one stack whose clocks read the same second (the log name's
+    resolution): each writes its own log, none appends to the other's."""
+    from vllm_wheels import cli
+
+    stack = make_project(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20260101-000000")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert cli.main(["build-wheels", "--stack", str(stack), "--cache-dir",
+                         str(tmp_path / "cache"), "--dry-run"]) == 0
+    logs = sorted((tmp_path / "cache" / "logs").glob("plan-ec-*.log"))
+    assert [p.name for p in logs] == ["plan-ec-20260101-000000-2.log",
+                                      "plan-ec-20260101-000000.log"]
+    for log in logs:
+        assert log.read_text().count("Plan for stack 'ec'") == 1

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from .. import layout
 from ..cache import Cache, default_cache_root, write_atomic
 from ..errors import ConfigError, PipelineError
-from ..log import Reporter
+from ..log import Reporter, new_log_path
 from . import bundle, pipeline
 from .parallelism import parallelism_overrides
 from .plan import make_plan, raise_on_failed_checks
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         bundle.check_export_dest(args.export_bundle.resolve())
     if args.bundle:
         # Checked before anything else runs: a changed bundle is exit 4 with nothing built.
-        check_reporter = Reporter(cache.logs / f"bundle-check-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        check_reporter = Reporter(new_log_path(cache.logs, "bundle-check"))
         try:
             source_bundle = bundle.load(args.bundle, cache, check_reporter)
         finally:
@@ -108,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
         stack_path = args.stack or layout.default_stack(root)
     stack = load_stack(stack_path)
     output = (args.output_dir or layout.wheels_dir(root, stack.name)).resolve()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = cache.logs / f"{'plan' if args.dry_run else 'build'}-{stack.name}-{stamp}.log"
+    log_path = new_log_path(cache.logs, f"{'plan' if args.dry_run else 'build'}-{stack.name}")
     reporter = Reporter(log_path)
     try:
         reporter.say(f"vllm-wheels: stack {stack.name} ({stack_path}); full log: {log_path}")
