@@ -322,3 +322,42 @@ def test_runs_started_in_the_same_second_get_a_log_file_each(
                                       "plan-ec-20260101-000000.log"]
     for log in logs:
         assert log.read_text().count("Plan for stack 'ec'") == 1
+
+
+def _empty_index(root: Path) -> Path:
+    """A real, empty wheel index (generation 1, no files), as publishing leaves one."""
+    from vllm_wheels.index.store import IndexDir, IndexState
+    from vllm_wheels.log import Reporter
+
+    index = IndexDir(root)
+    with index.lock():
+        index.commit(IndexState(), Reporter(None))
+    return root
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_2_serve_index_on_an_impossible_port(tmp_path: Path, port: str) -> None:
+    result = run_script("serve-index", "--index", str(_empty_index(tmp_path / "index")),
+                        "--port", port, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--port" in result.stderr and ("TCP port" in result.stderr
+                                           or "not a port number" in result.stderr)
+
+
+@pytest.mark.parametrize("command", [["index-yank", "some-1.0-py3-none-any.whl", "--reason",
+                                      "broken"], ["serve-index", "--port", "0"],
+                                     ["index-list"]])
+def test_2_index_commands_on_a_folder_that_is_no_index_create_nothing(
+        tmp_path: Path, command: list[str]) -> None:
+    folder = tmp_path / "not-an-index"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    result = run_script(*command, "--index", str(folder), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"no wheel index at {folder}" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    # A folder that does not exist is not created either.
+    result = run_script(*command, "--index", str(tmp_path / "absent"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "absent").exists()
