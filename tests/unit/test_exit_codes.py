@@ -361,3 +361,24 @@ def test_2_index_commands_on_a_folder_that_is_no_index_create_nothing(
     result = run_script(*command, "--index", str(tmp_path / "absent"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert not (tmp_path / "absent").exists()
+
+
+def test_path_sources_resolve_against_the_stacks_checkout_from_any_directory(
+        tmp_path: Path) -> None:
+    """A stack in a checkout (noxfile.py + build/) names its path sources relative to that
+    checkout's root, as docs/stack-reference.md says, whatever directory the command runs
+    in."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    stack = make_project(repo)
+    (repo / "noxfile.py").write_text("")
+    (repo / "build" / "stacks").mkdir(parents=True)
+    stack = stack.rename(repo / "build" / "stacks" / "ec.toml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_script("build-wheels", "--stack", str(stack), "--cache-dir",
+                        str(tmp_path / "cache"), "--dry-run", "--json",
+                        str(tmp_path / "plan.json"), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr  # before: exit 4, elsewhere/donor missing
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["paths"]["output"] == str(repo / "wheels" / "ec")

@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = layout.repo_root()
+    # A stack's relative paths (path sources, patches, externals) are relative to the
+    # checkout that holds it, from whatever directory the command runs in.
+    root = layout.repo_root(args.stack.parent if args.stack else None)
     # A negative --max-jobs/--nvcc-threads (or MAX_JOBS/NVCC_THREADS) is exit 2 at once,
     # here and before the docker build it would be forwarded to.
     parallelism_overrides(args.max_jobs, args.nvcc_threads)
