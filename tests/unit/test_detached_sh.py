@@ -60,8 +60,8 @@ echo survived
         assert Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")[:2] == [b"bash", b"-c"]
         deadline = time.monotonic() + 5
         while not child and time.monotonic() < deadline:
-            child = next((int(p) for p in os.listdir("/proc") if p.isdigit()
-                          and int(p) != server and _session_of(int(p)) == server), 0)
+            child = next((int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                          and int(p.name) != server and _session_of(int(p.name)) == server), 0)
         assert child, "the server's child did not start"
         (tmp_path / "go").write_text("\n")
         out, _ = proc.communicate(timeout=30)

@@ -250,6 +250,13 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
                                                    venv_path / "bin")
     compile_cache, remote_warning = remote_cache.attach(compile_cache, remote)
+    user_warning, user_fix = remote_cache.user_sccache_warning(compile_cache.remote
+                                                               if compile_cache.uses_remote
+                                                               else None)
+    if user_warning:
+        reporter.warn(user_warning)
+        checks.append(toolchain.ToolchainCheck("compile cache remote (sccache's variables)",
+                                               CheckStatus.WARN, user_warning, user_fix))
     if remote_warning:
         reporter.warn(remote_warning)
         checks.append(toolchain.ToolchainCheck("compile cache remote", CheckStatus.WARN, remote_warning,

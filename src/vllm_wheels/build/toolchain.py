@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ToolchainError
 from ..log import Reporter
 from ..runner import capture, run
+from . import remote_cache
 from .remote_cache import Remote
 from .stack import Stack
 
@@ -587,7 +589,7 @@ class CompileCache:
         return self.remote.secret_env() if self.backend not in ("local", "none") and \
             self.remote else {}
 
-    def env(self, source_root: Path) -> dict[str, str]:
+    def env(self, source_root: Path) -> dict[str, str | None]:
         if self.tool == "ccache" and self.directory:
             return {"CCACHE_DIR": str(self.directory),
                     # Hits across source trees: paths under the base dir are hashed relative,
@@ -601,9 +603,14 @@ class CompileCache:
             # docs/shared-cache.md: without the cache root, device code, PTX and host C++
             # missed).
             basedirs = os.pathsep.join([str(source_root), str(self.directory.parent)])
-            env = {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
-                   "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
-                   "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
+            env: dict[str, str | None] = {
+                "SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
+                "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
+                "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
+            # sccache's own remote variables from the user's environment are removed (the
+            # plan warned about them): the pipeline sets the backend (server_env), and a
+            # server restarted local-only (RemoteGuard) must not reach a remote.
+            env.update({k: None for k in remote_cache.SCCACHE_REMOTE_VARS if k in os.environ})
             if self.uses_remote:
                 # A compile whose server goes away (RemoteGuard restarts it when the remote
                 # dies) compiles locally instead of failing.
@@ -616,7 +623,7 @@ class CompileCache:
         return self.tool == "sccache" and self.remote is not None and \
             self.backend == self.remote.backend
 
-    def server_env(self, source_root: Path) -> dict[str, str]:
+    def server_env(self, source_root: Path) -> dict[str, str | None]:
         """The sccache server's environment: the compiles' (env) plus the remote. Only the
         server the pipeline starts knows the remote; a server started by a compile (after
         RemoteGuard stopped the first) gets the compile's environment: local only."""
@@ -661,7 +668,8 @@ def choose_compile_cache(setting: str, cache: Cache, venv_bin: Path | None = Non
     return CompileCache("none", None, None)
 
 
-def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, Any] | None:
+def compile_cache_stats(cc: CompileCache, env: Mapping[str, str | None]
+                        ) -> dict[str, Any] | None:
     """Cache hits and misses since the last zeroing, as {"hits": N, "misses": M} (sccache:
     with "by_language")."""
     if cc.tool == "ccache" and cc.path:
@@ -759,7 +767,7 @@ def add_compile_cache_stats(first: dict[str, Any] | None, second: dict[str, Any]
     return {key: total[key] for key in order}
 
 
-def zero_compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> None:
+def zero_compile_cache_stats(cc: CompileCache, env: Mapping[str, str | None]) -> None:
     if cc.path is None:
         return
     if cc.tool == "ccache":
