@@ -382,3 +382,22 @@ def test_path_sources_resolve_against_the_stacks_checkout_from_any_directory(
     assert result.returncode == 0, result.stderr  # before: exit 4, elsewhere/donor missing
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["paths"]["output"] == str(repo / "wheels" / "ec")
+
+
+def test_only_uses_the_stacks_build_venv(tmp_path: Path) -> None:
+    """The build venv is the stack's: `--only donor` plans the same venv (path and
+    requirements, vLLM's build requirements included) as a full build of the stack, so a
+    selection never makes a torch venv of its own."""
+    stack = make_project(tmp_path)
+    (tmp_path / "vllmsrc" / "requirements").mkdir()
+    (tmp_path / "vllmsrc" / "requirements" / "build.txt").write_text("setuptools-scm>=8\n")
+    plans = {}
+    for name, extra in (("full", ()), ("only", ("--only", "donor"))):
+        result = dry_run(tmp_path, stack, "--json", str(tmp_path / f"{name}.json"), *extra)
+        assert result.returncode == 0, result.stderr
+        plans[name] = json.loads((tmp_path / f"{name}.json").read_text())["toolchain"]
+    assert [p["name"] for p in json.loads((tmp_path / "only.json").read_text())["packages"]] \
+        == ["donor"]
+    assert "setuptools-scm>=8" in plans["full"]["build_venv_requirements"]
+    assert plans["only"]["build_venv_requirements"] == plans["full"]["build_venv_requirements"]
+    assert plans["only"]["build_venv"] == plans["full"]["build_venv"]

