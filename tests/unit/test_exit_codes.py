@@ -401,3 +401,22 @@ def test_only_uses_the_stacks_build_venv(tmp_path: Path) -> None:
     assert "setuptools-scm>=8" in plans["full"]["build_venv_requirements"]
     assert plans["only"]["build_venv_requirements"] == plans["full"]["build_venv_requirements"]
     assert plans["only"]["build_venv"] == plans["full"]["build_venv"]
+
+
+def test_2_an_output_dir_holding_a_wheel_we_did_not_build_is_refused(tmp_path: Path) -> None:
+    """A real wheel (pip + setuptools, no build manifest) in --output-dir: refused before
+    anything is prepared (exit 2, the file named), and left exactly as it was."""
+    stack = make_project(tmp_path)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(tmp_path / "donor")],
+                   check=True, capture_output=True)
+    (foreign,) = out.glob("*.whl")
+    before = foreign.read_bytes()
+    result = dry_run(tmp_path, stack, "--output-dir", str(out))
+    assert result.returncode == 2, result.stderr
+    assert "ERROR (configuration, exit 2): the output dir" in result.stderr
+    assert f"{foreign.name}: no build manifest: not built by this pipeline" in result.stderr
+    assert [p.name for p in out.iterdir()] == [foreign.name]
+    assert foreign.read_bytes() == before
+    assert not (tmp_path / "cache" / "src").exists()

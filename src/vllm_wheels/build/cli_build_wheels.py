@@ -15,6 +15,7 @@ from ..cache import Cache, default_cache_root, write_atomic
 from ..errors import ConfigError, PipelineError
 from ..log import Reporter, new_log_path
 from . import bundle, pipeline
+from .output import check_output_dir
 from .parallelism import parallelism_overrides
 from .plan import make_plan, raise_on_failed_checks
 from .render import render_plan
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         stack_path = args.stack or layout.default_stack(root)
     stack = load_stack(stack_path)
     output = (args.output_dir or layout.wheels_dir(root, stack.name)).resolve()
+    if not args.export_bundle:
+        # Before the source step (minutes): wheels someone else put there are refused.
+        check_output_dir(output)
     log_path = new_log_path(cache.logs, f"{'plan' if args.dry_run else 'build'}-{stack.name}")
     reporter = Reporter(log_path)
     try:
