@@ -420,3 +420,63 @@ def test_2_an_output_dir_holding_a_wheel_we_did_not_build_is_refused(tmp_path: P
     assert [p.name for p in out.iterdir()] == [foreign.name]
     assert foreign.read_bytes() == before
     assert not (tmp_path / "cache" / "src").exists()
+
+
+def _tampered(directory: Path, how: str) -> Path:
+    """The minimal wheel with one member's bytes changed after RECORD was written, or with
+    one RECORD hash replaced by the hash of other bytes (a well-formed, wrong entry)."""
+    wheel = write_wheel(directory)
+    with zipfile.ZipFile(wheel) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    if how == "member changed":
+        members["tiny/__init__.py"] = b"print('not what was built')\n"
+    else:
+        other = base64.urlsafe_b64encode(hashlib.sha256(b"other").digest()).rstrip(b"=")
+        record = members["tiny-0.1.0.dist-info/RECORD"].decode().splitlines()
+        record = [",".join([row.split(",")[0], f"sha256={other.decode()}", row.split(",")[2]])
+                  if row.startswith("tiny-0.1.0.dist-info/METADATA") else row for row in record]
+        members["tiny-0.1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel.unlink()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return wheel
+
+
+@pytest.mark.parametrize(("how", "member"), [("member changed", "tiny/__init__.py"),
+                                             ("RECORD hash replaced",
+                                              "tiny-0.1.0.dist-info/METADATA")])
+def test_9_verify_abi_refuses_a_wheel_that_does_not_match_its_record(
+        tmp_path: Path, how: str, member: str) -> None:
+    wheel = _tampered(tmp_path, how)
+    result = run_script("verify-abi", "--wheels", str(tmp_path), "--python", sys.executable,
+                        "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert result.returncode == 9, result.stdout + result.stderr
+    assert f"ERROR (could not check, exit 9): {wheel.name}: its files do not match its " \
+           "RECORD" in result.stderr
+    assert f"hash / size of {member} didn't match RECORD" in result.stderr
+    assert not (tmp_path / "verify-abi.json").exists()  # no verdict recorded for it
+
+
+@pytest.mark.parametrize("how", ["member changed", "RECORD hash replaced"])
+def test_10_publish_refuses_a_wheel_that_does_not_match_its_record(tmp_path: Path,
+                                                                    how: str) -> None:
+    """Even with a passing verify_abi result for its sha256 (a STAND-IN report written
+    here, in the documented shape) and even with --allow-unverified: nothing enters."""
+    from vllm_wheels.verify.report import REPORT_FILENAME, REPORT_SCHEMA_VERSION
+
+    wheel = _tampered(tmp_path, how)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (tmp_path / REPORT_FILENAME).write_text(json.dumps({
+        "schema_version": REPORT_SCHEMA_VERSION, "tool": "vllm-wheels verify-abi",
+        "created": "2026-01-01T00:00:00Z", "passed": True, "runtime": {"stand_in": True},
+        "wheels": [{"filename": wheel.name, "sha256": digest, "passed": True,
+                    "facts_from": "wheel", "checks": []}]}))
+    index = tmp_path / "index"
+    for extra in ([], ["--allow-unverified", "hand-checked"]):
+        result = run_script("publish", "--wheels", str(tmp_path), "--index", str(index),
+                            *extra, cwd=tmp_path)
+        assert result.returncode == 10, result.stderr
+        assert "1 wheel(s) do not match their RECORD" in result.stderr
+        assert wheel.name in result.stderr
+        assert not (index / "files").exists() and not (index / "current").exists()
