@@ -443,9 +443,10 @@ def test_the_gate_survives_a_mismatch_run_with_json_elsewhere(
 def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
     """The last step of build_wheels (output.verify_and_publish, with the real
     verify_abi against this interpreter: these tiny wheels use no torch) after an earlier
-    full build: `--only tinyflash` makes tinyflash 1.1. The earlier tinyflash 1.0 (replaced)
-    and a wheel of an older stack definition are removed; tinyvllm of the same stack stays, verified with the new wheel; the directory, its
-    verify-abi.json agree, and publishing takes exactly that set."""
+    full build: `--only tinyflash` makes tinyflash 1.1. The earlier tinyflash 1.0 (replaced) and
+    a wheel of an older stack definition are removed; tinyvllm of the same stack stays, verified
+    with the new wheel; the directory, its verify-abi.json agree, and publishing takes exactly
+    that set."""
     from index_support import _build_project
 
     from vllm_wheels.build.output import BuiltWheel, verify_and_publish

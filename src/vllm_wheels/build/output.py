@@ -95,8 +95,13 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
                   "options": dict(prep.spec.options), "cmake_args": cmake_args},
+        # Where the source comes from as the stack says it (the index of a pypi source, the
+        # repository of a git one), never where this builder happened to get it (a download
+        # URL, or none when the cache had it): a cold and a warm cache give one manifest.
         "source": {"kind": prep.spec.source.kind, "version": prep.spec.source.version,
                    "sha256": prep.fetched.sha256, "url": prep.fetched.url,
+                   "index": prep.spec.source.simple_url
+                   if prep.spec.source.kind == "pypi" else None,
                    "commit": prep.fetched.commit},
         "patches": [{"name": p.name, "sha256": p.sha256} for p in prep.patches],
         "stripped_torch_pins": [f"{s.file}: {s.line}" for s in prep.stripped_pins],

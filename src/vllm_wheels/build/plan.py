@@ -118,6 +118,7 @@ class Plan:
             "name": prep.spec.name, "builder": prep.spec.builder,
             "source": {"kind": src.kind, "version": src.version, "sha256": prep.fetched.sha256,
                        "url": prep.fetched.url or src.url or src.path,
+                       "index": src.simple_url if src.kind == "pypi" else None,
                        "commit": prep.fetched.commit, "archive": str(prep.fetched.archive or "")},
             "tree": str(prep.tree),
             "patches": [{"name": p.name, "sha256": p.sha256} for p in prep.patches],
@@ -201,10 +202,12 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     # The build venv is the stack's: keyed on every package's build requirements, not only
     # those --only selected, so `--only X` and a full build share one venv (a torch venv is
     # ~6 GB and minutes to make). The packages left out are prepared for this (downloaded
-    # and patched once, reused by the next full build), never built.
+    # and patched once, reused by the next full build), never built. A --build-venv given
+    # has no key: it needs only what the selected packages build with.
     chosen = {canonicalize_name(p.spec.name) for p in [*prepared, *source_only]}
     left_out = [prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
-                for spec in stack.packages if canonicalize_name(spec.name) not in chosen]
+                for spec in stack.packages if canonicalize_name(spec.name) not in chosen
+                and build_venv is None]
     for prep in left_out:
         reporter.log(f"{prep.spec.name}: source prepared for the stack's build venv "
                      "requirements only (not built: left out by --only)")
