@@ -32,12 +32,18 @@ class Table:
     (typed, with a default or required), `sub` a nested table, then `finish` raises a
     ConfigError (exit 2) for a key never read, with a "did you mean"."""
 
-    def __init__(self, data: Mapping[str, Any], where: str, file: Path) -> None:
+    def __init__(self, data: Mapping[str, Any], where: str, file: Path, *,
+                 what: str = "stack", doc: str = "docs/stack-reference.md") -> None:
+        """`what` names the file's kind in messages (e.g. "workload 'single-stream'") and
+        `doc` the page that documents its keys: a workload's missing key must not send
+        its author to the stack reference."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{file}: [{where}] must be a table, got {type(data).__name__}")
         self.data = dict(data)
         self.where = where
         self.file = file
+        self.what = what
+        self.doc = doc
         self.known: set[str] = set()
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *,
@@ -66,13 +72,16 @@ class Table:
             return ConfigError(f"{self.file}: missing key '{key}' in {where}",
                                why=f"'{close[0]}' is there instead; no key of that name is read",
                                fix=f"did you mean '{key}'? rename '{close[0]}' to '{key}'")
-        return ConfigError(f"{self.file}: missing key '{key}' in {where}",
-                           why="it has no default: the build cannot be pinned without it",
-                           fix=f"add {key} = ... to {where} (see docs/stack-reference.md)")
+        why = ("it has no default: the build cannot be pinned without it" if self.what == "stack"
+               else f"it has no default: the {self.what} cannot be used without it")
+        return ConfigError(f"{self.file}: missing key '{key}' in {where}"
+                           + ("" if self.what == "stack" else f" of the {self.what}"),
+                           why=why, fix=f"add {key} = ... to {where} (see {self.doc})")
 
     def sub(self, key: str, *, required: bool = False) -> Table:
         value = self.get(key, dict, default={}, required=required)
-        return Table(value, f"{self.where}.{key}" if self.where else key, self.file)
+        return Table(value, f"{self.where}.{key}" if self.where else key, self.file,
+                     what=self.what, doc=self.doc)
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.known)

@@ -34,13 +34,17 @@ RESERVED_STACK_NAMES = frozenset({INDEX_DIR.name})
 TRIALS_DIR = Path("verify") / "trials"
 
 
-def repo_root() -> Path:
-    """The checkout the command runs in: the nearest directory (the current one or above)
-    holding noxfile.py and build/; the current directory when there is none."""
+def repo_root(near: Path | None = None) -> Path:
+    """The checkout the command runs in: the nearest directory holding noxfile.py and
+    build/, looking from `near` (e.g. the stack file given: its paths are relative to its
+    checkout, from whatever directory the command runs in) and its parents first, then
+    from the current directory; the current directory when there is none."""
     here = Path.cwd()
-    for candidate in (here, *here.parents):
-        if (candidate / "noxfile.py").exists() and (candidate / "build").is_dir():
-            return candidate
+    starts = [near.resolve(), here] if near is not None else [here]
+    for start in starts:
+        for candidate in (start, *start.parents):
+            if (candidate / "noxfile.py").exists() and (candidate / "build").is_dir():
+                return candidate
     return here
 
 

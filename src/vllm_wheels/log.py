@@ -7,6 +7,7 @@ lines and, on failure, the relevant lines only.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -24,6 +25,22 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def new_log_path(directory: Path, stem: str) -> Path:
+    """A log file of its own for one run: DIR/STEM-YYYYmmdd-HHMMSS.log, created here
+    (O_EXCL), with -2, -3, ... added when a run started in the same second already took
+    that name: two builds of one stack started together must not write one file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for number in range(1, 10_000):
+        path = directory / (f"{base}.log" if number == 1 else f"{base}-{number}.log")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{directory / base}.log and 9998 numbered variants exist")
 
 
 class Reporter:

@@ -443,10 +443,10 @@ def test_the_gate_survives_a_mismatch_run_with_json_elsewhere(
 def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
     """The last step of build_wheels (output.verify_and_publish, with the real
     verify_abi against this interpreter: these tiny wheels use no torch) after an earlier
-    full build: `--only tinyflash` makes tinyflash 1.1. The earlier tinyflash 1.0 (replaced),
-    a wheel of an older stack definition and a wheel without our manifest are removed;
-    tinyvllm of the same stack stays, verified with the new wheel; the directory, its
-    verify-abi.json agree, and publishing takes exactly that set."""
+    full build: `--only tinyflash` makes tinyflash 1.1. The earlier tinyflash 1.0 (replaced) and
+    a wheel of an older stack definition are removed; tinyvllm of the same stack stays, verified
+    with the new wheel; the directory, its verify-abi.json agree, and publishing takes exactly
+    that set."""
     from index_support import _build_project
 
     from vllm_wheels.build.output import BuiltWheel, verify_and_publish
@@ -467,8 +467,7 @@ def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
     flash_10 = ours("tinyflash", "1.0", out)
     vllm_10 = ours("tinyvllm", "1.0", out)
     gone = ours("tinygone", "1.0", out, stack_digest=older)
-    foreign = _build_project(src, "foreign", "1.0", out)
-    write_verify_report([flash_10, vllm_10, gone, foreign])  # stand-in: the earlier build's
+    write_verify_report([flash_10, vllm_10, gone])  # stand-in: the earlier build's
     staged = ours("tinyflash", "1.1", tmp_path / "staging")
     built = {"tinyflash": BuiltWheel("tinyflash", staged, sha256(staged),
                                      staged.stat().st_size, 1.0)}
@@ -492,3 +491,32 @@ def test_an_only_build_leaves_one_coherent_verified_set(tmp_path: Path) -> None:
     index = tmp_path / "index"
     cli("publish", "--wheels", out, "--index", index)
     assert _listed(index) == set(on_disk)
+
+
+def test_a_wheel_someone_else_put_in_the_output_dir_is_never_removed(tmp_path: Path) -> None:
+    """A real wheel built by setuptools (no build manifest) beside the set: the last build
+    step refuses the folder (exit 2, naming it) and removes nothing, where it used to
+    delete it as "not built by this pipeline"."""
+    from index_support import _build_project
+
+    from vllm_wheels.build.output import BuiltWheel, verify_and_publish
+    from vllm_wheels.errors import ConfigError
+    from vllm_wheels.log import Reporter
+
+    digest, label = "d" * 64, "cpu.tiny"
+    src, plain, out = tmp_path / "src", tmp_path / "plain", tmp_path / "wheels" / "tiny"
+    foreign = _build_project(src / "foreign", "foreign", "1.0", out)
+    before = sha256(foreign)
+    staged = rewrite_wheel(_build_project(src / "tinyflash", "tinyflash", "1.1", plain),
+                           tmp_path / "staging", label=label, pins={},
+                           manifest={"local_label": label,
+                                     "stack": {"name": "tiny", "digest": digest}})
+    built = {"tinyflash": BuiltWheel("tinyflash", staged, sha256(staged),
+                                     staged.stat().st_size, 1.0)}
+    with pytest.raises(ConfigError) as info:
+        verify_and_publish(out, digest, Path(sys.executable), tmp_path / "verify", built,
+                           Reporter(None))
+    assert info.value.exit_code == 2
+    assert f"{foreign.name}: no build manifest: not built by this pipeline" in info.value.what
+    assert sorted(p.name for p in out.iterdir()) == [foreign.name]
+    assert sha256(foreign) == before

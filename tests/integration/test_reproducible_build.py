@@ -52,3 +52,65 @@ def test_clean_rebuild_in_another_cache_dir_is_byte_identical(
     republish = cli("publish", "--index", str(index), "--wheels", str(second), cwd=repo_root)
     assert republish.returncode == 0, republish.stderr[-3000:]
     assert "0 added, 2 unchanged" in republish.stderr
+
+
+# FlashInfer 0.5.2's real sdist from PyPI, as a JIT-only wheel (`aot = false`): the cheapest
+# package of the CI stack with a pypi source (no compile), and the source whose download URL
+# used to reach the manifest only when the sdist was not in the cache yet.
+JIT_STACK = """schema_version = 1
+name = "ci-flashinfer-jit"
+python = "3.11"
+cuda_arch_list = "12.0"
+
+[torch]
+version = "2.14.1"
+cuda = "13.0"
+
+[cuda_toolkit]
+version = ">=13.0,<14"
+source = "pip"
+pip_version = "13.0.3.0"
+
+[build]
+compile_cache = "none"
+
+[packages.flashinfer-python]
+source = { pypi = "0.5.2", sha256 = "99d097a28be1e98c7f85e4a767e9e9a4794374f9318c27db14d21e367149063f" }
+options = { aot = false }
+"""
+
+
+def test_dry_run_then_build_equals_a_direct_build_in_another_cache(
+        repo_root: Path, shared_cache: Path, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    """README's path (a dry run, then the build) in one fresh cache directory, and a direct
+    build in another: the sdist is downloaded by the dry run and found in the cache by the
+    build in the first, downloaded by the build itself in the second. The wheels must be
+    byte-identical (they were not: the manifest held the download URL in one case only)."""
+    made = sorted((shared_cache / "venvs").glob(
+        "py3.11-torch2.14.1-cu130-*/vllm-wheels-venv.json"))
+    venv = made[0].parent if made else \
+        Path(request.getfixturevalue("ci_build").build_python).parent.parent
+    stack = tmp_path / "jit.toml"
+    stack.write_text(JIT_STACK)
+
+    def build_wheels(cache: str, out: str, *extra: str) -> None:
+        result = cli("build-wheels", "--stack", str(stack), "--cache-dir", str(tmp_path / cache),
+                     "--output-dir", str(tmp_path / out), "--build-venv", str(venv), *extra,
+                     cwd=repo_root)
+        print(result.stdout[-2000:], result.stderr[-4000:])
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    build_wheels("cache-a", "out-a", "--dry-run")
+    build_wheels("cache-a", "out-a")
+    build_wheels("cache-b", "out-b")
+    (first,) = sorted((tmp_path / "out-a").glob("*.whl"))
+    (second,) = sorted((tmp_path / "out-b").glob("*.whl"))
+    assert first.name == second.name
+    assert first.read_bytes() == second.read_bytes(), \
+        ((read_manifest(first) or {}).get("source"), (read_manifest(second) or {}).get("source"))
+    source = (read_manifest(first) or {})["source"]
+    assert source == {"kind": "pypi", "version": "0.5.2", "url": None,
+                      "index": "https://pypi.org/simple",
+                      "sha256": "99d097a28be1e98c7f85e4a767e9e9a4794374f9318c27db14d21e367149063f",
+                      "commit": None}

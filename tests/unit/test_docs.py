@@ -59,3 +59,16 @@ def test_readme_links_every_doc(repo_root: Path) -> None:
     readme = (repo_root / "README.md").read_text(encoding="utf-8")
     for page in sorted((repo_root / "docs").glob("*.md")):
         assert f"docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
+
+
+def test_the_unit_tier_needs_no_redis_server(repo_root: Path) -> None:
+    """README promises that tests/unit needs nothing beyond Python, git, patch and gcc: no
+    unit test starts a redis-server (tests/redis_server.py fails without one); those
+    tests live in tests/integration, whose prerequisite README names."""
+    starters = [p.name for p in sorted((repo_root / "tests" / "unit").glob("*.py"))
+                if p.name != Path(__file__).name and "redis_server(" in p.read_text()]
+    assert starters == []
+    readme = (repo_root / "README.md").read_text()
+    assert "`tests/unit` is fast and needs nothing beyond" in readme
+    tests_section = readme.split("## Tests", 1)[1].split("\n## ", 1)[0]
+    assert "redis-server" in tests_section

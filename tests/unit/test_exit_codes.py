@@ -277,3 +277,206 @@ def test_from_source_naming_errors(tmp_path: Path, edit: Callable[[str], str], m
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and fix in result.stderr
     assert not (tmp_path / "cache" / "src").exists()  # refused before preparing anything
+
+
+def test_3_every_failed_check_is_printed_with_its_fix(tmp_path: Path) -> None:
+    """A fresh box fails several checks at once (no Python of the stack's version, no
+    matching nvcc): each is named with its own fix, not only the first."""
+    stack = make_project(tmp_path, toolkit=IMPOSSIBLE_TOOLKIT)
+    stack.write_text(stack.read_text().replace(f'python = "{PY}"', 'python = "3.99"'))
+    result = dry_run(tmp_path, stack)
+    assert result.returncode == 3, result.stderr
+    error = result.stderr[result.stderr.index("ERROR (toolchain, exit 3)"):]
+    assert "toolchain checks failed" in error
+    assert "- python: python3.99 not found" in error and "fix: install Python 3.99" in error
+    assert "- nvcc" in error
+    assert "fix: install a CUDA toolkit matching >=99,<100" in error \
+        or "fix: install a CUDA 13.x toolkit" in error
+
+
+def test_3_a_cuda_home_without_nvcc_is_refused_not_replaced(tmp_path: Path) -> None:
+    """CUDA_HOME names the toolkit the user chose: without nvcc there, the dry run fails
+    naming it, instead of falling back to the nvcc on PATH or /usr/local/cuda."""
+    stack = make_project(tmp_path, toolkit='version = ">=1"\nsource = "system"')
+    (tmp_path / "not-a-toolkit" / "bin").mkdir(parents=True)
+    result = dry_run(tmp_path, stack, env={"CUDA_HOME": str(tmp_path / "not-a-toolkit")})
+    assert result.returncode == 3, result.stderr
+    assert f"nvcc: CUDA_HOME={tmp_path / 'not-a-toolkit'} holds no nvcc" in result.stderr
+    assert "fix: point CUDA_HOME at a CUDA toolkit's root" in result.stderr
+
+
+def test_runs_started_in_the_same_second_get_a_log_file_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two build-wheels runs of one stack whose clocks read the same second (the log name's
+    resolution): each writes its own log, none appends to the other's."""
+    from vllm_wheels import cli
+
+    stack = make_project(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20260101-000000")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert cli.main(["build-wheels", "--stack", str(stack), "--cache-dir",
+                         str(tmp_path / "cache"), "--dry-run"]) == 0
+    logs = sorted((tmp_path / "cache" / "logs").glob("plan-ec-*.log"))
+    assert [p.name for p in logs] == ["plan-ec-20260101-000000-2.log",
+                                      "plan-ec-20260101-000000.log"]
+    for log in logs:
+        assert log.read_text().count("Plan for stack 'ec'") == 1
+
+
+def _empty_index(root: Path) -> Path:
+    """A real, empty wheel index (generation 1, no files), as publishing leaves one."""
+    from vllm_wheels.index.store import IndexDir, IndexState
+    from vllm_wheels.log import Reporter
+
+    index = IndexDir(root)
+    with index.lock():
+        index.commit(IndexState(), Reporter(None))
+    return root
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_2_serve_index_on_an_impossible_port(tmp_path: Path, port: str) -> None:
+    result = run_script("serve-index", "--index", str(_empty_index(tmp_path / "index")),
+                        "--port", port, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--port" in result.stderr and ("TCP port" in result.stderr
+                                           or "not a port number" in result.stderr)
+
+
+@pytest.mark.parametrize("command", [["index-yank", "some-1.0-py3-none-any.whl", "--reason",
+                                      "broken"], ["serve-index", "--port", "0"],
+                                     ["index-list"]])
+def test_2_index_commands_on_a_folder_that_is_no_index_create_nothing(
+        tmp_path: Path, command: list[str]) -> None:
+    folder = tmp_path / "not-an-index"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    result = run_script(*command, "--index", str(folder), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"no wheel index at {folder}" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    # A folder that does not exist is not created either.
+    result = run_script(*command, "--index", str(tmp_path / "absent"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "absent").exists()
+
+
+def test_path_sources_resolve_against_the_stacks_checkout_from_any_directory(
+        tmp_path: Path) -> None:
+    """A stack in a checkout (noxfile.py + build/) names its path sources relative to that
+    checkout's root, as docs/stack-reference.md says, whatever directory the command runs
+    in."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    stack = make_project(repo)
+    (repo / "noxfile.py").write_text("")
+    (repo / "build" / "stacks").mkdir(parents=True)
+    stack = stack.rename(repo / "build" / "stacks" / "ec.toml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_script("build-wheels", "--stack", str(stack), "--cache-dir",
+                        str(tmp_path / "cache"), "--dry-run", "--json",
+                        str(tmp_path / "plan.json"), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr  # before: exit 4, elsewhere/donor missing
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["paths"]["output"] == str(repo / "wheels" / "ec")
+
+
+def test_only_uses_the_stacks_build_venv(tmp_path: Path) -> None:
+    """The build venv is the stack's: `--only donor` plans the same venv (path and
+    requirements, vLLM's build requirements included) as a full build of the stack, so a
+    selection never makes a torch venv of its own."""
+    stack = make_project(tmp_path)
+    (tmp_path / "vllmsrc" / "requirements").mkdir()
+    (tmp_path / "vllmsrc" / "requirements" / "build.txt").write_text("setuptools-scm>=8\n")
+    plans = {}
+    for name, extra in (("full", ()), ("only", ("--only", "donor"))):
+        result = dry_run(tmp_path, stack, "--json", str(tmp_path / f"{name}.json"), *extra)
+        assert result.returncode == 0, result.stderr
+        plans[name] = json.loads((tmp_path / f"{name}.json").read_text())["toolchain"]
+    assert [p["name"] for p in json.loads((tmp_path / "only.json").read_text())["packages"]] \
+        == ["donor"]
+    assert "setuptools-scm>=8" in plans["full"]["build_venv_requirements"]
+    assert plans["only"]["build_venv_requirements"] == plans["full"]["build_venv_requirements"]
+    assert plans["only"]["build_venv"] == plans["full"]["build_venv"]
+
+
+def test_2_an_output_dir_holding_a_wheel_we_did_not_build_is_refused(tmp_path: Path) -> None:
+    """A real wheel (pip + setuptools, no build manifest) in --output-dir: refused before
+    anything is prepared (exit 2, the file named), and left exactly as it was."""
+    stack = make_project(tmp_path)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(tmp_path / "donor")],
+                   check=True, capture_output=True)
+    (foreign,) = out.glob("*.whl")
+    before = foreign.read_bytes()
+    result = dry_run(tmp_path, stack, "--output-dir", str(out))
+    assert result.returncode == 2, result.stderr
+    assert "ERROR (configuration, exit 2): the output dir" in result.stderr
+    assert f"{foreign.name}: no build manifest: not built by this pipeline" in result.stderr
+    assert [p.name for p in out.iterdir()] == [foreign.name]
+    assert foreign.read_bytes() == before
+    assert not (tmp_path / "cache" / "src").exists()
+
+
+def _tampered(directory: Path, how: str) -> Path:
+    """The minimal wheel with one member's bytes changed after RECORD was written, or with
+    one RECORD hash replaced by the hash of other bytes (a well-formed, wrong entry)."""
+    wheel = write_wheel(directory)
+    with zipfile.ZipFile(wheel) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    if how == "member changed":
+        members["tiny/__init__.py"] = b"print('not what was built')\n"
+    else:
+        other = base64.urlsafe_b64encode(hashlib.sha256(b"other").digest()).rstrip(b"=")
+        record = members["tiny-0.1.0.dist-info/RECORD"].decode().splitlines()
+        record = [",".join([row.split(",")[0], f"sha256={other.decode()}", row.split(",")[2]])
+                  if row.startswith("tiny-0.1.0.dist-info/METADATA") else row for row in record]
+        members["tiny-0.1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel.unlink()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return wheel
+
+
+@pytest.mark.parametrize(("how", "member"), [("member changed", "tiny/__init__.py"),
+                                             ("RECORD hash replaced",
+                                              "tiny-0.1.0.dist-info/METADATA")])
+def test_9_verify_abi_refuses_a_wheel_that_does_not_match_its_record(
+        tmp_path: Path, how: str, member: str) -> None:
+    wheel = _tampered(tmp_path, how)
+    result = run_script("verify-abi", "--wheels", str(tmp_path), "--python", sys.executable,
+                        "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert result.returncode == 9, result.stdout + result.stderr
+    assert f"ERROR (could not check, exit 9): {wheel.name}: its files do not match its " \
+           "RECORD" in result.stderr
+    assert f"hash / size of {member} didn't match RECORD" in result.stderr
+    assert not (tmp_path / "verify-abi.json").exists()  # no verdict recorded for it
+
+
+@pytest.mark.parametrize("how", ["member changed", "RECORD hash replaced"])
+def test_10_publish_refuses_a_wheel_that_does_not_match_its_record(tmp_path: Path,
+                                                                    how: str) -> None:
+    """Even with a passing verify_abi result for its sha256 (a STAND-IN report written
+    here, in the documented shape) and even with --allow-unverified: nothing enters."""
+    from vllm_wheels.verify.report import REPORT_FILENAME, REPORT_SCHEMA_VERSION
+
+    wheel = _tampered(tmp_path, how)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (tmp_path / REPORT_FILENAME).write_text(json.dumps({
+        "schema_version": REPORT_SCHEMA_VERSION, "tool": "vllm-wheels verify-abi",
+        "created": "2026-01-01T00:00:00Z", "passed": True, "runtime": {"stand_in": True},
+        "wheels": [{"filename": wheel.name, "sha256": digest, "passed": True,
+                    "facts_from": "wheel", "checks": []}]}))
+    index = tmp_path / "index"
+    for extra in ([], ["--allow-unverified", "hand-checked"]):
+        result = run_script("publish", "--wheels", str(tmp_path), "--index", str(index),
+                            *extra, cwd=tmp_path)
+        assert result.returncode == 10, result.stderr
+        assert "1 wheel(s) do not match their RECORD" in result.stderr
+        assert wheel.name in result.stderr
+        assert not (index / "files").exists() and not (index / "current").exists()

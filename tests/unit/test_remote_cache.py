@@ -1,54 +1,24 @@
 """The shared compile cache's URL handling, credential rules and reachability check, as a
-user meets them: `build-wheels --dry-run` through the console script against a real
-redis-server on loopback (or a port where nothing listens)."""
+user meets them: `build-wheels --dry-run` through the console script against a port where
+nothing listens. The tests against a real redis-server are in
+tests/integration/test_remote_cache_redis.py: the unit tier needs no program beyond
+Python, git, patch and gcc."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from redis_server import free_port, redis_server
-from tiny_stacks import stack_toml
+from redis_server import free_port
+from remote_cache_project import SECRET, dry_run, project
 
 from vllm_wheels.build import remote_cache
 from vllm_wheels.build.stack import load_stack
 from vllm_wheels.errors import ConfigError
-
-PY = f"{sys.version_info.major}.{sys.version_info.minor}"
-SECRET = "hunter2-not-for-logs"
-
-
-def project(root: Path, build_extra: str = "") -> Path:
-    (root / "pkg").mkdir()
-    (root / "pkg" / "setup.py").write_text(
-        'from setuptools import setup\nsetup(name="pkg", version="0.1.0")\n')
-    stack = root / "stack.toml"
-    stack.write_text(stack_toml("rc", """
-[packages.pkg]
-source = { path = "pkg", version = "0.1.0" }
-""", python=PY, build=f'compile_cache = "sccache"\n{build_extra}\n'))
-    return stack
-
-
-def dry_run(root: Path, stack: Path, *args: str, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    merged = {k: v for k, v in os.environ.items() if k != remote_cache.ENV_VAR}
-    merged.update(env or {})
-    return subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack",
-                           str(stack), "--cache-dir", str(root / "cache"), "--dry-run",
-                           "--json", str(root / "plan.json"), *args],
-                          cwd=root, env=merged, text=True, capture_output=True, timeout=120,
-                          check=False)
-
-
-def logs(root: Path) -> str:
-    return "".join(p.read_text() for p in (root / "cache" / "logs").glob("*.log"))
-
 
 # ------------------------------------------------------------------ parsing, redaction
 
@@ -160,51 +130,6 @@ def test_unreachable_remote_warns_and_builds_local(tmp_path: Path) -> None:
     assert "SCCACHE_REDIS_ENDPOINT" not in steps_env
 
 
-def test_reachable_remote_from_the_environment_is_used_and_redacted(tmp_path: Path) -> None:
-    with redis_server(password=SECRET) as port:
-        result = dry_run(tmp_path, project(tmp_path), env={
-            remote_cache.ENV_VAR: f"redis://:{SECRET}@127.0.0.1:{port}"})
-        wrong = dry_run(tmp_path, tmp_path / "stack.toml", env={
-            remote_cache.ENV_VAR: f"redis://:wrong@127.0.0.1:{port}"})
-    assert result.returncode == 0, result.stderr
-    assert "backend redis" in result.stdout
-    assert f"remote: redis://:***@127.0.0.1:{port} from {remote_cache.ENV_VAR}: reachable" \
-        in result.stdout
-    plan_text = (tmp_path / "plan.json").read_text()
-    for where in (result.stdout, result.stderr, logs(tmp_path)):
-        assert SECRET not in where
-    # The JSON was rewritten by the second run: check the first run's facts from stdout,
-    # the second's (wrong password) from its JSON.
-    plan = json.loads(plan_text)
-    assert plan["toolchain"]["compile_cache"]["remote"]["reachable"] is False
-    assert "AUTH refused" in plan["toolchain"]["compile_cache"]["remote"]["detail"]
-    assert wrong.returncode == 0 and "backend local" in wrong.stdout
-
-
-def test_plan_json_of_a_reachable_remote(tmp_path: Path) -> None:
-    with redis_server() as port:
-        result = dry_run(tmp_path, project(tmp_path), "--compile-cache-remote",
-                         f"redis://127.0.0.1:{port}")
-    assert result.returncode == 0, result.stderr
-    plan = json.loads((tmp_path / "plan.json").read_text())
-    cc = plan["toolchain"]["compile_cache"]
-    assert cc["tool"] == "sccache" and cc["backend"] == "redis"
-    assert cc["remote"] == {"url": f"redis://127.0.0.1:{port}", "backend": "redis",
-                            "source": remote_cache.CLI_FLAG, "reachable": True,
-                            "detail": cc["remote"]["detail"]}
-    assert cc["remote"]["detail"].startswith("PONG in ")
-    # The sccache server the pipeline starts has the remote; the compiles do not (a server
-    # one of them starts after the guard stopped the first is local only), and a compile
-    # whose server goes away compiles locally.
-    assert cc["server_env"]["SCCACHE_REDIS_ENDPOINT"] == f"redis://127.0.0.1:{port}"
-    assert cc["server_env"]["SCCACHE_MULTILEVEL_CHAIN"] == "disk,redis"
-    env = plan["packages"][0]["steps"][0]["env"]
-    assert "SCCACHE_REDIS_ENDPOINT" not in env and "SCCACHE_MULTILEVEL_CHAIN" not in env
-    assert env["SCCACHE_IGNORE_SERVER_IO_ERROR"] == "1"
-    assert any(c["name"] == "compile cache remote" and c["status"] == "ok"
-               for c in plan["toolchain"]["checks"])
-
-
 def test_flag_is_refused_with_in_docker(repo_root: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack",
                              "build/stacks/ci-cuda13.toml", "--in-docker", "--dry-run",
@@ -213,27 +138,6 @@ def test_flag_is_refused_with_in_docker(repo_root: Path) -> None:
                             check=False)
     assert result.returncode == 2, result.stderr
     assert "--compile-cache-remote does not apply with --in-docker" in result.stderr
-
-
-def test_a_remote_puts_the_trees_under_the_build_root(tmp_path: Path,
-                                                      own_build_root: Path) -> None:
-    """With a remote compile cache every builder must compile at the same paths (nvcc puts
-    the real path of each .cu into what sccache hashes): the trees leave the cache dir for
-    the machine-wide build root; without one they stay where they were."""
-    stack = project(tmp_path)
-    with redis_server() as port:
-        shared = dry_run(tmp_path, stack, "--compile-cache-remote", f"redis://127.0.0.1:{port}")
-    assert shared.returncode == 0, shared.stderr
-    plan = json.loads((tmp_path / "plan.json").read_text())
-    tree = Path(plan["packages"][0]["tree"])
-    assert tree.parent == own_build_root / "src" and (tree / "setup.py").is_file()
-    assert plan["paths"]["trees"] == str(own_build_root / "src") and plan["paths"]["trees_shared"]
-    assert f"Source trees: {own_build_root / 'src'} (machine-wide build root" in shared.stdout
-    local = dry_run(tmp_path, stack, "--compile-cache-remote", "none")
-    assert local.returncode == 0, local.stderr
-    plan = json.loads((tmp_path / "plan.json").read_text())
-    assert Path(plan["packages"][0]["tree"]).parent == tmp_path / "cache" / "src"
-    assert plan["paths"]["trees_shared"] is False
 
 
 # sccache's own statistics (--show-stats --stats-format json, "stats"), the parts read.
@@ -277,45 +181,6 @@ def test_remote_that_failed_during_the_build_warns() -> None:
     assert remote_cache.after_build(gone, stats, gone) == ""
 
 
-def test_guard_switches_to_local_once_when_redis_stops() -> None:
-    """A real Redis, watched by the guard: while it answers nothing happens; after SHUTDOWN
-    the guard calls its switch exactly once and keeps the switched-away server's stats."""
-    import threading
-    import time
-
-    from redis_server import redis_command
-
-    calls: list[float] = []
-    before = {"hits": 1, "misses": 4}
-
-    def switch() -> dict[str, object]:
-        calls.append(time.monotonic())
-        return before
-
-    with redis_server() as port:
-        remote = dataclasses.replace(
-            remote_cache.parse(f"redis://127.0.0.1:{port}", "test"), reachable=True)
-        guard = remote_cache.RemoteGuard(remote, switch, interval_s=0.05, failures=2)
-        with guard:
-            time.sleep(0.5)  # about ten pings, all answered
-            assert calls == [] and guard.fallback is None
-            redis_command(port, "SHUTDOWN", "NOSAVE")
-            deadline = time.monotonic() + 10
-            while not calls and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.3)  # would be a second switch if the guard kept watching
-    assert len(calls) == 1
-    assert guard.fallback is not None and guard.fallback.stats_before == before
-    assert "Refused" in guard.fallback.detail or "Error" in guard.fallback.detail
-    assert not any(t.name == "remote-cache-guard" for t in threading.enumerate())
-    text = remote_cache.after_build(remote, {"hits": 2, "misses": 5, "errors": {}},
-                                    guard.fallback and dataclasses.replace(
-                                        remote, reachable=False, detail="gone"),
-                                    guard.fallback)
-    assert "stopped answering" in text and "restarted with the local cache only" in text
-    assert "does not answer after the build" not in text
-
-
 def test_guard_watches_only_redis_and_a_failing_switch_is_reported() -> None:
     s3 = remote_cache.parse("s3://bucket/prefix", "test")
     with remote_cache.RemoteGuard(s3, lambda: None, interval_s=0.01) as guard:
@@ -350,3 +215,33 @@ def test_two_servers_statistics_add_up() -> None:
                      "errors": {"read": 0, "write": 1, "timeouts": 0}}
     assert add_compile_cache_stats(None, second) == second
     assert add_compile_cache_stats(first, None) == first
+
+
+def test_sccaches_own_redis_variable_is_named_in_a_warning_and_kept_from_sccache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SCCACHE_REDIS_ENDPOINT set by the user: the pipeline chooses sccache's backend
+    itself, so the plan warns that it is not used (and how to use it), and the compiles'
+    and local server's environment drops it (else sccache would use that server unseen)."""
+    endpoint = f"redis://127.0.0.1:{free_port()}"
+    result = dry_run(tmp_path, project(tmp_path), env={"SCCACHE_REDIS_ENDPOINT": endpoint})
+    assert result.returncode == 0, result.stderr
+    assert f"WARNING: SCCACHE_REDIS_ENDPOINT={endpoint} is set, but sccache's backend is " \
+           "chosen by the pipeline: it is not used (this build uses the local compile cache " \
+           "only)" in result.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    check = next(c for c in plan["toolchain"]["checks"]
+                 if c["name"] == "compile cache remote (sccache's variables)")
+    assert check["status"] == "warn"
+    assert f"{remote_cache.ENV_VAR}={endpoint}" in check["fix"]
+    env = plan["packages"][0]["steps"][0]["env"]
+    assert "SCCACHE_REDIS_ENDPOINT" in env and env["SCCACHE_REDIS_ENDPOINT"] is None
+    # With a remote of the pipeline's, the server gets that one, never the user's.
+    from vllm_wheels.build.toolchain import CompileCache
+
+    monkeypatch.setenv("SCCACHE_REDIS_ENDPOINT", endpoint)
+    remote = remote_cache.parse("redis://10.0.0.5:6379", "test")
+    cc = CompileCache("sccache", tmp_path / "sccache", tmp_path / "cache" / "sccache", remote)
+    assert cc.env(tmp_path)["SCCACHE_REDIS_ENDPOINT"] is None
+    assert cc.server_env(tmp_path)["SCCACHE_REDIS_ENDPOINT"] == "redis://10.0.0.5:6379"
+    warning, _fix = remote_cache.user_sccache_warning(remote)
+    assert "this build's remote is redis://10.0.0.5:6379 (from test)" in warning

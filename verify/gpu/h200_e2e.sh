@@ -31,6 +31,10 @@ export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_FIND_LINKS=$REPO/.whl/tools
 export VLLM_WHEELS_CACHE=$W/cache
 
+# start_detached / stop_detached: the vLLM server in a session of its own, stopped alone.
+# shellcheck source=verify/gpu/detached.sh
+. "$REPO/verify/gpu/detached.sh"
+
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 finish() {  # the evidence of the stage whose directory $EV is, as $OUT/<that name>.tar.gz
   local name; name=$(basename "$EV")
@@ -97,16 +101,16 @@ do_check() {
   "$W/rv/bin/python" verify/gpu/kernel_checks.py --json "$EV/kernels.json" 2>&1 | tee "$EV/kernels.txt"
   say "4/4 tiny Llama (config + tokenizer), vllm serve, one completion"
   python3 verify/gpu/make_tiny_llama.py "$W/model" > "$EV/model.json"
-  ( cd "$W" && setsid nohup "$W/rv/bin/vllm" serve "$W/model" --served-model-name tiny-llama \
-      --load-format dummy --enforce-eager --attention-backend TRITON_ATTN --port 8011 \
-      --max-model-len 2048 --gpu-memory-utilization 0.30 > "$EV/serve.log" 2>&1 & echo $! > "$W/serve.pid" )
+  start_detached "$W/serve.pid" "$EV/serve.log" "$W" "$W/rv/bin/vllm" serve "$W/model" \
+      --served-model-name tiny-llama --load-format dummy --enforce-eager \
+      --attention-backend TRITON_ATTN --port 8011 --max-model-len 2048 \
+      --gpu-memory-utilization 0.30
   for _ in $(seq 1 90); do curl -sf localhost:8011/health >/dev/null && break; sleep 2; done
   curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' \
     -d '{"model": "tiny-llama", "prompt": "abc def", "max_tokens": 32, "ignore_eos": true}' \
     | tee "$EV/completion.json"; echo
   curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens_total|request_success_total)' | tee "$EV/metrics.txt"
-  sid=$(ps -o sid= -p "$(cat "$W/serve.pid")" 2>/dev/null | tr -d ' ')
-  if [ -n "$sid" ]; then pkill -TERM -s "$sid"; else pkill -TERM -f "vllm serve $W/model"; fi; sleep 3
+  stop_detached "$W/serve.pid"
   grep -aE "attention backend|Using .*backend|Loading weights|ERROR|Error" "$EV/serve.log" | head -20
 }
 
@@ -184,10 +188,10 @@ serve-ab)
   say "4/5 tiny Llama, one vllm serve (eager, TRITON_ATTN), one completion"
   python3 verify/gpu/make_tiny_llama.py "$W/model" > "$EV/model.json"
   t0=$SECONDS
-  ( cd "$W" && PYTHONPATH= setsid nohup "$W/rv/bin/vllm" serve "$W/model" --served-model-name tiny-llama \
-      --load-format dummy --seed 0 --no-enable-prefix-caching --enforce-eager \
-      --attention-backend TRITON_ATTN --port 8011 --max-model-len 2048 --max-num-seqs 64 \
-      --gpu-memory-utilization 0.30 > "$EV/serve.log" 2>&1 & echo $! > "$W/serve.pid" )
+  start_detached "$W/serve.pid" "$EV/serve.log" "$W" env PYTHONPATH= "$W/rv/bin/vllm" serve \
+      "$W/model" --served-model-name tiny-llama --load-format dummy --seed 0 \
+      --no-enable-prefix-caching --enforce-eager --attention-backend TRITON_ATTN --port 8011 \
+      --max-model-len 2048 --max-num-seqs 64 --gpu-memory-utilization 0.30
   for _ in $(seq 1 120); do curl -sf localhost:8011/health >/dev/null && break; sleep 1; done
   echo "server ready after $((SECONDS - t0)) s" | tee "$EV/startup.txt"
   curl -s localhost:8011/v1/completions -H 'Content-Type: application/json' \
@@ -203,10 +207,9 @@ serve-ab)
     finish
   done
   curl -s localhost:8011/metrics | grep -E '^vllm:(generation_tokens|request_success|num_requests)' > "$EV/metrics.txt"
-  # An empty session id would make pkill -s match this script's own session (the second
-  # lease's script died of its own SIGTERM here, after its evidence was written).
-  sid=$(ps -o sid= -p "$(cat "$W/serve.pid")" 2>/dev/null | tr -d ' ')
-  if [ -n "$sid" ]; then pkill -TERM -s "$sid"; else pkill -TERM -f "vllm serve $W/model"; fi; sleep 2
+  # The server's own session only (detached.sh: the old `( cd && setsid ... & echo $! )`
+  # recorded a subshell of this script's session, and its pkill -s ended this script).
+  stop_detached "$W/serve.pid"
   finish
   ;;
 *)

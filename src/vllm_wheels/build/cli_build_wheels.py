@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from .. import layout
 from ..cache import Cache, default_cache_root, write_atomic
 from ..errors import ConfigError, PipelineError
-from ..log import Reporter
+from ..log import Reporter, new_log_path
 from . import bundle, pipeline
+from .output import check_output_dir
 from .parallelism import parallelism_overrides
 from .plan import make_plan, raise_on_failed_checks
 from .render import render_plan
@@ -77,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = layout.repo_root()
+    # A stack's relative paths (path sources, patches, externals) are relative to the
+    # checkout that holds it, from whatever directory the command runs in.
+    root = layout.repo_root(args.stack.parent if args.stack else None)
     # A negative --max-jobs/--nvcc-threads (or MAX_JOBS/NVCC_THREADS) is exit 2 at once,
     # here and before the docker build it would be forwarded to.
     parallelism_overrides(args.max_jobs, args.nvcc_threads)
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         bundle.check_export_dest(args.export_bundle.resolve())
     if args.bundle:
         # Checked before anything else runs: a changed bundle is exit 4 with nothing built.
-        check_reporter = Reporter(cache.logs / f"bundle-check-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        check_reporter = Reporter(new_log_path(cache.logs, "bundle-check"))
         try:
             source_bundle = bundle.load(args.bundle, cache, check_reporter)
         finally:
@@ -118,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
         stack = with_toolkit_source(stack, os.environ.get(TOOLKIT_OVERRIDE_ENV),
                                     TOOLKIT_OVERRIDE_ENV)
     output = (args.output_dir or layout.wheels_dir(root, stack.name)).resolve()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = cache.logs / f"{'plan' if args.dry_run else 'build'}-{stack.name}-{stamp}.log"
+    if not args.export_bundle:
+        # Before the source step (minutes): wheels someone else put there are refused.
+        check_output_dir(output)
+    log_path = new_log_path(cache.logs, f"{'plan' if args.dry_run else 'build'}-{stack.name}")
     reporter = Reporter(log_path)
     try:
         reporter.say(f"vllm-wheels: stack {stack.name} ({stack_path}); full log: {log_path}")

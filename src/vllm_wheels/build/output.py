@@ -20,7 +20,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 
 from .. import layout
 from ..cache import remove, temp_sibling, write_atomic
-from ..errors import AbiMismatchError, BuildError, DiskFullError
+from ..errors import AbiMismatchError, BuildError, ConfigError, DiskFullError
 from ..log import Reporter
 from ..verify import abi
 from ..verify.report import record_results
@@ -98,8 +98,13 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
                   "options": dict(prep.spec.options), "cmake_args": cmake_args},
+        # Where the source comes from as the stack says it (the index of a pypi source, the
+        # repository of a git one), never where this builder happened to get it (a download
+        # URL, or none when the cache had it): a cold and a warm cache give one manifest.
         "source": {"kind": prep.spec.source.kind, "version": prep.spec.source.version,
                    "sha256": prep.fetched.sha256, "url": prep.fetched.url,
+                   "index": prep.spec.source.simple_url
+                   if prep.spec.source.kind == "pypi" else None,
                    "commit": prep.fetched.commit},
         "patches": [{"name": p.name, "sha256": p.sha256} for p in prep.patches],
         "stripped_torch_pins": [f"{s.file}: {s.line}" for s in prep.stripped_pins],
@@ -137,32 +142,65 @@ class Earlier:
     drop: list[tuple[Path, str]]
 
 
+def foreign_wheels(out: Path) -> list[tuple[Path, str]]:
+    """The wheels in `out` this pipeline did not build (no build manifest, or not a wheel
+    it can read), each with why. They are never removed: a folder holding any is refused
+    (check_output_dir)."""
+    foreign: list[tuple[Path, str]] = []
+    if not out.is_dir():
+        return foreign
+    for wheel in sorted(p for p in out.glob("*.whl") if not p.name.startswith(".")):
+        try:
+            parse_wheel_filename(wheel.name)
+            manifest = wheelmeta.read_manifest(wheel)
+        except (InvalidWheelFilename, OSError, ValueError, zipfile.BadZipFile) as exc:
+            foreign.append((wheel, f"not a wheel this pipeline can read ({exc})"))
+            continue
+        stack = manifest.get("stack") if isinstance(manifest, dict) else None
+        if not isinstance(stack, dict) or stack.get("digest") is None:
+            foreign.append((wheel, "no build manifest: not built by this pipeline"))
+    return foreign
+
+
+def check_output_dir(out: Path) -> None:
+    """ConfigError (exit 2) naming every wheel in `out` that this pipeline did not build.
+    The output dir holds one coherent set, and earlier wheels that do not belong to it are
+    removed; a wheel someone else put there (a torch wheel, another project's) is not ours
+    to remove, so the build is refused before it starts, and again before publishing."""
+    foreign = foreign_wheels(out)
+    if foreign:
+        raise ConfigError(
+            f"the output dir {out} holds {len(foreign)} wheel(s) this pipeline did not "
+            "build:\n" + "\n".join(f"    {w.name}: {why}" for w, why in foreign),
+            why="the output dir holds exactly one coherent set of this stack's wheels; "
+                "anything else there would be replaced, published with it or removed, and "
+                "files the pipeline did not make are never removed",
+            fix="move those files elsewhere, or pass --output-dir with a directory of its "
+                "own (default wheels/<stack>/)")
+
+
 def _earlier_wheels(out: Path, stack_digest: str, built: dict[str, BuiltWheel]) -> Earlier:
     """Sort the wheels already in `out` (after `--only`, or from a build of another stack
     definition). The output dir holds one coherent set: the wheels of one stack digest,
     one per package, every one verified with the others. A wheel of a package built now
     is replaced; one built from another stack definition (other versions, pins, options,
-    torch) or without our manifest does not belong to this set and is removed."""
+    torch) does not belong to this set and is removed. A wheel without our manifest is
+    never touched: check_output_dir refuses the folder."""
     keep: list[Path] = []
     drop: list[tuple[Path, str]] = []
     new_names = {b.path.name for b in built.values()}
     if not out.is_dir():
         return Earlier(keep, drop)
+    check_output_dir(out)
     for wheel in sorted(p for p in out.glob("*.whl") if not p.name.startswith(".")):
         if wheel.name in new_names:
             continue  # overwritten by the new file of the same name
-        try:
-            project = canonicalize_name(parse_wheel_filename(wheel.name)[0])
-            manifest = wheelmeta.read_manifest(wheel)
-        except (InvalidWheelFilename, OSError, ValueError, zipfile.BadZipFile) as exc:
-            drop.append((wheel, f"not a wheel this pipeline can read ({exc})"))
-            continue
+        project = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+        manifest = wheelmeta.read_manifest(wheel)
         stack = manifest.get("stack") if isinstance(manifest, dict) else None
         digest = stack.get("digest") if isinstance(stack, dict) else None
         if project in built:
             drop.append((wheel, f"replaced by the new {built[project].path.name}"))
-        elif digest is None:
-            drop.append((wheel, "no build manifest: not built by this pipeline"))
         elif digest != stack_digest:
             drop.append((wheel, f"built from another definition of the stack (digest "
                                 f"{str(digest)[:12]}..., now {stack_digest[:12]}...): "

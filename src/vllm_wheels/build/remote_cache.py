@@ -42,6 +42,12 @@ GUARD_FAILURES = 2
 # scheme -> (backend, sccache's name for it in SCCACHE_MULTILEVEL_CHAIN)
 _SCHEMES = {"redis": "redis", "rediss": "redis", "s3": "s3", "gs": "gcs"}
 _DEFAULT_REDIS_PORT = 6379
+# sccache's own variables that choose a Redis backend. The pipeline sets sccache's backend
+# itself (the remote resolved here, or the local disk only), so one of these in the user's
+# environment is removed from sccache's (CompileCache.env) and named in a warning
+# (user_sccache_warning): left there, it would make sccache use that server unseen, with
+# no ping, no guard against a dead server, and its hits counted as local.
+SCCACHE_REMOTE_VARS = ("SCCACHE_REDIS_ENDPOINT", "SCCACHE_REDIS", "SCCACHE_REDIS_CLUSTER_ENDPOINTS")
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,24 @@ def resolve(stack_value: str, cli_value: str | None,
                           fix=f"export {ENV_VAR}='{value.split('://')[0]}://:PASSWORD@"
                               f"{remote.host}:{remote.port}' instead of the flag")
     return remote
+
+
+def user_sccache_warning(remote: Remote | None, environ: dict[str, str] | None = None
+                         ) -> tuple[str, str]:
+    """(warning, fix) when the user's environment sets sccache's own remote variables
+    (SCCACHE_REMOTE_VARS), which this build does not use; ("", "") when it sets none."""
+    env = os.environ if environ is None else environ
+    found = [k for k in SCCACHE_REMOTE_VARS if env.get(k)]
+    if not found:
+        return "", ""
+    shown = ", ".join(f"{k}={_redact_raw(env[k])}" for k in found)
+    using = (f"this build's remote is {remote.redacted} (from {remote.source})" if remote
+             else "this build uses the local compile cache only")
+    endpoint = _redact_raw(env[found[0]])
+    return (f"{shown} is set, but sccache's backend is chosen by the pipeline: it is not "
+            f"used ({using})",
+            f"to use that server as the remote, set {ENV_VAR}={endpoint} (a password, if "
+            f"any, in that variable only) or pass {CLI_FLAG}; else unset {found[0]}")
 
 
 def _resp(*words: str) -> bytes:

@@ -243,7 +243,7 @@ class FetchedSource:
     directory: Path | None  # a local directory or git checkout
     sha256: str | None  # of the archive
     commit: str | None  # of a git checkout
-    url: str | None
+    url: str | None  # a git source's repository (from the stack); None otherwise
 
 
 def resolve_pypi(spec: PackageSpec) -> IndexFile:
@@ -426,7 +426,10 @@ def _fetch(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter)
                                   "stack file if you trust the new file")
         path = download(found.url, cache.download_path(src.sha256, found.filename), src.sha256,
                         reporter)
-        return FetchedSource(path, None, src.sha256, None, found.url)
+        # No download URL (the log has it): the same source whether downloaded now or found
+        # in the cache, so the same manifest and wheel bytes. The stack's index and sha256
+        # say where it comes from.
+        return FetchedSource(path, None, src.sha256, None, None)
     if src.kind == "git":
         assert src.url and src.commit
         dest = cache.externals / "git" / hashlib.sha256(src.url.encode()).hexdigest()[:16] / src.commit

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ToolchainError
 from ..log import Reporter
 from ..runner import capture, run
+from . import remote_cache
 from .remote_cache import Remote
 from .stack import Stack
 
@@ -82,14 +84,15 @@ def nvcc_at(cuda_home: Path, found_via: str) -> Nvcc | None:
 
 
 def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, list[str]]:
-    """The nvcc a build would use: CUDA_HOME, then nvcc on PATH, then /usr/local/cuda."""
+    """The nvcc a build would use: CUDA_HOME, then nvcc on PATH, then /usr/local/cuda. A
+    CUDA_HOME without nvcc is None (check_nvcc names it), never a silent fall-back to
+    another toolkit: the user chose that one, and builds would mix its headers with
+    another's nvcc."""
     env = dict(os.environ) if env is None else env
     searched = []
     if env.get("CUDA_HOME"):
         searched.append(f"CUDA_HOME={env['CUDA_HOME']}")
-        found = nvcc_at(Path(env["CUDA_HOME"]), "CUDA_HOME")
-        if found:
-            return found, searched
+        return nvcc_at(Path(env["CUDA_HOME"]), "CUDA_HOME"), searched
     on_path = shutil.which("nvcc", path=env.get("PATH"))
     searched.append(f"PATH ({on_path or 'no nvcc'})")
     if on_path:
@@ -106,6 +109,14 @@ def find_system_nvcc(env: dict[str, str] | None = None) -> tuple[Nvcc | None, li
 
 def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[ToolchainCheck]:
     checks = []
+    cuda_home = next((s.split("=", 1)[1] for s in searched if s.startswith("CUDA_HOME=")), None)
+    if nvcc is None and cuda_home is not None:
+        return [ToolchainCheck("nvcc", CheckStatus.FAIL,
+                               f"CUDA_HOME={cuda_home} holds no nvcc (no executable "
+                               f"{Path(cuda_home) / 'bin' / 'nvcc'})",
+                               "point CUDA_HOME at a CUDA toolkit's root (the directory with "
+                               f"bin/nvcc, {stack.cuda_toolkit.version}), or unset it to use "
+                               "the nvcc on PATH or /usr/local/cuda")]
     if nvcc is None:
         return [ToolchainCheck("nvcc", CheckStatus.FAIL,
                                "no nvcc found (searched: " + "; ".join(searched) + ")",
@@ -139,14 +150,23 @@ def check_nvcc(stack: Stack, nvcc: Nvcc | None, searched: list[str]) -> list[Too
 
 
 def raise_on_failed(checks: list[ToolchainCheck]) -> None:
+    """ToolchainError (exit 3) naming every failed check with its own fix: on a fresh box
+    several fail at once (no Python of the stack's version, no matching nvcc), and the
+    fix of the second (e.g. a stack this box can build) matters as much as the first's."""
     failed = [c for c in checks if c.status == CheckStatus.FAIL]
-    if failed:
-        first = failed[0]
-        more = "".join(f"\n  also: {c.name}: {c.detail}" for c in failed[1:])
-        raise ToolchainError(f"{first.name}: {first.detail}{more}",
-                             why="refused before compiling: a mismatched toolchain builds "
-                                 "wheels that fail at import or at the first kernel launch",
-                             fix=first.fix)
+    if not failed:
+        return
+    why = ("refused before compiling: a mismatched toolchain builds wheels that fail at "
+           "import or at the first kernel launch")
+    if len(failed) == 1:
+        raise ToolchainError(f"{failed[0].name}: {failed[0].detail}", why=why,
+                             fix=failed[0].fix)
+    lines = [f"{len(failed)} toolchain checks failed ({', '.join(c.name for c in failed)}):"]
+    for check in failed:
+        lines.append(f"  - {check.name}: {check.detail}")
+        if check.fix:
+            lines.append(f"    fix: {check.fix}")
+    raise ToolchainError("\n".join(lines), why=why, fix="each failed check above has its fix")
 
 
 def python_version(python: Path) -> str | None:
@@ -569,7 +589,7 @@ class CompileCache:
         return self.remote.secret_env() if self.backend not in ("local", "none") and \
             self.remote else {}
 
-    def env(self, source_root: Path) -> dict[str, str]:
+    def env(self, source_root: Path) -> dict[str, str | None]:
         if self.tool == "ccache" and self.directory:
             return {"CCACHE_DIR": str(self.directory),
                     # Hits across source trees: paths under the base dir are hashed relative,
@@ -583,9 +603,14 @@ class CompileCache:
             # docs/shared-cache.md: without the cache root, device code, PTX and host C++
             # missed).
             basedirs = os.pathsep.join([str(source_root), str(self.directory.parent)])
-            env = {"SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
-                   "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
-                   "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
+            env: dict[str, str | None] = {
+                "SCCACHE_DIR": str(self.directory), "SCCACHE_IDLE_TIMEOUT": "0",
+                "SCCACHE_CACHE_SIZE": "50G", "SCCACHE_BASEDIRS": basedirs,
+                "SCCACHE_SERVER_PORT": str(sccache_port(self.directory))}
+            # sccache's own remote variables from the user's environment are removed (the
+            # plan warned about them): the pipeline sets the backend (server_env), and a
+            # server restarted local-only (RemoteGuard) must not reach a remote.
+            env.update({k: None for k in remote_cache.SCCACHE_REMOTE_VARS if k in os.environ})
             if self.uses_remote:
                 # A compile whose server goes away (RemoteGuard restarts it when the remote
                 # dies) compiles locally instead of failing.
@@ -598,7 +623,7 @@ class CompileCache:
         return self.tool == "sccache" and self.remote is not None and \
             self.backend == self.remote.backend
 
-    def server_env(self, source_root: Path) -> dict[str, str]:
+    def server_env(self, source_root: Path) -> dict[str, str | None]:
         """The sccache server's environment: the compiles' (env) plus the remote. Only the
         server the pipeline starts knows the remote; a server started by a compile (after
         RemoteGuard stopped the first) gets the compile's environment: local only."""
@@ -643,7 +668,8 @@ def choose_compile_cache(setting: str, cache: Cache, venv_bin: Path | None = Non
     return CompileCache("none", None, None)
 
 
-def compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> dict[str, Any] | None:
+def compile_cache_stats(cc: CompileCache, env: Mapping[str, str | None]
+                        ) -> dict[str, Any] | None:
     """Cache hits and misses since the last zeroing, as {"hits": N, "misses": M} (sccache:
     with "by_language")."""
     if cc.tool == "ccache" and cc.path:
@@ -741,7 +767,7 @@ def add_compile_cache_stats(first: dict[str, Any] | None, second: dict[str, Any]
     return {key: total[key] for key in order}
 
 
-def zero_compile_cache_stats(cc: CompileCache, env: dict[str, str]) -> None:
+def zero_compile_cache_stats(cc: CompileCache, env: Mapping[str, str | None]) -> None:
     if cc.path is None:
         return
     if cc.tool == "ccache":

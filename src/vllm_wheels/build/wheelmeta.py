@@ -252,20 +252,40 @@ def read_manifest(wheel: Path) -> dict[str, object] | None:
     return None
 
 
+# The wheel spec: RECORD's hashes are sha256 or stronger; md5 and sha1 are not allowed.
+RECORD_HASHES = frozenset({"sha256", "sha384", "sha512", "sha3_256", "sha3_384", "sha3_512",
+                           "blake2b", "blake2s"})
+
+
 def verify_record(wheel: Path) -> list[str]:
-    """Problems with a wheel's RECORD (empty list = every file hashed and listed)."""
-    problems = []
-    with zipfile.ZipFile(wheel) as zf:
-        record_name = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
-        rows = {r[0]: r for r in csv.reader(io.StringIO(zf.read(record_name).decode()))}
-        for name in zf.namelist():
-            if name.endswith("/") or name == record_name:
-                continue
-            row = rows.get(name)
-            if row is None:
-                problems.append(f"{name}: not in RECORD")
-            elif row[1] != record_hash(zf.read(name)):
-                problems.append(f"{name}: hash mismatch")
+    """Problems with a wheel's RECORD, each naming the member (empty list = every member
+    listed, with a sha256-or-stronger hash and a size that match its bytes). RECORD's own
+    row and the signature files (RECORD.jws, RECORD.p7s) are excepted, as the wheel spec
+    says. Parsed and checked by PyPA's `installer` (WheelFile.validate_record: csv rows,
+    every member, hash and size), the library installers use, so this check and theirs
+    read RECORD the same way; on top of it, weak hash algorithms are refused."""
+    from installer.records import parse_record_file
+    from installer.sources import WheelFile
+
+    problems: list[str] = []
+    try:
+        with WheelFile.open(wheel) as source:
+            try:
+                source.validate_record(validate_contents=True)
+            except source.validation_error as exc:
+                prefix = f"In {wheel}, "
+                problems += [issue.removeprefix(prefix) for issue in exc.issues]
+            try:
+                rows = list(parse_record_file(source.read_dist_info("RECORD").splitlines()))
+            except (KeyError, ValueError):
+                rows = []  # already reported by validate_record
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return [f"not a readable wheel: {exc}"]
+    for path, hash_, _size in rows:
+        algorithm = hash_.partition("=")[0]
+        if hash_ and algorithm not in RECORD_HASHES:
+            problems.append(f"{path}: RECORD hashes it with {algorithm}, which the wheel spec "
+                            "does not allow (sha256 or stronger)")
     return problems
 
 

@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from ..build.stack import Stack, load_stack
 from ..build.wheelmeta import wheel_info
 from ..cache import default_cache_root, remove, temp_sibling, write_atomic
 from ..errors import BuildError, ConfigError, SourceError, ToolchainError
-from ..log import Reporter
+from ..log import Reporter, new_log_path
 from ..runner import capture, run
 from .versions import Versions, build_flavour, choose_cuda_image, load_versions
 
@@ -292,8 +291,7 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
 
 
 def _reporter(kind: str, stack: Stack) -> Reporter:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Reporter(default_cache_root() / "logs" / f"docker-{kind}-{stack.name}-{stamp}.log")
+    return Reporter(new_log_path(default_cache_root() / "logs", f"docker-{kind}-{stack.name}"))
 
 
 def pipeline_args_from(args: argparse.Namespace) -> list[str]:

@@ -109,7 +109,7 @@ def load_versions(path: Path) -> Versions:
     raw = read_toml(path, missing="versions file not found",
                     fix="[docker] versions in the stack names it, relative to the repo root "
                         "(default docker/versions.toml)")
-    top = Table(raw, "", path)
+    top = Table(raw, "", path, what="docker versions file", doc="docs/containers.md")
     schema = top.get("schema_version", int, required=True)
     if schema != SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version {schema} is not supported "

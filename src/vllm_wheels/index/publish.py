@@ -18,6 +18,7 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from ..build.sources import download, sha256_file
+from ..build.wheelmeta import verify_record
 from ..cache import remove
 from ..errors import CannotCheckError, ConfigError, IndexPublishError, SourceError
 from ..log import Reporter
@@ -148,8 +149,27 @@ def _against(entry: dict[str, Any]) -> str:
                                               " without torch")
 
 
+def check_records(wheels: Sequence[Path]) -> None:
+    """IndexPublishError (exit 10) naming every wheel whose members do not match its
+    RECORD (wheelmeta.verify_record), before anything is written: a verify_abi pass is
+    for the wheel as built, and a member changed since (or a RECORD edited) is not that."""
+    bad = {w: verify_record(w) for w in wheels}
+    bad = {w: problems for w, problems in bad.items() if problems}
+    if bad:
+        raise IndexPublishError(
+            f"{len(bad)} wheel(s) do not match their RECORD:\n"
+            + "\n".join(f"    {w.name}: {'; '.join(problems[:5])}"
+                        + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+                        for w, problems in bad.items()),
+            why="pip does not check RECORD when it installs: the index must not serve files "
+                "other than the ones that were built and verified",
+            fix="rebuild the wheel and run verify_abi on it again; never edit a wheel by hand")
+
+
 def built_wheels_to_add(wheels: Sequence[Path], *, report: Path | None,
                         allow_unverified: str | None, reporter: Reporter) -> list[WheelToAdd]:
+    # Even with --allow-unverified: that waives verify_abi, not the wheel's integrity.
+    check_records(wheels)
     facts = {w: layout.inspect_wheel(w) for w in wheels}
     shas = {w: sha256_file(w) for w in wheels}
     verdicts = verification_of(wheels, shas, report=report, allow_unverified=allow_unverified,

@@ -50,7 +50,7 @@ def load_upload_config(path: Path) -> UploadConfig:
     # Credentials are refused before anything else: the stack's unknown-key check would
     # also stop at them, but with a "did you mean" instead of the reason.
     _reject_credentials(raw, path, "the top level")
-    top = Table(raw, "", path)
+    top = Table(raw, "", path, what="index upload settings", doc="docs/wheel-index.md")
     schema = top.get("schema_version", int, CONFIG_SCHEMA_VERSION)
     upload = top.get("upload", dict)
     top.finish()
@@ -59,7 +59,8 @@ def load_upload_config(path: Path) -> UploadConfig:
     if upload is None:
         raise ConfigError(f"{path}: no [upload] table", fix='add [upload] url = "..."')
     _reject_credentials(upload, path, "[upload]")
-    table = Table(upload, "upload", path)
+    table = Table(upload, "upload", path, what="index upload settings",
+                  doc="docs/wheel-index.md")
     # Types are checked below with messages that say what a valid value looks like.
     url = table.get("url", object)
     tool = table.get("tool", object, "uv")

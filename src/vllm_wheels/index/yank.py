@@ -51,6 +51,9 @@ def set_yanked(index: IndexDir, targets: Sequence[str], reason: str | None,
     if reason is not None and not reason.strip():
         raise ConfigError("--reason must not be empty",
                           why="installers show it to whoever still resolves to this file")
+    # Before the lock, which creates the directory and its .lock file: a folder that is no
+    # index is left exactly as it was.
+    index.require()
     with index.lock(reporter):
         state = index.require()
         records = dict(state.files)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from .. import layout
@@ -12,7 +11,7 @@ from ..build.stack import Stack, load_stack
 from ..build.toolchain import ensure_build_venv
 from ..cache import Cache, default_cache_root, publish_dir, remove, temp_sibling
 from ..errors import AbiMismatchError, CannotCheckError
-from ..log import Reporter
+from ..log import Reporter, new_log_path
 from ..runner import query
 from . import abi
 from .checks import FAIL, UNKNOWN
@@ -85,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.wheels is None or args.python is None or args.stack is not None:
         stack = load_stack(args.stack or layout.default_stack(root))
     wheels = args.wheels or [layout.wheels_dir(root, stack.name)]  # type: ignore[union-attr]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = cache.logs / f"verify-abi-{stamp}.log"
+    log_path = new_log_path(cache.logs, "verify-abi")
     reporter = Reporter(log_path)
     try:
         reporter.say(f"verify_abi: full log: {log_path}")

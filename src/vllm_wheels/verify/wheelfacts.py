@@ -25,7 +25,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from ..build.sources import sha256_file
-from ..build.wheelmeta import MANIFEST_NAME
+from ..build.wheelmeta import MANIFEST_NAME, verify_record
 from ..cache import pid_alive, raise_if_disk_full, remove, temp_sibling
 from ..errors import CannotCheckError
 from .elf import ElfInfo, NotElf, is_elf, read_elf
@@ -194,6 +194,32 @@ def unpack_wheel(wheel: Path, root: Path) -> tuple[str, Path]:
     return digest, target
 
 
+# In an unpacked tree (named by the wheel's sha256): this wheel's RECORD was checked. A
+# re-verification of the same bytes skips the check (it reads every member again).
+RECORD_CHECKED = ".vllm-wheels-record-checked"
+
+
+def check_record(wheel: Path, unpacked: Path) -> None:
+    """CannotCheckError (exit 9) when a member's bytes or size differ from RECORD, or a
+    member is not in it (wheelmeta.verify_record): these are not the files that were
+    built, so no fact read from them says anything about the wheel as built."""
+    marker = unpacked / RECORD_CHECKED
+    if marker.exists():
+        return
+    problems = verify_record(wheel)
+    if problems:
+        raise CannotCheckError(
+            f"{wheel.name}: its files do not match its RECORD:\n"
+            + "\n".join(f"    {p}" for p in problems[:20])
+            + (f"\n    ... and {len(problems) - 20} more" if len(problems) > 20 else ""),
+            why="RECORD is the wheel's own list of its files with their sha256 and size; a "
+                "member changed (or a RECORD edited) after the wheel was made means these are "
+                "not the bytes that were built, and pip installs them without a word",
+            fix="rebuild the wheel (or download it again from where it was published); never "
+                "edit a wheel by hand")
+    marker.touch()
+
+
 def install_parts(member: str) -> tuple[str, ...]:
     """A wheel member's path under site-packages once installed, as parts:
     <name>.data/{purelib,platlib}/x goes to x."""
@@ -214,6 +240,7 @@ def read_wheel(wheel: Path, unpack_root: Path, site_packages: Path) -> WheelFact
     except Exception as exc:  # packaging raises InvalidWheelFilename
         raise CannotCheckError(f"{wheel.name} is not a wheel filename: {exc}") from None
     digest, unpacked = unpack_wheel(wheel, unpack_root)
+    check_record(wheel, unpacked)
     dist_info = next(unpacked.glob("*.dist-info"), None)
     if dist_info is None or not (dist_info / "METADATA").exists():
         raise CannotCheckError(f"{wheel.name} has no .dist-info/METADATA",

@@ -146,7 +146,8 @@ def resolve_workload_path(name_or_file: str, workloads_dir: Path) -> Path:
 def load_workload(path: Path) -> Workload:
     raw = read_toml(path, missing="workload file not found",
                     fix="pass --workload with a name in verify/workloads/ or a TOML file")
-    top = Table(raw, "", path)
+    top = Table(raw, "", path, what=f"workload '{raw.get('name') or path.stem}'",
+                doc="docs/throughput.md; every key: verify/workloads/single-stream.toml")
     name = top.get("name", str, default=path.stem)
     model_text = top.get("model", str, required=True)
     model = Path(model_text).expanduser()
