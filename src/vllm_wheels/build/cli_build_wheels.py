@@ -1,7 +1,8 @@
 """`vllm-wheels build-wheels` (nox -s build_wheels): the command of the build stage. It
 reads the options, makes the plan (plan.py), prints it (render.py) and builds it
 (pipeline.py); --export-bundle/--bundle (bundle.py), --verify-reproducible
-(reproduce.py) and --in-docker (images) hang off the same plan.
+(reproduce.py) and --in-docker (images) hang off the same plan. --targets runs the same
+build once per GPU target of the stack (Stack.for_target), each into its own folder.
 """
 
 from __future__ import annotations
