@@ -24,6 +24,7 @@ from tiny_stacks import TINY_CUDA_EXT, copy_tiny_cuda_ext, stack_toml
 
 from vllm_wheels import layout
 from vllm_wheels.build import prepare, toolchain
+from vllm_wheels.build import stack as schema
 from vllm_wheels.build.stack import load_stack, render_toml
 from vllm_wheels.cache import Cache
 from vllm_wheels.errors import ConfigError, NoGpuError, NoMatchingTargetError
@@ -80,6 +81,13 @@ def test_targets_leave_the_stacks_own_build_and_digest_as_they_were(tmp_path: Pa
     assert with_targets.for_target("sm90a").digest() == dataclasses.replace(
         plain, name="plain2", cuda_arch_list=("9.0a",), label="cu130.torch2141.sm90a").digest()
     assert with_targets.for_target("sm90a").digest() != with_targets.digest()
+
+
+def test_the_target_table_is_documented(repo_root: Path) -> None:
+    assert schema.Target.__doc__
+    assert all(f.metadata.get("doc") for f in dataclasses.fields(schema.Target))
+    reference = (repo_root / schema.REFERENCE_DOC).read_text()
+    assert "## [targets.TARGET]" in reference and "| `targets` | tables |" in reference
 
 
 def test_the_writer_round_trips_targets(tmp_path: Path) -> None:
