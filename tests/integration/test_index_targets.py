@@ -16,6 +16,7 @@ tiny labelled wheels of the index tests with their stand-in verify report.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def target_folders(tmp_path: Path) -> Path:
     base = tmp_path / "wheels"
     for target, label in LABELS.items():
         wheel = rewrite_wheel(plain, base / target, label=label, pins={},
-                              manifest={"local_label": label, "target": target})
+                              manifest={"local_label": label, "gpu_target": target})
         write_verify_report([wheel])
     return base
 
@@ -129,15 +130,18 @@ def cuda13_build_venv(shared_cache: Path, request: pytest.FixtureRequest) -> Pat
 
 
 @pytest.fixture(scope="module")
-def matrix(cuda13_build_venv: Path, shared_cache: Path,
+def matrix(cuda13_build_venv: Path, shared_cache: Path, session_build_root: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`build-wheels --targets all` of the CI stack's fixture extension: wheels/<target>/."""
+    """`build-wheels --targets all` of the CI stack's fixture extension: wheels/<target>/.
+    With the session's build root (it names the prefix-map spec file on the compile
+    command lines), 12.0 is what the session's CI build already compiled."""
     out = tmp_path_factory.mktemp("matrix") / "wheels"
     done = subprocess.run(
         [sys.executable, "-m", "vllm_wheels", "build-wheels", "--stack", str(STACK), "--targets",
          "all", "--only", "tiny-cuda-ext", "--cache-dir", str(shared_cache), "--output-dir",
          str(out), "--build-venv", str(cuda13_build_venv)],
-        cwd=REPO, text=True, capture_output=True, check=False)
+        cwd=REPO, text=True, capture_output=True, check=False,
+        env={**os.environ, "VLLM_WHEELS_BUILD_ROOT": str(session_build_root)})
     print(done.stdout[-3000:], done.stderr[-3000:])
     assert done.returncode == 0, done.stderr[-4000:]
     return out
@@ -162,10 +166,10 @@ def test_matrix_builds_each_target_verified_for_its_arch(matrix: Path) -> None:
         (wheel,) = (matrix / target).glob("*.whl")
         assert wheel.name.startswith(f"tiny_cuda_ext-0.1.0+{label}-")
         manifest = _manifest(wheel)
-        assert manifest["target"] == target and manifest["local_label"] == label
+        assert manifest["gpu_target"] == target and manifest["local_label"] == label
         # verify_abi ran with the target's arch (--arch), and passed.
         report = json.loads((matrix / target / "verify-abi.json").read_text())
-        (result,) = report["wheels"]
+        (result,) = report["results"].values()
         assert result["passed"] and result["filename"] == wheel.name
         (archs,) = [c for c in result["checks"] if c["name"] == "gpu-archs"]
         assert archs["status"] == "pass"
@@ -178,7 +182,7 @@ def test_matrix_builds_each_target_verified_for_its_arch(matrix: Path) -> None:
     assert one["build"]["build_venv"] == two["build"]["build_venv"]
     assert one["build"]["compile_cache_dir"] == two["build"]["compile_cache_dir"]
     assert one["packages"][0]["tree"] == two["packages"][0]["tree"]
-    assert [s["target"] for s in summaries.values()] == list(LABELS)
+    assert [s["gpu_target"] for s in summaries.values()] == list(LABELS)
     assert one["stack_digest"] != two["stack_digest"]
 
 
@@ -252,7 +256,7 @@ def test_each_machine_installs_its_targets_wheel(served: str, matrix: Path,
     (dist_info,) = dest.glob("tiny_cuda_ext-*.dist-info")
     assert dist_info.name == f"tiny_cuda_ext-0.1.0+{LABELS[target]}.dist-info"
     manifest = _manifest(dist_info)
-    assert manifest["target"] == target
+    assert manifest["gpu_target"] == target
     (extension,) = (dest / "tiny_cuda_ext").glob("_C*.so")
     assert _sass(extension) == {"sm120": {"sm_120"}, "sm90a": {"sm_90a"}}[target]
     assert manifest["cuda_arch_list"] == {"sm120": ["12.0"], "sm90a": ["9.0a"]}[target]

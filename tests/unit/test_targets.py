@@ -55,7 +55,7 @@ def test_each_target_has_its_own_arch_list_and_label(tmp_path: Path) -> None:
     stack = load_stack(write_stack(tmp_path))
     assert list(stack.targets) == ["sm120", "sm90a"]  # the file's order
     sm90a = stack.for_target("sm90a")
-    assert (sm90a.target, sm90a.cuda_arch_list, sm90a.local_label()) == (
+    assert (sm90a.gpu_target, sm90a.cuda_arch_list, sm90a.local_label()) == (
         "sm90a", ("9.0a",), "cu130.torch2141.sm90a")
     assert stack.for_target("sm120").local_label() == "cu130.torch2141.sm120"
     # Everything else is the stack's: the same packages, torch, toolkit, name.
@@ -179,7 +179,7 @@ def test_dry_run_plans_every_target_with_one_venv_and_one_tree(tmp_path: Path) -
     plans = {t: json.loads((tmp_path / f"plan.{t}.json").read_text()) for t in ("sm120", "sm90a")}
     assert not (tmp_path / "plan.json").exists()
     for name, plan in plans.items():
-        assert plan["stack"]["target"] == name
+        assert plan["stack"]["gpu_target"] == name
         assert plan["paths"]["output"] == str(tmp_path / "out" / name)
     assert [p["stack"]["cuda_arch_list"] for p in plans.values()] == [["12.0"], ["9.0a"]]
     assert [p["stack"]["local_label"] for p in plans.values()] == [
@@ -268,7 +268,7 @@ def test_index_root_is_the_gpus_target(tmp_path: Path, smi: str, root: str, fit:
     assert f"target {root}" in done.stderr and fit in done.stderr
     as_json = json.loads(index_root(tmp_path, stack, path=str(bin_dir),
                                     extra=("--json",)).stdout)
-    assert as_json["schema_version"] == 1 and as_json["target"] == root
+    assert as_json["schema_version"] == 1 and as_json["gpu_target"] == root
     assert as_json["root"] == f"https://wheels.example/idx/{root}/simple/"
     assert {g["source"] for g in as_json["gpus"]} == {"nvidia-smi"}
 
@@ -316,7 +316,7 @@ def test_index_root_falls_back_to_torch(tmp_path: Path) -> None:
     done = index_root(tmp_path, stack, path=str(empty), pythonpath=str(where), extra=("--json",))
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["target"] == "sm90a"
+    assert data["gpu_target"] == "sm90a"
     assert data["gpus"] == [{"index": 0, "name": "Stand-in GPU 9.0", "compute_capability": "9.0",
                              "source": "torch", "fit": "exact cubin"}]
     # torch without a CUDA device: no GPU, and both sources are named.

@@ -149,15 +149,15 @@ def _build(args: argparse.Namespace, root: Path, cache: Cache, stack: Stack, sta
            output: Path, source_bundle: bundle.Bundle | None, part_size: int | None) -> int:
     """One build of `stack` (the stack, or one of its targets) into `output`."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    what = stack.name if stack.target is None else f"{stack.name}-{stack.target}"
+    what = stack.name if stack.gpu_target is None else f"{stack.name}-{stack.gpu_target}"
     log_path = cache.logs / f"{'plan' if args.dry_run else 'build'}-{what}-{stamp}.log"
     json_path = args.json
-    if json_path is not None and stack.target is not None:
-        json_path = json_path.with_name(f"{json_path.stem}.{stack.target}{json_path.suffix}")
+    if json_path is not None and stack.gpu_target is not None:
+        json_path = json_path.with_name(f"{json_path.stem}.{stack.gpu_target}{json_path.suffix}")
     reporter = Reporter(log_path)
     try:
-        target = f", target {stack.target} ({stack.arch_list_env}, +{stack.local_label()})" \
-            if stack.target else ""
+        target = f", target {stack.gpu_target} ({stack.arch_list_env}, +{stack.local_label()})" \
+            if stack.gpu_target else ""
         reporter.say(f"vllm-wheels: stack {stack.name}{target} ({stack_path}); full log: "
                      f"{log_path}")
         reporter.plan_steps(pipeline.total_steps(len(args.only) if args.only

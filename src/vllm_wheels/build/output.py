@@ -68,7 +68,7 @@ def postprocess_wheel(plan: Plan, ctx: builders.BuildContext, prep: PreparedPack
     pin_map.update(extras.pins)
     manifest = wheel_manifest(plan, ctx, prep, built, seconds, cache_stats, pin_map,
                               dict(extras.manifest))
-    out = layout.staging_dir(plan.cache.staging, plan.stack.name, plan.stack.target) / "final"
+    out = layout.staging_dir(plan.cache.staging, plan.stack.name, plan.stack.gpu_target) / "final"
     return wheelmeta.rewrite_wheel(wheel, out, label=plan.stack.local_label(), pins=pin_map,
                                    manifest=manifest, add_files=dict(extras.add_files),
                                    platform_tag=extras.platform_tag)
@@ -86,9 +86,9 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
     assert plan.torch is not None and plan.nvcc is not None
     torch = {k: v for k, v in plan.torch.to_dict().items() if k != "location"}
     cmake_args = builders.builder_for(prep.spec).manifest_cmake_args(ctx)
-    # A target's build names its target (a stack without targets: no key, the manifest as
-    # it has always been).
-    target = {"target": plan.stack.target} if plan.stack.target else {}
+    # A GPU target's build names its target (a stack without targets: no key, the manifest
+    # as it has always been). Not "target": that key is the platform the wheel is for.
+    gpu_target = {"gpu_target": plan.stack.gpu_target} if plan.stack.gpu_target else {}
     return {
         "package": prep.spec.name,
         "local_label": plan.stack.local_label(),
@@ -97,7 +97,7 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
         "torch": {**torch, "pin": pin_map.get("torch")},
         "nvcc": {"version": plan.nvcc.full_version, "release": plan.nvcc.release},
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
-        **target,
+        **gpu_target,
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
                   "options": dict(prep.spec.options), "cmake_args": cmake_args},
         "source": {"kind": prep.spec.source.kind, "version": prep.spec.source.version,
@@ -270,7 +270,7 @@ def write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path], secon
     paths, telemetry)."""
     par = plan.parallelism
     summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "stack": plan.stack.name,
-               **({"target": plan.stack.target} if plan.stack.target else {}),
+               **({"gpu_target": plan.stack.gpu_target} if plan.stack.gpu_target else {}),
                "stack_digest": plan.stack.digest(), "local_label": plan.stack.local_label(),
                "seconds": round(seconds, 1), "log": str(plan.log_path),
                "wheels": [{"package": r.package, "file": r.path.name, "size": r.size,

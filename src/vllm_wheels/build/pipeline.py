@@ -196,7 +196,7 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
                                        plan.venv_path / "bin" / "python",
                                        plan.cache.root / "verify", built, reporter,
                                        arch_targets=plan.stack.cuda_arch_list
-                                       if plan.stack.target else ())
+                                       if plan.stack.gpu_target else ())
     table, build_telemetry = _write_telemetry(plan, measured)
     write_summary(plan, results, kept, time.monotonic() - started, facts, build_telemetry)
     reporter.step_done()

@@ -63,7 +63,7 @@ class Plan:
         st = self.stack
         return {
             "schema_version": PLAN_SCHEMA_VERSION,
-            "stack": {"name": st.name, "target": st.target, "file": str(st.path),
+            "stack": {"name": st.name, "gpu_target": st.gpu_target, "file": str(st.path),
                       "digest": st.digest(),
                       "description": st.description, "local_label": st.local_label(),
                       "python": st.python, "cuda_arch_list": list(st.cuda_arch_list)},
@@ -299,7 +299,7 @@ def context_for(plan: Plan, prep: PreparedPackage) -> builders.BuildContext:
         stack=plan.stack, spec=prep.spec, tree=prep.tree, venv_path=plan.venv_path,
         cuda_home=cuda_home, nvcc_release=plan.nvcc.release if plan.nvcc else
         plan.stack.torch.cuda, parallelism=plan.parallelism, compile_cache=plan.compile_cache,
-        staging=layout.staging_dir(plan.cache.staging, plan.stack.name, plan.stack.target)
+        staging=layout.staging_dir(plan.cache.staging, plan.stack.name, plan.stack.gpu_target)
         / prep.spec.name,
         externals=tuple(builders.ExternalDir(e.source.name, e.source.override_env,
                                              e.directory or Path(f"<{e.source.name}>"),

@@ -459,8 +459,8 @@ class Stack:
     packages: tuple[PackageSpec, ...] = field(metadata=key(
         "[packages.NAME]", read_with=lambda table, v: _read_packages(table)))
     path: Path = field(metadata=key("The file it was read from.", read=False))
-    target: str | None = field(default=None, metadata=key(
-        "The target this stack was resolved for (`for_target`): its arch list and label "
+    gpu_target: str | None = field(default=None, metadata=key(
+        "The GPU target this stack was resolved for (`for_target`): its arch list and label "
         "are the target's.", read=False))
 
     @property
@@ -486,7 +486,8 @@ class Stack:
         if name not in self.targets:
             self.select_targets(name)  # raises: no such target
         return dataclasses.replace(self, cuda_arch_list=self.targets[name].cuda_arch_list,
-                                   label=self.target_label(name), targets={}, target=name)
+                                   label=self.target_label(name), targets={},
+                                   gpu_target=name)
 
     def select_targets(self, selection: str) -> list[str]:
         """The targets a `--targets` value names: "all" or a comma-separated list, in the
@@ -531,7 +532,7 @@ class Stack:
         # their place by for_target); the other targets do not change it, and leaving the
         # keys out keeps the digest of stacks written before targets existed.
         data.pop("targets")
-        data.pop("target")
+        data.pop("gpu_target")
         # Where the images are pinned does not change the wheels (and keeps the digest of
         # stacks written before [docker] existed unchanged).
         data.pop("docker")

@@ -54,7 +54,7 @@ class Choice:
     fits: tuple[int, ...]  # per GPU
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "target": self.target, "root": self.root,
+        return {"schema_version": SCHEMA_VERSION, "gpu_target": self.target, "root": self.root,
                 "cuda_arch_list": list(self.arch_list),
                 "gpus": [{"index": g.index, "name": g.name, "compute_capability": g.capability,
                           "source": g.source, "fit": FIT_NAMES[f]}
