@@ -7,7 +7,7 @@ package in src/vllm_wheels (run `nox -l` to list them):
 
   build_wheels  the main job: build the stack's wheels into wheels/<stack>/
   publish       add verified wheels to the internal index wheels/index/ (also: serve_index,
-                index_list, index_yank, index_mirror)
+                index_list, index_yank, index_mirror, index_root)
   verify_throughput  A/B throughput of our wheels vs the vllm/vllm-openai nightly (GPU)
   trial         upgrade trial: `-- vllm==0.12.0` compares, writes the candidate stack, and
                 runs the stages this machine can (build, abi; throughput on a GPU)
@@ -81,6 +81,12 @@ def index_list(session: nox.Session) -> None:
 def index_yank(session: nox.Session) -> None:
     """Yank (`-- FILE --reason TEXT`) or un-yank (`-- FILE --undo`) index files."""
     _run_cli(session, "index-yank")
+
+
+@nox.session(python=False)
+def index_root(session: nox.Session) -> None:
+    """Print the index root for this machine's GPU (`-- --base-url URL [--stack F]`)."""
+    _run_cli(session, "index-root")
 
 
 @nox.session(python=False)

@@ -122,6 +122,20 @@ class NotReproducibleError(PipelineError):
     kind = "not reproducible"
 
 
+class NoGpuError(PipelineError):
+    """index-root: this machine has no GPU to choose an index root for."""
+
+    exit_code = 15
+    kind = "no GPU"
+
+
+class NoMatchingTargetError(PipelineError):
+    """index-root: no target of the stack has code for this machine's GPU."""
+
+    exit_code = 16
+    kind = "no matching target"
+
+
 class InterruptedError_(PipelineError):  # noqa: N801 - avoid shadowing the builtin
     """The user interrupted the run (Ctrl-C / SIGTERM); partial outputs were removed."""
 
@@ -145,6 +159,8 @@ EXIT_CODES: dict[str, int] = {
         ThroughputInconclusiveError,
         CouldNotRunError,
         NotReproducibleError,
+        NoGpuError,
+        NoMatchingTargetError,
         InterruptedError_,
     )
 }

@@ -2,7 +2,9 @@
 files the pipeline leaves behind.
 
 - the checkout: its root (`repo_root`), the default stack, the wheels of each stack
-  (wheels/<stack>/), the wheel index (wheels/index/), the trial reports (verify/trials/)
+  (wheels/<stack>/, and wheels/<stack>/<target>/ per GPU target), the wheel index
+  (wheels/index/, and one root <index>/<target>/ per target), the trial reports
+  (verify/trials/)
 - the package: its helper programs (vllm_wheels/helpers/, run inside other venvs)
 - marker and report file names, written by one stage and read by another
 
@@ -12,6 +14,7 @@ named like a reserved directory (`index`) is refused in one place (`check_stack_
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import ConfigError
@@ -75,6 +78,57 @@ def wheels_dir(root: Path, stack_name: str) -> Path:
 def index_dir(root: Path) -> Path:
     """The local wheel index (the directory `publish` writes and `serve-index` serves)."""
     return root / INDEX_DIR
+
+
+# ------------------------------------------------------------- GPU targets of a stack
+
+# A target's name is a directory (wheels/<stack>/<target>/, <index>/<target>/) and a URL
+# path segment (<base>/<target>/simple/): lowercase, no dots, no slashes.
+TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# The entries of an index root (index/store.py: IndexDir), which a target's root sits
+# beside in the same directory, and `--targets all`.
+RESERVED_TARGET_NAMES = frozenset({"files", "generations", "current", "simple", "all"})
+
+
+def check_target_name(name: str, where: str = "the target") -> str:
+    """A target's name, or ConfigError (exit 2) for one that is not a plain lowercase name
+    or collides with an index root's own entries."""
+    if not TARGET_NAME.match(name):
+        raise ConfigError(f"{where}: the target name '{name}' is not a plain lowercase name",
+                          why="it names a directory and a URL path segment of the index",
+                          fix="use lowercase letters, digits, _ and -, e.g. sm120 or sm90a")
+    if name in RESERVED_TARGET_NAMES:
+        raise ConfigError(f"{where}: the target name '{name}' is reserved",
+                          why="an index root holds " + ", ".join(
+                              sorted(RESERVED_TARGET_NAMES - {"all"})) + ", and --targets "
+                              "all means every target",
+                          fix=f"rename the target, e.g. {name}-gpu or sm120")
+    return name
+
+
+def target_dir(base: Path, target: str) -> Path:
+    """A target's directory under a stack's: wheels/<stack>/<target>/ for its wheels (or
+    under --output-dir), <index>/<target>/ for its index root."""
+    return base / check_target_name(target)
+
+
+def target_wheels_dir(root: Path, stack_name: str, target: str) -> Path:
+    """wheels/<stack>/<target>/: one target's verified wheels."""
+    return target_dir(wheels_dir(root, stack_name), target)
+
+
+def target_index_dir(index: Path, target: str) -> Path:
+    """<index>/<target>/: a target's index root, a whole index of its own (pages, files,
+    generations, lock), so publishing into it is gated, atomic and immutable as any
+    index is; clients read <base>/<target>/simple/."""
+    return target_dir(index, target)
+
+
+def staging_dir(staging: Path, stack_name: str, target: str | None = None) -> Path:
+    """Where a build of the stack (or of one of its targets) stages its raw and
+    relabelled wheels before they are verified."""
+    base = staging / stack_name
+    return base if target is None else target_dir(base, target)
 
 
 def trials_dir(root: Path) -> Path:

@@ -1,7 +1,8 @@
 """`vllm-wheels build-wheels` (nox -s build_wheels): the command of the build stage. It
 reads the options, makes the plan (plan.py), prints it (render.py) and builds it
 (pipeline.py); --export-bundle/--bundle (bundle.py), --verify-reproducible
-(reproduce.py) and --in-docker (images) hang off the same plan.
+(reproduce.py) and --in-docker (images) hang off the same plan. --targets runs the same
+build once per GPU target of the stack (Stack.for_target), each into its own folder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .output import check_output_dir
 from .parallelism import parallelism_overrides
 from .plan import make_plan, raise_on_failed_checks
 from .render import render_plan
-from .stack import TOOLKIT_OVERRIDE_ENV, load_stack, with_toolkit_source
+from .stack import TOOLKIT_OVERRIDE_ENV, Stack, load_stack, with_toolkit_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cache directory (CACHE/reproduce: other paths, empty compile cache; "
                              "build venv and downloads shared) and compare the wheels byte for "
                              "byte; exit 14 naming the differing files if they differ")
+    parser.add_argument("--targets", default=None, metavar="all|T1,T2",
+                        help="build the stack's GPU targets ([targets.T] in the stack), one "
+                             "after the other, each into OUTPUT/<target>/ (default OUTPUT: "
+                             "wheels/<stack-name>/) with its own arch list and label; they "
+                             "share the sources, the build venv and the compile cache. With "
+                             "--json F, each target's plan goes to F.<target>.json")
     parser.add_argument("--in-docker", action="store_true",
                         help="build inside docker/Dockerfile.build (the stack's CUDA image); "
                              "with --dry-run, print the docker build command")
@@ -83,6 +90,19 @@ def run(args: argparse.Namespace) -> int:
     # A negative --max-jobs/--nvcc-threads (or MAX_JOBS/NVCC_THREADS) is exit 2 at once,
     # here and before the docker build it would be forwarded to.
     parallelism_overrides(args.max_jobs, args.nvcc_threads)
+    if args.targets is not None:
+        for option, given in (("--in-docker", args.in_docker),
+                              ("--export-bundle", args.export_bundle)):
+            if given:
+                raise ConfigError(f"--targets and {option} exclude each other",
+                                  why="--export-bundle writes the sources, which every target "
+                                      "shares; --in-docker builds one arch list per image run"
+                                  if option == "--export-bundle" else
+                                  "the build image exports one wheel folder per run",
+                                  fix="export the bundle without --targets (it serves every "
+                                      "target)" if option == "--export-bundle" else
+                                  "run --in-docker once per target's stack, or build the "
+                                  "targets without --in-docker")
     if args.in_docker:
         from ..images.commands import build_in_docker
 
@@ -120,13 +140,40 @@ def run(args: argparse.Namespace) -> int:
         stack = with_toolkit_source(stack, os.environ.get(TOOLKIT_OVERRIDE_ENV),
                                     TOOLKIT_OVERRIDE_ENV)
     output = (args.output_dir or layout.wheels_dir(root, stack.name)).resolve()
+    if args.targets is None:
+        return _build(args, root, cache, stack, stack_path, output, source_bundle, part_size)
+    # The matrix: one build per target, one after the other. Each is the whole pipeline
+    # (plan, toolchain, build, verify_abi --arch, publish into its own folder); what does
+    # not depend on the arch list is found ready by the second: the prepared trees (keyed
+    # by package, version and patch series), the build venv (keyed by Python, torch,
+    # toolkit and requirements) and the compile cache.
+    targets = stack.select_targets(args.targets)
+    for name in targets:
+        _build(args, root, cache, stack.for_target(name), stack_path,
+               layout.target_dir(output, name), source_bundle, part_size)
+    if not args.dry_run:
+        print(f"vllm-wheels: {len(targets)} target(s) built: " + ", ".join(
+            f"{name} -> {layout.target_dir(output, name)}" for name in targets), flush=True)
+    return 0
+
+
+def _build(args: argparse.Namespace, root: Path, cache: Cache, stack: Stack, stack_path: Path,
+           output: Path, source_bundle: bundle.Bundle | None, part_size: int | None) -> int:
+    """One build of `stack` (the stack, or one of its targets) into `output`."""
+    what = stack.name if stack.gpu_target is None else f"{stack.name}-{stack.gpu_target}"
     if not args.export_bundle:
         # Before the source step (minutes): wheels someone else put there are refused.
         check_output_dir(output)
-    log_path = new_log_path(cache.logs, f"{'plan' if args.dry_run else 'build'}-{stack.name}")
+    log_path = new_log_path(cache.logs, f"{'plan' if args.dry_run else 'build'}-{what}")
+    json_path = args.json
+    if json_path is not None and stack.gpu_target is not None:
+        json_path = json_path.with_name(f"{json_path.stem}.{stack.gpu_target}{json_path.suffix}")
     reporter = Reporter(log_path)
     try:
-        reporter.say(f"vllm-wheels: stack {stack.name} ({stack_path}); full log: {log_path}")
+        target = f", target {stack.gpu_target} ({stack.arch_list_env}, +{stack.local_label()})" \
+            if stack.gpu_target else ""
+        reporter.say(f"vllm-wheels: stack {stack.name}{target} ({stack_path}); full log: "
+                     f"{log_path}")
         reporter.plan_steps(pipeline.total_steps(len(args.only) if args.only
                                                  else len(stack.packages)))
         reporter.step(pipeline.SOURCES_STEP)
@@ -145,12 +192,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         reporter.step(pipeline.PLAN_STEP)
         text = render_plan(plan)
-        if args.json:
-            write_atomic(args.json, json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
+        if json_path:
+            write_atomic(json_path, json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
         if args.dry_run:
             reporter.result(text)
-            if args.json:
-                reporter.say(f"plan written to {args.json}")
+            if json_path:
+                reporter.say(f"plan written to {json_path}")
             # The whole plan is printed first; then the dry run fails as the build would
             # (exit 3), so a script can gate on `--dry-run` alone.
             try:

@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def postprocess_wheel(plan: Plan, ctx: builders.BuildContext, prep: PreparedPack
     pin_map.update(extras.pins)
     manifest = wheel_manifest(plan, ctx, prep, built, seconds, cache_stats, pin_map,
                               dict(extras.manifest))
-    out = plan.cache.staging / plan.stack.name / "final"
+    out = layout.staging_dir(plan.cache.staging, plan.stack.name, plan.stack.gpu_target) / "final"
     return wheelmeta.rewrite_wheel(wheel, out, label=plan.stack.local_label(), pins=pin_map,
                                    manifest=manifest, add_files=dict(extras.add_files),
                                    platform_tag=extras.platform_tag)
@@ -85,6 +86,9 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
     assert plan.torch is not None and plan.nvcc is not None
     torch = {k: v for k, v in plan.torch.to_dict().items() if k != "location"}
     cmake_args = builders.builder_for(prep.spec).manifest_cmake_args(ctx)
+    # A GPU target's build names its target (a stack without targets: no key, the manifest
+    # as it has always been). Not "target": that key is the platform the wheel is for.
+    gpu_target = {"gpu_target": plan.stack.gpu_target} if plan.stack.gpu_target else {}
     return {
         "package": prep.spec.name,
         "local_label": plan.stack.local_label(),
@@ -96,6 +100,7 @@ def wheel_manifest(plan: Plan, ctx: builders.BuildContext, prep: PreparedPackage
         "nvcc": {"version": plan.nvcc.full_version, "release": plan.nvcc.release,
                  "toolkit": plan.stack.cuda_toolkit.source},
         "cuda_arch_list": list(plan.stack.cuda_arch_list),
+        **gpu_target,
         "build": {"type": plan.stack.build.build_type, "builder": prep.spec.builder,
                   "options": dict(prep.spec.options), "cmake_args": cmake_args},
         # Where the source comes from as the stack says it (the index of a pypi source, the
@@ -211,20 +216,25 @@ def _earlier_wheels(out: Path, stack_digest: str, built: dict[str, BuiltWheel]) 
 
 
 def verify_and_publish(out: Path, stack_digest: str, python: Path, work_dir: Path,
-                       built: dict[str, BuiltWheel], reporter: Reporter
+                       built: dict[str, BuiltWheel], reporter: Reporter,
+                       arch_targets: Sequence[str] = ()
                        ) -> tuple[list[BuiltWheel], list[Path]]:
     """The last build step: verify the new wheels with the earlier ones that stay, move
     them into `out`, record the results. Returns the wheels placed and those kept. A build
-    that made no wheel (compile_only packages only) leaves `out` as it was."""
+    that made no wheel (compile_only packages only) leaves `out` as it was. arch_targets:
+    the archs every wheel must have code for (verify_abi's --arch; () = each wheel's
+    recorded arch list)."""
     earlier = _earlier_wheels(out, stack_digest, built) if built else Earlier([], [])
-    report = _verify_before_publish(python, work_dir, built, earlier.keep, reporter)
+    report = _verify_before_publish(python, work_dir, built, earlier.keep, reporter,
+                                    arch_targets)
     results = _publish(out, built, earlier, report.to_dict() if report is not None else None,
                        reporter)
     return results, earlier.keep
 
 
 def _verify_before_publish(python: Path, work_dir: Path, built: dict[str, BuiltWheel],
-                           kept: list[Path], reporter: Reporter) -> abi.Report | None:
+                           kept: list[Path], reporter: Reporter,
+                           arch_targets: Sequence[str] = ()) -> abi.Report | None:
     """The same check as `nox -s verify_abi`, against the build venv (the one runtime
     these wheels are certain to target): a wheel that fails never enters wheels/. The
     earlier wheels that stay beside them are checked with them, as one set (companion
@@ -232,7 +242,8 @@ def _verify_before_publish(python: Path, work_dir: Path, built: dict[str, BuiltW
     if not built:
         return None
     report = abi.verify([*(b.path for b in built.values()), *kept], python,
-                        work_dir=work_dir, host_gpus=False, reporter=reporter)
+                        work_dir=work_dir, arch_targets=arch_targets, host_gpus=False,
+                        reporter=reporter)
     reporter.log(report.render())
     if report.status != "pass":
         reporter.say(report.render())
@@ -300,6 +311,7 @@ def write_summary(plan: Plan, results: list[BuiltWheel], kept: list[Path], secon
     paths, telemetry)."""
     par = plan.parallelism
     summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "stack": plan.stack.name,
+               **({"gpu_target": plan.stack.gpu_target} if plan.stack.gpu_target else {}),
                "stack_digest": plan.stack.digest(), "local_label": plan.stack.local_label(),
                "seconds": round(seconds, 1), "log": str(plan.log_path),
                "wheels": [{"package": r.package, "file": r.path.name, "size": r.size,

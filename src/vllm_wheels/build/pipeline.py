@@ -189,10 +189,14 @@ def build(plan: Plan, reporter: Reporter, build_venv: Path | None = None,
             built[canonicalize_name(prep.spec.name)] = BuiltWheel(
                 prep.spec.name, path, sources.sha256_file(path), path.stat().st_size, seconds)
     reporter.step(f"verify_abi against the build venv, publish into {plan.output_dir}")
-    # The build host's GPU (if any) is not the target: the stack's arch list is.
+    # The build host's GPU (if any) is not the target: the stack's arch list is. A
+    # target's wheels are checked for the target's archs by name (verify_abi --arch), not
+    # only for what their manifests say they were built for.
     results, kept = verify_and_publish(plan.output_dir, plan.stack.digest(),
                                        plan.venv_path / "bin" / "python",
-                                       plan.cache.root / "verify", built, reporter)
+                                       plan.cache.root / "verify", built, reporter,
+                                       arch_targets=plan.stack.cuda_arch_list
+                                       if plan.stack.gpu_target else ())
     table, build_telemetry = _write_telemetry(plan, measured)
     write_summary(plan, results, kept, time.monotonic() - started, facts, build_telemetry)
     reporter.step_done()

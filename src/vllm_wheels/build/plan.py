@@ -63,7 +63,8 @@ class Plan:
         st = self.stack
         return {
             "schema_version": PLAN_SCHEMA_VERSION,
-            "stack": {"name": st.name, "file": str(st.path), "digest": st.digest(),
+            "stack": {"name": st.name, "gpu_target": st.gpu_target, "file": str(st.path),
+                      "digest": st.digest(),
                       "description": st.description, "local_label": st.local_label(),
                       "python": st.python, "cuda_arch_list": list(st.cuda_arch_list)},
             "torch": {"pin": f"torch=={st.torch.version}", "cuda": st.torch.cuda,
@@ -321,7 +322,8 @@ def context_for(plan: Plan, prep: PreparedPackage) -> builders.BuildContext:
         stack=plan.stack, spec=prep.spec, tree=prep.tree, venv_path=plan.venv_path,
         cuda_home=cuda_home, nvcc_release=plan.nvcc.release if plan.nvcc else
         plan.stack.torch.cuda, parallelism=plan.parallelism, compile_cache=plan.compile_cache,
-        staging=plan.cache.staging / plan.stack.name / prep.spec.name,
+        staging=layout.staging_dir(plan.cache.staging, plan.stack.name, plan.stack.gpu_target)
+        / prep.spec.name,
         externals=tuple(builders.ExternalDir(e.source.name, e.source.override_env,
                                              e.directory or Path(f"<{e.source.name}>"),
                                              e.headers_only) for e in prep.externals),

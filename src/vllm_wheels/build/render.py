@@ -16,7 +16,8 @@ def render_plan(plan: Plan) -> str:
     """The plan as `--dry-run` prints it (and the log records before a build)."""
     data = plan.to_dict()
     st = data["stack"]
-    lines = [f"Plan for stack '{st['name']}' ({st['file']}, digest {st['digest'][:12]})",
+    target = f", target {st['gpu_target']}" if st.get("gpu_target") else ""
+    lines = [f"Plan for stack '{st['name']}'{target} ({st['file']}, digest {st['digest'][:12]})",
              f"  {st['description']}" if st["description"] else "",
              f"  python {st['python']}, TORCH_CUDA_ARCH_LIST={' '.join(st['cuda_arch_list'])}, "
              f"local label +{st['local_label']}",

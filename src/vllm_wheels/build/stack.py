@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import re
@@ -35,7 +36,7 @@ from packaging.version import InvalidVersion, Version
 
 from ..config import Table, read_toml
 from ..errors import ConfigError
-from ..layout import DEFAULT_STACK, check_stack_name
+from ..layout import DEFAULT_STACK, check_stack_name, check_target_name
 from . import remote_cache
 
 SCHEMA_VERSION = 1
@@ -407,6 +408,31 @@ class DockerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Target:
+    """[targets.TARGET]: one GPU target of the stack (e.g. `[targets.sm120]` and
+    `[targets.sm90a]`), built with `build_wheels -- --targets all` into
+    wheels/NAME/TARGET/ and published into the index root TARGET/ (docs/wheel-index.md).
+    A target takes everything from the stack but its arch list and label: the targets share
+    the sources, the build venv and the compile cache. TARGET is lowercase letters, digits,
+    `_` and `-` (it names a directory and a URL path segment)."""
+
+    cuda_arch_list: tuple[str, ...] = field(metadata=key(
+        "This target's TORCH_CUDA_ARCH_LIST, e.g. \"12.0\" or \"9.0a\" (as the stack's "
+        "cuda_arch_list).", always=True, parse=_parse_arch_list, dump=_dump_arch_list))
+    label: str | None = field(default=None, metadata=key(
+        "This target's local version label; it must differ from every other target's, so "
+        "that no two targets' wheels share a file name.",
+        default_doc="derived from this arch list, e.g. cu130.torch2141.sm90a"))
+
+
+def derived_label(torch: TorchPin, cuda_arch_list: Sequence[str]) -> str:
+    """The label a build gets unless the stack (or its target) names one, e.g.
+    cu128.torch290.sm120: torch's CUDA, torch's version, the arch list."""
+    archs = ".".join("sm" + a.replace("+PTX", "").replace(".", "") for a in cuda_arch_list)
+    return f"cu{torch.cuda.replace('.', '')}.torch{torch.version.replace('.', '')}.{archs}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Stack:
     """The top level of the file (after schema_version = 1)."""
 
@@ -428,9 +454,16 @@ class Stack:
     cuda_toolkit: CudaToolkit = field(metadata=key("[cuda_toolkit]"))
     build: BuildSettings = field(default_factory=BuildSettings, metadata=key("[build]"))
     docker: DockerSettings = field(default_factory=DockerSettings, metadata=key("[docker]"))
+    targets: Mapping[str, Target] = field(default_factory=dict, metadata=key(
+        "GPU targets built from this one stack by `build_wheels -- --targets`, one "
+        "sub-table each (see [targets.TARGET] below). A build without --targets still "
+        "builds the stack's own cuda_arch_list and label into wheels/NAME/."))
     packages: tuple[PackageSpec, ...] = field(metadata=key(
         "[packages.NAME]", read_with=lambda table, v: _read_packages(table)))
     path: Path = field(metadata=key("The file it was read from.", read=False))
+    gpu_target: str | None = field(default=None, metadata=key(
+        "The GPU target this stack was resolved for (`for_target`): its arch list and label "
+        "are the target's.", read=False))
 
     @property
     def arch_list_env(self) -> str:
@@ -441,8 +474,45 @@ class Stack:
         """The PEP 440 local version label naming this build, e.g. cu128.torch290.sm120."""
         if self.label:
             return self.label
-        archs = ".".join("sm" + a.replace("+PTX", "").replace(".", "") for a in self.cuda_arch_list)
-        return f"cu{self.torch.cuda.replace('.', '')}.torch{self.torch.version.replace('.', '')}.{archs}"
+        return derived_label(self.torch, self.cuda_arch_list)
+
+    def target_label(self, name: str) -> str:
+        """The local version label of target `name`'s wheels."""
+        target = self.targets[name]
+        return target.label or derived_label(self.torch, target.cuda_arch_list)
+
+    def for_target(self, name: str) -> Stack:
+        """The stack as target `name` builds it: the target's arch list and label, no
+        other targets. Everything that does not depend on the arch (sources, patches,
+        build venv, compile cache, the wheels' name) stays the stack's."""
+        if name not in self.targets:
+            self.select_targets(name)  # raises: no such target
+        return dataclasses.replace(self, cuda_arch_list=self.targets[name].cuda_arch_list,
+                                   label=self.target_label(name), targets={},
+                                   gpu_target=name)
+
+    def select_targets(self, selection: str) -> list[str]:
+        """The targets a `--targets` value names: "all" or a comma-separated list, in the
+        stack's order. ConfigError (exit 2) for a stack without targets or an unknown name."""
+        if not self.targets:
+            raise ConfigError(f"{self.path}: --targets {selection}: the stack has no [targets]",
+                              why="targets are named in the stack, each with its arch list",
+                              fix='add e.g. [targets.sm120] cuda_arch_list = "12.0" '
+                                  "(docs/stacks.md), or leave out --targets")
+        wanted = [t.strip() for t in selection.split(",") if t.strip()]
+        if wanted == ["all"]:
+            return list(self.targets)
+        unknown = [t for t in wanted if t not in self.targets]
+        if unknown or not wanted:
+            close = difflib.get_close_matches(unknown[0], list(self.targets), n=1) \
+                if unknown else []
+            raise ConfigError(
+                f"--targets {selection}: "
+                + (f"no target {', '.join(unknown)} in {self.path}" if unknown
+                   else "names no target"),
+                fix=(f"did you mean '{close[0]}'? " if close else "")
+                + "targets: " + ", ".join(self.targets) + " (or all)")
+        return [t for t in self.targets if t in wanted]
 
     def package(self, name: str) -> PackageSpec | None:
         wanted = canonicalize_name(name)
@@ -460,6 +530,11 @@ class Stack:
         data = self.to_dict()
         data.pop("path")
         data.pop("description")
+        # A build is of one arch list and label (the stack's, or its target's, put in
+        # their place by for_target); the other targets do not change it, and leaving the
+        # keys out keeps the digest of stacks written before targets existed.
+        data.pop("targets")
+        data.pop("gpu_target")
         # Where the images are pinned does not change the wheels (and keeps the digest of
         # stacks written before [docker] existed unchanged).
         data.pop("docker")
@@ -476,6 +551,19 @@ class Stack:
             raise ConfigError(f"{file}: python must look like \"3.12\", got '{self.python}'")
         if not self.packages:
             raise ConfigError(f"{file}: [packages] is empty: nothing to build")
+        labels: dict[str, str] = {}
+        for name in self.targets:
+            check_target_name(name, f"{file}: [targets.{name}]")
+            label = self.target_label(name)
+            if label in labels:
+                raise ConfigError(
+                    f"{file}: [targets.{labels[label]}] and [targets.{name}] both label their "
+                    f"wheels {label}",
+                    why="the label is part of the wheel's file name: two targets' different "
+                        "wheels under one name would be mistaken for each other (caches, "
+                        "lock files, hashes)",
+                    fix=f"give one of them its own label = \"...\" in [targets.{name}]")
+            labels[label] = name
 
 
 def _toml_key(f: dataclasses.Field[Any]) -> str:
@@ -713,7 +801,8 @@ def _table_lines(obj: Any, header: str) -> list[str]:
             continue
         if get_origin(tp) is Mapping and _is_schema(get_args(tp)[1]):
             for k, one in value.items():
-                subtables += _table_lines(one, f"{header}.{name}.{toml_key(k)}")
+                subtables += _table_lines(one, f"{header}.{name}.{toml_key(k)}" if header
+                                          else f"{name}.{toml_key(k)}")
             continue
         if value is None:
             continue
@@ -822,13 +911,14 @@ def render_reference() -> str:
         "reads). Unknown keys are refused with a \"did you mean\", and a missing required key",
         "names the misspelt one (exit 2, configuration). A key left out takes the default shown.",
         "The build digest recorded in every wheel's manifest covers every key except",
-        "`description`, `[docker]` and `[build] compile_cache_remote`.",
+        "`description`, `[docker]`, `[build] compile_cache_remote` and `[targets]` (a",
+        "target's build hashes the target's arch list and label in place of the stack's).",
         "",
     ]
     sections: list[tuple[str, type]] = [
         ("Top level", Stack), ("[torch]", TorchPin), ("[cuda_toolkit]", CudaToolkit),
         ("[build]", BuildSettings), ("[docker]", DockerSettings),
-        ("[packages.NAME]", PackageSpec), ("source", Source),
+        ("[targets.TARGET]", Target), ("[packages.NAME]", PackageSpec), ("source", Source),
         ("[packages.NAME.externals.EXTERNAL]", ExternalOverride)]
     for title, cls in sections:
         out += [f"## {title}", "", _doc(cls), "", *_key_rows(cls), ""]

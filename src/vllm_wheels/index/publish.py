@@ -7,6 +7,7 @@ Everything is checked before anything is written: one refused wheel refuses the 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import urllib.parse
@@ -183,21 +184,40 @@ def add_to_index(index: IndexDir, wheels: Sequence[WheelToAdd], reporter: Report
                  ) -> PublishResult:
     """Add the wheels in one generation. Identical files already there are skipped;
     a different file under a name already there refuses the whole batch."""
-    with index.lock(reporter):
-        state = index.load()
-        index.clean_leftovers(state, reporter)
-        unchanged: list[str] = []
-        new: list[WheelToAdd] = []
-        conflicts: list[str] = []
-        for c in wheels:
-            existing = state.files.get(c.path.name)
-            if existing is None:
-                new.append(c)
-            elif existing.sha256 == c.sha256:
-                unchanged.append(c.path.name)
-            else:
-                conflicts.append(f"{c.path.name}: in the index with sha256 "
-                                 f"{existing.sha256[:12]}..., this file {c.sha256[:12]}...")
+    return add_to_roots([(index, wheels)], reporter)[0]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One root's part of a publish, checked under its lock: the state it starts from,
+    the wheels to place, the names already there with the same bytes and those already
+    there with other bytes (conflicts)."""
+
+    index: IndexDir
+    state: IndexState
+    new: list[WheelToAdd]
+    unchanged: list[str]
+    conflicts: list[str]
+
+
+def add_to_roots(batches: Sequence[tuple[IndexDir, Sequence[WheelToAdd]]],
+                 reporter: Reporter) -> list[PublishResult]:
+    """Add each batch of wheels to its own index root (one per GPU target,
+    docs/wheel-index.md), each root in one generation, as add_to_index does for one.
+    Every root is checked before any changes: the locks of all of them are held (taken in
+    path order, so two such publishes never wait on each other in a cycle), and a conflict
+    in any root refuses them all. Then the roots switch one after the other, each switch
+    atomic: a reader of any root sees its old index or its new one."""
+    roots = [index.root for index, _ in batches]
+    if len(set(roots)) != len(roots):
+        raise ConfigError("the same index root is given twice in one publish",
+                          fix="give each target its own root (<index>/<target>/)")
+    with contextlib.ExitStack() as locks:
+        for index in sorted((index for index, _ in batches), key=lambda i: str(i.root)):
+            locks.enter_context(index.lock(reporter))
+        checked = [_check_batch(index, wheels, reporter, name_root=len(batches) > 1)
+                   for index, wheels in batches]
+        conflicts = [c for batch in checked for c in batch.conflicts]
         if conflicts:
             raise IndexPublishError(
                 "a different file is already published under the same name:\n"
@@ -207,37 +227,65 @@ def add_to_index(index: IndexDir, wheels: Sequence[WheelToAdd], reporter: Report
                 fix="give the rebuild a new version or local label (the stack's `label`), or "
                     "yank the old file (`nox -s index_yank -- FILE --reason TEXT`) and "
                     "publish under a new name")
-        for name in unchanged:
-            reporter.say(f"unchanged: {name} (identical file already published)")
-        if not new:
-            return PublishResult((), tuple(unchanged), state.generation)
-        now = utc_now()
-        records = dict(state.files)
-        try:
-            for c in new:
-                project = c.facts.project
-                place_file(c.path, index.file_path(project, c.path.name), c.sha256)
-                write_bytes_atomic(index.metadata_path(project, c.path.name), c.facts.metadata)
-                records[c.path.name] = FileRecord(
-                    filename=c.path.name, project=project, version=c.facts.version,
-                    sha256=c.sha256, size=c.size, upload_time=now, origin=c.origin,
-                    verification=c.verification, verification_detail=c.verification_detail,
-                    history=({"action": "publish", "at": now,
-                              "reason": c.verification_detail},))
-                reporter.say(f"added: {c.path.name} ({c.size / 1e6:.1f} MB, sha256 "
-                             f"{c.sha256}, {c.verification})")
-            committed = index.commit(IndexState(state.generation, records), reporter)
-        except BaseException:
-            # Not switched in: the files just placed are listed nowhere; take them back
-            # (a SIGKILL skips this, and the next writer's clean_leftovers does it).
-            listed = index.load().files if index.current.is_symlink() else {}
-            for c in new:
-                if c.path.name not in listed:
-                    remove(index.file_path(c.facts.project, c.path.name))
-                    remove(index.metadata_path(c.facts.project, c.path.name))
-            raise
-        return PublishResult(tuple(c.path.name for c in new), tuple(unchanged),
-                             committed.generation)
+        return [_commit_batch(batch, reporter) for batch in checked]
+
+
+def _check_batch(index: IndexDir, wheels: Sequence[WheelToAdd], reporter: Reporter, *,
+                 name_root: bool) -> _Batch:
+    """The root's state (leftovers of an interrupted writer removed; call with its lock
+    held) and what each wheel is there: new, unchanged, or a conflict (naming the root
+    when the publish has several)."""
+    state = index.load()
+    index.clean_leftovers(state, reporter)
+    batch = _Batch(index, state, [], [], [])
+    where = f" root {index.root.name}/" if name_root else ""
+    for c in wheels:
+        existing = state.files.get(c.path.name)
+        if existing is None:
+            batch.new.append(c)
+        elif existing.sha256 == c.sha256:
+            batch.unchanged.append(c.path.name)
+        else:
+            batch.conflicts.append(f"{c.path.name}: in the index{where} with sha256 "
+                                   f"{existing.sha256[:12]}..., this file {c.sha256[:12]}...")
+    return batch
+
+
+def _commit_batch(batch: _Batch, reporter: Reporter) -> PublishResult:
+    """Place the batch's new files and switch its root to a generation listing them (call
+    with the root's lock held, after every root of the publish was checked)."""
+    index, state, new = batch.index, batch.state, batch.new
+    for name in batch.unchanged:
+        reporter.say(f"unchanged: {name} (identical file already published)")
+    if not new:
+        return PublishResult((), tuple(batch.unchanged), state.generation)
+    now = utc_now()
+    records = dict(state.files)
+    try:
+        for c in new:
+            project = c.facts.project
+            place_file(c.path, index.file_path(project, c.path.name), c.sha256)
+            write_bytes_atomic(index.metadata_path(project, c.path.name), c.facts.metadata)
+            records[c.path.name] = FileRecord(
+                filename=c.path.name, project=project, version=c.facts.version,
+                sha256=c.sha256, size=c.size, upload_time=now, origin=c.origin,
+                verification=c.verification, verification_detail=c.verification_detail,
+                history=({"action": "publish", "at": now,
+                          "reason": c.verification_detail},))
+            reporter.say(f"added: {c.path.name} ({c.size / 1e6:.1f} MB, sha256 "
+                         f"{c.sha256}, {c.verification})")
+        committed = index.commit(IndexState(state.generation, records), reporter)
+    except BaseException:
+        # Not switched in: the files just placed are listed nowhere; take them back
+        # (a SIGKILL skips this, and the next writer's clean_leftovers does it).
+        listed = index.load().files if index.current.is_symlink() else {}
+        for c in new:
+            if c.path.name not in listed:
+                remove(index.file_path(c.facts.project, c.path.name))
+                remove(index.metadata_path(c.facts.project, c.path.name))
+        raise
+    return PublishResult(tuple(c.path.name for c in new), tuple(batch.unchanged),
+                         committed.generation)
 
 
 def regenerate(index: IndexDir, reporter: Reporter, *, check_hashes: bool = False) -> int:

@@ -158,20 +158,26 @@ RUNTIME_ENV_CHANGES: dict[str, str | None] = {"PYTHONPATH": None}
 
 def detect_gpus() -> list[Gpu]:
     """GPUs of this host via nvidia-smi (absent: an empty list, and GPU checks are n/a)."""
+    return query_gpus()[0]
+
+
+def query_gpus() -> tuple[list[Gpu], str]:
+    """GPUs of this host via nvidia-smi, and why there are none when there are none
+    (nvidia-smi not on PATH, or its error): ([], reason) or (gpus, "")."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        return [], "nvidia-smi is not on PATH"
     done = query([smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
                  timeout=30)
     if not done.ok:
-        return []
+        return [], done.describe(300)
     gpus = []
     for line in done.stdout.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 3 and re.fullmatch(r"\d+\.\d+", parts[1]):
             major, minor = parts[1].split(".")
             gpus.append(Gpu(parts[0], (int(major), int(minor)), parts[2]))
-    return gpus
+    return gpus, "" if gpus else "nvidia-smi lists no GPU"
 
 
 # ---------------------------------------------------------------- loader search model
