@@ -29,6 +29,7 @@ mkdir -p "$W/stash" "$OUT" "$EV"
 # shellcheck source=verify/gpu/detached.sh
 . "$REPO/verify/gpu/detached.sh"
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_FIND_LINKS=$W/stash/tools   # nox installs the pipeline from these, offline
 export VLLM_WHEELS_CACHE=$W/cache
 OFFICIAL_SHA=24d28892e210200f6e1bd13f699c42a74cd2bb7364c11248e2348f677c7f6dfb
 OFFICIAL_NAME=vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl
@@ -139,7 +140,12 @@ venvs)
   # official: the joined PyPI wheel. Both over the machine's torch with the runtime wheels.
   for who in ours official; do
     python3 -m venv --system-site-packages "$W/venv-$who"; machine_site_pth "$W/venv-$who"
-    if [ "$who" = ours ]; then w=$(ls "$W"/stash/ours/vllm-*.whl | head -1); else w=$W/$OFFICIAL_NAME; fi
+    w=$W/$OFFICIAL_NAME
+    if [ "$who" = ours ]; then
+      # Without a carried candidate both venvs hold the official wheel: an A/A of two
+      # servers, each its own venv (the method's spread, not a comparison of builds).
+      w=$(ls "$W"/stash/ours/vllm-*.whl 2>/dev/null | head -1); [ -n "$w" ] || w=$W/$OFFICIAL_NAME
+    fi
     "$W/venv-$who/bin/python" -m pip install -q --no-deps "$W"/stash/runtime/*.whl "$w" 2>&1 | tail -2
     "$W/venv-$who/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|torch|flashinfer-python) ' \
       | sed "s/^/$who: /" | tee -a "$EV/venvs.txt"
