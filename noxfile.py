@@ -89,6 +89,12 @@ def index_mirror(session: nox.Session) -> None:
     _run_cli(session, "index-mirror")
 
 
+@nox.session(python=False)
+def index_server_config(session: nox.Session) -> None:
+    """Write nginx and object-storage configuration for the index (`-- --out DIR`)."""
+    _run_cli(session, "index-server-config")
+
+
 PIPELINE_VENV = Path(".nox/_pipeline")
 # What the editable install in PIPELINE_VENV was made from. The package itself is
 # editable, so only pyproject.toml (dependencies, entry points) and the extras matter.

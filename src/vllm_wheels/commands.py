@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "what the wheel index holds: versions, labels, torch/CUDA/arch, yanked"),
     "index-yank": ("vllm_wheels.index.cli_yank",
                    "yank (PEP 592) or un-yank files of the wheel index, with a reason"),
+    "index-server-config": ("vllm_wheels.index.cli_server_config",
+                            "write nginx and object-storage (S3) configuration for the index"),
     "index-mirror": ("vllm_wheels.index.cli_mirror",
                      "copy companion wheels (e.g. the torch CUDA build) into the index by hash"),
     "build-wheels": ("vllm_wheels.build.cli_build_wheels", "build the stack's wheels into wheels/<stack>/"),
