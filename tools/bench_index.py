@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import bench_serve
+
 from vllm_wheels.index import layout, publish, yank
 from vllm_wheels.index.store import IndexDir
 from vllm_wheels.log import Reporter

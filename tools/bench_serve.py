@@ -48,7 +48,7 @@ done = function(summary, latency, requests)
   local over = 0
   for i = 1, #latency do
     local v, c = latency(i)
-    if v > %d then over = over + c end
+    if v > SLOW_US then over = over + c end
   end
   io.write(string.format('BENCH {"requests": %%d, "duration_us": %%d, "p50_us": %%d, ' ..
     '"p99_us": %%d, "p999_us": %%d, "max_us": %%d, "over_1s": %%d, "timeouts": %%d, ' ..
@@ -58,7 +58,7 @@ done = function(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write +
     summary.errors.status))
 end
-""" % SLOW_US
+""".replace("SLOW_US", str(SLOW_US)).replace("%%", "%")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +230,7 @@ def run(index: IndexDir, work: Path, args: argparse.Namespace) -> None:
 
 def _print_table(summary: dict[str, dict[int, dict[str, Any]]], conns: list[int],
                  names: list[str]) -> None:
-    print(f"\n| {'median of rounds':<24} | " + " | ".join(f"{n:<26}" for n in names)
+    print(f"\n| {'median of rounds':<40} | " + " | ".join(f"{n:<26}" for n in names)
           + (" | ours / nginx |" if "nginx" in names else " |"))
     print("|" + "---|" * (len(names) + 1 + ("nginx" in names)))
     for c in conns:
@@ -249,7 +249,7 @@ def _print_table(summary: dict[str, dict[int, dict[str, Any]]], conns: list[int]
                     ratio = f"{ours['rps'] / theirs['rps']:.2f}"
                 elif label.startswith("p50"):
                     ratio = f"p99 {ours['p99_ms'] / max(theirs['p99_ms'], 0.001):.2f}"
-            print(f"| {c} conns: {label:<15} | " + " | ".join(f"{x:<26}" for x in cells)
+            print(f"| {f'{c} conns: {label}':<40} | " + " | ".join(f"{x:<26}" for x in cells)
                   + (f" | {ratio:<12} |" if "nginx" in names else " |"))
     if "nginx" not in names:
         return

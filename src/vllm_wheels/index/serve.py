@@ -238,6 +238,8 @@ def _parse(head: bytes) -> _Request:
     method, target, version = parts
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise _BadRequest(505 if version.startswith("HTTP/") else 400, "HTTP/1.0 or 1.1 only")
+    if method not in ("GET", "HEAD"):
+        raise _BadRequest(405, "GET and HEAD only")
     request = _Request(method, target, version, lines[0].rstrip("\r"))
     for raw in lines[1:]:
         line = raw.rstrip("\r")
@@ -257,8 +259,6 @@ def _parse(head: bytes) -> _Request:
                 request.keep_alive = True
         elif name == "transfer-encoding" or (name == "content-length" and value != "0"):
             raise _BadRequest(400, "request bodies are not accepted")
-    if method not in ("GET", "HEAD"):
-        raise _BadRequest(405, "GET and HEAD only")
     return request
 
 
