@@ -195,6 +195,7 @@ def bench_verify(session: nox.Session) -> None:
 
 @nox.session(python="3.11", default=False, tags=["bench"])
 def bench_index(session: nox.Session) -> None:
-    """Time publishing 200 wheels, page generation, a no-op re-publish and a yank."""
+    """Publish timings, then serve-index vs nginx under wrk (`-- --part serve`, `--rounds`)."""
+    # Serving needs Debian's wrk (and nginx for the comparison): apt-get install -y wrk nginx.
     session.install("-e", ".")
     session.run("python", "tools/bench_index.py", *session.posargs)

@@ -230,12 +230,13 @@ def run(index: IndexDir, work: Path, args: argparse.Namespace) -> None:
 
 def _print_table(summary: dict[str, dict[int, dict[str, Any]]], conns: list[int],
                  names: list[str]) -> None:
-    print(f"\n| {'median of rounds':<40} | " + " | ".join(f"{n:<26}" for n in names)
+    print(f"\n| {'median of the rounds':<40} | " + " | ".join(f"{n:<26}" for n in names)
           + (" | ours / nginx |" if "nginx" in names else " |"))
     print("|" + "---|" * (len(names) + 1 + ("nginx" in names)))
     for c in conns:
         rows = {
-            "req/s": lambda s: f"{s['rps']:,.0f}",
+            "req/s (rounds' range)": lambda s: f"{s['rps']:,.0f} ({min(s['rounds_rps']):,}-"
+                                             f"{max(s['rounds_rps']):,})",
             "p50 / p99 / p99.9 (ms)": lambda s: f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} / "
                                               f"{s['p999_ms']:.1f}",
             "requests over 1 s, errors": lambda s: f"{s['over_1s']}, {s['errors']}",
@@ -245,7 +246,7 @@ def _print_table(summary: dict[str, dict[int, dict[str, Any]]], conns: list[int]
             ratio = ""
             if "nginx" in names:
                 ours, theirs = summary["serve-index"][c], summary["nginx"][c]
-                if label == "req/s":
+                if label.startswith("req/s"):
                     ratio = f"{ours['rps'] / theirs['rps']:.2f}"
                 elif label.startswith("p50"):
                     ratio = f"p99 {ours['p99_ms'] / max(theirs['p99_ms'], 0.001):.2f}"
