@@ -95,6 +95,12 @@ def index_mirror(session: nox.Session) -> None:
     _run_cli(session, "index-mirror")
 
 
+@nox.session(python=False)
+def index_server_config(session: nox.Session) -> None:
+    """Write nginx and object-storage configuration for the index (`-- --out DIR`)."""
+    _run_cli(session, "index-server-config")
+
+
 PIPELINE_VENV = Path(".nox/_pipeline")
 # What the editable install in PIPELINE_VENV was made from. The package itself is
 # editable, so only pyproject.toml (dependencies, entry points) and the extras matter.
@@ -195,6 +201,7 @@ def bench_verify(session: nox.Session) -> None:
 
 @nox.session(python="3.11", default=False, tags=["bench"])
 def bench_index(session: nox.Session) -> None:
-    """Time publishing 200 wheels, page generation, a no-op re-publish and a yank."""
+    """Publish timings, then serve-index vs nginx under wrk (`-- --part serve`, `--rounds`)."""
+    # Serving needs Debian's wrk (and nginx for the comparison): apt-get install -y wrk nginx.
     session.install("-e", ".")
     session.run("python", "tools/bench_index.py", *session.posargs)

@@ -6,9 +6,10 @@ Makes N small wheels (default 200: 20 projects x 10 versions, 64 KiB each), then
   3. an identical re-publish of all N (the no-op path: hashes only),
   4. page generation alone (`regenerate`: every HTML + JSON page from files + state),
   5. a yank (one state change = one new generation),
-and the size of the generated pages.
+and the size of the generated pages; then (`--part serve`, in tools/bench_serve.py)
+serving that tree: serve-index against nginx with the generated configuration, under wrk.
 
-    python tools/bench_index.py [--wheels 200] [--size-kib 64]
+    python tools/bench_index.py [--wheels 200] [--size-kib 64] [--part all|publish|serve]
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+import bench_serve
 
 from vllm_wheels.index import layout, publish, yank
 from vllm_wheels.index.store import IndexDir
@@ -70,6 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--wheels", type=int, default=200)
     parser.add_argument("--size-kib", type=int, default=64)
+    parser.add_argument("--part", choices=("all", "publish", "serve"), default="all",
+                        help="publish timings, serving under load (bench_serve.py), or both")
+    bench_serve.add_arguments(parser)
     args = parser.parse_args()
     reporter = Reporter(None, stream=io.StringIO())
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +90,10 @@ def main() -> None:
         extra = make_wheel(src, "late", "1.0", os.urandom(args.size_kib * 1024))
         index = IndexDir(root / "index")
         print(f"{args.wheels} wheels of {args.size_kib} KiB in {projects} projects", flush=True)
+        if args.part == "serve":
+            publish.add_to_index(index, to_add(wheels), reporter)
+            bench_serve.run(index, root, args)
+            return
         timed(f"publish {args.wheels} wheels (one call)",
               lambda: publish.add_to_index(index, to_add(wheels), reporter))
         timed("publish 1 more wheel into the full index",
@@ -97,6 +107,8 @@ def main() -> None:
         pages = [p for p in index.simple.resolve().rglob("*") if p.is_file()]
         print(f"generated pages: {len(pages)} files, "
               f"{sum(p.stat().st_size for p in pages) / 1024:.0f} KiB", flush=True)
+        if args.part == "all":
+            bench_serve.run(index, root, args)
 
 
 if __name__ == "__main__":

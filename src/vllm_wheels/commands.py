@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "yank (PEP 592) or un-yank files of the wheel index, with a reason"),
     "index-root": ("vllm_wheels.index.cli_root",
                    "print the index root (<base>/<target>/simple/) for this machine's GPU"),
+    "index-server-config": ("vllm_wheels.index.cli_server_config",
+                            "write nginx and object-storage (S3) configuration for the index"),
     "index-mirror": ("vllm_wheels.index.cli_mirror",
                      "copy companion wheels (e.g. the torch CUDA build) into the index by hash"),
     "build-wheels": ("vllm_wheels.build.cli_build_wheels", "build the stack's wheels into wheels/<stack>/"),

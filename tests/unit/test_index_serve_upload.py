@@ -5,6 +5,9 @@ hostile paths and to a port already in use."""
 from __future__ import annotations
 
 import http.client
+import io
+import json
+import os
 import socket
 import urllib.parse
 from pathlib import Path
@@ -149,3 +152,134 @@ def test_serving_on_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
             serve.make_server(IndexDir(tmp_path / "index"), "127.0.0.1", port)
     assert info.value.exit_code == 2
     assert "--port" in info.value.fix and str(port) in info.value.fix
+
+
+# ------------------------------------------------- pages from memory, files, raw HTTP
+
+
+def _published(tmp_path: Path) -> tuple[IndexDir, Path]:
+    from test_index_layout import make_wheel, to_add
+
+    from vllm_wheels.index import publish
+    from vllm_wheels.log import Reporter
+
+    index = IndexDir(tmp_path / "index")
+    # Stored (not deflated) random bytes: a wheel well above serve.SMALL_FILE, so it goes
+    # out by sendfile; its .metadata is small and goes in one write.
+    big = make_wheel(tmp_path / "in", "bigpkg", "1.0", extra=os.urandom(3 * serve.SMALL_FILE))
+    small = make_wheel(tmp_path / "in", "smallpkg", "2.0")
+    publish.add_to_index(index, to_add([big, small]), Reporter(None, stream=io.StringIO()))
+    return index, big
+
+
+def _exchange(port: int, payload: bytes, *, until_closed: bool = False,
+              responses: int = 1) -> bytes:
+    """Send raw bytes; read `responses` whole responses (or until the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return data
+            data += chunk
+            if not until_closed and _complete(data) >= responses:
+                return data
+
+
+def _complete(data: bytes) -> int:
+    count, rest = 0, data
+    while b"\r\n\r\n" in rest:
+        head, rest = rest.split(b"\r\n\r\n", 1)
+        length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), b"0"))
+        if b" 304 " in head.split(b"\r\n")[0] or head.startswith(b"HTTP/1.1 304"):
+            length = 0
+        if len(rest) < length:
+            break
+        rest = rest[length:]
+        count += 1
+    return count
+
+
+def test_pages_come_from_memory_and_follow_each_generation(tmp_path: Path) -> None:
+    """The same request bytes on one keep-alive connection, before and after a yank: the
+    second generation's page arrives at once (the response cache is per generation), and
+    an ETag revalidates to 304 only while the page is unchanged."""
+    from vllm_wheels.index import yank
+    from vllm_wheels.log import Reporter
+
+    index, _big = _published(tmp_path)
+    with serve.serving(index) as url:
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        headers = {"Accept": JSON}
+
+        def get(extra: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+            conn.request("GET", "/simple/smallpkg/", headers={**headers, **(extra or {})})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+
+        status, first, body = get()
+        assert status == 200 and first["Cache-Control"] == "no-cache"
+        assert first["Vary"] == "Accept" and first["Content-Type"] == JSON
+        assert get() == (200, {**first, "Date": get()[1]["Date"]}, body)  # cached: same answer
+        assert get({"If-None-Match": first["ETag"]})[0] == 304
+        yank.set_yanked(index, ["smallpkg-2.0-py3-none-any.whl"], "broken",
+                        Reporter(None, stream=io.StringIO()))
+        status, second, body = get()
+        assert status == 200 and second["ETag"] != first["ETag"]
+        assert json.loads(body)["files"][0]["yanked"] == "broken"
+        status, _, body = get({"If-None-Match": first["ETag"]})
+        assert status == 200 and json.loads(body)["files"][0]["yanked"] == "broken"
+        assert get({"If-None-Match": f'W/{second["ETag"]}, "other"'})[0] == 304
+        conn.close()
+
+
+def test_files_and_pipelined_requests(tmp_path: Path) -> None:
+    """A large wheel (sendfile), then its page, pipelined in one write: both answers, in
+    order, whole; HEAD gives the headers alone; a small file goes in one write."""
+    index, big = _published(tmp_path)
+    with serve.serving(index) as url:
+        port = urllib.parse.urlsplit(url).port or 0
+        path = f"/files/bigpkg/{big.name}"
+        data = _exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+                               "GET /simple/bigpkg/ HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                         responses=2)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert f"Content-Length: {big.stat().st_size}".encode() in head
+        assert b"Cache-Control: public, max-age=31536000, immutable" in head
+        assert rest[:big.stat().st_size] == big.read_bytes()
+        second = rest[big.stat().st_size:]
+        assert second.startswith(b"HTTP/1.1 200 OK") and b"bigpkg-1.0-py3-none-any.whl" in second
+
+        head_only = _exchange(port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n"
+                                    "Connection: close\r\n\r\n".encode(), until_closed=True)
+        assert head_only.endswith(b"\r\n\r\n") and b"Connection: close" in head_only
+        metadata = _get(url, f"/files/bigpkg/{big.name}.metadata")
+        assert metadata.status == 200
+        assert metadata.getheader("Content-Type") == "text/plain; charset=utf-8"
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"POST /simple/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", b"405"),
+    (b"GET /simple/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/2.0\r\n\r\n", b"505"),
+    (b"NONSENSE\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\n folded: header\r\n\r\n", b"400"),
+    (b"GET /simple/ HTTP/1.1\r\nX: " + b"a" * (serve.MAX_HEAD + 10), b"431"),
+    (b"GET /simple/ HTTP/1.0\r\n\r\n", b"404"),  # no index yet; 1.0 closes by default
+])
+def test_what_the_server_refuses_it_answers_and_closes(tmp_path: Path, request_bytes: bytes,
+                                                        status: bytes) -> None:
+    """No request bodies (nothing can be smuggled behind one), HTTP/1.x only, bounded
+    headers: an error answer, then the connection is closed."""
+    with serve.serving(IndexDir(tmp_path / "index")) as url:
+        port = urllib.parse.urlsplit(url).port or 0
+        answer = _exchange(port, request_bytes, until_closed=True)
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == status, answer[:200]
+    assert b"Connection: close" in answer
+    if status == b"405":
+        assert b"Allow: GET, HEAD" in answer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from . import serve
 from .cli_common import add_index_argument, index_dir
 
@@ -14,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on (default: 127.0.0.1; 0.0.0.0 = all)")
     parser.add_argument("--port", type=_port, default=8000, help="port (0 = any free port)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="server processes sharing the port (default: one per CPU, as "
+                             "nginx's `worker_processes auto`)")
 
 
 def _port(text: str) -> int:
@@ -32,5 +36,8 @@ def _port(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     index = index_dir(args)
     index.require()
-    serve.serve_forever(index, args.host, args.port, quiet=args.quiet)
+    workers = serve.default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: at least 1")
+    serve.serve_forever(index, args.host, args.port, quiet=args.quiet, workers=workers)
     return 0

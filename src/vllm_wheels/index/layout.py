@@ -34,6 +34,16 @@ API_VERSION = "1.1"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
 PRIVATE_KEY = "_vllm_wheels"  # PEP 700: keys with a leading underscore are server-private
+# How every server of the tree labels and caches what it sends (serve-index, and the nginx
+# and object-storage configurations of server_config.py): one place, one meaning.
+HTML_PAGE_TYPE = "text/html; charset=utf-8"  # what a client that did not ask for JSON gets
+METADATA_TYPE = "text/plain; charset=utf-8"  # PEP 658 files: the wheel's METADATA as is
+WHEEL_TYPE = "application/octet-stream"
+# Pages change with every generation (a yank, a publish): a cache keeps them but asks again
+# each time (ETag / If-None-Match), so a yank reaches the next install at once.
+PAGE_CACHE_CONTROL = "no-cache"
+# Files never change under their name (publish refuses other bytes under a published name).
+FILE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
 @dataclass(frozen=True)

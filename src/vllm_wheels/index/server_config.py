@@ -1,0 +1,341 @@
+"""Web-server configuration for an index directory: nginx, and static object storage.
+
+A fleet serves the index with a real web server; serve-index is for trials, CI and small
+teams (docs/wheel-index.md, "Serving a fleet"). What a server must do with the tree
+(index/__init__.py) is small, and this module writes it down for one index root, served
+at `/simple/` or under a URL prefix (`/sm120/simple/`), so several roots share one server:
+
+- `/simple/` and `/simple/<project>/`: `index.json` when the client's Accept names the
+  PEP 691 JSON type (a `map`), else `index.html`; `Vary: Accept`; `no-cache` (every use
+  revalidates, with the ETag, so a yank reaches the next install);
+- `/files/<project>/<file>`: the wheels and their PEP 658 `.metadata`, immutable;
+- nothing else: not the state, the lock, the generations, no directory listings.
+
+nginx reads every page through the `simple -> current/simple` symlink at open time (no
+open_file_cache), so a publish, which switches that link with one rename, is seen whole
+or not at all. An object store has no symlink: its layout uploads the files first and the
+pages after them, each object replaced whole, so a page never links a missing file.
+
+Outputs (same index and arguments, same bytes; no time stamps):
+
+    nginx/index-map.conf              the Accept map, once per nginx `http {}` (same for every root)
+    nginx/locations/<root>.conf       the locations of one root, inside a `server {}`
+    nginx/nginx.conf                  a whole server including every root's locations: run it
+                                      as it is (`nginx -p OUT/nginx -c nginx.conf`, no root needed)
+    object-storage/<root>.json        keys, sources, content types, cache headers, upload order
+    object-storage/<root>-sync.sh     the same as `aws s3 sync` commands
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..cache import write_atomic
+from ..errors import ConfigError
+from .layout import (
+    FILE_CACHE_CONTROL,
+    HTML_PAGE_TYPE,
+    JSON_TYPE,
+    METADATA_TYPE,
+    PAGE_CACHE_CONTROL,
+    WHEEL_TYPE,
+)
+from .store import IndexDir
+
+MANIFEST_SCHEMA_VERSION = 1
+# The variable the map sets; namespaced, because it lives in the operator's `http {}`.
+PAGE_VARIABLE = "$vllm_wheels_page"
+_PROJECT = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"  # a normalized name (PEP 503)
+_PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Characters that nginx would read as syntax or a variable inside a quoted path.
+_NGINX_UNSAFE = re.compile(r'["\\$;{}\x00-\x1f\x7f]')
+_LISTEN = re.compile(r"^(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|localhost):)?\d{1,5}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
+
+
+@dataclass(frozen=True)
+class Root:
+    """One index directory and the URL prefix it is served under ("" = at /simple/)."""
+
+    index: IndexDir
+    prefix: str  # "" or "/seg[/seg...]", no trailing slash
+
+    @property
+    def name(self) -> str:
+        """The file name of this root's outputs: `root` at /, else the prefix's segments."""
+        return self.prefix.strip("/").replace("/", "-") or "root"
+
+
+def parse_prefix(text: str | None) -> str:
+    """'' / '/' / None -> ''; 'sm120', '/sm120/' -> '/sm120'; ConfigError for anything a
+    URL path segment or an nginx location cannot hold plainly."""
+    segments = [s for s in (text or "").split("/") if s]
+    bad = [s for s in segments if not _PREFIX_SEGMENT.match(s) or s in ("simple", "files")]
+    if bad:
+        raise ConfigError(f"--prefix {text!r}: segment(s) {bad} are not plain URL segments",
+                          why="the prefix becomes part of nginx locations and object keys; "
+                              "'simple' and 'files' would collide with the index's own paths",
+                          fix="use letters, digits, '.', '_' and '-', e.g. --prefix /sm120")
+    return "".join(f"/{s}" for s in segments)
+
+
+def make_root(index: IndexDir, prefix: str | None) -> Root:
+    index.require()
+    text = str(index.root)
+    if _NGINX_UNSAFE.search(text) or not index.root.is_absolute():
+        raise ConfigError(f"{text}: the index path holds characters nginx reads as syntax "
+                          "(quote, backslash, $, ;, braces or control characters)",
+                          fix="move the index to a plain absolute path (or symlink one to it)")
+    return Root(index, parse_prefix(prefix))
+
+
+# ------------------------------------------------------------------------- nginx
+
+
+def nginx_map() -> str:
+    """The Accept map (nginx `http {}` context). A map cannot rank q-values: it picks JSON
+    whenever the PEP 691 JSON type is listed with a q other than 0, as pip and uv list it;
+    serve-index ranks the full header."""
+    json_type = r"application/vnd\.pypi\.simple\.(v1|latest)\+json"
+    return "\n".join([
+        "# Generated by `vllm-wheels index-server-config`: include once in nginx's http {}.",
+        "# PEP 691: the page a /simple/ URL answers with, chosen by the Accept header.",
+        f"map $http_accept {PAGE_VARIABLE} {{",
+        "    default index.html;",
+        f'    "~*{json_type}\\s*;\\s*q=0(\\.0*)?\\s*(,|$)" index.html;',
+        f'    "~*{json_type}" index.json;',
+        "}",
+        "",
+    ])
+
+
+def nginx_locations(root: Root) -> str:
+    """The locations of one root, for a `server {}` (needs the map of nginx_map)."""
+    p = root.prefix
+    path = str(root.index.root)
+    return "\n".join([
+        f"# Generated by `vllm-wheels index-server-config`: the wheel index {path}",
+        f"# at {p}/simple/ (pages) and {p}/files/ (wheels, .metadata). Include inside a",
+        "# server {} whose http {} includes index-map.conf. Nothing else of the directory is",
+        "# served: not index-state.json, .lock or generations/, and no listings.",
+        f"location = {p}/simple {{",
+        "    absolute_redirect off;  # Location: a path, right behind any proxy",
+        f"    return 301 {p}/simple/$is_args$args;",
+        "}",
+        f"location ^~ {p}/simple/ {{",
+        f'    root "{path}";',
+        f"    types {{ text/html html; {JSON_TYPE} json; }}",
+        "    charset utf-8;  # text/html only (charset_types): the JSON type has no charset",
+        "    # Every use revalidates (ETag / If-None-Match -> 304), so a yank reaches the next",
+        "    # install; Vary: caches keep the HTML and the JSON apart.",
+        f'    add_header Cache-Control "{PAGE_CACHE_CONTROL}" always;',
+        "    add_header Vary Accept always;",
+        "    autoindex off;",
+        "    absolute_redirect off;",
+        f"    location ~ ^{p}/simple/(?<vllm_wheels_project>{_PROJECT}/)?$ {{",
+        "        # Read through the simple -> current/simple symlink at open time: a publish",
+        "        # switches it with one rename, so each response is one whole generation.",
+        f"        try_files /simple/$vllm_wheels_project{PAGE_VARIABLE} =404;",
+        "    }",
+        f"    location ~ ^{p}/simple/(?<vllm_wheels_name>{_PROJECT})$ {{",
+        f"        return 301 {p}/simple/$vllm_wheels_name/$is_args$args;",
+        "    }",
+        "    return 404;  # not a normalized project name (pip and uv normalize before asking)",
+        "}",
+        f"location ^~ {p}/files/ {{",
+        f'    root "{path}";',
+        "    # Published files never change under their name.",
+        f'    add_header Cache-Control "{FILE_CACHE_CONTROL}";',
+        f"    types {{ {WHEEL_TYPE} whl; text/plain metadata; }}",
+        f"    default_type {WHEEL_TYPE};",
+        "    charset utf-8;  # text/plain (.metadata) only",
+        "    autoindex off;",
+        f"    location ~ ^{p}/files/(?<vllm_wheels_file>{_PROJECT}/[^/.][^/]*)$ {{",
+        "        try_files /files/$vllm_wheels_file =404;",
+        "    }",
+        "    return 404;  # directories, hidden and temporary files",
+        "}",
+        "",
+    ])
+
+
+def nginx_conf(listen: str, worker_user: str | None) -> str:
+    """A whole nginx configuration serving every root in locations/ (run it with
+    `nginx -p DIR -c nginx.conf -e stderr`; all its paths are relative to DIR)."""
+    return "\n".join([
+        "# Generated by `vllm-wheels index-server-config`. Run (as any user):",
+        "#   nginx -p THIS_DIR -c nginx.conf -e stderr",
+        "# Or include index-map.conf and locations/*.conf in a configuration of your own.",
+        "# TLS is left to the operator: add `listen 443 ssl;` with ssl_certificate and",
+        "# ssl_certificate_key here, or terminate it in a proxy or load balancer in front.",
+        *([f"user {worker_user};  # workers' user when nginx starts as root"]
+          if worker_user else
+          ["# Started as root, nginx runs its workers as `nobody` (or `user NAME;`), who",
+           "# must be able to read the index directory."]),
+        "worker_processes auto;",
+        "pid nginx.pid;",
+        "error_log stderr warn;",
+        "events {",
+        "    worker_connections 4096;",
+        "}",
+        "http {",
+        "    access_log off;",
+        "    client_body_temp_path tmp/client_body;",
+        "    proxy_temp_path tmp/proxy;",
+        "    fastcgi_temp_path tmp/fastcgi;",
+        "    uwsgi_temp_path tmp/uwsgi;",
+        "    scgi_temp_path tmp/scgi;",
+        "    sendfile on;",
+        "    tcp_nopush on;",
+        "    tcp_nodelay on;",
+        "    keepalive_timeout 65s;",
+        "    keepalive_requests 100000;",
+        "    server_tokens off;",
+        f"    default_type {WHEEL_TYPE};",
+        "    include index-map.conf;",
+        "    server {",
+        f"        listen {listen} backlog=4096;",
+        "        server_name _;",
+        "        include locations/*.conf;",
+        "        location / {",
+        "            return 404;",
+        "        }",
+        "    }",
+        "}",
+        "",
+    ])
+
+
+# ------------------------------------------------------------------ object storage
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str  # the object's key in the bucket
+    source: str  # the file, relative to the index directory
+    content_type: str
+    cache_control: str
+    phase: int  # upload order: 1 files, 2 project pages, 3 the root page
+
+
+def objects(root: Root) -> tuple[int, list[StoredObject]]:
+    """(generation, objects) of one root as an object store holds it. The pages are those
+    of the current generation, read from generations/NNNNNN/ (a path that never changes),
+    so an upload running during a publish still uploads one whole generation."""
+    index = root.index
+    state = index.load()
+    generation_dir = index.current.readlink()  # generations/NNNNNN, relative
+    base = root.prefix.lstrip("/")
+    key_base = f"{base}/" if base else ""
+    out: list[StoredObject] = []
+    for record in sorted(state.files.values(), key=lambda r: (r.project, r.filename)):
+        for filename, ctype in ((record.filename, WHEEL_TYPE),
+                                (record.filename + ".metadata", METADATA_TYPE)):
+            rel = f"files/{record.project}/{filename}"
+            out.append(StoredObject(key_base + rel, rel, ctype, FILE_CACHE_CONTROL, 1))
+    simple = index.root / generation_dir / "simple"
+    for page in sorted(p for p in simple.rglob("index.*") if p.is_file()):
+        rel = page.relative_to(simple).as_posix()
+        ctype = JSON_TYPE if page.suffix == ".json" else HTML_PAGE_TYPE
+        out.append(StoredObject(f"{key_base}simple/{rel}",
+                                f"{generation_dir.as_posix()}/simple/{rel}", ctype,
+                                PAGE_CACHE_CONTROL, 3 if "/" not in rel else 2))
+    return state.generation, out
+
+
+def object_manifest(root: Root) -> dict[str, Any]:
+    generation, items = objects(root)
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "tool": "vllm-wheels index-server-config",
+        "generation": generation,
+        "prefix": root.prefix,
+        "upload_order": "phase 1 (files) before 2 (project pages) before 3 (the root page); "
+                        "replace each object whole; never delete a file object",
+        "html_at_directory_urls": "serve <dir>/index.html for <dir>/ (S3 website hosting: "
+                                  "IndexDocument index.html; GCS: MainPageSuffix index.html); "
+                                  "the .json pages are for clients that ask for them by URL",
+        "objects": [{"key": o.key, "source": o.source, "content_type": o.content_type,
+                     "cache_control": o.cache_control, "phase": o.phase} for o in items],
+    }
+
+
+def sync_script(root: Root) -> str:
+    """The manifest as `aws s3 sync` commands (BUCKET_URL and INDEX_DIR from the caller)."""
+    base = root.prefix.lstrip("/")
+    dest = f'"$BUCKET_URL/{base}"' if base else '"$BUCKET_URL"'
+
+    def sync(src: str, to: str, pattern: str, ctype: str, cache: str, extra: str = "") -> str:
+        return (f'aws s3 sync "{src}" {dest}/{to} --exclude "*" --include "{pattern}" '
+                f"--content-type {shlex.quote(ctype)} --cache-control {shlex.quote(cache)}"
+                f"{extra}")
+
+    return "\n".join([
+        "#!/bin/sh",
+        "# Generated by `vllm-wheels index-server-config`: upload the wheel index to an S3-style",
+        "# object store in the order that keeps every page's links valid: files first, then",
+        "# the project pages, then the root page. Usage:",
+        f"#   BUCKET_URL=s3://my-bucket INDEX_DIR=/srv/wheels/index sh {root.name}-sync.sh",
+        "set -eu",
+        ': "${BUCKET_URL:?set BUCKET_URL, e.g. s3://my-bucket}"',
+        ': "${INDEX_DIR:?set INDEX_DIR, the index directory}"',
+        "# One generation, whatever a publish does meanwhile (generations/NNNNNN never changes).",
+        'GEN="$INDEX_DIR/$(readlink "$INDEX_DIR/current")"',
+        "# 1. files: immutable; sync skips those already there (same size).",
+        sync("$INDEX_DIR/files", "files", "*.whl", WHEEL_TYPE, FILE_CACHE_CONTROL,
+             " --size-only"),
+        sync("$INDEX_DIR/files", "files", "*.metadata", METADATA_TYPE, FILE_CACHE_CONTROL,
+             " --size-only"),
+        "# 2. project pages, 3. the root page (a new project appears only when its page is up).",
+        sync("$GEN/simple", "simple", "*/index.html", HTML_PAGE_TYPE, PAGE_CACHE_CONTROL),
+        sync("$GEN/simple", "simple", "*/index.json", JSON_TYPE, PAGE_CACHE_CONTROL),
+        f'aws s3 cp "$GEN/simple/index.html" {dest}/simple/index.html '
+        f"--content-type {shlex.quote(HTML_PAGE_TYPE)} "
+        f"--cache-control {shlex.quote(PAGE_CACHE_CONTROL)}",
+        f'aws s3 cp "$GEN/simple/index.json" {dest}/simple/index.json '
+        f"--content-type {shlex.quote(JSON_TYPE)} "
+        f"--cache-control {shlex.quote(PAGE_CACHE_CONTROL)}",
+        "",
+    ])
+
+
+# ------------------------------------------------------------------------- writing
+
+
+def check_listen(listen: str) -> str:
+    if not _LISTEN.match(listen):
+        raise ConfigError(f"--listen {listen!r} is not PORT or ADDRESS:PORT",
+                          fix="e.g. --listen 8080, --listen 127.0.0.1:8080, --listen [::1]:8080")
+    return listen
+
+
+def check_user(user: str | None) -> str | None:
+    if user is not None and not _USER.match(user):
+        raise ConfigError(f"--worker-user {user!r} is not a plain user name",
+                          fix="a name from /etc/passwd, e.g. --worker-user www-data")
+    return user
+
+
+def write_configs(root: Root, out: Path, *, listen: str, worker_user: str | None
+                  ) -> list[Path]:
+    """Write (or rewrite) every output for `root` under `out`; the other roots' files in
+    out/ are kept, so running once per root serves them all from one nginx.conf."""
+    listen = check_listen(listen)
+    worker_user = check_user(user=worker_user)
+    written = {
+        out / "nginx" / "index-map.conf": nginx_map(),
+        out / "nginx" / "locations" / f"{root.name}.conf": nginx_locations(root),
+        out / "nginx" / "nginx.conf": nginx_conf(listen, worker_user),
+        out / "object-storage" / f"{root.name}.json":
+            json.dumps(object_manifest(root), indent=2) + "\n",
+        out / "object-storage" / f"{root.name}-sync.sh": sync_script(root),
+    }
+    for path, text in written.items():
+        write_atomic(path, text)
+    (out / "nginx" / "tmp").mkdir(exist_ok=True)
+    return list(written)
