@@ -39,7 +39,7 @@ from vllm_wheels.build.stack import (
     TorchPin,
 )
 from vllm_wheels.cache import Cache
-from vllm_wheels.errors import ConfigError
+from vllm_wheels.errors import ConfigError, SourceError
 from vllm_wheels.log import Reporter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -402,6 +402,31 @@ def test_resolve_externals_refuses_an_unknown_name(tmp_path: Path) -> None:
     assert str(err.value).startswith("[packages.vllm.externals.cutlas]: this source declares "
                                      "no external named 'cutlas'")
     assert err.value.fix == "did you mean 'cutlass'? declared: cutlass, newthing"
+
+
+def test_an_unreachable_external_is_named_with_the_bundle_and_the_stack_key(
+        tmp_path: Path) -> None:
+    """No GitHub (as on this machine and on air-gapped hosts): the fetch of an external
+    fails with the real git, and the error names the external and its package, and points
+    to the offline bundle and to the stack key of a mirror or a local copy. A file:// URL
+    that does not exist stands for the unreachable host (no network is touched)."""
+    (tmp_path / "cutlass-headers" / "include").mkdir(parents=True)
+    gone = f"file://{tmp_path}/no-such-mirror.git"
+    prep = prepared(tmp_path, externals={"cutlass": ExternalOverride(path="cutlass-headers"),
+                                         "newthing": ExternalOverride(url=gone)})
+    with pytest.raises(SourceError) as err:
+        externals.resolve_externals(prep, Cache(tmp_path / "cache"), tmp_path,
+                                    Reporter(stream=io.StringIO()), fetch=True)
+    text = err.value.render()
+    assert err.value.exit_code == 4
+    assert str(err.value).startswith(f"external newthing of vllm: git fetch {gone} "
+                                     "0123456789abcdef0123456789abcdef01234567 failed")
+    assert "`--bundle DIR`" in text and "docs/build.md" in text
+    assert '[packages.vllm.externals.newthing] url = "MIRROR"' in text
+    assert "it must hold 0123456789abcdef0123456789abcdef01234567" in text
+    assert 'path = "DIR_OR_ARCHIVE"' in text
+    # Nothing half-written: no checkout (nor its temporary sibling) is left in the cache.
+    assert list((tmp_path / "cache" / "externals" / "newthing").iterdir()) == []
 
 
 # ------------------------------------------------------------------------- the plan
