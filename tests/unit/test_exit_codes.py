@@ -277,3 +277,84 @@ def test_from_source_naming_errors(tmp_path: Path, edit: Callable[[str], str], m
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and fix in result.stderr
     assert not (tmp_path / "cache" / "src").exists()  # refused before preparing anything
+
+
+# -------------------------------------------- the machine's CUDA toolkit source (exit 0/2)
+# A stack pins which toolkit may compile; where it comes from is the machine's choice:
+# --cuda-toolkit system|pip, else VLLM_WHEELS_CUDA_TOOLKIT, else the stack's source. The
+# plan shows the choice: a pip toolkit puts cuda-toolkit[...]==pip_version into the build
+# venv and assembles CUDA_HOME in the cache; a system one takes the machine's nvcc.
+
+SYSTEM_TOOLKIT = 'version = ">=13.0,<14"\nsource = "system"'
+
+
+def planned_source(root: Path, *extra: str, env: dict[str, str] | None = None,
+                   toolkit: str = PIP_TOOLKIT) -> tuple[str, subprocess.CompletedProcess[str]]:
+    plan_json = root / "plan.json"
+    result = dry_run(root, make_project(root, toolkit=toolkit), "--json", str(plan_json),
+                     *extra, env={"VLLM_WHEELS_CUDA_TOOLKIT": "", **(env or {})})
+    # A system toolkit on a host without nvcc 13 is a failing check (exit 3): still planned.
+    assert result.returncode in (0, 3), result.stderr
+    toolchain = json.loads(plan_json.read_text())["toolchain"]
+    pip = any(r.startswith("cuda-toolkit[") and r.endswith("==13.0.3.0")
+              for r in toolchain["build_venv_requirements"])
+    cuda_home = toolchain["cuda_home"] or ""
+    assert pip == cuda_home.startswith(str(root / "cache" / "cuda-home")), toolchain
+    return ("pip" if pip else "system"), result
+
+
+def test_the_stacks_toolkit_source_without_an_override(tmp_path: Path) -> None:
+    assert planned_source(tmp_path / "a")[0] == "pip"
+    assert planned_source(tmp_path / "b", toolkit=SYSTEM_TOOLKIT)[0] == "system"
+
+
+def test_cuda_toolkit_flag_switches_the_source(tmp_path: Path) -> None:
+    assert planned_source(tmp_path, "--cuda-toolkit", "system")[0] == "system"
+
+
+def test_cuda_toolkit_env_applies_when_the_flag_is_absent(tmp_path: Path) -> None:
+    source, _ = planned_source(tmp_path, env={"VLLM_WHEELS_CUDA_TOOLKIT": "system"})
+    assert source == "system"
+
+
+def test_cuda_toolkit_flag_wins_over_the_env(tmp_path: Path) -> None:
+    source, _ = planned_source(tmp_path / "a", "--cuda-toolkit", "pip",
+                               env={"VLLM_WHEELS_CUDA_TOOLKIT": "system"})
+    assert source == "pip"
+    source, _ = planned_source(tmp_path / "b", "--cuda-toolkit", "system",
+                               env={"VLLM_WHEELS_CUDA_TOOLKIT": "pip"})
+    assert source == "system"
+
+
+def test_2_a_bad_cuda_toolkit_value(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    result = dry_run(tmp_path / "a", make_project(tmp_path / "a"),
+                     env={"VLLM_WHEELS_CUDA_TOOLKIT": "conda"})
+    assert result.returncode == 2, result.stderr
+    assert ("ERROR (configuration, exit 2): VLLM_WHEELS_CUDA_TOOLKIT='conda': not a CUDA "
+            "toolkit source") in result.stderr
+    assert "why: the toolkit comes from the machine (system) or from PyPI's" in result.stderr
+    assert "fix: set VLLM_WHEELS_CUDA_TOOLKIT to system or pip" in result.stderr
+    assert "stack's [cuda_toolkit] source (pip)" in result.stderr
+    assert not (tmp_path / "a" / "cache" / "src").exists()  # refused before any source
+    # The flag's values are argparse choices: a bad one is a usage error, also exit 2.
+    (tmp_path / "b").mkdir()
+    result = dry_run(tmp_path / "b", make_project(tmp_path / "b"), "--cuda-toolkit", "conda")
+    assert result.returncode == 2, result.stderr
+    assert "invalid choice: 'conda'" in result.stderr
+
+
+def test_2_pip_toolkit_for_a_stack_without_pip_version(tmp_path: Path) -> None:
+    for origin, extra, env in (("--cuda-toolkit", ["--cuda-toolkit", "pip"], {}),
+                               ("VLLM_WHEELS_CUDA_TOOLKIT", [],
+                                {"VLLM_WHEELS_CUDA_TOOLKIT": "pip"})):
+        root = tmp_path / origin.strip("-")
+        root.mkdir()
+        result = dry_run(root, make_project(root, toolkit=SYSTEM_TOOLKIT), *extra, env=env)
+        assert result.returncode == 2, result.stderr
+        assert (f"ERROR (configuration, exit 2): {origin}=pip, but stack ec has no "
+                "[cuda_toolkit] pip_version") in result.stderr
+        assert "why: the pip toolkit is assembled from the cuda-toolkit wheels" in result.stderr
+        assert 'fix: add pip_version (e.g. "13.0.2")' in result.stderr
+        assert f"or use {origin}=system with CUDA_HOME set" in result.stderr
+        assert not (root / "cache" / "src").exists()

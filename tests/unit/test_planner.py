@@ -463,6 +463,29 @@ def hand_made_plan(tmp_path: Path) -> plan_model.Plan:
                   context(t, vllm, stack=stack, tree=CMAKE_FIXTURE)])
 
 
+@pytest.mark.parametrize("source", ["system", "pip"])
+def test_the_manifest_records_which_toolkit_compiled(tmp_path: Path, source: str) -> None:
+    """nvcc.toolkit is the effective source: the stack's, or the machine's override
+    (with_toolkit_source); the same release from either place is told apart."""
+    from vllm_wheels.build import output
+    from vllm_wheels.build.stack import with_toolkit_source
+
+    plan = hand_made_plan(tmp_path)
+    stack = replace(plan.stack, cuda_toolkit=CudaToolkit(
+        version=">=13.0,<14", source="system", pip_version="13.0.2"))
+    stack = with_toolkit_source(stack, source, "--cuda-toolkit")
+    nvcc = toolchain.Nvcc(path=tmp_path / "cuda" / "bin" / "nvcc", cuda_home=tmp_path / "cuda",
+                          release="13.0", full_version="13.0.88", found_via=source)
+    torch = toolchain.TorchFacts(version="2.11.0+cu130", cuda="13.0", git_version="ab" * 20,
+                                 cxx11_abi=True, location=str(tmp_path / "venv"))
+    plan = replace(plan, stack=stack, nvcc=nvcc, torch=torch)
+    manifest = output.wheel_manifest(plan, plan.contexts[0], plan.packages[0], {}, 0.0, None,
+                                     {"torch": "==2.11.0"}, {})
+    assert manifest["nvcc"] == {"version": "13.0.88", "release": "13.0", "toolkit": source}
+    assert manifest["stack"]["digest"] == stack.digest()
+    assert "location" not in manifest["torch"]  # a machine path is no input of the wheel
+
+
 def test_render_plan(tmp_path: Path) -> None:
     t, fx = tmp_path, CMAKE_FIXTURE
     plan = hand_made_plan(t)
