@@ -358,3 +358,39 @@ def test_2_pip_toolkit_for_a_stack_without_pip_version(tmp_path: Path) -> None:
         assert 'fix: add pip_version (e.g. "13.0.2")' in result.stderr
         assert f"or use {origin}=system with CUDA_HOME set" in result.stderr
         assert not (root / "cache" / "src").exists()
+
+
+# ------------------------------------------------------------ compare-wheels (exit 2)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("bad-arch", "--arch 'twelve' is not a compute capability"),
+    ("missing", "does not exist"),
+    ("not-a-zip", "is not a wheel (not a zip archive)"),
+])
+def test_2_compare_wheels_refuses_a_bad_arch_or_file(tmp_path: Path, case: str,
+                                                     message: str) -> None:
+    (tmp_path / "a").mkdir()
+    ours = write_wheel(tmp_path / "a")
+    official = tmp_path / "official.whl"
+    if case != "missing":
+        official.write_bytes(ours.read_bytes() if case == "bad-arch" else b"not a zip")
+    out = tmp_path / "compare.json"
+    result = run_script("compare-wheels", str(ours), str(official), "--arch",
+                        "twelve" if case == "bad-arch" else "12.0", "--json", str(out),
+                        cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "ERROR (configuration, exit 2): " in result.stderr and message in result.stderr
+    assert "fix:" in result.stderr
+    assert not out.exists()  # nothing half-written
+
+
+def test_0_compare_wheels_of_two_pure_wheels(tmp_path: Path) -> None:
+    ours = write_wheel(tmp_path)
+    out = tmp_path / "compare.json"
+    result = run_script("compare-wheels", str(ours), str(ours), "--arch", "12.0", "--json",
+                        str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1 and data["extensions"] == []
+    assert data["packages"] == {"only_ours": [], "only_official": [], "both": 1}
