@@ -170,10 +170,10 @@ def test_rebuild_with_nothing_changed_compiles_nothing(built: tuple[Path, object
 
 def test_mismatched_stack_is_refused_before_compiling(repo_root: Path, tmp_path: Path,
                                                       shared_cache: Path) -> None:
-    """The default stack's CUDA 12.8 torch with this machine's nvcc 13: exit 3, before
+    """The cu128 stack's CUDA 12.8 torch with this machine's nvcc 13: exit 3, before
     any venv is created or anything compiles."""
-    text = (repo_root / "build" / "stack.toml").read_text().replace('python = "3.12"',
-                                                                     'python = "3.11"')
+    text = (repo_root / "build" / "stacks" / "rtx5090-cu128.toml").read_text().replace(
+        'python = "3.12"', 'python = "3.11"')
     stack = tmp_path / "mismatch.toml"
     stack.write_text(text)
     env_home = os.environ.get("CUDA_HOME")

@@ -21,6 +21,10 @@ from vllm_wheels.log import Reporter
 
 pytestmark = pytest.mark.network
 
+# The stack these tests know the sources of: vLLM 0.11.2 and FlashInfer 0.5.2 (the former
+# default, build/stacks/rtx5090-cu128.toml), whose sdists the CI cache already holds.
+CU128 = "build/stacks/rtx5090-cu128.toml"
+
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
@@ -35,9 +39,9 @@ def reporter(tmp_path: Path):  # type: ignore[no-untyped-def]
     rep.close()
 
 
-def test_default_stack_sources_prepare_and_discover_externals(
+def test_cu128_stack_sources_prepare_and_discover_externals(
         repo_root: Path, shared_cache: Path, reporter: Reporter) -> None:
-    stack = load_stack(repo_root / "build" / "stack.toml")
+    stack = load_stack(repo_root / CU128)
     cache = Cache(shared_cache)
     fi = prepare_package(stack.package("flashinfer-python"), cache, repo_root, reporter)  # type: ignore[arg-type]
     vllm = prepare_package(stack.package("vllm"), cache, repo_root, reporter)  # type: ignore[arg-type]
@@ -60,7 +64,7 @@ def test_default_stack_sources_prepare_and_discover_externals(
 
 def test_patch_already_upstream_and_conflicting_patch(repo_root: Path, shared_cache: Path,
                                                       reporter: Reporter) -> None:
-    stack = load_stack(repo_root / "build" / "stack.toml")
+    stack = load_stack(repo_root / CU128)
     vllm = prepare_package(stack.package("vllm"), Cache(shared_cache), repo_root, reporter)  # type: ignore[arg-type]
     upstream = read_series(repo_root / "tests/fixtures/patches/already-upstream")
     assert check_patch(vllm.tree, upstream[0]).status == "already-applied"  # fixed in 0.11.2
@@ -70,7 +74,7 @@ def test_patch_already_upstream_and_conflicting_patch(repo_root: Path, shared_ca
 
 
 def _stack_variant(repo_root: Path, tmp_path: Path, old: str, new: str) -> Path:
-    text = (repo_root / "build" / "stack.toml").read_text()
+    text = (repo_root / CU128).read_text()
     assert old in text
     path = tmp_path / "variant.toml"
     path.write_text(text.replace(old, new))
@@ -103,8 +107,8 @@ def test_patch_that_does_not_apply_exits_5(repo_root: Path, tmp_path: Path) -> N
 def test_dry_run_prints_the_full_plan_and_json(repo_root: Path, shared_cache: Path,
                                                tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
-    result = cli("build-wheels", "--dry-run", "--json", str(out), "--cache-dir",
-                 str(shared_cache), cwd=repo_root)
+    result = cli("build-wheels", "--stack", CU128, "--dry-run", "--json", str(out),
+                 "--cache-dir", str(shared_cache), cwd=repo_root)
     for needle in ("torch==2.9.0", "sha256 496d15bb64ca0fe7", "VLLM_FLASH_ATTN_SRC_DIR",
                    "58e0626a692f09241182582659e3bf8f16472659", "TORCH_CUDA_ARCH_LIST=12.0",
                    "-DCMAKE_BUILD_TYPE=Release", "nvcc major == torch CUDA major"):
@@ -128,7 +132,7 @@ def warm_flashinfer(repo_root: Path, shared_cache: Path, reporter: Reporter) -> 
     """The real FlashInfer 0.5.2 sdist in the shared cache (downloaded once)."""
     from vllm_wheels.build import sources
 
-    spec = load_stack(repo_root / "build" / "stack.toml").package("flashinfer-python")
+    spec = load_stack(repo_root / CU128).package("flashinfer-python")
     assert spec is not None
     fetched = sources.fetch(spec, Cache(shared_cache), repo_root, reporter)
     assert fetched.archive is not None and fetched.archive.name == "flashinfer_python-0.5.2.tar.gz"
@@ -159,7 +163,7 @@ def test_sha256_of_another_package_is_refused(repo_root: Path, shared_cache: Pat
     FlashInfer wheel built from vLLM's source."""
     from vllm_wheels.build import sources
 
-    stack = load_stack(repo_root / "build" / "stack.toml")
+    stack = load_stack(repo_root / CU128)
     vllm = stack.package("vllm")
     assert vllm is not None and vllm.source.sha256 is not None
     sources.fetch(vllm, Cache(shared_cache), repo_root, reporter)  # warm

@@ -1,6 +1,6 @@
-"""Upgrade trials with real sdists from PyPI (plan stage, no compiler): the default stack
-(vLLM 0.11.2) to 0.12.0, a trial across a torch change (0.17.0, torch 2.10), a forced
-torch, fixture patches that conflict / are already upstream, the build stage's
+"""Upgrade trials with real sdists from PyPI (plan stage, no compiler): the cu128 stack
+(vLLM 0.11.2, the former default) to 0.12.0, a trial across a torch change (0.17.0,
+torch 2.10), a forced torch, fixture patches that conflict / are already upstream, the build stage's
 orchestration through the real build-wheels CLI (which stops at the patch check, before
 any compile), resuming a saved trial, and the errors for missing versions and sdists."""
 
@@ -22,6 +22,9 @@ pytestmark = pytest.mark.network
 
 VLLM_0120_SHA = "dc2863be80260f378f1e72f9b82b4009610e434d05fdd7067383b231b89c4f4a"
 FI_053_SHA = "100d59b0ede47878d2808cd3a1b9039d7a952d66338bc9f68dac192ae1b2e3f1"
+# The stack the trials start from: vLLM 0.11.2 on torch 2.9.0+cu128 (the former default),
+# so that 0.12.0 keeps torch and 0.17.0 moves it.
+CU128 = "build/stacks/rtx5090-cu128.toml"
 
 
 def trial(repo_root: Path, cache: Path, out: Path, *args: str, stack: Path | None = None
@@ -39,8 +42,8 @@ def trial(repo_root: Path, cache: Path, out: Path, *args: str, stack: Path | Non
 
 
 def fixture_stack(repo_root: Path, tmp_path: Path) -> Path:
-    """The default stack with the trial fixture series as vLLM's patches."""
-    text = (repo_root / "build" / "stack.toml").read_text()
+    """The cu128 stack with the trial fixture series as vLLM's patches."""
+    text = (repo_root / CU128).read_text()
     anchor = 'source = { pypi = "0.11.2"'
     assert anchor in text
     path = tmp_path / "stack-with-patches.toml"
@@ -53,9 +56,9 @@ def by_name(items: list[dict[str, Any]], key: str = "name") -> dict[str, dict[st
     return {item[key]: item for item in items}
 
 
-def test_default_stack_to_0_12_0(repo_root: Path, shared_cache: Path, tmp_path: Path) -> None:
+def test_cu128_stack_to_0_12_0(repo_root: Path, shared_cache: Path, tmp_path: Path) -> None:
     done, report = trial(repo_root, shared_cache, tmp_path / "t", "vllm==0.12.0",
-                         "--stages", "plan")
+                         "--stages", "plan", stack=repo_root / CU128)
     assert done.returncode == 0, done.stderr
     assert report is not None and report["schema_version"] == 2
     # torch stays, read from the release itself (several places say so).
@@ -77,7 +80,7 @@ def test_default_stack_to_0_12_0(repo_root: Path, shared_cache: Path, tmp_path: 
     assert report["archs"]["candidate_drops"] == []
     appeared = {s["name"] for s in report["switches"]["vllm"]["appeared"]}
     assert "TRITON_KERNELS_SRC_DIR" in appeared
-    # Each package's patch series is reported (the default stack carries none).
+    # Each package's patch series is reported (the cu128 stack carries none).
     patches = by_name(report["patches"], "package")
     assert set(patches) == {"vllm", "flashinfer-python"}
     assert "patches/vllm/0.12.0 does not exist" in patches["vllm"]["note"]
@@ -106,9 +109,10 @@ def test_default_stack_to_0_12_0(repo_root: Path, shared_cache: Path, tmp_path: 
                        if not c.startswith(("nox ", "git ")))
     subprocess.run(["bash", "-euc", script], cwd=repo, check=True)
     promoted = load_stack(repo / "build" / "stack.toml")
-    assert promoted.name == "rtx5090"
+    # The promotion writes the default stack under the name of the stack the trial began from.
+    assert promoted.name == "rtx5090-cu128"
     assert promoted.package("vllm").source.version == "0.12.0"  # type: ignore[union-attr]
-    assert promoted.digest() != load_stack(repo_root / "build" / "stack.toml").digest()
+    assert promoted.digest() != load_stack(repo_root / CU128).digest()
 
 
 def test_fixture_patches_build_stage_and_resume(repo_root: Path, shared_cache: Path,
@@ -173,7 +177,7 @@ def test_trial_across_a_torch_change(repo_root: Path, shared_cache: Path,
                                      tmp_path: Path) -> None:
     # vLLM 0.17.0 is the smallest sdist pinning torch 2.10 (0.15.x have no sdist).
     done, report = trial(repo_root, shared_cache, tmp_path / "t", "vllm==0.17.0",
-                         "--stages", "plan")
+                         "--stages", "plan", stack=repo_root / CU128)
     assert done.returncode == 0, done.stderr
     assert report is not None
     torch = report["torch"]
@@ -196,7 +200,7 @@ def test_trial_across_a_torch_change(repo_root: Path, shared_cache: Path,
 def test_forced_torch_says_what_the_release_expects(repo_root: Path, shared_cache: Path,
                                                     tmp_path: Path) -> None:
     done, report = trial(repo_root, shared_cache, tmp_path / "t", "vllm==0.12.0",
-                         "torch==2.10.0", "--stages", "plan")
+                         "torch==2.10.0", "--stages", "plan", stack=repo_root / CU128)
     assert done.returncode == 0, done.stderr
     assert report is not None
     torch = report["torch"]
@@ -234,10 +238,12 @@ def test_promotion_moves_a_carried_over_series(repo_root: Path, shared_cache: Pa
                                                tmp_path: Path) -> None:
     """patches/vllm/0.11.2 holds two patches and patches/vllm/0.12.0 does not exist: the
     trial re-checks the 0.11.2 series, and its promotion commands move the series to 0.12.0,
-    drop the patch that is upstream, and give a default stack that plans cleanly."""
+    drop the patch that is upstream, and give a default stack that plans cleanly. The copy's
+    default stack is the cu128 stack (vLLM 0.11.2)."""
     repo = tmp_path / "repo"
     for name in ("build", "patches"):
         shutil.copytree(repo_root / name, repo / name)
+    shutil.copy(repo_root / CU128, repo / "build" / "stack.toml")
     shutil.copy(repo_root / "noxfile.py", repo / "noxfile.py")
     series = repo / "patches" / "vllm" / "0.11.2"
     names = ["0001-cmake-fail-on-unsupported-archs.patch", "0002-cutlass-revision-not-cached.patch"]
@@ -260,7 +266,7 @@ def test_promotion_moves_a_carried_over_series(repo_root: Path, shared_cache: Pa
     plan = subprocess.run([sys.executable, "-m", "vllm_wheels", "build-wheels", "--dry-run",
                            "--cache-dir", str(shared_cache)], cwd=repo, text=True,
                           capture_output=True, check=False)
-    # Plans cleanly: sources and patches pass. A host without the default stack's CUDA 12
+    # Plans cleanly: sources and patches pass. A host without the cu128 stack's CUDA 12
     # nvcc fails the toolchain checks, and a dry run then exits 3 as the build would.
     assert plan.returncode == 0 or (plan.returncode == 3 and "toolchain" in plan.stderr), \
         plan.stderr

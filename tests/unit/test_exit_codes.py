@@ -480,3 +480,118 @@ def test_10_publish_refuses_a_wheel_that_does_not_match_its_record(tmp_path: Pat
         assert "1 wheel(s) do not match their RECORD" in result.stderr
         assert wheel.name in result.stderr
         assert not (index / "files").exists() and not (index / "current").exists()
+# -------------------------------------------- the machine's CUDA toolkit source (exit 0/2)
+# A stack pins which toolkit may compile; where it comes from is the machine's choice:
+# --cuda-toolkit system|pip, else VLLM_WHEELS_CUDA_TOOLKIT, else the stack's source. The
+# plan shows the choice: a pip toolkit puts cuda-toolkit[...]==pip_version into the build
+# venv and assembles CUDA_HOME in the cache; a system one takes the machine's nvcc.
+
+SYSTEM_TOOLKIT = 'version = ">=13.0,<14"\nsource = "system"'
+
+
+def planned_source(root: Path, *extra: str, env: dict[str, str] | None = None,
+                   toolkit: str = PIP_TOOLKIT) -> tuple[str, subprocess.CompletedProcess[str]]:
+    plan_json = root / "plan.json"
+    result = dry_run(root, make_project(root, toolkit=toolkit), "--json", str(plan_json),
+                     *extra, env={"VLLM_WHEELS_CUDA_TOOLKIT": "", **(env or {})})
+    # A system toolkit on a host without nvcc 13 is a failing check (exit 3): still planned.
+    assert result.returncode in (0, 3), result.stderr
+    toolchain = json.loads(plan_json.read_text())["toolchain"]
+    pip = any(r.startswith("cuda-toolkit[") and r.endswith("==13.0.3.0")
+              for r in toolchain["build_venv_requirements"])
+    cuda_home = toolchain["cuda_home"] or ""
+    assert pip == cuda_home.startswith(str(root / "cache" / "cuda-home")), toolchain
+    return ("pip" if pip else "system"), result
+
+
+def test_the_stacks_toolkit_source_without_an_override(tmp_path: Path) -> None:
+    assert planned_source(tmp_path / "a")[0] == "pip"
+    assert planned_source(tmp_path / "b", toolkit=SYSTEM_TOOLKIT)[0] == "system"
+
+
+def test_cuda_toolkit_flag_switches_the_source(tmp_path: Path) -> None:
+    assert planned_source(tmp_path, "--cuda-toolkit", "system")[0] == "system"
+
+
+def test_cuda_toolkit_env_applies_when_the_flag_is_absent(tmp_path: Path) -> None:
+    source, _ = planned_source(tmp_path, env={"VLLM_WHEELS_CUDA_TOOLKIT": "system"})
+    assert source == "system"
+
+
+def test_cuda_toolkit_flag_wins_over_the_env(tmp_path: Path) -> None:
+    source, _ = planned_source(tmp_path / "a", "--cuda-toolkit", "pip",
+                               env={"VLLM_WHEELS_CUDA_TOOLKIT": "system"})
+    assert source == "pip"
+    source, _ = planned_source(tmp_path / "b", "--cuda-toolkit", "system",
+                               env={"VLLM_WHEELS_CUDA_TOOLKIT": "pip"})
+    assert source == "system"
+
+
+def test_2_a_bad_cuda_toolkit_value(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    result = dry_run(tmp_path / "a", make_project(tmp_path / "a"),
+                     env={"VLLM_WHEELS_CUDA_TOOLKIT": "conda"})
+    assert result.returncode == 2, result.stderr
+    assert ("ERROR (configuration, exit 2): VLLM_WHEELS_CUDA_TOOLKIT='conda': not a CUDA "
+            "toolkit source") in result.stderr
+    assert "why: the toolkit comes from the machine (system) or from PyPI's" in result.stderr
+    assert "fix: set VLLM_WHEELS_CUDA_TOOLKIT to system or pip" in result.stderr
+    assert "stack's [cuda_toolkit] source (pip)" in result.stderr
+    assert not (tmp_path / "a" / "cache" / "src").exists()  # refused before any source
+    # The flag's values are argparse choices: a bad one is a usage error, also exit 2.
+    (tmp_path / "b").mkdir()
+    result = dry_run(tmp_path / "b", make_project(tmp_path / "b"), "--cuda-toolkit", "conda")
+    assert result.returncode == 2, result.stderr
+    assert "invalid choice: 'conda'" in result.stderr
+
+
+def test_2_pip_toolkit_for_a_stack_without_pip_version(tmp_path: Path) -> None:
+    for origin, extra, env in (("--cuda-toolkit", ["--cuda-toolkit", "pip"], {}),
+                               ("VLLM_WHEELS_CUDA_TOOLKIT", [],
+                                {"VLLM_WHEELS_CUDA_TOOLKIT": "pip"})):
+        root = tmp_path / origin.strip("-")
+        root.mkdir()
+        result = dry_run(root, make_project(root, toolkit=SYSTEM_TOOLKIT), *extra, env=env)
+        assert result.returncode == 2, result.stderr
+        assert (f"ERROR (configuration, exit 2): {origin}=pip, but stack ec has no "
+                "[cuda_toolkit] pip_version") in result.stderr
+        assert "why: the pip toolkit is assembled from the cuda-toolkit wheels" in result.stderr
+        assert 'fix: add pip_version (e.g. "13.0.2")' in result.stderr
+        assert f"or use {origin}=system with CUDA_HOME set" in result.stderr
+        assert not (root / "cache" / "src").exists()
+
+
+# ------------------------------------------------------------ compare-wheels (exit 2)
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("bad-arch", "--arch 'twelve' is not a compute capability"),
+    ("missing", "does not exist"),
+    ("not-a-zip", "is not a wheel (not a zip archive)"),
+])
+def test_2_compare_wheels_refuses_a_bad_arch_or_file(tmp_path: Path, case: str,
+                                                     message: str) -> None:
+    (tmp_path / "a").mkdir()
+    ours = write_wheel(tmp_path / "a")
+    official = tmp_path / "official.whl"
+    if case != "missing":
+        official.write_bytes(ours.read_bytes() if case == "bad-arch" else b"not a zip")
+    out = tmp_path / "compare.json"
+    result = run_script("compare-wheels", str(ours), str(official), "--arch",
+                        "twelve" if case == "bad-arch" else "12.0", "--json", str(out),
+                        cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "ERROR (configuration, exit 2): " in result.stderr and message in result.stderr
+    assert "fix:" in result.stderr
+    assert not out.exists()  # nothing half-written
+
+
+def test_0_compare_wheels_of_two_pure_wheels(tmp_path: Path) -> None:
+    ours = write_wheel(tmp_path)
+    out = tmp_path / "compare.json"
+    result = run_script("compare-wheels", str(ours), str(ours), "--arch", "12.0", "--json",
+                        str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1 and data["extensions"] == []
+    assert data["packages"] == {"only_ours": [], "only_official": [], "both": 1}

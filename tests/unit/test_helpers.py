@@ -59,8 +59,8 @@ def test_runtime_probe_reports_this_interpreter(tmp_path: Path) -> None:
 
 
 def test_arm_versions_as_a_file_and_as_text() -> None:
-    keys = {"python", "vllm", "flashinfer", "torch", "torch_git", "torch_cuda",
-            "vllm_wheels_build"}
+    keys = {"python", "vllm", "flashinfer", "flashinfer_jit_cache", "flashinfer_cubin", "torch",
+            "torch_git", "torch_cuda", "vllm_wheels_build"}
     as_file = json.loads(helper("arm_versions.py"))
     text = (HELPERS / "arm_versions.py").read_text()
     as_text = json.loads(subprocess.run([sys.executable, "-c", text], check=True, text=True,

@@ -43,6 +43,9 @@ from vllm_wheels.images.commands import (
 from vllm_wheels.images.versions import choose_cuda_image, load_versions, set_pinned
 
 DIGEST = "sha256:" + "ab" * 32
+# The former default stack (vLLM 0.11.2 on torch 2.9.0+cu128, a system CUDA 12.8 toolkit):
+# the tests of the devel flavour, the 12.8 images and the toolkit range use it by name.
+CU128 = "build/stacks/rtx5090-cu128.toml"
 
 
 @pytest.fixture
@@ -71,8 +74,21 @@ def stack_of(repo: Path, name: str = "build/stack.toml") -> Stack:
 # ----------------------------------------------------------------- derivation
 
 
-def test_default_stack_gets_cuda_12_8_devel_and_runtime(repo: Path) -> None:
+def test_default_stack_builds_on_cuda_13_0_base_and_runs_on_its_runtime(repo: Path) -> None:
+    # A pip toolkit needs no CUDA in the image: the base flavour, the 13.0 of torch 2.11.0.
     stack = stack_of(repo)
+    versions = load_versions(repo / stack.docker.versions)
+    args = build_image_args(stack, versions, "build/stack.toml")
+    assert args["BASE_IMAGE"] == "nvidia/cuda:13.0.3-base-ubuntu22.04"
+    assert args["LOCAL_LABEL"] == "cu130.torch2110.sm120"
+    assert runtime_image_args(stack, versions)["BASE_IMAGE"] == \
+        "nvidia/cuda:13.0.3-runtime-ubuntu22.04"
+    assert runtime_image_args(stack, versions)["TORCH_REQUIREMENTS"] == \
+        "torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0"
+
+
+def test_cu128_stack_gets_cuda_12_8_devel_and_runtime(repo: Path) -> None:
+    stack = stack_of(repo, CU128)
     versions = load_versions(repo / stack.docker.versions)
     assert choose_cuda_image(stack, versions, "devel").ref == "nvidia/cuda:12.8.1-devel-ubuntu22.04"
     assert choose_cuda_image(stack, versions, "runtime").ref == \
@@ -95,9 +111,11 @@ def test_changing_the_stacks_cuda_and_torch_changes_the_build_arguments(repo: Pa
     build_before = build_image_args(before, versions, "build/stack.toml")
     runtime_before = runtime_image_args(before, versions)
 
-    edit(stack_path, 'version = "2.9.0"               #', 'version = "2.14.1"              #')
-    edit(stack_path, 'cuda = "12.8"', 'cuda = "13.0"')
-    edit(stack_path, 'version = ">=12.8,<13"', 'version = ">=13.0,<14"')
+    # Back from torch 2.11.0+cu130 with a pip toolkit to 2.9.0+cu128 with a system one.
+    edit(stack_path, 'version = "2.11.0"              #', 'version = "2.9.0"               #')
+    edit(stack_path, 'cuda = "13.0"', 'cuda = "12.8"')
+    edit(stack_path, 'version = ">=13.0,<14"\nsource = "pip"\npip_version = "13.0.2"',
+         'version = ">=12.8,<13"\nsource = "system"')
     edit(stack_path, 'python = "3.12"', 'python = "3.11"')
     after = stack_of(repo)
     build_after = build_image_args(after, versions, "build/stack.toml")
@@ -105,24 +123,25 @@ def test_changing_the_stacks_cuda_and_torch_changes_the_build_arguments(repo: Pa
 
     changed = {k for k in build_before if build_before[k] != build_after[k]}
     assert changed == {"BASE_IMAGE", "PYTHON_VERSION", "LOCAL_LABEL"}
-    assert build_after["BASE_IMAGE"] == "nvidia/cuda:13.0.3-devel-ubuntu22.04"
-    assert build_after["LOCAL_LABEL"] == "cu130.torch2141.sm120"
-    assert runtime_after["BASE_IMAGE"] == "nvidia/cuda:13.0.3-runtime-ubuntu22.04"
+    assert build_before["BASE_IMAGE"] == "nvidia/cuda:13.0.3-base-ubuntu22.04"
+    assert build_after["BASE_IMAGE"] == "nvidia/cuda:12.8.1-devel-ubuntu22.04"
+    assert build_after["LOCAL_LABEL"] == "cu128.torch290.sm120"
+    assert runtime_after["BASE_IMAGE"] == "nvidia/cuda:12.8.1-runtime-ubuntu22.04"
     assert runtime_before["TORCH_REQUIREMENTS"] == \
-        "torch==2.9.0 torchaudio==2.9.0 torchvision==0.24.0"
+        "torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0"
     assert runtime_after["TORCH_REQUIREMENTS"] == \
-        "torch==2.14.1 torchaudio==2.9.0 torchvision==0.24.0"
+        "torch==2.9.0 torchaudio==2.11.0 torchvision==0.26.0"
     # ... and docker/ (mirroring the default stack) now disagrees with it.
     problems = check_consistency(repo)
-    assert any("ARG BASE_IMAGE" in p and "13.0.3" in p for p in problems), problems
+    assert any("ARG BASE_IMAGE" in p and "12.8.1" in p for p in problems), problems
     assert any("ARG TORCH_REQUIREMENTS" in p for p in problems), problems
 
 
 def test_a_cuda_without_an_image_is_refused_with_the_entry_to_add(repo: Path) -> None:
-    edit(repo / "build" / "stack.toml", 'cuda = "12.8"', 'cuda = "12.9"')
-    stack = stack_of(repo)
+    edit(repo / CU128, 'cuda = "12.8"', 'cuda = "12.9"')
+    stack = stack_of(repo, CU128)
     with pytest.raises(ConfigError) as info:
-        build_image_args(stack, load_versions(repo / stack.docker.versions), "build/stack.toml")
+        build_image_args(stack, load_versions(repo / stack.docker.versions), CU128)
     text = info.value.render()
     assert "no nvidia/cuda devel image" in text
     assert 'ref = "nvidia/cuda:12.9.N-devel-ubuntu22.04"' in text
@@ -132,17 +151,19 @@ def test_newest_matching_release_wins_and_toolkit_range_applies(repo: Path) -> N
     versions_path = repo / "docker" / "versions.toml"
     versions_path.write_text(versions_path.read_text() + (
         '[images.cuda-12-8-2-devel]\nref = "nvidia/cuda:12.8.2-devel-ubuntu22.04"\npinned = ""\n'))
-    stack = stack_of(repo)
+    stack = stack_of(repo, CU128)
     assert choose_cuda_image(stack, load_versions(versions_path), "devel").ref == \
         "nvidia/cuda:12.8.2-devel-ubuntu22.04"
-    edit(repo / "build" / "stack.toml", 'version = ">=12.8,<13"', 'version = ">=12.8,<12.8.2"')
-    assert choose_cuda_image(stack_of(repo), load_versions(versions_path), "devel").ref == \
+    edit(repo / CU128, 'version = ">=12.8,<13"', 'version = ">=12.8,<12.8.2"')
+    assert choose_cuda_image(stack_of(repo, CU128), load_versions(versions_path), "devel").ref == \
         "nvidia/cuda:12.8.1-devel-ubuntu22.04"
 
 
 def test_image_tags_carry_stack_name_and_local_label(repo: Path) -> None:
     assert image_tag("runtime", stack_of(repo)) == \
-        "vllm-wheels-runtime:rtx5090-cu128.torch290.sm120"
+        "vllm-wheels-runtime:rtx5090-cu130.torch2110.sm120"
+    assert image_tag("runtime", stack_of(repo, CU128)) == \
+        "vllm-wheels-runtime:rtx5090-cu128-cu128.torch290.sm120"
     assert image_tag("runtime", stack_of(repo, "build/stacks/ci-cuda13.toml"), "reg/x") == \
         "reg/x-runtime:ci-cuda13-cu130.torch2141.sm120"
 
@@ -160,12 +181,12 @@ def test_exact_build_wheels_in_docker_command(repo: Path, tmp_path: Path) -> Non
         "docker", "build", "--file", "docker/Dockerfile.build", "--progress", "plain",
         "--target", "wheels",
         "--build-arg", "UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9",
-        "--build-arg", "BASE_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu22.04",
+        "--build-arg", "BASE_IMAGE=nvidia/cuda:13.0.3-base-ubuntu22.04",
         "--build-arg", "PYTHON_VERSION=3.12.16",
         "--build-arg", "NOX_VERSION=2026.10.20",
         "--build-arg", "STACK=build/stack.toml",
         "--build-arg", "STACK_NAME=rtx5090",
-        "--build-arg", "LOCAL_LABEL=cu128.torch290.sm120",
+        "--build-arg", "LOCAL_LABEL=cu130.torch2110.sm120",
         "--build-arg", "PIPELINE_ARGS=--max-jobs 8 --only vllm",
         "--output", f"type=local,dest={out}",
         ".",
@@ -173,13 +194,26 @@ def test_exact_build_wheels_in_docker_command(repo: Path, tmp_path: Path) -> Non
     assert command.cwd == repo
     # Both images are pinned by tag only here: no digest can be looked up on this machine.
     assert command.unresolved == ("ghcr.io/astral-sh/uv:0.13.9",
+                                  "nvidia/cuda:13.0.3-base-ubuntu22.04")
+
+
+def test_exact_build_wheels_in_docker_command_for_a_system_toolkit(
+        repo: Path, tmp_path: Path) -> None:
+    # A system toolkit (the cu128 stack) builds in the devel image, which carries nvcc.
+    stack = stack_of(repo, CU128)
+    out = tmp_path / "export"
+    command = wheels_build_command(stack, load_versions(repo / stack.docker.versions), repo, out)
+    for arg in ("BASE_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu22.04", f"STACK={CU128}",
+                "STACK_NAME=rtx5090-cu128", "LOCAL_LABEL=cu128.torch290.sm120"):
+        assert arg in command.argv
+    assert command.unresolved == ("ghcr.io/astral-sh/uv:0.13.9",
                                   "nvidia/cuda:12.8.1-devel-ubuntu22.04")
 
 
 def test_resolved_digest_goes_into_the_build_argument(repo: Path, tmp_path: Path) -> None:
     versions_path = repo / "docker" / "versions.toml"
-    pinned = f"nvidia/cuda:12.8.1-devel-ubuntu22.04@{DIGEST}"
-    versions_path.write_text(set_pinned(versions_path.read_text(), {"cuda-12-8-devel": pinned}))
+    pinned = f"nvidia/cuda:13.0.3-base-ubuntu22.04@{DIGEST}"
+    versions_path.write_text(set_pinned(versions_path.read_text(), {"cuda-13-0-base": pinned}))
     stack = stack_of(repo)
     command = wheels_build_command(stack, load_versions(versions_path), repo, tmp_path)
     assert f"BASE_IMAGE={pinned}" in command.argv
@@ -194,20 +228,20 @@ def test_exact_runtime_build_and_run_commands(repo: Path, tmp_path: Path) -> Non
     assert command.shell() == (
         "DOCKER_BUILDKIT=1 docker build --file docker/Dockerfile.runtime --progress plain "
         "--build-arg UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9 "
-        "--build-arg BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu22.04 "
+        "--build-arg BASE_IMAGE=nvidia/cuda:13.0.3-runtime-ubuntu22.04 "
         "--build-arg PYTHON_VERSION=3.12.16 "
         "--build-arg TORCH_INDEX=https://pypi.org/simple "
-        "--build-arg 'TORCH_REQUIREMENTS=torch==2.9.0 torchaudio==2.9.0 torchvision==0.24.0' "
-        "--build-arg STACK_NAME=rtx5090 --build-arg LOCAL_LABEL=cu128.torch290.sm120 "
+        "--build-arg 'TORCH_REQUIREMENTS=torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0' "
+        "--build-arg STACK_NAME=rtx5090 --build-arg LOCAL_LABEL=cu130.torch2110.sm120 "
         f"--build-context wheels={wheels} "
-        "--tag vllm-wheels-runtime:rtx5090-cu128.torch290.sm120 .")
+        "--tag vllm-wheels-runtime:rtx5090-cu130.torch2110.sm120 .")
     assert command.tag is not None
     serve = runtime_run_command(command.tag, "openai/gpt-oss-20b", hf_cache="/srv/hf",
                                 extra=["--max-model-len", "8192"])
     assert list(serve.argv) == [
         "docker", "run", "--rm", "--gpus", "all", "--ipc=host", "--publish", "8000:8000",
         "--volume", "/srv/hf:/root/.cache/huggingface",
-        "vllm-wheels-runtime:rtx5090-cu128.torch290.sm120", "openai/gpt-oss-20b",
+        "vllm-wheels-runtime:rtx5090-cu130.torch2110.sm120", "openai/gpt-oss-20b",
         "--max-model-len", "8192"]
 
 
@@ -356,12 +390,13 @@ def _wheel(directory: Path, name: str) -> Path:
 def test_runtime_wheels_must_carry_the_stacks_label(repo: Path, tmp_path: Path) -> None:
     stack = stack_of(repo)
     good = tmp_path / "good"
-    _wheel(good, "vllm-0.11.2+cu128.torch290.sm120-cp38-abi3-linux_x86_64.whl")
-    _wheel(good, "flashinfer_python-0.5.2+cu128.torch290.sm120-py3-none-linux_x86_64.whl")
+    _wheel(good, "vllm-0.20.0+cu130.torch2110.sm120-cp38-abi3-linux_x86_64.whl")
+    _wheel(good, "flashinfer_python-0.6.8.post1+cu130.torch2110.sm120-py3-none-linux_x86_64.whl")
     assert [w.name[:4] for w in check_wheels(stack, good)] == ["flas", "vllm"]
     bad = tmp_path / "bad"
-    _wheel(bad, "vllm-0.11.2+cu130.torch2141.sm120-cp38-abi3-linux_x86_64.whl")
-    with pytest.raises(ConfigError, match=r"labelled \+cu130.torch2141.sm120"):
+    # The former default stack's wheels: the same arch, another torch and CUDA.
+    _wheel(bad, "vllm-0.11.2+cu128.torch290.sm120-cp38-abi3-linux_x86_64.whl")
+    with pytest.raises(ConfigError, match=r"labelled \+cu128.torch290.sm120"):
         check_wheels(stack, bad)
     with pytest.raises(ConfigError, match="no wheels in"):
         check_wheels(stack, tmp_path / "empty")
@@ -372,7 +407,7 @@ def test_runtime_image_dry_run_cli(repo: Path, tmp_path: Path,
     out = tmp_path / "runtime.json"
     assert cli.main(["runtime-image", "--dry-run", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["docker_build"]["tag"] == "vllm-wheels-runtime:rtx5090-cu128.torch290.sm120"
+    assert data["docker_build"]["tag"] == "vllm-wheels-runtime:rtx5090-cu130.torch2110.sm120"
     assert data["docker_run"]["argv"][:5] == ["docker", "run", "--rm", "--gpus", "all"]
     argv = data["docker_build"]["argv"]
     # The `wheels` context is a staging folder holding only the wheels, not wheels/<stack>/.
@@ -386,8 +421,8 @@ def test_runtime_build_context_holds_only_the_wheels(
     `docker version` and, for `docker build`, records what the `wheels` build context
     holds, which is what docker would send to the builder."""
     wheels = tmp_path / "wheels"
-    names = ["flashinfer_python-0.5.2+cu128.torch290.sm120-py3-none-linux_x86_64.whl",
-             "vllm-0.11.2+cu128.torch290.sm120-cp38-abi3-linux_x86_64.whl"]
+    names = ["flashinfer_python-0.6.8.post1+cu130.torch2110.sm120-py3-none-linux_x86_64.whl",
+             "vllm-0.20.0+cu130.torch2110.sm120-cp38-abi3-linux_x86_64.whl"]
     for name in names:
         _wheel(wheels, name)
     # What `verify_throughput --prepare-candidate` leaves beside the wheels.

@@ -39,7 +39,7 @@ from vllm_wheels.build.stack import (
     TorchPin,
 )
 from vllm_wheels.cache import Cache
-from vllm_wheels.errors import ConfigError
+from vllm_wheels.errors import ConfigError, SourceError
 from vllm_wheels.log import Reporter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -404,6 +404,31 @@ def test_resolve_externals_refuses_an_unknown_name(tmp_path: Path) -> None:
     assert err.value.fix == "did you mean 'cutlass'? declared: cutlass, newthing"
 
 
+def test_an_unreachable_external_is_named_with_the_bundle_and_the_stack_key(
+        tmp_path: Path) -> None:
+    """No GitHub (as on this machine and on air-gapped hosts): the fetch of an external
+    fails with the real git, and the error names the external and its package, and points
+    to the offline bundle and to the stack key of a mirror or a local copy. A file:// URL
+    that does not exist stands for the unreachable host (no network is touched)."""
+    (tmp_path / "cutlass-headers" / "include").mkdir(parents=True)
+    gone = f"file://{tmp_path}/no-such-mirror.git"
+    prep = prepared(tmp_path, externals={"cutlass": ExternalOverride(path="cutlass-headers"),
+                                         "newthing": ExternalOverride(url=gone)})
+    with pytest.raises(SourceError) as err:
+        externals.resolve_externals(prep, Cache(tmp_path / "cache"), tmp_path,
+                                    Reporter(stream=io.StringIO()), fetch=True)
+    text = err.value.render()
+    assert err.value.exit_code == 4
+    assert str(err.value).startswith(f"external newthing of vllm: git fetch {gone} "
+                                     "0123456789abcdef0123456789abcdef01234567 failed")
+    assert "`--bundle DIR`" in text and "docs/build.md" in text
+    assert '[packages.vllm.externals.newthing] url = "MIRROR"' in text
+    assert "it must hold 0123456789abcdef0123456789abcdef01234567" in text
+    assert 'path = "DIR_OR_ARCHIVE"' in text
+    # Nothing half-written: no checkout (nor its temporary sibling) is left in the cache.
+    assert list((tmp_path / "cache" / "externals" / "newthing").iterdir()) == []
+
+
 # ------------------------------------------------------------------------- the plan
 
 
@@ -436,6 +461,29 @@ def hand_made_plan(tmp_path: Path) -> plan_model.Plan:
         cuda_home=t / "cuda", nvcc=None, torch=None,
         contexts=[context(t, pkg, stack=stack),
                   context(t, vllm, stack=stack, tree=CMAKE_FIXTURE)])
+
+
+@pytest.mark.parametrize("source", ["system", "pip"])
+def test_the_manifest_records_which_toolkit_compiled(tmp_path: Path, source: str) -> None:
+    """nvcc.toolkit is the effective source: the stack's, or the machine's override
+    (with_toolkit_source); the same release from either place is told apart."""
+    from vllm_wheels.build import output
+    from vllm_wheels.build.stack import with_toolkit_source
+
+    plan = hand_made_plan(tmp_path)
+    stack = replace(plan.stack, cuda_toolkit=CudaToolkit(
+        version=">=13.0,<14", source="system", pip_version="13.0.2"))
+    stack = with_toolkit_source(stack, source, "--cuda-toolkit")
+    nvcc = toolchain.Nvcc(path=tmp_path / "cuda" / "bin" / "nvcc", cuda_home=tmp_path / "cuda",
+                          release="13.0", full_version="13.0.88", found_via=source)
+    torch = toolchain.TorchFacts(version="2.11.0+cu130", cuda="13.0", git_version="ab" * 20,
+                                 cxx11_abi=True, location=str(tmp_path / "venv"))
+    plan = replace(plan, stack=stack, nvcc=nvcc, torch=torch)
+    manifest = output.wheel_manifest(plan, plan.contexts[0], plan.packages[0], {}, 0.0, None,
+                                     {"torch": "==2.11.0"}, {})
+    assert manifest["nvcc"] == {"version": "13.0.88", "release": "13.0", "toolkit": source}
+    assert manifest["stack"]["digest"] == stack.digest()
+    assert "location" not in manifest["torch"]  # a machine path is no input of the wheel
 
 
 def test_render_plan(tmp_path: Path) -> None:

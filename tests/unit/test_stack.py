@@ -30,13 +30,32 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_default_stack_targets_rtx5090(repo_root: Path) -> None:
     stack = load_stack(repo_root / "build" / "stack.toml")
+    assert stack.name == "rtx5090" and stack.python == "3.12"
     assert stack.cuda_arch_list == ("12.0",)
+    assert stack.torch.version == "2.11.0" and stack.torch.cuda == "13.0"
+    vllm, fi = stack.package("vllm"), stack.package("flashinfer-python")
+    assert vllm is not None and vllm.source.version == "0.20.0"
+    assert fi is not None and fi.source.version == "0.6.8.post1"
+    assert stack.local_label() == "cu130.torch2110.sm120"
+    assert [p.name for p in stack.packages] == ["flashinfer-python", "vllm"]
+    # A fresh box builds it: the whole CUDA 13 toolkit comes from PyPI, of the version
+    # torch 2.11.0 itself requires, and CUTLASS from FlashInfer's sdist (no GitHub for it).
+    assert stack.cuda_toolkit.source == "pip" and stack.cuda_toolkit.pip_version == "13.0.2"
+    assert stack.cuda_toolkit.specifier.contains("13.0.2") and stack.torch.cuda_major == 13
+    assert vllm.externals["cutlass"].from_source == "flashinfer-python:3rdparty/cutlass"
+
+
+def test_cu128_stack_keeps_the_former_default(repo_root: Path) -> None:
+    stack = load_stack(repo_root / "build" / "stacks" / "rtx5090-cu128.toml")
+    assert stack.name == "rtx5090-cu128" and stack.cuda_arch_list == ("12.0",)
     assert stack.torch.version == "2.9.0" and stack.torch.cuda == "12.8"
+    assert stack.cuda_toolkit.source == "system"
+    assert stack.cuda_toolkit.specifier.contains("12.8.1")
+    assert not stack.cuda_toolkit.specifier.contains("13.0.2")
     vllm, fi = stack.package("vllm"), stack.package("flashinfer-python")
     assert vllm is not None and vllm.source.version == "0.11.2"
     assert fi is not None and fi.source.version == "0.5.2"
     assert stack.local_label() == "cu128.torch290.sm120"
-    assert [p.name for p in stack.packages] == ["flashinfer-python", "vllm"]
 
 
 def test_every_shipped_stack_loads(repo_root: Path) -> None:

@@ -86,7 +86,8 @@ def test_writer_round_trips_every_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["build/stack.toml", "build/stacks/ci-cuda13.toml",
-                                  "build/stacks/h200-cu130-verify.toml"])
+                                  "build/stacks/h200-cu130-verify.toml",
+                                  "build/stacks/rtx5090-cu128.toml"])
 def test_writer_round_trips_shipped_stacks(repo_root: Path, tmp_path: Path, name: str) -> None:
     stack = load_stack(repo_root / name)
     target = tmp_path / "s.toml"

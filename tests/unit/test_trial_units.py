@@ -40,6 +40,10 @@ from vllm_wheels.trial.plan import (
 from vllm_wheels.trial.release import read_release, toolkit_floor
 from vllm_wheels.trial.stack_writer import promotion_commands, render_stack, write_stack
 
+# The stack these tests move from: torch 2.9.0+cu128 with a CUDA 12 toolkit (the former
+# default), so that a torch and a CUDA major move are both on the table.
+CU128_STACK = "build/stacks/rtx5090-cu128.toml"
+
 CMAKE = """\
 cmake_minimum_required(VERSION 3.26)
 set(TORCH_SUPPORTED_VERSION_CUDA "2.10.0")
@@ -139,7 +143,7 @@ def test_toolkit_floor() -> None:
 
 
 def test_torch_decision(repo_root: Path, tmp_path: Path) -> None:
-    stack = load_stack(repo_root / "build" / "stack.toml")
+    stack = load_stack(repo_root / CU128_STACK)
     moved = read_release(release_tree(tmp_path / "a", torch="2.10.0", build_torch="2.10.0"),
                          "vllm", "0.17.0")
     same = read_release(release_tree(tmp_path / "b", torch="2.9.0", build_torch="2.9.0"),
@@ -183,7 +187,8 @@ def test_external_diff_warns_about_the_stacks_overrides() -> None:
     assert any("/srv/a" in w and "v2" in w for w in warnings)
 
 
-@pytest.mark.parametrize("name", ["build/stack.toml", "build/stacks/ci-cuda13.toml"])
+@pytest.mark.parametrize("name", ["build/stack.toml", "build/stacks/ci-cuda13.toml",
+                                  CU128_STACK])
 def test_stack_writer_round_trips(repo_root: Path, tmp_path: Path, name: str) -> None:
     stack = load_stack(repo_root / name)
     target = tmp_path / "out" / "s.toml"
@@ -444,7 +449,7 @@ def test_candidate_archs_follow_the_candidates_nvcc(repo_root: Path, tmp_path: P
     """When torch's CUDA moves to 13, the candidate builds with nvcc 13 and takes CMake's
     nvcc >= 13.0 branch: an arch only the 12.8 branch accepts (10.0 here) is dropped."""
     facts = read_release(release_tree(tmp_path / "src"), "vllm", "9.9.9")
-    stack = dataclasses.replace(load_stack(repo_root / "build" / "stack.toml"),
+    stack = dataclasses.replace(load_stack(repo_root / CU128_STACK),
                                 cuda_arch_list=("10.0", "12.0"))
     same = compare.arch_support(stack, Version("12.8"), facts, facts)
     assert same["candidate_drops"] == []
@@ -543,7 +548,7 @@ def test_candidate_toolkit_and_arch_branch_follow_the_cuda_read(repo_root: Path,
     """torch 2.11's CUDA 13.0 moves nvcc to >= 13.0, and the candidate is checked against
     CMake's nvcc >= 13.0 branch; 12.8 keeps the 12.8 branch; a CUDA that could not be read
     is a blocker and is left out of the candidate stack, never the current value."""
-    stack = load_stack(repo_root / "build" / "stack.toml")
+    stack = load_stack(repo_root / CU128_STACK)
     assert stack.torch.cuda == "12.8"
     facts = read_release(release_tree(tmp_path / "src", torch="2.11.0", build_torch="2.11.0"),
                          "vllm", "9.9.9")

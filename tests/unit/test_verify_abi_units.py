@@ -5,6 +5,7 @@ this interpreter over such a tree."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.tags import Tag
 
+from vllm_wheels.verify.abi import split_host_gpus
 from vllm_wheels.verify.checks import (
+    check_archs,
     check_companions,
     check_python_tag,
     file_found,
@@ -23,7 +26,7 @@ from vllm_wheels.verify.checks import (
 )
 from vllm_wheels.verify.elf import demangle, read_elf
 from vllm_wheels.verify.fatbin import FatbinEntry
-from vllm_wheels.verify.runtime import Loader, Runtime
+from vllm_wheels.verify.runtime import Gpu, Loader, Runtime
 from vllm_wheels.verify.wheelfacts import WheelElf, WheelFacts
 
 
@@ -319,3 +322,63 @@ def test_import_helper_resolves_by_name_with_the_interpreters_own_suffixes(tmp_p
     assert results["pkg.sub._C"] == {
         "module": "pkg.sub._C", "ok": False, "found": False, "origin": None,
         "detail": "ModuleNotFoundError: No module named 'pkg.sub._C'"}
+
+
+# ------------------------------------- --arch on a host whose GPU is not a target (H200)
+
+H200 = Gpu("NVIDIA H200", (9, 0), "580.95.05")
+RTX5090 = Gpu("NVIDIA GeForce RTX 5090", (12, 0), "580.95.05")
+DGX_SPARK = Gpu("NVIDIA GB10", (12, 1), "580.95.05")
+
+
+def _gpu_wheel(root: Path, fatbin: list[FatbinEntry], manifest: dict[str, object] | None
+               ) -> WheelFacts:
+    """One real extension (gcc ELF); its fatbin entries are what the fatbin reader returns
+    for an nvcc object of those archs (the reader itself is checked against cuobjdump in
+    tests/integration/test_verify_abi.py)."""
+    facts = _wheel_with(root, ["vllm/_C.abi3.so"])
+    facts.manifest = manifest
+    elf = facts.elfs[0]
+    facts.elfs[0] = dataclasses.replace(elf, info=dataclasses.replace(elf.info, fatbin=fatbin))
+    return facts
+
+
+@pytest.mark.parametrize("manifest", [None, {"cuda_arch_list": ["12.0"]}])
+def test_arch_12_0_passes_on_a_host_whose_gpu_is_not_a_target(
+        tmp_path: Path, manifest: dict[str, object] | None) -> None:
+    wheel = _gpu_wheel(tmp_path, [FatbinEntry("sass", 120), FatbinEntry("sass", 120, "f")],
+                       manifest)
+    rt = _runtime((2, 36))
+    rt.non_target_gpus = [H200]
+    result = check_archs(wheel, rt, ["12.0"])
+    assert result.status == "pass", result.summary
+    assert result.summary == (
+        "1 object(s) with GPU code; arch list 12.0 covered; this host's GPU NVIDIA H200 (9.0) "
+        "is not a target: its code is not required, and these wheels' kernels do not run on "
+        "it (import only, no GPU op)")
+    assert result.evidence["targets"] == {"arch list 12.0": "12.0"}
+    assert result.evidence["host_gpus_not_targeted"] == ["GPU NVIDIA H200 (9.0)"]
+    # The control: the same H200 as a host GPU to serve on (no split) is a gap.
+    rt.gpus, rt.non_target_gpus = [H200], []
+    failed = check_archs(wheel, rt, ["12.0"])
+    assert failed.status == "fail"
+    assert "vllm/_C.abi3.so has nothing for GPU NVIDIA H200 (9.0)" in failed.summary
+    # And a 12.0 wheel still fails for a target it lacks, whatever the host.
+    rt.gpus, rt.non_target_gpus = [], [H200]
+    assert check_archs(wheel, rt, ["10.0"]).status == "fail"
+
+
+def test_split_moves_host_gpus_of_another_major_than_every_target() -> None:
+    rt = _runtime((2, 36))
+    rt.gpus = [H200, RTX5090]
+    split_host_gpus(rt, ["12.0"])
+    assert (rt.gpus, rt.non_target_gpus) == ([RTX5090], [H200])
+    # A GPU of a target's major stays, whatever the minor or the spelling of the target.
+    for targets in (["12.0"], ["12.0a"], ["sm_120f"], ["12.0+PTX"]):
+        rt.gpus = [DGX_SPARK]
+        split_host_gpus(rt, targets)
+        assert (rt.gpus, rt.non_target_gpus) == ([DGX_SPARK], []), targets
+    # Every target's major counts: 9.0 among the targets keeps the H200.
+    rt.gpus = [H200, RTX5090]
+    split_host_gpus(rt, ["9.0a", "12.0"])
+    assert (rt.gpus, rt.non_target_gpus) == ([H200, RTX5090], [])

@@ -105,7 +105,9 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
                 commit = (checkout / layout.COMMIT_MARKER).read_text().strip()
             elif fetch:
                 reporter.say(f"    prefetching {ext.name} {url} @ {ref}")
-                commit = sources.git_checkout(url, ref, checkout, reporter)
+                commit = sources.git_checkout(url, ref, checkout, reporter,
+                                              label=f"external {ext.name} of {prep.spec.name}",
+                                              fix=unreachable_fix(prep.spec.name, ext.name, ref))
                 directory, origin = checkout, ExternalOrigin.CACHE
             else:
                 origin = ExternalOrigin.TO_FETCH
@@ -116,3 +118,13 @@ def resolve_externals(prep: PreparedPackage, cache: Cache, repo_root: Path, repo
         resolved.append(ResolvedExternal(ext, directory, origin, commit, headers_only))
     return dataclasses.replace(prep, externals=tuple(resolved))
 
+
+def unreachable_fix(package: str, external: str, ref: str) -> str:
+    """What to do when an external's repository cannot be reached (no GitHub here, an
+    air-gapped host): build from an offline bundle, or name a mirror or a local copy in the
+    stack. The pinned ref stays the same; only where it is read from changes."""
+    return (f"build from an offline source bundle exported where the repository is "
+            f"reachable (`--export-bundle DIR` there, `--bundle DIR` here; docs/build.md), "
+            f"or point the stack at a mirror or a local copy: "
+            f"[packages.{package}.externals.{external}] url = \"MIRROR\" (it must hold {ref}) "
+            f"or path = \"DIR_OR_ARCHIVE\"")

@@ -209,22 +209,29 @@ def unpack(archive: Path, dest: Path) -> Path:
 
 
 def git_checkout(url: str, ref: str, dest: Path, reporter: Reporter,
-                 submodules: bool = True) -> str:
-    """Shallow-fetch `ref` (commit or tag) of `url` into `dest`; return the commit."""
+                 submodules: bool = True, *, label: str | None = None,
+                 fix: str | None = None) -> str:
+    """Shallow-fetch `ref` (commit or tag) of `url` into `dest`; return the commit.
+
+    `label` names what is fetched (e.g. "external deepgemm of vllm") at the start of the
+    error, and `fix` replaces the generic advice: the caller knows the stack key to set."""
     tmp = temp_sibling(dest)
     remove(tmp)
     tmp.mkdir(parents=True)
-    fix = (f"make {url} reachable, or point the stack at a local copy "
-           "(externals.<name>.path = DIR_OR_ARCHIVE, or a path source)")
+    fix = fix or (f"make {url} reachable, or build from an offline source bundle "
+                  "(`--bundle DIR`, docs/build.md), or use a local copy: "
+                  "source = { path = \"DIR_OR_ARCHIVE\" }")
+    prefix = f"{label}: " if label else ""
     try:
         run(["git", "init", "-q", tmp], reporter=reporter, what="git init")
         run(["git", "-C", tmp, "fetch", "-q", "--depth", "1", url, ref], reporter=reporter,
-            error_cls=SourceError, what=f"git fetch {url} {ref}", fix=fix)
+            error_cls=SourceError, what=f"{prefix}git fetch {url} {ref}", fix=fix)
         run(["git", "-C", tmp, "checkout", "-q", "FETCH_HEAD"], reporter=reporter,
             error_cls=SourceError, what="git checkout")
         if submodules and (tmp / ".gitmodules").exists():
             run(["git", "-C", tmp, "submodule", "update", "--init", "--recursive", "--depth", "1"],
-                reporter=reporter, error_cls=SourceError, what=f"submodules of {url}", fix=fix)
+                reporter=reporter, error_cls=SourceError, what=f"{prefix}submodules of {url}",
+                fix=fix)
         commit = run(["git", "-C", tmp, "rev-parse", "HEAD"], reporter=reporter,
                      error_cls=SourceError, what="git rev-parse")[-1].strip()
     except BaseException:

@@ -737,8 +737,9 @@ def with_toolkit_source(stack: Stack, override: str | None, origin: str) -> Stac
                               "one pinned version",
                           fix='add pip_version (e.g. "13.0.2") to the stack\'s [cuda_toolkit], '
                               f"or use {origin}=system with CUDA_HOME set")
+    source: ToolkitSource = "pip" if override == "pip" else "system"  # checked above
     return dataclasses.replace(stack, cuda_toolkit=dataclasses.replace(
-        stack.cuda_toolkit, source=override))
+        stack.cuda_toolkit, source=source))
 
 
 def load_stack(path: Path) -> Stack:

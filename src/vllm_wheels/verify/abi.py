@@ -95,6 +95,18 @@ class Report:
         return "\n".join(lines)
 
 
+def split_host_gpus(runtime: Runtime, arch_targets: Sequence[str]) -> None:
+    """Targets given explicitly: a host GPU of another major than every target is not one
+    of them (12.0 wheels checked on an H200) and moves to runtime.non_target_gpus. Its code
+    is not required, and no kernel of the wheels can run on it, so the import test imports
+    every extension without a GPU op, and the gpu-archs check says so plainly instead of
+    failing or staying silent. A GPU of a target's major stays (12.1 for 12.0 wheels: a
+    cubin runs on a higher minor of its major, and gpu-archs checks that it does)."""
+    majors = {cc[0] for cc in (checks.parse_arch(t) for t in arch_targets) if cc}
+    runtime.non_target_gpus = [g for g in runtime.gpus if g.compute_capability[0] not in majors]
+    runtime.gpus = [g for g in runtime.gpus if g not in runtime.non_target_gpus]
+
+
 def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
            arch_targets: Sequence[str] = (), import_test: bool = True,
            host_gpus: bool = True, reporter: Reporter | None = None) -> Report:
@@ -109,14 +121,7 @@ def verify(wheel_paths: Sequence[Path], python: Path, *, work_dir: Path,
     if not host_gpus:
         runtime.gpus = []
     elif arch_targets:
-        # Targets given explicitly: a host GPU of another major is not one of them (12.0
-        # wheels checked on an H200). Its code is not required, and no kernel of the wheels
-        # can run on it, so the import test imports every extension without a GPU op; the
-        # gpu-archs check says so plainly instead of failing or staying silent.
-        majors = {cc[0] for cc in (checks.parse_arch(t) for t in arch_targets) if cc}
-        runtime.non_target_gpus = [g for g in runtime.gpus
-                                   if g.compute_capability[0] not in majors]
-        runtime.gpus = [g for g in runtime.gpus if g not in runtime.non_target_gpus]
+        split_host_gpus(runtime, arch_targets)
     say(f"verify_abi: {len(wheels)} wheel(s) against {python}")
     unpack_root = work_dir / "unpacked"
     facts = [read_wheel(w, unpack_root, runtime.site_packages) for w in wheels]

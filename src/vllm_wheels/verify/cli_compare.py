@@ -1,5 +1,5 @@
-"""`python -m vllm_wheels compare-wheels` (what `nox -s compare_wheels` runs): a built wheel
-against the official wheel of the same release, per extension module and per arch."""
+"""`python -m vllm_wheels compare-wheels` (a console-script command; no nox session): a built
+wheel against the official wheel of the same release, per extension module and per arch."""
 
 from __future__ import annotations
 
