@@ -171,6 +171,9 @@ def test_dry_run_plans_every_target_with_one_venv_and_one_tree(tmp_path: Path) -
     copy_tiny_cuda_ext(tmp_path)
     (tmp_path / "noxfile.py").write_text("")
     (tmp_path / "build").mkdir()
+    # The series directory the stack names must exist (an empty series: no patches).
+    (tmp_path / "patches" / "tiny-cuda-ext").mkdir(parents=True)
+    (tmp_path / "patches" / "tiny-cuda-ext" / "series").write_text("")
     stack = write_stack(tmp_path)
     done = run_cli("build-wheels", "--stack", str(stack), "--cache-dir", str(tmp_path / "cache"),
                    "--output-dir", str(tmp_path / "out"), "--dry-run", "--targets", "all",
