@@ -57,6 +57,10 @@ follow() {  # SECONDS
     sleep 15
     say "$(grep -aE '^==>|[0-9]+/[0-9]+ \([0-9]+%\)' "$W/build.log" | tail -1 | cut -c1-150)"
   done
+  # What there is so far, in case the lease ends before the build does.
+  tail -c 200000 "$W/build.log" > "$EV/build-tail.log" 2>/dev/null
+  cp "$W/memory.tsv" "$EV/" 2>/dev/null
+  find "$W/cache/staging" -name 'compile-units.jsonl' -exec cp {} "$EV/" \; 2>/dev/null
   if [ -f "$W/build.rc" ]; then
     say "build finished: exit $(cat "$W/build.rc")"
     cp "$W/build.log" "$EV/build.log"; cp "$W/memory.tsv" "$W/build-rusage.json" "$EV/" 2>/dev/null
