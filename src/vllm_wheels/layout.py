@@ -35,6 +35,10 @@ INDEX_DIR = Path(WHEELS_DIR) / "index"
 RESERVED_STACK_NAMES = frozenset({INDEX_DIR.name})
 # The trial's reports (markdown + JSON), kept in the repository.
 TRIALS_DIR = Path("verify") / "trials"
+# Unit cost records measured on real build hosts and committed with the stacks, so a first
+# build on a fresh machine orders its units and sizes its jobs from measured costs
+# (build/unit-costs/<package>-<version>-<arch list digest>.json, the cache record's name).
+UNIT_COSTS_DIR = Path("build") / "unit-costs"
 
 
 def repo_root(near: Path | None = None) -> Path:

@@ -427,3 +427,30 @@ def test_predict_build_compares_learned_rule_and_dockerfile(tmp_path: Path) -> N
     assert " 100.0s" in rows["learned (record)"]
     assert " 140.0s" in rows["rule (no record)"] and "(x1.40)" in rows["rule (no record)"]
     assert " 250.0s" in rows["dockerfile 2/8"]
+
+
+def test_a_record_committed_with_the_stacks_serves_a_fresh_cache(tmp_path: Path) -> None:
+    """A record measured on a build host and committed under build/unit-costs/ gives a fresh
+    machine's first build the learned parallelism; the cache's own record, once this machine
+    has built, wins over it."""
+    from vllm_wheels import layout
+
+    repo = _tiny_repo(tmp_path / "repo")
+    arch = load_stack(repo / "build" / "stacks" / "tiny.toml").cuda_arch_list
+    committed = repo / layout.UNIT_COSTS_DIR / telemetry.record_path(
+        tmp_path, "tiny-cuda-ext", "0.1.0", arch).name
+    telemetry.merge_record(committed, package="tiny-cuda-ext", version="0.1.0", arch_list=arch,
+                           nvcc_threads=1, costs={"tiny.cu": {"wall_s": 90, "cpu_s": 88,
+                                                              "peak_rss_kb": 3 * GB}})
+    cache = Cache(tmp_path / "cache")
+    par = _plan(repo, cache).to_dict()["toolchain"]["parallelism"]
+    assert par["source"] == "record" and par["unit_costs"] == str(committed)
+    own = telemetry.record_path(cache.root, "tiny-cuda-ext", "0.1.0", arch)
+    telemetry.merge_record(own, package="tiny-cuda-ext", version="0.1.0", arch_list=arch,
+                           nvcc_threads=1, costs={"tiny.cu": {"wall_s": 80, "cpu_s": 79,
+                                                              "peak_rss_kb": 2 * GB}})
+    assert _plan(repo, cache).to_dict()["toolchain"]["parallelism"]["unit_costs"] == str(own)
+    # Without the committed record (another arch list's only), the rule decides.
+    committed.unlink()
+    shutil.rmtree(cache.root / "unit-costs")
+    assert _plan(repo, cache).to_dict()["toolchain"]["parallelism"]["source"] == "rule"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import layout
 from ..cache import Cache
 from ..errors import ConfigError
 from . import telemetry, toolchain
@@ -69,12 +70,15 @@ UNIT_COSTS_ENV = "VLLM_WHEELS_UNIT_COSTS"
 
 
 def find_unit_costs(stack: Stack, cache: Cache, specs: list[PackageSpec],
-                    given: Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
+                    given: Path | None = None, repo_root: Path | None = None
+                    ) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
     """(where the costs came from, {package: {unit: cost}}), packages without any left out.
 
     A record the user names (--unit-costs, then $VLLM_WHEELS_UNIT_COSTS: a record or a
     build-telemetry.json, e.g. another machine's) wins; else each package's own record in
-    the cache, written by the last build of the same version and arch list."""
+    the cache, written by the last build of the same version and arch list on this machine;
+    else the record committed with the stacks (layout.UNIT_COSTS_DIR), measured on a build
+    host, so a fresh machine's first build starts the longest units first."""
     env = os.environ.get(UNIT_COSTS_ENV)
     named, origin = (given, "--unit-costs") if given is not None else \
         (Path(env), UNIT_COSTS_ENV) if env else (None, "")
@@ -95,12 +99,17 @@ def find_unit_costs(stack: Stack, cache: Cache, specs: list[PackageSpec],
     for spec in specs:
         path = telemetry.record_path(cache.root, spec.name, spec.source.version or "0",
                                      stack.cuda_arch_list)
-        try:
-            costs = telemetry.load_costs(path, spec.name) if path.exists() else {}
-        except (OSError, ValueError, KeyError, TypeError):
-            costs = {}  # a damaged record is rewritten by this build; the rule decides
-        if costs:
-            found[spec.name] = costs
-            paths.append(str(path))
+        candidates = [path]
+        if repo_root is not None:
+            candidates.append(repo_root / layout.UNIT_COSTS_DIR / path.name)
+        for candidate in candidates:
+            try:
+                costs = telemetry.load_costs(candidate, spec.name) if candidate.exists() else {}
+            except (OSError, ValueError, KeyError, TypeError):
+                costs = {}  # a damaged record is rewritten by this build; the rule decides
+            if costs:
+                found[spec.name] = costs
+                paths.append(str(candidate))
+                break
     return ", ".join(paths), found
 

@@ -300,7 +300,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
                     f"will be fetched from {ext.source.url} @ {ext.source.ref}",
                     f"air-gapped? set [packages.{prep.spec.name}.externals.{ext.source.name}] "
                     "path = DIR_OR_ARCHIVE"))
-    record, costs = find_unit_costs(stack, cache, specs, unit_costs)
+    record, costs = find_unit_costs(stack, cache, specs, unit_costs, repo_root)
     parallelism = choose_parallelism(stack, max_jobs, nvcc_threads, record)
     plan = Plan(stack, repo_root, cache, output_dir, log_path, prepared, checks, parallelism,
                 compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts,
