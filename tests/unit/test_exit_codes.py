@@ -595,3 +595,24 @@ def test_0_compare_wheels_of_two_pure_wheels(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["schema_version"] == 1 and data["extensions"] == []
     assert data["packages"] == {"only_ours": [], "only_official": [], "both": 1}
+
+
+def test_a_brought_build_venv_needs_only_what_the_selected_packages_build_with(
+        tmp_path: Path) -> None:
+    """`--only vllm --build-venv V`: the donor is prepared only to lend its tree (from_source),
+    so its build requirements are not asked of V (found on the GPU machine: FlashInfer's AOT
+    build requirements were demanded of a venv that builds vLLM only). Without --build-venv
+    the venv is the stack's and keeps them."""
+    stack = make_project(tmp_path)
+    (tmp_path / "donor" / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["donor-only-requirement>=1", "setuptools"]\n'
+        'build-backend = "setuptools.build_meta"\n')
+    venv = tmp_path / "brought-venv"
+    venv.mkdir()
+    plans = {}
+    for name, extra in (("stack", ("--only", "vllm")),
+                        ("brought", ("--only", "vllm", "--build-venv", str(venv)))):
+        dry_run(tmp_path, stack, "--json", str(tmp_path / f"{name}.json"), *extra)
+        plans[name] = json.loads((tmp_path / f"{name}.json").read_text())["toolchain"]
+    assert "donor-only-requirement>=1" in plans["stack"]["build_venv_requirements"]
+    assert "donor-only-requirement>=1" not in plans["brought"]["build_venv_requirements"]

