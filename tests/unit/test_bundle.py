@@ -116,11 +116,22 @@ def test_tree_archives_are_deterministic(tmp_path: Path) -> None:
     assert {m.mtime for m in members.values()} == {0}
 
     # Only the used paths: CUTLASS as vLLM reads it (headers, python/, license).
+    # The MLA kernel's example headers travel too; CUTLASS's CMakeLists does not (the
+    # bundled tree is headers-only, with CUTLASS_DIR passed to vLLM's configure).
+    for rel in ("examples/common/gather_tensor.hpp", "examples/77_blackwell_fmha/fmha.h",
+                "examples/00_basic_gemm/basic_gemm.cu", "CMakeLists.txt"):
+        (first / rel).parent.mkdir(parents=True, exist_ok=True)
+        (first / rel).write_text("// test\n")
     used = bundle.USED_PATHS["cutlass"]
     bundle.write_tree_archive(first, tmp_path / "used.tar.gz", used)
     with tarfile.open(tmp_path / "used.tar.gz") as tar:
-        assert "tools/gen.sh" not in tar.getnames()
-        assert "include/cutlass/cutlass.h" in tar.getnames()
+        names = tar.getnames()
+        assert "tools/gen.sh" not in names
+        assert "include/cutlass/cutlass.h" in names
+        assert {"examples/common/gather_tensor.hpp", "examples/77_blackwell_fmha/fmha.h"} <= \
+            set(names)
+        assert "examples/00_basic_gemm/basic_gemm.cu" not in names
+        assert "CMakeLists.txt" not in names
 
     # A changed file changes the digest.
     (second / "include" / "cutlass" / "cutlass.h").write_text("#pragma once // changed\n")

@@ -218,7 +218,7 @@ def cmake_args(t: Path, cache_launcher: str = "") -> list[str]:
             f"-DCMAKE_CUDA_COMPILER_LAUNCHER={launcher};{t}/venv/bin/python;"
             f"{builders.HELPERS}/nvcc_source_path.py"
             + (f";{cache_launcher}" if cache_launcher else ""),
-            f"-DCUTLASS_INCLUDE_DIR={t}/ext/c/include",
+            f"-DCUTLASS_DIR={t}/ext/c", f"-DCUTLASS_INCLUDE_DIR={t}/ext/c/include",
             f"-DCUTLASS_TOOLS_UTIL_INCLUDE_DIR={t}/ext/c/tools/util/include",
             "-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DCMAKE_POLICY_DEFAULT_CMP0170=NEW",
             "-DEXTRA=1"]

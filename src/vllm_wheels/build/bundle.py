@@ -53,9 +53,14 @@ _SIZE = re.compile(r"^(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMG]i?B?|B)?$", re.I
 
 # Which parts of an external the build reads, where that is less than the whole tree.
 # CUTLASS is used headers-only by vLLM (CUTLASS_ENABLE_HEADERS_ONLY), plus its python/
-# package, which vLLM's Machete kernel generator imports (PYTHONPATH=${CUTLASS_DIR}/python).
+# package, which vLLM's Machete kernel generator imports (PYTHONPATH=${CUTLASS_DIR}/python),
+# and two example directories whose headers vLLM's CUTLASS MLA kernel includes (10.x and
+# 12.x builds). Without its CMakeLists.txt the bundled tree is headers-only (CUTLASS_DIR and
+# the include dirs are passed to vLLM's configure), as FlashInfer's vendored copy is: CUTLASS's
+# own CMakeLists would need the rest of its repository.
 USED_PATHS: dict[str, tuple[str, ...]] = {
-    "cutlass": ("include", "tools/util/include", "python", "LICENSE.txt", "CMakeLists.txt"),
+    "cutlass": ("include", "tools/util/include", "python", "examples/common",
+                "examples/77_blackwell_fmha", "LICENSE.txt"),
     # vLLM compiles DeepGEMM's csrc/python_api.cpp and installs its deep_gemm/ package and
     # headers (kernels are JIT-compiled at run time); the submodules' sources are not read.
     "deepgemm": ("csrc", "deep_gemm", "third-party/cutlass/include",

@@ -27,7 +27,13 @@ _HEX_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # explicitly, or compiles fail with `cutlass/cutlass.h: No such file or directory`
 # (measured, docs/facts/toolchain.md section 4).
 HEADERS_ONLY_CMAKE_ARGS = {
-    "cutlass": ("-DCUTLASS_INCLUDE_DIR={dir}/include",
+    # CUTLASS_DIR is what CUTLASS's own CMakeLists sets (a cache PATH) and what vLLM reads
+    # for the CUTLASS MLA kernel's include dirs (${CUTLASS_DIR}/examples/common, 10.x/12.x)
+    # and Machete's generator (PYTHONPATH=${CUTLASS_DIR}/python, 9.0a); a headers-only
+    # tree is never processed by CMake, so without it those paths start at "/" (found on
+    # the GPU machine: gather_tensor.hpp not found in the full 12.0 build).
+    "cutlass": ("-DCUTLASS_DIR={dir}",
+                "-DCUTLASS_INCLUDE_DIR={dir}/include",
                 "-DCUTLASS_TOOLS_UTIL_INCLUDE_DIR={dir}/tools/util/include"),
 }
 
