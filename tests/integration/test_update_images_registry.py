@@ -127,7 +127,9 @@ def test_update_images_records_registry_digests(repo: Path, registry: str) -> No
                for r in _Registry.requests)
     # The Dockerfiles now default to the digest-pinned bases, and agree with the stack.
     build = (repo / "docker" / "Dockerfile.build").read_text()
-    assert f'ARG BASE_IMAGE="{versions.images["cuda-12-8-devel"].pinned}"' in build
+    # The default stack builds with PyPI's CUDA 13 toolkit, so its build image is the base
+    # flavour of CUDA 13.0 (no system toolkit needed in it).
+    assert f'ARG BASE_IMAGE="{versions.images["cuda-13-0-base"].pinned}"' in build
     assert check_consistency(repo) == []
     assert "updated ARG defaults in docker/Dockerfile.build" in done.stdout
 

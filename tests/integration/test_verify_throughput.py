@@ -169,23 +169,25 @@ def test_equal_arms_pass(repo_root: Path, tmp_path: Path, models: dict[str, Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result["schema_version"] == 1
     assert result["verdict"] == "pass"
-    # Interleaved A B A B (baseline first in each round), 5 runs per arm and concurrency,
-    # every one valid: no failures, exactly output_len tokens per request.
+    # Interleaved in ABBA order (the arm that runs first alternates per round, so an order
+    # effect cannot become a bias); the workload's 5 runs per arm round up to 6 (an even
+    # count balances the order), every one valid: no failures, exactly output_len tokens.
     order = [(r["round"], r["arm"]) for r in result["runs"] if r["concurrency"] == 1]
-    assert order == [(n, arm) for n in range(1, 6) for arm in ("baseline", "candidate")]
+    assert order == [(n, arm) for n in range(1, 7)
+                     for arm in (("baseline", "candidate") if n % 2 else ("candidate", "baseline"))]
     for run in result["runs"]:
         assert run["valid"] and run["failed"] == 0
         assert run["total_output_tokens"] == 16 * 48
         # The client's own prompt lengths (as vLLM's bench), exactly input_len each.
         assert run["total_input_tokens"] == 16 * 16
-    assert len(result["warmups"]) == 10
+    assert len(result["warmups"]) == 12  # one per arm per round, 6 rounds
     assert [c["verdict"] for c in result["cells"]] == ["pass", "pass"]
     report = (out / "report.md").read_text()
     assert report.startswith("# Throughput A/B: cpu-tiny — **PASS**")
     assert "## cpu-tiny, concurrency 4: pass" in report
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Progress on the console: arm, run, request count, ETA.
-    assert "candidate run 5/5 concurrency 4: 16/16 requests, A/B ETA" in proc.stderr
+    assert "candidate run 6/6 concurrency 4: 16/16 requests, A/B ETA" in proc.stderr
 
 
 def test_larger_model_is_a_regression_with_its_ci(repo_root: Path, tmp_path: Path,
@@ -285,7 +287,7 @@ def test_venv_arms_get_a_fresh_server_each_round_and_stop_it(
     assert result["verdict"] == "pass"
     logs = sorted(p.name for p in (out / "servers").iterdir())
     assert logs == sorted(f"{arm}-round{n}.log" for arm in ("baseline", "candidate")
-                          for n in range(1, 6))
+                          for n in range(1, 7))  # 5 runs round up to 6 (ABBA balance)
     model = models["tiny"]
     ports = []
     for name in logs:
