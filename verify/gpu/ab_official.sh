@@ -49,6 +49,21 @@ RESERVE=25                       # seconds kept for stopping servers and packing
 EV=$W/evidence
 mkdir -p "$W/done" "$W/run" "$OUT" "$EV/servers" "$EV/results"
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# The harness's own imports, checked before any server starts (a GPU lease found the
+# machine's python3 without pyelftools only after two 8B servers had started: every A/B
+# exited 1 at its first fact). Put the carried tools on PYTHONPATH (full_12_0.sh: $W/tools).
+if ! missing=$("$PY" - <<'PYEOF' 2>&1
+import importlib.util, sys
+need = ["elftools", "numpy", "aiohttp", "tokenizers", "matplotlib", "packaging", "installer"]
+gone = [m for m in need if importlib.util.find_spec(m) is None]
+print(" ".join(gone)); sys.exit(1 if gone else 0)
+PYEOF
+); then
+  echo "ab_official: $PY lacks the harness's modules: $missing" >&2
+  echo "  fix: install them there, or put a directory holding them on PYTHONPATH" \
+       "(e.g. PYTHONPATH=/tmp/f12/tools, the tools full_12_0.sh installs)" >&2
+  exit 2
+fi
 T0=$SECONDS
 LOG=$EV/steps.log
 
