@@ -57,6 +57,26 @@ def test_real_h200_log_eager_triton() -> None:
         "[cuda.py:308] Using AttentionBackendEnum.TRITON_ATTN backend.")
 
 
+def test_real_h100_logs_at_defaults_forced_and_eager() -> None:
+    """Real vLLM 0.20.0 logs of the official wheel on an H100 (2026-12-07 GPU run): the
+    defaults pick FLASH_ATTN among the candidates with compile and CUDA graphs on; the
+    forced server says TRITON_ATTN was asked for; the planted --enforce-eager server has
+    both off, and the difference names each cause before any number."""
+    texts = {name: (LOGS / f"h100-llama8b-{name}.log").read_text()
+             for name in ("official-default", "ours-forced", "ours-eager")}
+    default, forced, eager = (parity.parse_server_log(t) for t in texts.values())
+    assert default["attention_backend"] == "FLASH_ATTN" and "attention_forced" not in default
+    assert (default["compile"], default["cuda_graphs"]) == ("on", "on")
+    assert default["vllm_version"] == "0.20.0"
+    assert forced["attention_backend"] == "TRITON_ATTN" and forced["attention_forced"]
+    assert (forced["compile"], forced["cuda_graphs"]) == ("on", "on")
+    assert (eager["compile"], eager["cuda_graphs"]) == ("off", "off") and eager["enforce_eager"]
+    keys = {d.key for d in parity.differences(_arm(texts["ours-eager"]),
+                                             _arm(texts["official-default"]))}
+    assert {"cuda_graphs", "attention_backend"} <= keys
+    assert parity.differences(_arm(texts["ours-forced"]), _arm(texts["ours-forced"])) == []
+
+
 def test_vllm_format_lines_defaults() -> None:
     facts = parity.parse_server_log((LOGS / "vllm-0.20.0-format-lines.log").read_text())
     assert facts["attention_backend"] == "FLASH_ATTN" and "attention_forced" not in facts
