@@ -15,15 +15,14 @@ import json
 import math
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import serve_on_loopback
 
 from vllm_wheels.log import Reporter
 from vllm_wheels.verify.throughput import (
@@ -219,14 +218,8 @@ def _streaming_server(name: str, delay: object) -> Iterator[str]:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), module.make_handler(name, delay))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_loopback(module.make_handler(name, delay)) as url:
+        yield url
 
 
 def _tiny_model(path: Path) -> Path:
