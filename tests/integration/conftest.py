@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from ci_support import CI_STACK, CiBuild, cli
+from index_support import isolated_env
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,17 @@ def torch_cpu_213(shared_cache: Path) -> Path:
                         "--disable-pip-version-check", *RUNTIME_REQUIREMENTS], check=True)
         (venv / ".complete").write_text("\n".join(RUNTIME_REQUIREMENTS) + "\n")
     return python
+
+
+# The index's install clients (test_index_clients, test_index_nginx): a HOME and pip
+# configuration of their own, and a plain venv for pip, per test module.
+@pytest.fixture(scope="module")
+def client_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return isolated_env(tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="module")
+def pip_venv(tmp_path_factory: pytest.TempPathFactory, client_env: dict[str, str]) -> Path:
+    venv = tmp_path_factory.mktemp("pipvenv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=client_env)
+    return venv / "bin" / "python"

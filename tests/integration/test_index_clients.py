@@ -26,7 +26,6 @@ from index_support import (
     TinyWheels,
     build_verified_tiny_wheels,
     cli,
-    isolated_env,
     pip_resolve,
     sha256,
     start_server,
@@ -56,18 +55,6 @@ def server(index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     running = start_server(index, tmp_path_factory.mktemp("log") / "serve.log")
     yield running
     stop_server(running)
-
-
-@pytest.fixture(scope="module")
-def client_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return isolated_env(tmp_path_factory.mktemp("home"))
-
-
-@pytest.fixture(scope="module")
-def pip_venv(tmp_path_factory: pytest.TempPathFactory, client_env: dict[str, str]) -> Path:
-    venv = tmp_path_factory.mktemp("pipvenv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=client_env)
-    return venv / "bin" / "python"
 
 
 def _installed(python: Path, env: dict[str, str]) -> dict[str, str]:

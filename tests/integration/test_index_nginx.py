@@ -26,7 +26,6 @@ from index_support import (
     TinyWheels,
     build_verified_tiny_wheels,
     cli,
-    isolated_env,
     sha256,
     uv_bin,
 )
@@ -60,18 +59,6 @@ def nginx(indexes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     roots = [(index, prefix) for prefix, index in indexes.items()]
     with nginx_serving(roots, tmp_path_factory.mktemp("nginx")) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def client_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return isolated_env(tmp_path_factory.mktemp("home"))
-
-
-@pytest.fixture(scope="module")
-def pip_venv(tmp_path_factory: pytest.TempPathFactory, client_env: dict[str, str]) -> Path:
-    venv = tmp_path_factory.mktemp("pipvenv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=client_env)
-    return venv / "bin" / "python"
 
 
 def _get(url: str, headers: dict[str, str] | None = None

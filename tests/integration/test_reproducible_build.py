@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from ci_support import CI_STACK, CiBuild, cli
+from tiny_stacks import stack_toml
 
 from vllm_wheels.build.wheelmeta import read_manifest
 
@@ -57,27 +58,11 @@ def test_clean_rebuild_in_another_cache_dir_is_byte_identical(
 # FlashInfer 0.5.2's real sdist from PyPI, as a JIT-only wheel (`aot = false`): the cheapest
 # package of the CI stack with a pypi source (no compile), and the source whose download URL
 # used to reach the manifest only when the sdist was not in the cache yet.
-JIT_STACK = """schema_version = 1
-name = "ci-flashinfer-jit"
-python = "3.11"
-cuda_arch_list = "12.0"
-
-[torch]
-version = "2.14.1"
-cuda = "13.0"
-
-[cuda_toolkit]
-version = ">=13.0,<14"
-source = "pip"
-pip_version = "13.0.3.0"
-
-[build]
-compile_cache = "none"
-
+JIT_STACK = stack_toml("ci-flashinfer-jit", """
 [packages.flashinfer-python]
 source = { pypi = "0.5.2", sha256 = "99d097a28be1e98c7f85e4a767e9e9a4794374f9318c27db14d21e367149063f" }
 options = { aot = false }
-"""
+""", build='compile_cache = "none"\n')
 
 
 def test_dry_run_then_build_equals_a_direct_build_in_another_cache(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from loopback import serve_on_loopback
+from tiny_model import word_level_model
 
 from vllm_wheels.log import Reporter
 from vllm_wheels.verify.throughput import (
@@ -222,20 +223,8 @@ def _streaming_server(name: str, delay: object) -> Iterator[str]:
         yield url
 
 
-def _tiny_model(path: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    path.mkdir()
-    (path / "config.json").write_text("{}")
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)} | {"[UNK]": 64},
-                                           unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(path / "tokenizer.json"))
-    return path
-
-
 def _workload_file(tmp_path: Path, order: str, **gate: float) -> Path:
-    model = _tiny_model(tmp_path / "model")
+    model = word_level_model(tmp_path / "model")
     g = {"throughput_drop": 0.03, "latency_rise": 0.025, "max_cv": 0.5, **gate}
     path = tmp_path / f"wl-{order}.toml"
     path.write_text(

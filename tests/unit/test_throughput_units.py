@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from loopback import serve_on_loopback
+from tiny_model import word_level_model
 
 from vllm_wheels.errors import ConfigError, CouldNotRunError
 from vllm_wheels.log import Reporter
@@ -447,18 +448,6 @@ def test_an_ab_that_stops_with_an_error_leaves_nothing_behind(
     assert results.is_dir() and list(results.iterdir()) == []
 
 
-def _tiny_model(path: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    path.mkdir()
-    (path / "config.json").write_text("{}")
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)} | {"[UNK]": 64},
-                                           unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(path / "tokenizer.json"))
-    return path
-
-
 def test_server_logs_move_in_after_the_report_and_survive_a_failed_write(
         repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -468,7 +457,7 @@ def test_server_logs_move_in_after_the_report_and_survive_a_failed_write(
 
     parser = argparse.ArgumentParser()
     throughput_cli.add_arguments(parser)
-    model = _tiny_model(tmp_path / "model")
+    model = word_level_model(tmp_path / "model")
     cand = _venv(tmp_path / "a")
     base = _venv(tmp_path / "b")
 
