@@ -19,13 +19,14 @@
 # the same arguments goes on where the first stopped (servers are kept between calls
 # with KEEP_SERVERS=1; the lease keeps /tmp while it is held).
 #
-# Servers: at most three at a time (0.25 of the GPU each at start-up and a fixed 4 GiB KV
+# Servers: at most four at a time (0.2 of the GPU each at start-up and a fixed 2 GiB KV
 # cache, from the workloads), started with `setsid` as direct background children (so $!
 # is the server and its session id: issue 23 item 13), stopped by their own process group.
 # Evidence: $OUT/ab-official.tar.gz (server logs, every report, the step log) and
 # $OUT/ab-official-summary.txt, rewritten after every step.
 #
-# Environment: BUDGET (s), W (state dir, default /tmp/abo), OUT, HARNESS_PY (the Python
+# Step "none" runs nothing (a call that only starts PRESTART servers).
+# Environment: PRESTART (servers to start without waiting, see below), BUDGET (s), W (state dir, default /tmp/abo), OUT, HARNESS_PY (the Python
 # that runs the harness and make_model.py: needs numpy, tokenizers, aiohttp, matplotlib;
 # default python3), RUNS (runs per arm, default the workload's 6), KEEP_SERVERS=1,
 # READY_S (server start-up limit, default 420).
@@ -34,6 +35,17 @@ OURS=$(readlink -f "${1:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
 OFFICIAL=$(readlink -f "${2:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
 shift 2
 STEPS=("$@")
+# The servers each step uses, so that PRESTART's clean-up keeps them (see below).
+STEPS_SERVERS=""
+for s in "${STEPS[@]}"; do
+  f=${s%%:*}
+  case ${s#*:} in
+    aa) STEPS_SERVERS+=" $f.ours-forced" ;;
+    ab-forced) STEPS_SERVERS+=" $f.ours-forced $f.official-forced" ;;
+    ab-default) STEPS_SERVERS+=" $f.ours-default $f.official-default" ;;
+    eager) STEPS_SERVERS+=" $f.ours-forced $f.ours-eager" ;;
+  esac
+done
 if [ ${#STEPS[@]} -eq 0 ]; then
   STEPS=(llama-8b:aa llama-8b:ab-forced llama-8b:ab-default llama-8b:eager
          mixtral-small:ab-default mixtral-small:ab-forced
@@ -128,8 +140,9 @@ stop_server() {  # NAME: TERM its own process group, then KILL what is left
   rm -f "$W/run/$name.pid"
 }
 
-ensure_servers() {  # NAME...: exactly these running (others stopped first: GPU memory)
-  local want=" $* " f name
+ensure_servers() {  # NAME...: these running; others stopped first (GPU memory), except
+  # those PRESTART names: they are the next steps' servers, starting up meanwhile.
+  local want=" $* ${PRESTART:-} " f name
   for f in "$W"/run/*.pid; do
     [ -e "$f" ] || continue
     name=$(basename "$f" .pid)
@@ -217,7 +230,19 @@ for m in $(for s in "${STEPS[@]}"; do model_of "$s"; done | sort -u); do
   timeout 120 "$PY" "$REPO/verify/gpu/make_model.py" "$m" "$W/models/$m" >> "$LOG" 2>&1 \
     || say "make_model $m failed"
 done
-for s in "${STEPS[@]}"; do run_step "$s"; done
+# PRESTART: the servers of later steps (or of the next call), started now without waiting
+# for them, so their start-up (about 100 s each) overlaps this call's steps or the next
+# call's transfer. Servers named neither there nor by a step of this call are stopped
+# first: the GPU holds four of the workloads' servers at most.
+if [ -n "${PRESTART:-}" ]; then
+  for f in "$W"/run/*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    case " $PRESTART ${STEPS_SERVERS:-} " in *" $name "*) ;; *) stop_server "$name" ;; esac
+  done
+  for name in $PRESTART; do alive "$name" || start_server "$name"; done
+fi
+for s in "${STEPS[@]}"; do [ "$s" = none ] || run_step "$s"; done
 if [ "${KEEP_SERVERS:-0}" != 1 ]; then
   for f in "$W"/run/*.pid; do [ -e "$f" ] && stop_server "$(basename "$f" .pid)"; done
 fi
