@@ -26,7 +26,9 @@
 # $OUT/ab-official-summary.txt, rewritten after every step.
 #
 # Step "none" runs nothing (a call that only starts PRESTART servers).
-# Environment: PRESTART (servers to start without waiting, see below), BUDGET (s), W (state dir, default /tmp/abo), OUT, HARNESS_PY (the Python
+# Environment: PRESTART (servers to start without waiting, see below; PRESTART_WAIT=1
+# waits for them before the first step), BUDGET (s), W (state dir, default /tmp/abo), OUT,
+# HARNESS_PY (the Python
 # that runs the harness and make_model.py: needs numpy, tokenizers, aiohttp, matplotlib;
 # default python3), RUNS (runs per arm, default the workload's 6), KEEP_SERVERS=1,
 # READY_S (server start-up limit, default 420).
@@ -224,7 +226,13 @@ say "ab_official: ours $OURS, official $OFFICIAL, budget ${BUDGET}s, steps: ${ST
   done
 } > "$EV/machine.txt" 2>&1
 cat "$EV/machine.txt"
-for m in $(for s in "${STEPS[@]}"; do model_of "$s"; done | sort -u); do
+# The GPU's clocks, temperature, power and load every second while this call runs: what an
+# A/A's spread is read against (a clock that drops mid-run shows here, not in the numbers).
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu \
+  --format=csv,noheader -l 1 >> "$EV/gpu-clocks.csv" 2>/dev/null &
+SMI=$!
+trap 'kill $SMI 2>/dev/null' EXIT
+for m in $(for s in "${STEPS[@]}" ${PRESTART:-}; do model_of "$s"; done | sort -u); do
   [ -f "$W/models/$m/config.json" ] && continue
   say "model $m: config + tokenizer (verify/gpu/make_model.py)"
   timeout 120 "$PY" "$REPO/verify/gpu/make_model.py" "$m" "$W/models/$m" >> "$LOG" 2>&1 \
@@ -241,6 +249,15 @@ if [ -n "${PRESTART:-}" ]; then
     case " $PRESTART ${STEPS_SERVERS:-} " in *" $name "*) ;; *) stop_server "$name" ;; esac
   done
   for name in $PRESTART; do alive "$name" || start_server "$name"; done
+  # PRESTART_WAIT=1: wait for them all before the first step, so that no server's start
+  # (compile on the CPUs, weight init and graph capture on the GPU) overlaps a measurement.
+  if [ "${PRESTART_WAIT:-0}" = 1 ]; then
+    for name in $PRESTART; do
+      while alive "$name" && ! healthy "$name" && [ "$(left)" -gt 0 ]; do sleep 2; done
+      if healthy "$name"; then say "server $name ready (port $(port_of "$name"))"
+      else say "server $name not ready (exited or out of time)"; fi
+    done
+  fi
 fi
 for s in "${STEPS[@]}"; do [ "$s" = none ] || run_step "$s"; done
 if [ "${KEEP_SERVERS:-0}" != 1 ]; then
