@@ -10,11 +10,12 @@ import pytest
 
 from vllm_wheels.build import builders
 from vllm_wheels.build.builders import flashinfer, setuptools, vllm
+from vllm_wheels.build.pins import exact_pins
 from vllm_wheels.build.stack import ExternalOverride, PackageSpec, Source
 from vllm_wheels.errors import ConfigError
 
-MEMBERS = ("parse", "build_requirements", "discover_externals", "steps", "makes_wheel",
-           "plan_notes", "wheel_extras", "manifest_cmake_args")
+MEMBERS = ("parse", "build_requirements", "runtime_requirements", "discover_externals",
+           "steps", "makes_wheel", "plan_notes", "wheel_extras", "manifest_cmake_args")
 
 
 def _spec(builder: str, **options: object) -> PackageSpec:
@@ -81,6 +82,46 @@ def test_build_requirements_come_from_the_builder(tmp_path: Path) -> None:
     assert flashinfer.build_requirements(tmp_path, _spec("flashinfer", aot=False)) == []
     assert vllm.build_requirements(tmp_path, _spec("vllm")) == ["cmake>=3.26"]
     assert setuptools.build_requirements(tmp_path, _spec("setuptools")) == []
+
+
+def test_runtime_pins_are_read_where_each_source_declares_its_dependencies(
+        tmp_path: Path) -> None:
+    """What a built wheel will require, read before it is built: vLLM's setup.py turns
+    requirements/cuda.txt (and its -r common.txt) into Requires-Dist, FlashInfer's
+    pyproject takes its dependencies from requirements.txt (setuptools' dynamic file), a
+    plain package lists them in [project]. Only the exact pins constrain the build venv."""
+    from vllm_wheels.build.prepare import runtime_requirements
+
+    vllm_tree = tmp_path / "vllm"
+    (vllm_tree / "requirements").mkdir(parents=True)
+    (vllm_tree / "requirements" / "common.txt").write_text(
+        "lark == 1.2.2\nregex # any\n")
+    (vllm_tree / "requirements" / "cuda.txt").write_text(
+        "-r common.txt\nnumba == 0.65.0 # Required for N-gram speculative decoding\n"
+        "# removed by vllm-wheels (torch comes from the stack): torch==2.11.0\n"
+        "apache-tvm-ffi==0.1.9\nnvidia-cudnn-frontend>=1.13.0,<1.19.0\n")
+    (vllm_tree / "pyproject.toml").write_text(
+        '[project]\nname = "vllm"\ndynamic = ["version", "dependencies"]\n')
+    declared = runtime_requirements(vllm_tree, _spec("vllm"))
+    assert declared == ["lark == 1.2.2", "regex", "numba == 0.65.0", "apache-tvm-ffi==0.1.9",
+                        "nvidia-cudnn-frontend>=1.13.0,<1.19.0"]
+    assert exact_pins(declared) == ["lark == 1.2.2", "numba == 0.65.0", "apache-tvm-ffi==0.1.9"]
+
+    flashinfer_tree = tmp_path / "flashinfer"
+    flashinfer_tree.mkdir()
+    (flashinfer_tree / "requirements.txt").write_text(
+        "apache-tvm-ffi>=0.1.6,!=0.1.8,!=0.1.8.post0,<0.2\nclick\n")
+    (flashinfer_tree / "pyproject.toml").write_text(
+        '[project]\nname = "flashinfer-python"\ndynamic = ["dependencies", "version"]\n'
+        '[tool.setuptools.dynamic]\ndependencies = { file = ["requirements.txt"] }\n')
+    assert runtime_requirements(flashinfer_tree, _spec("flashinfer")) == [
+        "apache-tvm-ffi>=0.1.6,!=0.1.8,!=0.1.8.post0,<0.2", "click"]
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "pyproject.toml").write_text(
+        '[project]\nname = "plain"\ndependencies = ["six==1.17.0", "idna>=3"]\n')
+    assert runtime_requirements(plain, _spec("setuptools")) == ["six==1.17.0", "idna>=3"]
 
 
 def test_plan_notes_say_when_no_wheel_is_made() -> None:

@@ -616,3 +616,41 @@ def test_a_brought_build_venv_needs_only_what_the_selected_packages_build_with(
         plans[name] = json.loads((tmp_path / f"{name}.json").read_text())["toolchain"]
     assert "donor-only-requirement>=1" in plans["stack"]["build_venv_requirements"]
     assert "donor-only-requirement>=1" not in plans["brought"]["build_venv_requirements"]
+
+
+def test_the_build_venv_holds_the_versions_the_wheels_run_with(tmp_path: Path) -> None:
+    """The vLLM package's exact runtime pins (requirements/cuda.txt, as its setup.py reads
+    it) constrain the stack's build venv, whose key they change; a build requirement of
+    another package that excludes one is refused while planning (exit 3), before any venv
+    is made, naming who needs what."""
+    stack = make_project(tmp_path)
+    plain = dry_run(tmp_path, stack, "--json", str(tmp_path / "plain.json"))
+    assert plain.returncode == 0, plain.stderr
+    (tmp_path / "vllmsrc" / "requirements").mkdir()
+    (tmp_path / "vllmsrc" / "requirements" / "cuda.txt").write_text(
+        "apache-tvm-ffi==0.1.9\ndonor==0.1.0\nnumba == 0.65.0  # pinned\nregex\n")
+    build_requires = tmp_path / "donor" / "pyproject.toml"
+    build_requires.write_text('[build-system]\nrequires = ["setuptools", '
+                              '"apache-tvm-ffi>=0.1.6,!=0.1.8,!=0.1.8.post0,<0.2"]\n'
+                              'build-backend = "setuptools.build_meta"\n')
+    pinned = dry_run(tmp_path, stack, "--json", str(tmp_path / "pinned.json"))
+    assert pinned.returncode == 0, pinned.stderr
+    plans = {name: json.loads((tmp_path / f"{name}.json").read_text())
+             for name in ("plain", "pinned")}
+    # donor==0.1.0 is a package of the stack: its wheel is pinned to the built version.
+    assert plans["pinned"]["toolchain"]["build_venv_constraints"] == [
+        "apache-tvm-ffi==0.1.9", "numba==0.65.0"]
+    assert plans["plain"]["toolchain"]["build_venv_constraints"] == []
+    assert plans["pinned"]["toolchain"]["build_venv"] != plans["plain"]["toolchain"]["build_venv"]
+    assert "    constrained to the wheels' runtime pins: apache-tvm-ffi==0.1.9, numba==0.65.0\n" \
+        in pinned.stdout
+    build_requires.write_text(build_requires.read_text().replace(">=0.1.6", ">=0.1.10"))
+    refused = dry_run(tmp_path, stack)
+    assert refused.returncode == 3, refused.stderr
+    assert ("ERROR (toolchain, exit 3): the build venv cannot hold the versions the wheels "
+            "will run with:\n  - donor builds with `apache-tvm-ffi>=0.1.10,!=0.1.8,"
+            "!=0.1.8.post0,<0.2`, which excludes vllm's runtime pin apache-tvm-ffi==0.1.9"
+            ) in refused.stderr
+    assert "  why: " in refused.stderr and "  fix: " in refused.stderr
+    assert not (tmp_path / "cache" / "venvs").exists() or not any(
+        (tmp_path / "cache" / "venvs").iterdir())

@@ -70,6 +70,30 @@ def test_arm_versions_as_a_file_and_as_text() -> None:
     assert as_file["python"] == sys.version.split()[0]
 
 
+def test_a_brought_venv_is_checked_against_the_wheels_runtime_pins() -> None:
+    """--build-venv V: a constraint (an exact runtime pin of the wheels) binds only what is
+    installed, as pip's do; a package installed at another version is named with what to
+    install (this interpreter's environment stands in for V)."""
+    import importlib.metadata
+
+    from vllm_wheels.errors import ToolchainError
+
+    have = importlib.metadata.version("packaging")
+    unmet = json.loads(helper("check_requirements.py", "packaging", "--constraints",
+                              f"packaging=={have}", "no-such-dist-vllm-wheels==1.0"))
+    assert unmet == []
+    unmet = json.loads(helper("check_requirements.py", "packaging", "--constraints",
+                              "packaging==0.1", "no-such-dist-vllm-wheels==1.0"))
+    assert unmet == [{"requirement": "packaging==0.1", "found": have}]
+    venv = Path(sys.prefix)
+    assert (venv / "bin" / "python").exists()
+    with pytest.raises(ToolchainError) as info:
+        toolchain._check_existing_requirements(venv, ["packaging"], ["packaging==0.1"])
+    assert info.value.what.endswith(f"another version than the wheels' runtime pins): "
+                                    f"packaging==0.1 (found {have})")
+    assert info.value.fix.endswith("-m pip install 'packaging==0.1'")
+
+
 @pytest.mark.parametrize("name", ["runtime_probe.py", "arm_versions.py", "import_smoke.py",
                                   "python_version.py"])
 def test_runtime_helpers_parse_as_python_3_8(name: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vllm_wheels.build.fetchcontent import discover
-from vllm_wheels.build.pins import strip_torch_pins
+from vllm_wheels.build.pins import exact_pins, strip_torch_pins
 
 
 def test_strip_torch_pins_keeps_lookalikes(tmp_path: Path) -> None:
@@ -22,6 +22,18 @@ def test_strip_torch_pins_keeps_lookalikes(tmp_path: Path) -> None:
     assert "\ntorch==" not in text
     pyproject = (tmp_path / "pyproject.toml").read_text()
     assert "torch" not in pyproject and '"wheel",' in pyproject
+
+
+def test_exact_pins_are_the_requirements_of_one_version() -> None:
+    """What a wheel requires at exactly one version (the build venv is constrained to it);
+    ranges, wildcards, URLs and torch's own pins are not such pins."""
+    assert exact_pins([
+        "apache-tvm-ffi==0.1.9", "numba == 0.65.0", "legacy===1.0", "extras[cu13]==4.4.2",
+        "marked==1.0 ; platform_machine == 'x86_64'",
+        "ranged>=1,<2", "wild==2.*", "two==1.0,!=1.1", "url @ https://example.invalid/u.whl",
+        "torch==2.11.0", "torchvision==0.26.0", "not a requirement ==", "free"]) == [
+        "apache-tvm-ffi==0.1.9", "numba == 0.65.0", "legacy===1.0", "extras[cu13]==4.4.2",
+        "marked==1.0 ; platform_machine == 'x86_64'"]
 
 
 def test_discover_fetchcontent_from_cmake(repo_root: Path) -> None:

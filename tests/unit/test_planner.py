@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shlex
 import sysconfig
 from dataclasses import replace
@@ -39,7 +40,7 @@ from vllm_wheels.build.stack import (
     TorchPin,
 )
 from vllm_wheels.cache import Cache
-from vllm_wheels.errors import ConfigError, SourceError
+from vllm_wheels.errors import ConfigError, SourceError, ToolchainError
 from vllm_wheels.log import Reporter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -566,3 +567,102 @@ def test_render_plan_with_a_unit_cost_record_and_a_source_only_package(tmp_path:
                          "memory budget 8.0 GB; vLLM compiles the recorded units longest first")
     assert (f"Source only pkg (not built: left out by --only; its tree serves from_source "
             f"externals): {tmp_path}/src/pkg") in lines
+
+
+# ------------------------------------------------------------ the build venv's constraints
+
+
+def pinned_stack(tmp_path: Path) -> Stack:
+    return make_stack(tmp_path, spec("flashinfer-python", "flashinfer"), spec("vllm", "vllm"))
+
+
+# vLLM 0.20.0's runtime pins (requirements/cuda.txt and common.txt, in part) and FlashInfer
+# 0.6.8.post1's build requirements, as prepare.py reads them from the sources.
+VLLM_PINS = ("lark == 1.2.2", "numba == 0.65.0", "flashinfer-python==0.6.8.post1",
+             "flashinfer-cubin==0.6.8.post1", "apache-tvm-ffi==0.1.9",
+             "nvidia-cutlass-dsl[cu13]==4.4.2", "macos-only==1.0 ; sys_platform == 'darwin'")
+FLASHINFER_BUILD = ("setuptools>=77", "packaging>=24",
+                    "apache-tvm-ffi>=0.1.6,!=0.1.8,!=0.1.8.post0,<0.2", "build", "wheel")
+
+
+def test_the_build_venv_is_constrained_to_the_wheels_runtime_pins(tmp_path: Path) -> None:
+    """FlashInfer builds with apache-tvm-ffi>=0.1.6,<0.2 and pins the version its build venv
+    holds; vLLM requires ==0.1.9. The venv's constraints hold vLLM's exact pins, so the
+    range resolves to 0.1.9 (unconstrained it took the newest, 0.1.15.post2, and verify_abi
+    failed the set). A package of the stack is pinned to its built version instead, extras
+    go (pip refuses them in a constraint), markers stay (pip evaluates them)."""
+    stack = pinned_stack(tmp_path)
+    constraints = toolchain.venv_constraints(
+        stack, {"flashinfer-python": (), "vllm": VLLM_PINS},
+        {"flashinfer-python": FLASHINFER_BUILD, "vllm": ("cmake>=3.26.1", "setuptools-scm>=8"),
+         "the pipeline": ("cmake", "ninja")})
+    assert constraints == ["apache-tvm-ffi==0.1.9", "flashinfer-cubin==0.6.8.post1",
+                           "lark==1.2.2", 'macos-only==1.0 ; sys_platform == "darwin"',
+                           "numba==0.65.0", "nvidia-cutlass-dsl==4.4.2"]
+    # They key the venv: one made without them (or with others) is not reused. A stack
+    # whose packages pin nothing keeps the key it had before constraints existed.
+    requirements = sorted(FLASHINFER_BUILD)
+    with_pins = toolchain.venv_key(stack, requirements, constraints)
+    assert with_pins != toolchain.venv_key(stack, requirements)
+    assert with_pins != toolchain.venv_key(stack, requirements, constraints[:1])
+    before = {"python": "3.12", "torch": ["2.9.0", "12.8", stack.torch.simple_url],
+              "toolkit": [stack.cuda_toolkit.source, stack.cuda_toolkit.pip_version],
+              "requirements": requirements, "layout": 1}
+    assert toolchain.venv_key(stack, requirements, []) == hashlib.sha256(
+        json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Cache(tmp_path / "cache")
+    assert toolchain.venv_path(stack, cache, requirements, constraints).name.endswith(with_pins)
+
+
+@pytest.mark.parametrize(("pins", "build", "problem"), [
+    ({"vllm": ("apache-tvm-ffi==0.1.9",)},
+     {"flashinfer-python": ("apache-tvm-ffi>=0.1.10,<0.2",)},
+     "flashinfer-python builds with `apache-tvm-ffi>=0.1.10,<0.2`, which excludes vllm's "
+     "runtime pin apache-tvm-ffi==0.1.9"),
+    ({"vllm": ("numba==0.65.0",), "flashinfer-python": ("numba==0.61.2",)}, {},
+     "numba is pinned to different versions: ==0.65.0 by vllm, ==0.61.2 by flashinfer-python"),
+    ({"vllm": ("cmake==3.31.6",)}, {"the pipeline": ("cmake>=4",)},
+     "the pipeline builds with `cmake>=4`, which excludes vllm's runtime pin cmake==3.31.6"),
+])
+def test_a_build_requirement_that_excludes_a_runtime_pin_is_refused(
+        tmp_path: Path, pins: dict[str, tuple[str, ...]], build: dict[str, tuple[str, ...]],
+        problem: str) -> None:
+    """One venv cannot hold both: refused while planning (exit 3, before torch is
+    installed), naming who needs what; a requirement whose marker does not hold in the
+    build venv's Python is no conflict."""
+    with pytest.raises(ToolchainError) as info:
+        toolchain.venv_constraints(pinned_stack(tmp_path), pins, build)
+    text = info.value.render()
+    assert info.value.exit_code == 3
+    assert text.startswith("ERROR (toolchain, exit 3): the build venv cannot hold the "
+                           "versions the wheels will run with:\n  - " + problem)
+    assert "\n  why: the build venv is constrained to the exact runtime pins" in text
+    assert "\n  fix: build versions of these packages that agree" in text
+    elsewhere = {who: tuple(f"{r} ; python_version < '3.0'" for r in reqs)
+                 for who, reqs in build.items()}
+    if elsewhere:
+        toolchain.venv_constraints(pinned_stack(tmp_path), pins, elsewhere)
+
+
+def test_the_build_requirements_install_within_the_constraints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The constraints file beside torch's pin is the one the build requirements are
+    installed with (what pip is asked, as the build venv's creation runs it)."""
+    asked: list[tuple[list[str], str | None]] = []
+
+    def run(argv: list[object], **_kw: object) -> None:
+        args = [str(a) for a in argv]
+        if args[1:3] == ["-m", "venv"]:
+            Path(args[3]).mkdir(parents=True)
+        constraints = Path(args[args.index("-c") + 1]).read_text() if "-c" in args else None
+        asked.append((args, constraints))
+
+    monkeypatch.setattr(toolchain, "run", run)
+    where = tmp_path / "venv"
+    toolchain._create_venv(pinned_stack(tmp_path), Path("/usr/bin/python3.12"), where,
+                           Reporter(stream=io.StringIO()), list(FLASHINFER_BUILD),
+                           ["apache-tvm-ffi==0.1.9", "numba==0.65.0"])
+    install = asked[-1]
+    assert install[0][:5] == [f"{where}/bin/python", "-m", "pip", "install", "-c"]
+    assert install[0][6:] == list(FLASHINFER_BUILD)
+    assert install[1] == "torch==2.9.0\napache-tvm-ffi==0.1.9\nnumba==0.65.0\n"

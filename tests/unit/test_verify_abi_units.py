@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -16,17 +18,29 @@ from packaging.tags import Tag
 
 from vllm_wheels.verify.abi import split_host_gpus
 from vllm_wheels.verify.checks import (
+    Check,
+    LinkScope,
     check_archs,
     check_companions,
+    check_needed,
     check_python_tag,
+    check_symbols,
     file_found,
+    global_scope,
     parse_arch,
     python_for_suffix,
     runtime_tags,
 )
 from vllm_wheels.verify.elf import demangle, read_elf
 from vllm_wheels.verify.fatbin import FatbinEntry
-from vllm_wheels.verify.runtime import Gpu, Loader, Runtime
+from vllm_wheels.verify.runtime import (
+    Gpu,
+    Loader,
+    PreloadLib,
+    Runtime,
+    TorchRuntime,
+    read_torch_preload,
+)
 from vllm_wheels.verify.wheelfacts import WheelElf, WheelFacts
 
 
@@ -382,3 +396,293 @@ def test_split_moves_host_gpus_of_another_major_than_every_target() -> None:
     rt.gpus = [H200, RTX5090]
     split_host_gpus(rt, ["9.0a", "12.0"])
     assert (rt.gpus, rt.non_target_gpus) == ([H200, RTX5090], [])
+
+
+# ------------------------------------------- the CUDA libraries `import torch` preloads
+
+# torch/__init__.py's CUDA preloading in the shape of torch 2.11 (the wheels with
+# nvidia/cu13/lib): names, order, lists and the /proc/self/maps test as torch has them.
+TORCH_2_11_INIT = '''
+import ctypes, glob, os, sys
+
+
+def _get_cuda_dep_paths(path, lib_folder, lib_name):
+    from torch.version import cuda as cuda_version
+    paths = glob.glob(os.path.join(path, "nvidia", lib_folder, "lib", lib_name))
+    if cuda_version is not None:
+        major = cuda_version.split(".")[0]
+        paths += glob.glob(os.path.join(path, "nvidia", f"cu{major}", "lib", lib_name))
+    return paths + glob.glob(os.path.join(path, lib_folder, "lib", lib_name))
+
+
+def _preload_cuda_lib(lib_folder, lib_name, required=True):
+    lib_path = None
+    for path in sys.path:
+        candidate_lib_paths = _get_cuda_dep_paths(path, lib_folder, lib_name)
+        if candidate_lib_paths:
+            lib_path = candidate_lib_paths[0]
+            break
+    if not lib_path and required:
+        raise ValueError(f"{lib_name} not found in the system path {sys.path}")
+    if lib_path:
+        ctypes.CDLL(lib_path)
+
+
+def _preload_cuda_deps(err=None):
+    cuda_libs: list[tuple[str, str]] = [
+        ("cublas", "libcublasLt.so.*[0-9]"),
+        ("cublas", "libcublas.so.*[0-9]"),
+        ("cudnn", "libcudnn.so.*[0-9]"),
+        ("cuda_nvrtc", "libnvrtc.so.*[0-9]"),
+        ("cuda_nvrtc", "libnvrtc-builtins.so.*[0-9]"),
+        ("cuda_runtime", "libcudart.so.*[0-9]"),
+        ("cuda_cupti", "libcupti.so.*[0-9]"),
+        ("cufft", "libcufft.so.*[0-9]"),
+        ("curand", "libcurand.so.*[0-9]"),
+        ("nvjitlink", "libnvJitLink.so.*[0-9]"),
+        ("cusparse", "libcusparse.so.*[0-9]"),
+        ("cusparselt", "libcusparseLt.so.*[0-9]"),
+        ("cusolver", "libcusolver.so.*[0-9]"),
+        ("nccl", "libnccl.so.*[0-9]"),
+        ("nvshmem", "libnvshmem_host.so.*[0-9]"),
+        ("cufile", "libcufile.so.*[0-9]"),
+    ]
+    if err is not None and not [
+        lib for _, lib in cuda_libs if lib.split(".", 1)[0] in err.args[0]
+    ]:
+        raise err
+    for lib_folder, lib_name in cuda_libs:
+        _preload_cuda_lib(lib_folder, lib_name)
+    _preload_cuda_lib("nvtx", "libnvToolsExt.so.*[0-9]", required=False)
+
+
+def _load_global_deps():
+    here = os.path.abspath(__file__)
+    global_deps_lib_path = os.path.join(os.path.dirname(here), "lib", "libtorch_global_deps.so")
+    try:
+        ctypes.CDLL(global_deps_lib_path, mode=ctypes.RTLD_GLOBAL)
+        try:
+            with open("/proc/self/maps") as f:
+                _maps = f.read()
+            if "libcudart.so" not in _maps:
+                return
+            _preload_cuda_deps()
+        except Exception:
+            pass
+    except OSError as err:
+        _preload_cuda_deps(err)
+        ctypes.CDLL(global_deps_lib_path, mode=ctypes.RTLD_GLOBAL)
+'''
+
+# The shape before (torch 2.9 and its CUDA 12 wheels, one nvidia/<folder>/lib each): after
+# the global deps, only NVRTC and nvJitLink, and only when libcudart came from the wheel;
+# the full table only when libtorch_global_deps.so does not load.
+TORCH_2_9_INIT = '''
+import ctypes, glob, os, sys
+
+
+def _preload_cuda_deps(lib_folder, lib_name):
+    lib_path = None
+    for path in sys.path:
+        nvidia_path = os.path.join(path, "nvidia")
+        if not os.path.exists(nvidia_path):
+            continue
+        candidate_lib_paths = glob.glob(os.path.join(nvidia_path, lib_folder, "lib", lib_name))
+        if candidate_lib_paths and not lib_path:
+            lib_path = candidate_lib_paths[0]
+        if lib_path:
+            break
+    if not lib_path:
+        raise ValueError(f"{lib_name} not found in the system path {sys.path}")
+    ctypes.CDLL(lib_path)
+
+
+def _load_global_deps():
+    lib_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib",
+                            "libtorch_global_deps.so")
+    try:
+        ctypes.CDLL(lib_path, mode=ctypes.RTLD_GLOBAL)
+        try:
+            with open("/proc/self/maps") as f:
+                _maps = f.read()
+            if "nvidia/cuda_runtime/lib/libcudart.so" not in _maps:
+                return
+            _preload_cuda_deps("cuda_nvrtc", "libnvrtc.so.*[0-9]")
+            _preload_cuda_deps("nvjitlink", "libnvJitLink.so.*[0-9]")
+        except Exception:
+            pass
+    except OSError as err:
+        cuda_libs: dict[str, str] = {
+            "cublas": "libcublas.so.*[0-9]",
+            "cudnn": "libcudnn.so.*[0-9]",
+            "cuda_nvrtc": "libnvrtc.so.*[0-9]",
+            "cuda_runtime": "libcudart.so.*[0-9]",
+            "nvjitlink": "libnvJitLink.so.*[0-9]",
+        }
+        is_cuda_lib_err = [
+            lib for lib in cuda_libs.values() if lib.split(".")[0] in err.args[0]
+        ]
+        if not is_cuda_lib_err:
+            raise err
+        for lib_folder, lib_name in cuda_libs.items():
+            _preload_cuda_deps(lib_folder, lib_name)
+        ctypes.CDLL(lib_path, mode=ctypes.RTLD_GLOBAL)
+'''
+
+# Where each shape's wheels put the libraries (site-packages-relative), and the CUDA major.
+CUDA_13_LIBS = {name: "nvidia/cu13/lib" for name in (
+    "libcublasLt.so.13", "libcublas.so.13", "libnvrtc.so.13", "libnvrtc-builtins.so.13.0",
+    "libcudart.so.13", "libcupti.so.13", "libcufft.so.12", "libcurand.so.10",
+    "libnvJitLink.so.13", "libcusparse.so.12", "libcusolver.so.12", "libcufile.so.0")} | {
+    "libcudnn.so.9": "nvidia/cudnn/lib", "libcusparseLt.so.0": "nvidia/cusparselt/lib",
+    "libnccl.so.2": "nvidia/nccl/lib", "libnvshmem_host.so.3": "nvidia/nvshmem/lib"}
+CUDA_12_LIBS = {"libcublas.so.12": "nvidia/cublas/lib", "libcudnn.so.9": "nvidia/cudnn/lib",
+                "libnvrtc.so.12": "nvidia/cuda_nvrtc/lib",
+                "libcudart.so.12": "nvidia/cuda_runtime/lib",
+                "libnvJitLink.so.12": "nvidia/nvjitlink/lib"}
+SHAPES = {"2.11": (TORCH_2_11_INIT, "13.0", CUDA_13_LIBS),
+          "2.9": (TORCH_2_9_INIT, "12.8", CUDA_12_LIBS)}
+
+
+def _gcc(target: Path, source: str, *args: str) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    c_file = target.parent / f".{target.name}.c"
+    c_file.write_text(source)
+    soname = [] if target.name == "libempty.so" else [f"-Wl,-soname,{target.name}"]
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(target), str(c_file), *soname,
+                    *args], check=True)
+    c_file.unlink()
+    return target
+
+
+def _cuda_torch_runtime(root: Path, shape: str, *, cudart_in_global_deps: bool = True,
+                        global_deps_finds_cudart: bool = True, absent: tuple[str, ...] = (),
+                        cudart_at: str | None = None) -> Runtime:
+    """A runtime whose site-packages holds a CUDA torch of that shape: torch/__init__.py,
+    torch/lib/libtorch_global_deps.so (real ELF) needing libcudart through its RPATH into
+    nvidia/, and the nvidia wheels' libraries (real ELF; libnvrtc exports nvrtcVersion).
+    cudart_at: libcudart moved there (a toolkit's, outside site-packages), the RPATH too."""
+    text, cuda, libs = SHAPES[shape]
+    site = root / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text(text)
+    cudart = next(n for n in libs if n.startswith("libcudart"))
+    where = {**libs, cudart: f"../{cudart_at}"} if cudart_at else libs
+    # One small library copied to every name (the loader marks a file without a soname by
+    # its name), but NVRTC's, which defines nvrtcVersion.
+    empty = _gcc(root / "empty" / "libempty.so", "int empty_x;\n")
+    for name, folder in where.items():
+        (site / folder).mkdir(parents=True, exist_ok=True)
+        if name.startswith("libnvrtc.so"):
+            _gcc(site / folder / name, "int nvrtcVersion(int* a, int* b) { return 0; }\n")
+        else:
+            shutil.copy(empty, site / folder / name)
+    cudart_dir = (site / where[cudart]).resolve()
+    link = ["-Wl,--no-as-needed", f"-L{cudart_dir}", f"-l:{cudart}"] \
+        if cudart_in_global_deps else []
+    # Torch's RPATH into nvidia/ (or none: libcudart then lies where only a preload finds it).
+    rpath = str(cudart_dir) if cudart_at else \
+        f"$ORIGIN/../../{libs[cudart]}" if global_deps_finds_cudart else "$ORIGIN"
+    _gcc(site / "torch" / "lib" / "libtorch_global_deps.so", "int global_deps_x;\n", *link,
+         "-Wl,--disable-new-dtags", f"-Wl,-rpath,{rpath}")
+    for name in absent:
+        (site / libs[name] / name).unlink()
+    rt = _runtime((2, 36))
+    rt.sys_path = [site]
+    rt.site_packages = site
+    rt.torch = TorchRuntime(site / "torch", f"2.x+cu{cuda.replace('.', '')}", cuda, "0" * 40)
+    return rt
+
+
+def _nvrtc_wheel(root: Path, rt: Runtime, shape: str) -> WheelFacts:
+    """vLLM's DeepGEMM _C in small: it needs libnvrtc.so.N and has no RPATH to it (the
+    loader finds it only as an object already loaded); _D calls NVRTC without needing it."""
+    libs = SHAPES[shape][2]
+    nvrtc = next(n for n in libs if n.startswith("libnvrtc.so"))
+    build = root / "build"
+    _gcc(build / nvrtc, "int nvrtcVersion(int* a, int* b) { return 0; }\n")
+    call = ("int nvrtcVersion(int*, int*);\n"
+            "int {0}(void) {{ int a, b; return nvrtcVersion(&a, &b); }}\n")
+    members = {"pkg/deep_gemm/_C.so": ("needs_nvrtc", [f"-L{build}", f"-l:{nvrtc}"]),
+               "pkg/_D.so": ("assumes_nvrtc", [])}
+    facts = WheelFacts(path=Path("/w/pkg-1.0-cp312-cp312-linux_x86_64.whl"), sha256="0" * 64,
+                       name="pkg", version="1.0", tags=frozenset(), requires=[], manifest=None,
+                       unpacked=root / "wheel")
+    for member, (function, link) in members.items():
+        so = _gcc(root / "wheel" / member, call.format(function), *link)
+        facts.elfs.append(WheelElf(member, str(rt.site_packages / member), so,
+                                   read_elf(so, member)))
+    return facts
+
+
+def _library_checks(rt: Runtime, wheel: WheelFacts) -> tuple[Check, Check]:
+    """needed-libraries and undefined-symbols as verify_abi runs them."""
+    loader = Loader(rt, {e.installed: e.info for e in wheel.elfs})
+    exports = global_scope(loader, rt, True)
+    scopes = [LinkScope(e, *loader.closure(e.installed), exports) for e in wheel.elfs]
+    return check_needed(wheel, scopes, rt), check_symbols(wheel, scopes)
+
+
+@pytest.mark.parametrize("shape", ["2.11", "2.9"])
+def test_what_import_torch_preloads_is_found_by_soname_but_not_exported(
+        tmp_path: Path, shape: str) -> None:
+    """The false positive of the H200 verify build: DeepGEMM's _C needs libnvrtc.so.13,
+    which `import torch` has already ctypes-loaded from nvidia/cu13/lib (torch 2.11 preloads
+    its whole CUDA list once libcudart is loaded): found by soname, its symbols bound by the
+    object that needs it. RTLD_LOCAL: an object that merely assumes NVRTC's symbols without
+    needing the library finds none."""
+    rt = _cuda_torch_runtime(tmp_path, shape)
+    wheel = _nvrtc_wheel(tmp_path, rt, shape)
+    needed, symbols = _library_checks(rt, wheel)
+    assert needed.status == "pass", needed.summary
+    assert symbols.status == "fail"
+    assert symbols.summary == "pkg/_D.so: 1 unresolved: nvrtcVersion"
+
+
+@pytest.mark.parametrize(("shape", "kwargs"), [
+    ("2.11", {"cudart_in_global_deps": False}),  # a CPU torch: libcudart never loads
+    ("2.11", {"absent": ("libcudnn.so.9",)}),  # torch stops at a required library absent
+    ("2.9", {"cudart_at": "usr/local/cuda/lib64"}),  # cudart not from the wheel
+])
+def test_no_preload_where_torch_would_not_preload(tmp_path: Path, shape: str,
+                                                  kwargs: dict[str, Any]) -> None:
+    rt = _cuda_torch_runtime(tmp_path, shape, **kwargs)
+    nvrtc = next(n for n in SHAPES[shape][2] if n.startswith("libnvrtc.so"))
+    needed, symbols = _library_checks(rt, _nvrtc_wheel(tmp_path, rt, shape))
+    assert needed.status == "fail"
+    assert needed.summary.startswith(f"pkg/deep_gemm/_C.so: missing {nvrtc}")
+    assert "pkg/deep_gemm/_C.so: 1 unresolved: nvrtcVersion" in symbols.summary
+
+
+@pytest.mark.parametrize("shape", ["2.11", "2.9"])
+def test_preload_before_retrying_global_deps_that_did_not_load(tmp_path: Path,
+                                                                shape: str) -> None:
+    """libtorch_global_deps.so does not find libcudart (no RPATH to it): torch preloads
+    its list from nvidia/ (libcudart among them) and loads it again."""
+    rt = _cuda_torch_runtime(tmp_path, shape, global_deps_finds_cudart=False)
+    needed, _symbols = _library_checks(rt, _nvrtc_wheel(tmp_path, rt, shape))
+    assert needed.status == "pass", needed.summary
+
+
+def test_the_preload_list_is_read_from_the_runtimes_torch(tmp_path: Path) -> None:
+    init = tmp_path / "__init__.py"
+    init.write_text(TORCH_2_11_INIT)
+    preload = read_torch_preload(init)
+    assert preload is not None and preload.condition == "libcudart.so"
+    assert [lib.pattern for lib in preload.after_load][3:6] == [
+        "libnvrtc.so.*[0-9]", "libnvrtc-builtins.so.*[0-9]", "libcudart.so.*[0-9]"]
+    assert len(preload.after_load) == 17 and preload.on_error == preload.after_load
+    assert preload.after_load[-1] == PreloadLib("nvtx", "libnvToolsExt.so.*[0-9]", False)
+    assert all(lib.required for lib in preload.after_load[:-1])
+    init.write_text(TORCH_2_9_INIT)
+    preload = read_torch_preload(init)
+    assert preload is not None
+    assert preload.condition == "nvidia/cuda_runtime/lib/libcudart.so"
+    assert preload.after_load == (PreloadLib("cuda_nvrtc", "libnvrtc.so.*[0-9]"),
+                                  PreloadLib("nvjitlink", "libnvJitLink.so.*[0-9]"))
+    assert [lib.folder for lib in preload.on_error] == [
+        "cublas", "cudnn", "cuda_nvrtc", "cuda_runtime", "nvjitlink"]
+    # A torch without this code (or a shape not known): nothing beyond DT_NEEDED.
+    init.write_text("def _load_global_deps():\n    pass\n")
+    assert read_torch_preload(init) is None
+    assert read_torch_preload(tmp_path / "missing.py") is None

@@ -92,3 +92,30 @@ def read_requirements(path: Path) -> list[str]:
         elif not line.startswith("-"):
             out.append(line)
     return out
+
+
+def exact_version(requirement: Requirement) -> str | None:
+    """The one version a requirement pins (`==V` or `===V`, without a wildcard), else None:
+    a range, `==2.*`, a URL requirement or several clauses pin nothing exactly."""
+    if requirement.url or len(requirement.specifier) != 1:
+        return None
+    spec = next(iter(requirement.specifier))
+    if spec.operator not in ("==", "===") or spec.version.endswith(".*"):
+        return None
+    return spec.version
+
+
+def exact_pins(requirements: list[str]) -> list[str]:
+    """The requirements that pin one exact version (exact_version), as written: what a
+    wheel built from these declarations requires at that version (vLLM's
+    `apache-tvm-ffi==0.1.9`). Torch pins are left to the stack; unparsable lines are not
+    pins (pip would refuse them when the wheel is installed, not here)."""
+    out: list[str] = []
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if exact_version(req) is not None and not is_torch_requirement(text):
+            out.append(text)
+    return out

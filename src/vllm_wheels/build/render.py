@@ -36,6 +36,9 @@ def render_plan(plan: Plan) -> str:
     tc = data["toolchain"]
     lines.append(f"  build venv: {tc['build_venv']}")
     lines.append(f"    requirements: {', '.join(tc['build_venv_requirements'])}")
+    if tc["build_venv_constraints"]:
+        lines.append("    constrained to the wheels' runtime pins: "
+                     f"{', '.join(tc['build_venv_constraints'])}")
     lines.append(f"  parallelism: {tc['parallelism']['rule']}")
     par = tc["parallelism"]
     if par["source"] == "record":

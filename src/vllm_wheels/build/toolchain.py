@@ -13,12 +13,15 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .. import layout
@@ -26,7 +29,7 @@ from ..cache import Cache, publish_dir, remove, temp_sibling
 from ..errors import ToolchainError
 from ..log import Reporter
 from ..runner import capture, run
-from . import remote_cache
+from . import pins, remote_cache
 from .remote_cache import Remote
 from .stack import Stack
 
@@ -212,6 +215,7 @@ class BuildVenv:
     path: Path
     torch: TorchFacts
     requirements: tuple[str, ...] = field(default_factory=tuple)
+    constraints: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def python(self) -> Path:
@@ -261,19 +265,98 @@ def check_build_torch(stack: Stack, facts: TorchFacts) -> list[ToolchainCheck]:
     return checks
 
 
-def venv_key(stack: Stack, requirements: list[str]) -> str:
-    data = {"python": stack.python, "torch": [stack.torch.version, stack.torch.cuda,
-                                              stack.torch.simple_url],
-            "toolkit": [stack.cuda_toolkit.source, stack.cuda_toolkit.pip_version],
-            "requirements": sorted(requirements), "layout": 1}
+def venv_key(stack: Stack, requirements: list[str], constraints: Sequence[str] = ()) -> str:
+    data: dict[str, Any] = {
+        "python": stack.python, "torch": [stack.torch.version, stack.torch.cuda,
+                                          stack.torch.simple_url],
+        "toolkit": [stack.cuda_toolkit.source, stack.cuda_toolkit.pip_version],
+        "requirements": sorted(requirements), "layout": 1}
+    # The constraints decide what the requirements resolve to, so they are part of the
+    # key: a venv made before (or with other pins) is not reused. Only when there are
+    # any: a stack whose packages pin nothing keeps its venv (~6 GB, minutes to make).
+    if constraints:
+        data["constraints"] = sorted(constraints)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def venv_path(stack: Stack, cache: Cache, requirements: list[str]) -> Path:
-    """Where the managed build venv for these pins and requirements lives."""
+def venv_path(stack: Stack, cache: Cache, requirements: list[str],
+              constraints: Sequence[str] = ()) -> Path:
+    """Where the managed build venv for these pins, requirements and constraints lives."""
     return cache.venvs / (f"py{stack.python}-torch{stack.torch.version}-"
                           f"cu{stack.torch.cuda.replace('.', '')}-"
-                          f"{venv_key(stack, requirements)}")
+                          f"{venv_key(stack, requirements, constraints)}")
+
+
+def _applies(req: Requirement, python: str) -> bool:
+    """Whether a requirement's marker holds in the build venv (the stack's Python on this
+    host); one that cannot be evaluated here is taken to hold."""
+    if req.marker is None:
+        return True
+    try:
+        return req.marker.evaluate({"python_version": python})
+    except (UndefinedComparison, UndefinedEnvironmentName):
+        return True
+
+
+def venv_constraints(stack: Stack, runtime_pins: Mapping[str, Sequence[str]],
+                     build_requirements: Mapping[str, Sequence[str]]) -> list[str]:
+    """The build venv's pip constraints besides torch: the exact runtime pins the packages
+    being built declare (`runtime_pins`: package -> its pins, prepare.runtime_requirements),
+    as `name==V` lines. A build requirement that overlaps one then resolves to the version
+    the wheel set runs with. Without them, FlashInfer's `apache-tvm-ffi>=0.1.6,<0.2` got
+    the newest release, FlashInfer pinned that (wheel_extras), vLLM requires ==0.1.9, and
+    the set could not be installed together (verify_abi's companions check failed it).
+    Left out: the stack's own packages (their pins become the built versions,
+    wheelmeta.select_pins) and torch's family (the stack pins torch; the rest follow it).
+
+    ToolchainError when a build requirement (`build_requirements`: who needs it -> its
+    requirements) excludes such a pin, or two packages pin different versions: one venv
+    cannot hold both, and pip would only say so after installing torch."""
+    own = {canonicalize_name(p.name) for p in stack.packages}
+    lines: dict[str, None] = {}
+    # name -> version -> the packages pinning it (where the marker holds)
+    pinned: dict[str, dict[str, list[str]]] = {}
+    for package, texts in runtime_pins.items():
+        for text in texts:
+            req = Requirement(text)
+            version = pins.exact_version(req)
+            name = canonicalize_name(req.name)
+            if version is None or name in own or name in pins.TORCH_FAMILY:
+                continue
+            # pip refuses extras in a constraint; the marker stays (pip evaluates it there).
+            lines[f"{name}=={version}" + (f" ; {req.marker}" if req.marker else "")] = None
+            if not _applies(req, stack.python):
+                continue
+            packages = pinned.setdefault(name, {}).setdefault(version, [])
+            if package not in packages:
+                packages.append(package)
+    problems = [f"{name} is pinned to different versions: " + ", ".join(
+                    f"=={version} by {' and '.join(who)}" for version, who in versions.items())
+                for name, versions in sorted(pinned.items()) if len(versions) > 1]
+    for who, texts in build_requirements.items():
+        for text in texts:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue  # pip names it when it installs the requirements
+            name = canonicalize_name(req.name)
+            if name not in pinned or not _applies(req, stack.python):
+                continue
+            for version, packages in pinned[name].items():
+                if not req.specifier.contains(version, prereleases=True):
+                    problems.append(f"{who} builds with `{text}`, which excludes "
+                                    f"{' and '.join(packages)}'s runtime pin {name}=={version}")
+    if problems:
+        raise ToolchainError(
+            "the build venv cannot hold the versions the wheels will run with:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            why="the build venv is constrained to the exact runtime pins of the packages "
+                "built, so that what a package builds against (FlashInfer pins the "
+                "apache-tvm-ffi of its build venv) is what the wheel set requires; these "
+                "pins and build requirements cannot be met together",
+            fix="build versions of these packages that agree (the stack's source "
+                "versions), or align the requirement with a patch under patches/")
+    return sorted(lines)
 
 
 def toolkit_requirements(stack: Stack) -> list[str]:
@@ -286,8 +369,10 @@ def toolkit_requirements(stack: Stack) -> list[str]:
 
 
 def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requirements: list[str],
-                      existing: Path | None = None) -> BuildVenv:
-    """Create (or reuse) the build venv with exactly the pinned torch."""
+                      existing: Path | None = None, constraints: Sequence[str] = ()
+                      ) -> BuildVenv:
+    """Create (or reuse) the build venv with exactly the pinned torch, its requirements
+    resolved within `constraints` (venv_constraints)."""
     if existing is not None:
         python = existing / "bin" / "python"
         if not python.exists():
@@ -302,10 +387,10 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
             if (recorded.version, recorded.git_version) == (facts.version, facts.git_version):
                 facts = recorded
         raise_on_failed(check_build_torch(stack, facts))
-        _check_existing_requirements(existing, requirements)
-        return BuildVenv(existing, facts, tuple(requirements))
-    key = venv_key(stack, requirements)
-    path = venv_path(stack, cache, requirements)
+        _check_existing_requirements(existing, requirements, constraints)
+        return BuildVenv(existing, facts, tuple(requirements), tuple(constraints))
+    key = venv_key(stack, requirements, constraints)
+    path = venv_path(stack, cache, requirements, constraints)
     marker = path / layout.VENV_MARKER
     with cache.lock(f"venv-{key}"):
         if marker.exists():
@@ -314,7 +399,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
             current = read_torch_facts(path / "bin" / "python")
             if current.version == facts.version and current.git_version == facts.git_version:
                 reporter.log(f"reusing build venv {path}")
-                return BuildVenv(path, facts, tuple(requirements))
+                return BuildVenv(path, facts, tuple(requirements), tuple(constraints))
             reporter.warn(f"build venv {path} no longer holds torch {facts.version} "
                           f"(found {current.version}); recreating it")
         interpreter = find_python(stack.python)
@@ -327,7 +412,7 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         tmp = temp_sibling(path)
         remove(tmp)
         try:
-            _create_venv(stack, interpreter, tmp, reporter, requirements)
+            _create_venv(stack, interpreter, tmp, reporter, requirements, constraints)
             facts = read_torch_facts(tmp / "bin" / "python")
             report = json.loads((tmp / "pip-torch-report.json").read_text())
             for item in report.get("install", []):
@@ -339,7 +424,8 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
                                           "wheel_sha256": hashes.get("sha256")})
             raise_on_failed(check_build_torch(stack, facts))
             (tmp / layout.VENV_MARKER).write_text(json.dumps(
-                {"torch": facts.to_dict(), "requirements": requirements}, indent=2))
+                {"torch": facts.to_dict(), "requirements": requirements,
+                 "constraints": list(constraints)}, indent=2))
         except BaseException:
             remove(tmp)
             raise
@@ -347,35 +433,43 @@ def ensure_build_venv(stack: Stack, cache: Cache, reporter: Reporter, requiremen
         # then fix the shebangs by recreating the activation layer in place.
         publish_dir(tmp, path)
         relocate_venv(tmp, path)
-        return BuildVenv(path, facts, tuple(requirements))
+        return BuildVenv(path, facts, tuple(requirements), tuple(constraints))
 
 
-def _check_existing_requirements(venv: Path, requirements: list[str]) -> None:
+def _check_existing_requirements(venv: Path, requirements: list[str],
+                                 constraints: Sequence[str] = ()) -> None:
     """A venv the user brings is used as it is (the pipeline never installs into it): say
-    before any compile what the sources' build requirements still need there."""
+    before any compile what the sources' build requirements still need there, and which
+    installed package is at another version than the wheels' runtime pins (a constraint
+    binds only what is installed, as pip's do)."""
     wanted = [r for r in requirements if not r.startswith("cuda-toolkit")]
     helper = layout.helper("check_requirements.py")
-    out = capture([venv / "bin" / "python", helper, *wanted], timeout=120)
+    out = capture([venv / "bin" / "python", helper, *wanted,
+                   *(["--constraints", *constraints] if constraints else [])], timeout=120)
     unmet = json.loads(out.strip().splitlines()[-1]) if out.strip() else []
     if unmet:
         listed = ", ".join(f"{u['requirement']} (found {u['found'] or 'nothing'})" for u in unmet)
-        raise ToolchainError(f"--build-venv {venv} lacks build requirements: {listed}",
+        raise ToolchainError(f"--build-venv {venv} lacks build requirements (or holds one at "
+                             f"another version than the wheels' runtime pins): {listed}",
                              why="the sources' own build requirements (pyproject build-system, "
-                                 "vLLM's requirements/build) must be importable there; the "
+                                 "vLLM's requirements/build) must be importable there, at the "
+                                 "versions the wheels will run with where they pin one; the "
                                  "pipeline does not install into a venv it did not make",
                              fix=f"{venv}/bin/python -m pip install "
                                  + " ".join(repr(u['requirement']) for u in unmet))
 
 
 def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,
-                 requirements: list[str]) -> None:
+                 requirements: list[str], constraints: Sequence[str] = ()) -> None:
     run([python, "-m", "venv", where], reporter=reporter, what="create the build venv",
         error_cls=ToolchainError)
     vpy = where / "bin" / "python"
     index_args = ["--index-url", stack.torch.simple_url] if stack.torch.simple_url else []
     torch_req = f"torch=={stack.torch.version}"
-    constraints = where / "constraints.txt"
-    constraints.write_text(torch_req + "\n")
+    constraints_file = where / "constraints.txt"
+    # The runtime pins of the packages built (venv_constraints) beside torch's: a build
+    # requirement that overlaps one installs the version the wheel set will run with.
+    constraints_file.write_text("".join(f"{line}\n" for line in [torch_req, *constraints]))
     env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     run([vpy, "-m", "pip", "install", "--report", where / "pip-torch-report.json",
          *index_args, torch_req], reporter=reporter, env_changes=env, error_cls=ToolchainError,
@@ -385,7 +479,8 @@ def _create_venv(stack: Stack, python: Path, where: Path, reporter: Reporter,
     if requirements:
         # The constraint file is what makes "exactly the pinned torch" hold: a build
         # requirement that wants another torch fails here instead of replacing it.
-        run([vpy, "-m", "pip", "install", "-c", constraints, *requirements], reporter=reporter,
+        run([vpy, "-m", "pip", "install", "-c", constraints_file, *requirements],
+            reporter=reporter,
             env_changes=env, error_cls=ToolchainError,
             what="install the build requirements into the build venv")
 

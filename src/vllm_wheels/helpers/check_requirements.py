@@ -1,6 +1,8 @@
 """Runs inside a build venv: which of the requirements given as arguments are not met by
-what is installed there. Prints a JSON list of {"requirement", "found"} for the unmet ones.
-Used for a venv the user brings (--build-venv), which the pipeline does not install into.
+what is installed there. Arguments after `--constraints` are constraints, as pip reads
+them: met unless the package is installed at another version. Prints a JSON list of
+{"requirement", "found"} for the unmet ones. Used for a venv the user brings
+(--build-venv), which the pipeline does not install into.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps([{"requirement": "packaging", "found": None}]))
         return 0
     unmet = []
-    for text in argv:
+    split = argv.index("--constraints") if "--constraints" in argv else len(argv)
+    for index, text in enumerate(argv):
+        if index == split:
+            continue
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
             continue
@@ -25,6 +30,8 @@ def main(argv: list[str]) -> int:
             found: str | None = metadata.version(req.name)
         except metadata.PackageNotFoundError:
             found = None
+        if found is None and index > split:
+            continue  # a constraint binds only what is installed
         if found is None or not req.specifier.contains(found, prereleases=True):
             unmet.append({"requirement": text, "found": found})
     print(json.dumps(unmet))

@@ -25,7 +25,7 @@ from packaging.version import Version
 
 from .elf import ElfInfo, demangle, version_key
 from .fatbin import FatbinEntry
-from .runtime import Loader, Runtime
+from .runtime import Loader, PreloadLib, Runtime, find_preload, read_torch_preload
 from .wheelfacts import TORCH_LIBS, WheelElf, WheelFacts
 
 if TYPE_CHECKING:
@@ -387,7 +387,8 @@ def global_scope(loader: Loader, rt: Runtime, with_torch: bool,
     """Symbols every later-loaded object can bind to: the interpreter (and libpython),
     what torch loads RTLD_GLOBAL (libtorch_global_deps) and the GLOBAL_PROVIDERS the
     wheels depend on. Also marks what `import torch` loads, so later DT_NEEDED lookups by
-    soname find those objects."""
+    soname find those objects: its own libraries and the CUDA libraries it preloads
+    (load_torch_global_deps)."""
     names: set[str] = set()
     for dist in providers:
         for relative in GLOBAL_PROVIDERS[dist][0]:
@@ -405,11 +406,56 @@ def global_scope(loader: Loader, rt: Runtime, with_torch: bool,
     if with_torch and rt.torch is not None:
         deps = rt.torch.lib_dir / "libtorch_global_deps.so"
         if deps.exists():
-            for _path, obj in loader.closure(str(deps), mark_loaded=True)[0]:
-                names |= obj.exports
+            names |= load_torch_global_deps(loader, rt, str(deps))
         for ext in sorted(rt.torch.root.glob("_C*.so")):
             loader.closure(str(ext), mark_loaded=True)
     return frozenset(names)
+
+
+def load_torch_global_deps(loader: Loader, rt: Runtime, deps: str) -> set[str]:
+    """What torch/__init__.py's `_load_global_deps` loads, marked loaded; returns the
+    exports of libtorch_global_deps.so's closure (loaded RTLD_GLOBAL). Around it, torch's
+    CUDA wheels ctypes-load a list of CUDA libraries from site-packages' nvidia/ folders
+    (read from the runtime's own torch/__init__.py: runtime.read_torch_preload): cuBLAS,
+    cuDNN, NVRTC, ... (torch 2.11) once libcudart is loaded, or before trying again when
+    libtorch_global_deps.so does not load for want of one. They are loaded RTLD_LOCAL
+    (ctypes' default): a later DT_NEEDED finds them by soname (vLLM's DeepGEMM _C needs
+    libnvrtc.so.13 and has no RPATH to it) and the objects that need them bind their
+    symbols, but their exports are not global: they are marked loaded and nothing more."""
+    assert rt.torch is not None
+    preload = read_torch_preload(rt.torch.root / "__init__.py")
+    _objects, missing = loader.closure(deps)
+    if preload is not None and missing and any(
+            lib.stem in missing[0][0] for lib in preload.on_error):
+        # The dlopen fails naming its first missing library; one of torch's list: it
+        # preloads the list (a required one absent raises: import torch fails) and retries.
+        _preload(loader, rt, preload.on_error)
+        objects = loader.closure(deps, mark_loaded=True)[0]
+    else:
+        objects = loader.closure(deps, mark_loaded=True)[0]
+        # `"libcudart.so" not in /proc/self/maps`: no preload. The maps hold the real
+        # paths of everything loaded so far, never the path a DT_NEEDED was found under.
+        loaded = {os.path.realpath(p) for p in loader.loaded_paths()}
+        if preload is not None and preload.condition is not None and any(
+                preload.condition in path for path in loaded):
+            _preload(loader, rt, preload.after_load)
+    names: set[str] = set()
+    for _path, obj in objects:
+        names |= obj.exports
+    return names
+
+
+def _preload(loader: Loader, rt: Runtime, libs: Sequence[PreloadLib]) -> None:
+    """torch's preload loop: each library's file (runtime.find_preload) loaded with its
+    closure, until a required one is absent (torch raises there; after the global deps
+    loaded, the exception is swallowed and the rest of the list stays unloaded)."""
+    for lib in libs:
+        path = find_preload(rt, lib)
+        if path is None:
+            if lib.required:
+                return
+            continue
+        loader.closure(path, mark_loaded=True)
 
 
 def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> Check:
@@ -448,7 +494,9 @@ def check_needed(w: WheelFacts, scopes: list[LinkScope], rt: Runtime) -> Check:
 
 
 def _search_description(rt: Runtime) -> list[str]:
-    where = ["DT_RPATH/DT_RUNPATH of each object", "objects already loaded by import torch"]
+    where = ["DT_RPATH/DT_RUNPATH of each object",
+             "objects already loaded by import torch (its own and the CUDA libraries it "
+             "preloads)"]
     if rt.ld_library_path:
         where.append("LD_LIBRARY_PATH=" + ":".join(rt.ld_library_path))
     return [*where, "ld.so.cache", "/lib, /usr/lib and multiarch dirs"]

@@ -14,6 +14,7 @@ Everything else (ELF reading, resolution) happens in this process.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -47,6 +48,138 @@ class TorchRuntime:
     @property
     def cuda_major(self) -> int | None:
         return int(self.cuda.split(".")[0]) if self.cuda else None
+
+
+@dataclass(frozen=True)
+class PreloadLib:
+    """A library `import torch` may ctypes-load from the nvidia wheels: its folder, its file
+    name glob, and whether torch gives up on the rest of its list when it is absent."""
+
+    folder: str  # "cuda_nvrtc"
+    pattern: str  # "libnvrtc.so.*[0-9]"
+    required: bool = True
+
+    @property
+    def stem(self) -> str:
+        """What torch looks for in a load error's message ("libnvrtc")."""
+        return self.pattern.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class TorchPreload:
+    """The CUDA libraries `import torch` ctypes-loads (RTLD_LOCAL) besides its own DT_NEEDED
+    closure, as the runtime's torch/__init__.py `_load_global_deps` says: once
+    libtorch_global_deps.so is loaded, `after_load` when `condition` occurs in a loaded
+    object's path (its /proc/self/maps test: "libcudart.so" in torch 2.11, the nvidia wheel's
+    "nvidia/cuda_runtime/lib/libcudart.so" before); when libtorch_global_deps.so fails to
+    load for a missing library of `on_error`, those first."""
+
+    condition: str | None
+    after_load: tuple[PreloadLib, ...]
+    on_error: tuple[PreloadLib, ...]
+
+
+def read_torch_preload(init_py: Path) -> TorchPreload | None:
+    """TorchPreload from a torch/__init__.py, read (never run) with `ast`. It follows the
+    calls of `_load_global_deps`: the try body after libtorch_global_deps.so is loaded (the
+    string tested against /proc/self/maps, then what it preloads) and its `except` (what it
+    preloads before trying again). A preload is a call with two string constants to a
+    module function that calls ctypes.CDLL (torch 2.11's `_preload_cuda_lib("nvtx",
+    "libnvToolsExt.so.*[0-9]", required=False)`), or a literal list of (folder, glob)
+    pairs or dict the code loops over (its `cuda_libs`); a call to another module function
+    is followed into it. None when the file has no such function (a torch without CUDA
+    preloading, or a shape this does not know): then nothing beyond the DT_NEEDED closure
+    is modelled, which can only make needed-libraries fail, never pass, where torch
+    preloads more."""
+    try:
+        tree = ast.parse(init_py.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    load = functions.get("_load_global_deps")
+    attempt = next((n for n in ast.walk(load) if isinstance(n, ast.Try)), None) if load else None
+    if attempt is None:
+        return None
+    condition = next((node.left.value for statement in attempt.body
+                      for node in ast.walk(statement)
+                      if isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant)
+                      and isinstance(node.left.value, str)
+                      and isinstance(node.ops[0], ast.In | ast.NotIn)
+                      and isinstance(node.comparators[0], ast.Name)), None)
+    after_load = _preloads(attempt.body, functions, frozenset())
+    on_error = [lib for handler in attempt.handlers
+                for lib in _preloads(handler.body, functions, frozenset())]
+    if not after_load and not on_error:
+        return None
+    return TorchPreload(condition, tuple(after_load), tuple(on_error))
+
+
+def _string_pair(node: ast.expr) -> tuple[str, str] | None:
+    if isinstance(node, ast.Tuple) and len(node.elts) == 2 and all(
+            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        first, second = node.elts
+        assert isinstance(first, ast.Constant) and isinstance(second, ast.Constant)
+        return str(first.value), str(second.value)
+    return None
+
+
+def _constant_str(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _calls_cdll(function: ast.FunctionDef) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr == "CDLL" for n in ast.walk(function))
+
+
+def _preloads(body: list[ast.stmt], functions: dict[str, ast.FunctionDef],
+              followed: frozenset[str]) -> list[PreloadLib]:
+    """The libraries these statements preload, in source order (read_torch_preload)."""
+    nodes: list[ast.Call | ast.List | ast.Dict] = []
+    for statement in body:
+        nodes += [n for n in ast.walk(statement) if isinstance(n, ast.Call | ast.List | ast.Dict)]
+    found: list[PreloadLib] = []
+    for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
+        if isinstance(node, ast.List):
+            pairs = [_string_pair(e) for e in node.elts]
+            found += [PreloadLib(*pair) for pair in pairs if pair] \
+                if pairs and all(pairs) else []
+        elif isinstance(node, ast.Dict):
+            keys = [_constant_str(k) for k in node.keys]
+            values = [_constant_str(v) for v in node.values]
+            if keys and all(keys) and all(values):
+                found += [PreloadLib(str(k), str(v)) for k, v in zip(keys, values, strict=True)]
+        elif isinstance(node.func, ast.Name) and node.func.id in functions:
+            callee = functions[node.func.id]
+            args = [_constant_str(a) for a in node.args[:2]]
+            if len(args) == 2 and args[0] and args[1] and _calls_cdll(callee):
+                flag = next((k.value for k in node.keywords if k.arg == "required"),
+                            node.args[2] if len(node.args) > 2 else None)
+                required = not (isinstance(flag, ast.Constant) and flag.value is False)
+                found.append(PreloadLib(args[0], args[1], required))
+            elif callee.name not in followed:
+                found += _preloads(callee.body, functions, followed | {callee.name})
+    return found
+
+
+def find_preload(runtime: Runtime, lib: PreloadLib) -> str | None:
+    """The file torch's _preload_cuda_lib loads for `lib`, or None: the first sys.path
+    entry holding nvidia/<folder>/lib/<glob>, nvidia/cu<CUDA major>/lib/<glob> (the CUDA 13
+    wheels) or <folder>/lib/<glob>, and there the first match (mirrors
+    torch/__init__.py `_get_cuda_dep_paths` of torch 2.11; torch 2.9 and before looked in
+    nvidia/<folder>/lib only, which this includes). Matches are sorted here; torch takes
+    glob's order, and the wheels hold one file per glob."""
+    major = runtime.torch.cuda_major if runtime.torch else None
+    for entry in runtime.sys_path:
+        where = [entry / "nvidia" / lib.folder / "lib"]
+        if major is not None:
+            where.append(entry / "nvidia" / f"cu{major}" / "lib")
+        where.append(entry / lib.folder / "lib")
+        for directory in where:
+            matches = sorted(directory.glob(lib.pattern))
+            if matches:
+                return str(matches[0])
+    return None
 
 
 @dataclass(frozen=True)
@@ -235,6 +368,10 @@ class Loader:
 
     def _exists(self, path: str) -> bool:
         return os.path.normpath(path) in self.overlay or os.path.isfile(path)
+
+    def loaded_paths(self) -> list[str]:
+        """The objects marked loaded so far (closure(mark_loaded=True))."""
+        return list(self._loaded.values())
 
     def _compatible(self, path: str, requester: ElfInfo) -> bool:
         info = self.elf(os.path.normpath(path))

@@ -85,6 +85,12 @@ class Builder(Protocol):
         (torch pins are stripped by the caller)."""
         ...
 
+    def runtime_requirements(self, tree: Path, spec: PackageSpec) -> list[str]:
+        """What the built wheel will require (its Requires-Dist) besides PEP 621
+        [project] dependencies, read from the source before it is built: the build venv
+        is constrained to its exact pins (toolchain.venv_constraints)."""
+        ...
+
     def discover_externals(self, tree: Path) -> list[ExternalSource] | None:
         """The external sources the build would download (the plan resolves them: cache,
         stack override, bundle); None for a builder whose builds download nothing (its

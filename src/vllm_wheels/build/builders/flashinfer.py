@@ -60,6 +60,13 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
     return pins.read_requirements(tree / "requirements.txt") if options_of(spec).aot else []
 
 
+def runtime_requirements(tree: Path, spec: PackageSpec) -> list[str]:
+    """None beyond PEP 621 [project] dependencies: FlashInfer declares them there
+    (setuptools' dynamic `dependencies = {file = ["requirements.txt"]}`, read by
+    prepare.py); its apache-tvm-ffi pin is the build venv's (wheel_extras)."""
+    return []
+
+
 def makes_wheel(spec: PackageSpec) -> bool:
     return True
 

@@ -29,6 +29,11 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
     return []
 
 
+def runtime_requirements(tree: Path, spec: PackageSpec) -> list[str]:
+    """None beyond PEP 621 [project] dependencies (read by prepare.py)."""
+    return []
+
+
 def makes_wheel(spec: PackageSpec) -> bool:
     return True
 

@@ -61,6 +61,15 @@ def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
     return reqs
 
 
+def runtime_requirements(tree: Path, spec: PackageSpec) -> list[str]:
+    """vLLM's setup.py (get_requirements) gives a CUDA build requirements/cuda.txt (with
+    its -r common.txt) as install_requires; older releases kept it at the top level."""
+    for rel in ("requirements/cuda.txt", "requirements-cuda.txt"):
+        if (tree / rel).is_file():
+            return pins.read_requirements(tree / rel)
+    return []
+
+
 def makes_wheel(spec: PackageSpec) -> bool:
     return not options_of(spec).compile_only
 
