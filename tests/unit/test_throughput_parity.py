@@ -271,6 +271,43 @@ def test_a_planted_order_effect_no_longer_moves_the_verdict(
     assert alternate[2] is not None and alternate[2] < -0.4, verdicts  # measured, not hidden
 
 
+def test_a_burn_in_keeps_a_fresh_servers_slow_first_minute_out_of_the_runs(
+        tmp_path: Path) -> None:
+    """A real streaming server on loopback, ten times slower for its first 1.5 s of load
+    (planted: an H100 A/A measured a fresh vLLM server's TTFT 5-20 % higher for about its
+    first minute, verify/results/2026-12-07-ab-official/). One server as both arms (an
+    A/A). Without a burn-in the slow start lands in the first measured runs and the spread
+    makes the verdict inconclusive; with burn_in_s = 2 it is spent before round 1, once for
+    the one server, and the A/A passes."""
+    outcomes = {}
+    for burn_in in (0.0, 2.0):
+        def delay(first: list[float] = []) -> float:  # noqa: B006 - one server's clock
+            now = time.monotonic()
+            if not first:
+                first.append(now)
+            return 0.04 if now - first[0] < 1.5 else 0.004
+
+        (tmp_path / str(burn_in)).mkdir()
+        wl_path = _workload_file(tmp_path / str(burn_in), "alternate", max_cv=0.2,
+                                 throughput_drop=0.3)
+        text = wl_path.read_text().replace("order = ", f"burn_in_s = {burn_in}\norder = ")
+        wl_path.write_text(text)
+        w = load_workload(wl_path)
+        assert w.client.burn_in_s == burn_in
+        with _streaming_server("m", delay) as url:
+            cand = arms.make_arm("candidate", arms.parse_arm_spec(f"url:{url}"), w)
+            base = arms.make_arm("baseline", arms.parse_arm_spec(f"url:{url}"), w)
+            result = harness.run_ab(w, cand, base, reporter=Reporter(None),
+                                    server_logs=tmp_path / str(burn_in) / "servers")
+        out = next(m for m in result.comparisons[1] if m.metric == "output_throughput")
+        outcomes[burn_in] = (result.verdict, max(out.cv_candidate, out.cv_baseline),
+                             result.burn_ins)
+    (slow_verdict, slow_cv, none), (verdict, cv, burn_ins) = outcomes[0.0], outcomes[2.0]
+    assert slow_verdict == "inconclusive" and slow_cv > 0.3 and none == [], outcomes
+    assert verdict == "pass" and cv < 0.2, outcomes
+    assert len(burn_ins) == 1 and burn_ins[0]["seconds"] >= 2.0, burn_ins  # one server
+
+
 # ------------------------------------------------------------------ planted regressions
 
 

@@ -61,7 +61,7 @@ PY=${HARNESS_PY:-python3}
 READY_S=${READY_S:-420}
 RESERVE=25                       # seconds kept for stopping servers and packing
 EV=$W/evidence
-mkdir -p "$W/done" "$W/run" "$OUT" "$EV/servers" "$EV/results"
+mkdir -p "$W/done" "$W/run" "$W/burned" "$OUT" "$EV/servers" "$EV/results"
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # The harness's own imports, checked before any server starts (a GPU lease found the
 # machine's python3 without pyelftools only after two 8B servers had started: every A/B
@@ -139,7 +139,7 @@ stop_server() {  # NAME: TERM its own process group, then KILL what is left
     say "stop $name: pid $pid is not its own session leader ($sid); TERM to the pid only"
     kill -TERM "$pid" 2>/dev/null
   fi
-  rm -f "$W/run/$name.pid"
+  rm -f "$W/run/$name.pid" "$W/burned/$name"
 }
 
 ensure_servers() {  # NAME...: these running; others stopped first (GPU memory), except
@@ -177,8 +177,11 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
   local mode=${rest#*-}            # FAMILY.WHO-MODE; families have dashes, WHO has none
   [ "$mode" = eager ] && mode=forced
   limit=$(left)
-  local runs=()
+  local runs=() burn=()
   [ -n "${RUNS:-}" ] && runs=(--runs "$RUNS")
+  # The workloads burn each server in for a minute before round 1 (burn_in_s); a server
+  # an earlier step of this lease already loaded is warm: no second burn-in.
+  [ -f "$W/burned/$cand" ] && [ -f "$W/burned/$base" ] && burn=(--burn-in 0)
   say "verify-throughput $id: candidate $cand, baseline $base (limit ${limit}s)"
   timeout -k 10 "$limit" "$PY" -m vllm_wheels verify-throughput \
     --workload "$(workload_of "$family" "$mode")" --model "$W/models/$(model_of "$family")" \
@@ -186,15 +189,19 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
     --baseline "url:http://127.0.0.1:$(port_of "$base")" \
     --candidate-log "$EV/servers/$cand.log" --baseline-log "$EV/servers/$base.log" \
     --candidate-venv "$(venv_of "${cand#*.}")" --baseline-venv "$(venv_of "${base#*.}")" \
-    --results-dir "$EV/results/$id" "${runs[@]}" "$@" > "$EV/results/$id.txt" 2>&1
+    --results-dir "$EV/results/$id" "${runs[@]}" "${burn[@]}" "$@" > "$EV/results/$id.txt" 2>&1
   local rc=$?
+  touch "$W/burned/$cand" "$W/burned/$base"
   say "verify-throughput $id exit $rc (0 pass, 11 regression, 12 inconclusive, 13 could not run, 124 time limit)"
   grep -hA12 "^# Throughput" "$EV"/results/"$id"/*/report.md 2>/dev/null | head -14 | tee -a "$LOG"
   return 0
 }
 
-need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms)
-  case $1 in *:ab-default) echo 200 ;; *) echo 160 ;; esac
+need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms), plus
+  # two one-minute burn-ins where its servers are new
+  local extra=120
+  case $1 in *:aa) extra=60 ;; esac
+  case $1 in *:ab-default) echo $((200 + extra)) ;; *) echo $((160 + extra)) ;; esac
 }
 
 run_step() {  # FAMILY:STEP

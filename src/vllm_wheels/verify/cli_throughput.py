@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measured runs per arm (>= 5; default: the workload's), or "
                              "'auto': a pilot, then the runs needed for --target-change "
                              "within --time-budget")
+    parser.add_argument("--burn-in", type=float, default=None, metavar="SECONDS",
+                        help="warm-up load after each server start before its first measured "
+                             "run (default: the workload's burn_in_s); 0 for url: servers "
+                             "that an earlier A/B has already warmed")
     parser.add_argument("--target-change", type=float, default=0.03,
                         help="--runs auto: the smallest change (fraction) the A/B must "
                              "resolve with 80%% power (default 0.03)")
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             runs = int(args.runs)
         except ValueError:
             raise ConfigError(f"--runs {args.runs}: not a number or 'auto'") from None
-    workload = workload.with_overrides(model=args.model, runs=runs)
+    workload = workload.with_overrides(model=args.model, runs=runs, burn_in_s=args.burn_in)
     if not (workload.model / "config.json").is_file():
         raise ConfigError(f"model directory {workload.model} has no config.json",
                           why="vLLM needs the model's config.json and tokenizer files even "

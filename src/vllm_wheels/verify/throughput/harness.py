@@ -38,7 +38,7 @@ from typing import Any, Literal
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter, format_duration
 from . import client, stats
-from .arms import Arm, ImageArm
+from .arms import Arm, ImageArm, UrlArm
 from .workload import MIN_RUNS, Workload
 
 Outcome = Literal["pass", "regression", "inconclusive", "could-not-run"]
@@ -78,6 +78,9 @@ class AbResult:
     orders: list[tuple[str, str]] = field(default_factory=list)  # per round, first first
     order_seed: int | None = None  # the seed of order = "random"
     auto: dict[str, Any] | None = None  # what --runs auto decided, and why
+    # Each burn-in (workload burn_in_s): arm, round, seconds, requests per concurrency.
+    burn_ins: list[dict[str, Any]] = field(default_factory=list)
+    burned_urls: set[str] = field(default_factory=set)  # url: servers already burnt in
     cross_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def valid_runs(self, arm: str, concurrency: int) -> list[ArmRun]:
@@ -272,6 +275,11 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, position: int, rounds:
                  f"A/B ETA {progress.eta()}")
     base_url = arm.start(reporter, server_logs / f"{arm.label}-round{round_no}.log")
     try:
+        if c.burn_in_s > 0 and warmup and needs_burn_in(result, arm, base_url):
+            progress.label = f"{arm.label} round {round_no} burn-in"
+            if not _burn_in(result, arm, base_url, round_no, position, warmup, reporter,
+                            progress):
+                return
         if warmup:
             progress.label = f"{arm.label} round {round_no} warm-up"
             metrics, run = client.measure(base_url, arm.served_model, warmup,
@@ -300,6 +308,46 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, position: int, rounds:
                          f"{metrics['median_itl_ms']:.2f} ms ({state})")
     finally:
         arm.stop(reporter)
+
+
+def needs_burn_in(result: AbResult, arm: Arm, base_url: str) -> bool:
+    """A server the harness starts is fresh in every round (it is started per round); a
+    url: server is burnt in once, however many arms name it (an A/A gives one server
+    both labels)."""
+    if isinstance(arm, UrlArm):
+        return base_url not in result.burned_urls
+    return True
+
+
+def _burn_in(result: AbResult, arm: Arm, base_url: str, round_no: int, position: int,
+             warmup: list[client.Prompt], reporter: Reporter, progress: _Progress) -> bool:
+    """Warm-up load at every measured concurrency in turn until burn_in_s has passed.
+    Its runs are kept with the warm-ups (round_no, never measured). False: a run was
+    invalid (a problem is recorded and the A/B stops)."""
+    c = result.workload.client
+    t0 = time.monotonic()
+    requests: dict[int, int] = {conc: 0 for conc in c.concurrency}
+    while time.monotonic() - t0 < c.burn_in_s:
+        for conc in c.concurrency:
+            # At least `conc` prompts, so the measured batch size is reached.
+            prompts = (warmup * (conc // len(warmup) + 1))[:max(len(warmup), conc)]
+            metrics, run = client.measure(base_url, arm.served_model, prompts,
+                                          output_len=c.output_len, input_len=c.input_len,
+                                          concurrency=conc, ignore_eos=c.ignore_eos,
+                                          seed=c.seed, on_progress=progress.requests)
+            result.warmups.append(_arm_run(arm.label, round_no, metrics, run, position))
+            requests[conc] += len(prompts)
+            if not metrics.valid:
+                result.problems.append(f"{arm.label} ({arm.spec}): a burn-in run was "
+                                       "invalid: " + "; ".join(metrics.problems))
+                return False
+    seconds = time.monotonic() - t0
+    result.burned_urls.add(base_url)
+    result.burn_ins.append({"arm": arm.label, "round": round_no, "seconds": round(seconds, 1),
+                            "requests": {str(k): v for k, v in requests.items()}})
+    reporter.say(f"    {arm.label} burn-in: {sum(requests.values())} requests in "
+                 f"{seconds:.0f} s at concurrency {', '.join(map(str, c.concurrency))}")
+    return True
 
 
 def _arm_run(label: str, round_no: int, metrics: client.RunMetrics,

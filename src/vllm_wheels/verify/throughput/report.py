@@ -30,6 +30,7 @@ result.json, schema_version 1:
      "order": {mode, seed, rounds: [["baseline", "candidate"], ...],
                effect: {"<concurrency>": second-vs-first change or null}},
      "runs_auto": null | {target, budget_s, pilot_runs, runs_needed, runs_planned, ...},
+     "burn_in": [{arm, round, seconds, requests: {"<concurrency>": n}}],
      "cross_check": [{arm, concurrency, command, bench{...}, harness_output_throughput,
                       bench_output_throughput, difference, agree, tolerance}],
      "anchor": [{arm, gpu, measured_output_tok_s, bytes_per_token, ceiling_tok_s, share,
@@ -89,6 +90,7 @@ def to_json(result: AbResult) -> dict[str, Any]:
                   "effect": {str(conc): order_effect(result, conc)
                              for conc in result.workload.client.concurrency}},
         "runs_auto": result.auto,
+        "burn_in": result.burn_ins,
         "cross_check": result.cross_checks,
         "anchor": anchors(result),
         "runs": [r.to_dict() for r in result.runs],
@@ -243,7 +245,11 @@ def markdown(result: AbResult) -> str:
               f"per arm, order {c.order}"
               + (f" (seed {result.order_seed})" if result.order_seed is not None else "")
               + f" ({' '.join(''.join(a[0].upper() for a in o) for o in result.orders)}), "
-              f"ignore_eos {c.ignore_eos}, temperature 0",
+              f"ignore_eos {c.ignore_eos}, temperature 0"
+              + (f", burn-in {c.burn_in_s:.0f} s after each server start ("
+                 + "; ".join(f"{b['arm']} round {b['round']}: "
+                             f"{sum(b['requests'].values())} requests in {b['seconds']:.0f} s"
+                             for b in result.burn_ins) + ")" if c.burn_in_s else ""),
               f"- gate on {', '.join(w.gate.metrics)}: throughput drop > "
               f"{w.gate.throughput_drop:.1%} or latency rise > {w.gate.latency_rise:.1%} with "
               f"{w.gate.confidence:.0%} confidence; "

@@ -8,7 +8,8 @@ rejected with a suggestion: a typo must not silently fall back to a default.
     name = "single-stream"
     model = "../models/gpt-oss-20b"     # config.json + tokenizer files; relative to this file
     [client]   input_len, output_len, num_prompts, concurrency = [1, 8], seed,
-               warmup_prompts, runs, ignore_eos, order = "alternate" | "random" | "fixed"
+               warmup_prompts, runs, ignore_eos, order = "alternate" | "random" | "fixed",
+               burn_in_s
     [engine]   args = [...], load_format = "dummy", seed, prefix_caching,
                attention_backend, env = {...}
     [gate]     throughput_drop, latency_rise, max_cv, confidence, bootstrap_resamples
@@ -51,6 +52,13 @@ class ClientSettings:
     # "random" (balanced, from `seed`) or "fixed" (baseline first: biased by any order
     # effect, kept to show it).
     order: str = "alternate"
+    # Seconds of warm-up load after each server start, before its first measured run:
+    # the warm-up prompts at every measured concurrency in turn, until this much time has
+    # passed. An H100 A/A measured a fresh vLLM server's median TTFT 5-20 % higher for
+    # about its first minute of load, with output tok/s unchanged
+    # (verify/results/2026-12-07-ab-official/); the per-round warm-up did not cover it.
+    # 0: none (the per-round warm-up only).
+    burn_in_s: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +120,14 @@ class Workload:
                 "reference": self.reference, "fingerprint": self.fingerprint(),
                 **self.settings(), "gate": dataclasses.asdict(self.gate)}
 
-    def with_overrides(self, *, model: Path | None = None, runs: int | None = None) -> Workload:
+    def with_overrides(self, *, model: Path | None = None, runs: int | None = None,
+                       burn_in_s: float | None = None) -> Workload:
         new = self
+        if burn_in_s is not None:
+            if burn_in_s < 0:
+                raise ConfigError(f"--burn-in {burn_in_s}: must be >= 0 seconds")
+            new = dataclasses.replace(new, client=dataclasses.replace(new.client,
+                                                                      burn_in_s=burn_in_s))
         if model is not None:
             new = dataclasses.replace(new, model=model.resolve())
         if runs is not None:
@@ -169,12 +183,15 @@ def load_workload(path: Path) -> Workload:
         runs=c.get("runs", int, default=MIN_RUNS),
         ignore_eos=c.get("ignore_eos", bool, default=True),
         order=c.get("order", str, default="alternate"),
+        burn_in_s=float(c.get("burn_in_s", (int, float), default=0)),
     )
     c.finish()
     if client.order not in ORDERS:
         raise ConfigError(f"{path}: [client] order must be one of {list(ORDERS)}, "
                           f"got {client.order!r}")
     _check_runs(client.runs, f"{path}: [client] runs = {client.runs}")
+    if client.burn_in_s < 0:
+        raise ConfigError(f"{path}: [client] burn_in_s must be >= 0, got {client.burn_in_s}")
     if client.output_len < 2:
         raise ConfigError(f"{path}: [client] output_len must be >= 2",
                           why="TPOT and ITL need at least two output tokens")
