@@ -25,6 +25,7 @@ import pytest
 from loopback import serve_on_loopback
 from tiny_model import word_level_model
 
+from vllm_wheels.errors import CouldNotRunError
 from vllm_wheels.log import Reporter
 from vllm_wheels.verify.throughput import (
     anchor,
@@ -199,6 +200,35 @@ def test_power_statement_in_the_report(repo_root: Path) -> None:
     mde = stats.detectable_change(0.01, 0.01, 6, 6, confidence=0.95)
     row = next(line for line in lines if line.startswith("| 1 | Output token throughput"))
     assert f"±{mde:.2%}" in row and f"{0.03 + mde:.2%} (threshold 3.0%" in row
+
+
+# ------------------------------------------------------------------ start failures
+
+
+def test_a_build_without_flash_attention_is_named_when_its_server_dies_at_start(
+        tmp_path: Path) -> None:
+    """Real log lines (H100, 2026-12-07): our verification variant at vLLM 0.20.0's
+    defaults chose FLASH_ATTN, which it lacks, and died. The venv: arm's server here is a
+    STAND-IN `bin/vllm` that prints those lines and exits 1 (no GPU here); the harness must
+    say why, not only show the log's tail."""
+    text = (LOGS / "h100-llama8b-verify-default-fails.log").read_text()
+    why = parity.start_failure(text)
+    assert why and "no vllm-flash-attn kernels" in why and "TRITON_ATTN" in why, why
+    assert parity.start_failure(
+        (LOGS / "h100-llama8b-ours-forced.log").read_text()) is None  # a healthy start
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    vllm = venv / "bin" / "vllm"
+    vllm.write_text(f"#!/bin/sh\ncat '{LOGS / 'h100-llama8b-verify-default-fails.log'}'\n"
+                    "exit 1\n")
+    vllm.chmod(0o755)
+    w = load_workload(_workload_file(tmp_path, "alternate"))
+    arm = arms.make_arm("candidate", arms.parse_arm_spec(f"venv:{venv}"), w)
+    with pytest.raises(CouldNotRunError) as info:
+        arm.start(Reporter(None), tmp_path / "server.log")
+    assert "exited with code 1" in info.value.what
+    assert "no vllm-flash-attn kernels" in info.value.why, info.value.why
 
 
 # ------------------------------------------------------------------ round order

@@ -161,6 +161,9 @@ ensure_servers() {  # NAME...: these running; others stopped first (GPU memory),
       if ! alive "$name"; then
         say "server $name exited before it was ready; its log's tail:"
         tail -25 "$EV/servers/$name.log" | tee -a "$LOG"
+        "$PY" -c 'import sys; from vllm_wheels.verify.throughput.parity import start_failure
+print("why:", start_failure(open(sys.argv[1], errors="replace").read()) or "not recognised")' \
+          "$EV/servers/$name.log" 2>&1 | tee -a "$LOG"
         return 1
       fi
       if [ $((SECONDS - t)) -ge "$limit" ]; then say "server $name not ready after ${limit}s"; return 1; fi

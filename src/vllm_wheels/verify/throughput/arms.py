@@ -237,10 +237,12 @@ class _ServerArm(Arm):
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                tail = log_path.read_text(errors="replace").splitlines()[-25:]
+                text = log_path.read_text(errors="replace")
+                tail = text.splitlines()[-25:]
                 raise CouldNotRunError(
                     f"{self.label}: the server exited with code {self._proc.returncode} "
                     "before it was ready:\n" + "\n".join("      " + t for t in tail),
+                    why=parity.start_failure(text) or "",
                     fix=f"read the server log {log_path}")
             try:
                 with urllib.request.urlopen(self.base_url + "/health", timeout=5) as r:  # noqa: S310

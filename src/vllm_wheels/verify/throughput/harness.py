@@ -208,7 +208,8 @@ def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Repor
         if cross_check is not None:
             cross_check(result, arms)
     except CouldNotRunError as exc:
-        result.problems.append(exc.what + (f" (fix: {exc.fix})" if exc.fix else ""))
+        result.problems.append(exc.what + (f" (why: {exc.why})" if exc.why else "")
+                               + (f" (fix: {exc.fix})" if exc.fix else ""))
         return _finish(result, t0)
     finally:
         for arm in (baseline, candidate):

@@ -116,6 +116,34 @@ def parse_server_log(text: str) -> dict[str, Any]:
     return facts
 
 
+# Why a server died before it was ready, from its own log: the signatures of the ways a
+# custom build fails at start-up, each with what it means for the build and what to do.
+# First match wins; the order puts the most specific first.
+START_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"FlashAttention version not detected|FA\d is unavailable due to"),
+     "the server chose FLASH_ATTN, but this build has no vllm-flash-attn kernels "
+     "(vllm/vllm_flash_attn without _vllm_fa*_C); vLLM 0.20.0 does not fall back to another "
+     "backend (measured on an H100, verify/results/2026-12-07-ab-official/). Force one the "
+     "build has (--attention-backend TRITON_ATTN, or FLASHINFER with FlashInfer installed), "
+     "or build vllm-flash-attn (a stack without the verification variant's reduction)"),
+    (re.compile(r"no kernel image is available for execution on the device"),
+     "a kernel has no machine code for this GPU's arch: the build's TORCH_CUDA_ARCH_LIST "
+     "does not cover it (verify_abi --arch shows which objects lack it)"),
+    (re.compile(r"CUDA out of memory|torch\.OutOfMemoryError"),
+     "the GPU ran out of memory at start-up: other servers on the GPU, or "
+     "--gpu-memory-utilization / --kv-cache-memory-bytes too high for it"),
+)
+
+
+def start_failure(text: str) -> str | None:
+    """What a server log says about why the server died before it was ready, or None."""
+    for pattern, meaning in START_FAILURES:
+        m = pattern.search(text)
+        if m:
+            return f"{meaning} (log: \"{m.group(0)}\")"
+    return None
+
+
 def _tail(line: str) -> str:
     # The prefix "(EngineCore pid=..) INFO 11-29 18:40:21 [cuda.py:308] " carries a time
     # and pid: keep the source location and the message only.
