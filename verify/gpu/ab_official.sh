@@ -142,14 +142,20 @@ stop_server() {  # NAME: TERM its own process group, then KILL what is left
   rm -f "$W/run/$name.pid" "$W/burned/$name"
 }
 
-ensure_servers() {  # NAME...: these running; others stopped first (GPU memory), except
-  # those PRESTART names: they are the next steps' servers, starting up meanwhile.
-  local want=" $* ${PRESTART:-} " f name
+stop_servers_except() {  # NAME...: stop every running server not named (GPU memory)
+  local want=" $* " f name
   for f in "$W"/run/*.pid; do
     [ -e "$f" ] || continue
     name=$(basename "$f" .pid)
     case $want in *" $name "*) ;; *) stop_server "$name" ;; esac
   done
+}
+
+ensure_servers() {  # NAME...: these running; others stopped first (GPU memory), except
+  # those PRESTART names: they are the next steps' servers, starting up meanwhile.
+  local name
+  # shellcheck disable=SC2086  # PRESTART is a list of names
+  stop_servers_except "$@" ${PRESTART:-}
   for name in "$@"; do
     if alive "$name" && healthy "$name"; then continue; fi
     alive "$name" || start_server "$name" || return 1
@@ -253,11 +259,8 @@ done
 # call's transfer. Servers named neither there nor by a step of this call are stopped
 # first: the GPU holds four of the workloads' servers at most.
 if [ -n "${PRESTART:-}" ]; then
-  for f in "$W"/run/*.pid; do
-    [ -e "$f" ] || continue
-    name=$(basename "$f" .pid)
-    case " $PRESTART ${STEPS_SERVERS:-} " in *" $name "*) ;; *) stop_server "$name" ;; esac
-  done
+  # shellcheck disable=SC2086  # lists of names
+  stop_servers_except $PRESTART $STEPS_SERVERS
   for name in $PRESTART; do alive "$name" || start_server "$name"; done
   # PRESTART_WAIT=1: wait for them all before the first step, so that no server's start
   # (compile on the CPUs, weight init and graph capture on the GPU) overlaps a measurement.
@@ -271,7 +274,7 @@ if [ -n "${PRESTART:-}" ]; then
 fi
 for s in "${STEPS[@]}"; do [ "$s" = none ] || run_step "$s"; done
 if [ "${KEEP_SERVERS:-0}" != 1 ]; then
-  for f in "$W"/run/*.pid; do [ -e "$f" ] && stop_server "$(basename "$f" .pid)"; done
+  stop_servers_except  # none kept
 fi
 say "end: $(ls "$W/done" | tr '\n' ' ')"
 pack

@@ -20,26 +20,9 @@ OUT=${OUT:-$W/out}
 EV=$W/evidence/prepare
 mkdir -p "$W/stash" "$OUT" "$EV"
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# PyPI's vllm-0.20.0 for cp38-abi3, manylinux_2_35 (the release the pipeline builds).
-OFFICIAL_NAME=vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl
-OFFICIAL_SHA=24d28892e210200f6e1bd13f699c42a74cd2bb7364c11248e2348f677c7f6dfb
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$EV/steps.log"; }
-
-# The machine's torch lives in the site-packages of its python3 (itself a venv): a .pth
-# file puts that directory after the new venv's own, so the arm's packages win and torch is
-# exactly the machine's, the same for both arms.
-machine_site_pth() {
-  python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' \
-    > "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/machine-torch.pth"
-}
-
-make_venv() {  # WHO WHEEL
-  local v=$W/venv-$1
-  python3 -m venv --system-site-packages "$v" && machine_site_pth "$v" || return 1
-  "$v/bin/python" -m pip install -q --no-deps "$W"/stash/runtime/*.whl "$2" 2>&1 | tail -3
-  "$v/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|torch|flashinfer-python|triton) ' \
-    | sed "s/^/$1: /" | tee -a "$EV/venvs.txt"
-}
+# shellcheck source=verify/gpu/arm_venvs.sh
+. "$REPO/verify/gpu/arm_venvs.sh"
 
 for STAGE in "$@"; do
 case "$STAGE" in
@@ -60,7 +43,7 @@ venv-ours)
   ours=$(ls "$W"/stash/ours/vllm-*.whl 2>/dev/null | head -1)
   [ -n "$ours" ] || { say "no carried wheel in $W/stash/ours/"; exit 2; }
   sha256sum "$ours" | tee "$EV/ours-sha256.txt"
-  make_venv ours "$ours" || exit 3
+  make_arm_venv ours "$ours" || exit 3
   # The CPU host built it; this proves it against a GPU host's runtime (imports, archs
   # against the real GPU, symbols), before any server is started.
   say "verify_abi of our wheel against venv-ours, with the GPU"
@@ -71,16 +54,8 @@ venv-ours)
   grep -E "^ *(PASS|FAIL|\?\?|n/a) " "$EV/verify-abi-ours.txt" | cut -c1-160
   ;;
 venv-official)
-  if [ ! -f "$W/$OFFICIAL_NAME" ]; then
-    cat "$W"/stash/official.part-* > "$W/$OFFICIAL_NAME.tmp"
-    got=$(sha256sum "$W/$OFFICIAL_NAME.tmp" | cut -d' ' -f1)
-    if [ "$got" != "$OFFICIAL_SHA" ]; then
-      say "official wheel: sha256 $got, expected $OFFICIAL_SHA ($(ls "$W"/stash/official.part-* | wc -l) parts)"
-      exit 4
-    fi
-    mv "$W/$OFFICIAL_NAME.tmp" "$W/$OFFICIAL_NAME"; say "official wheel joined, sha256 ok"
-  fi
-  make_venv official "$W/$OFFICIAL_NAME" || exit 3
+  join_official || exit 4
+  make_arm_venv official "$W/$OFFICIAL_NAME" || exit 3
   ;;
 *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

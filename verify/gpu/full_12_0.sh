@@ -31,9 +31,9 @@ mkdir -p "$W/stash" "$OUT" "$EV"
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_FIND_LINKS=$W/stash/tools   # nox installs the pipeline from these, offline
 export VLLM_WHEELS_CACHE=$W/cache
-OFFICIAL_SHA=24d28892e210200f6e1bd13f699c42a74cd2bb7364c11248e2348f677c7f6dfb
-OFFICIAL_NAME=vllm-0.20.0-cp38-abi3-manylinux_2_35_x86_64.whl
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$EV/steps.log"; }
+# shellcheck source=verify/gpu/arm_venvs.sh
+. "$REPO/verify/gpu/arm_venvs.sh"
 pack() { tar -C "$W/evidence" -czf "$OUT/full-12.0.tar.gz" full-12.0 2>/dev/null; }
 
 machine_facts() {
@@ -44,11 +44,6 @@ machine_facts() {
     nvcc --version | tail -2; cmake --version | head -1; echo "ninja $(ninja --version)"
   } > "$EV/machine.txt" 2>&1
   cat "$EV/machine.txt"
-}
-
-machine_site_pth() {  # VENV: the machine's torch after the venv's own packages
-  python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' \
-    > "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/machine-torch.pth"
 }
 
 follow() {  # SECONDS
@@ -112,12 +107,7 @@ wait)
   ;;
 official)
   # split -b 59M parts: official.part-aa, -ab, ... carried one per call
-  if [ ! -f "$W/$OFFICIAL_NAME" ]; then
-    cat "$W"/stash/official.part-* > "$W/$OFFICIAL_NAME.tmp"
-    got=$(sha256sum "$W/$OFFICIAL_NAME.tmp" | cut -d' ' -f1)
-    if [ "$got" = "$OFFICIAL_SHA" ]; then mv "$W/$OFFICIAL_NAME.tmp" "$W/$OFFICIAL_NAME"; say "official wheel joined, sha256 ok"
-    else say "official wheel: sha256 $got, expected $OFFICIAL_SHA (parts: $(ls "$W"/stash/official.part-* | wc -l))"; fi
-  fi
+  join_official
   ;;
 verify)
   pkill -F "$W/memory.pid" 2>/dev/null
@@ -143,16 +133,13 @@ venvs)
   # ours: the carried wheel in $W/stash/ours/ (the A/B candidate, built on the CPU host);
   # official: the joined PyPI wheel. Both over the machine's torch with the runtime wheels.
   for who in ours official; do
-    python3 -m venv --system-site-packages "$W/venv-$who"; machine_site_pth "$W/venv-$who"
     w=$W/$OFFICIAL_NAME
     if [ "$who" = ours ]; then
       # Without a carried candidate both venvs hold the official wheel: an A/A of two
       # servers, each its own venv (the method's spread, not a comparison of builds).
       w=$(ls "$W"/stash/ours/vllm-*.whl 2>/dev/null | head -1); [ -n "$w" ] || w=$W/$OFFICIAL_NAME
     fi
-    "$W/venv-$who/bin/python" -m pip install -q --no-deps "$W"/stash/runtime/*.whl "$w" 2>&1 | tail -2
-    "$W/venv-$who/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|torch|flashinfer-python) ' \
-      | sed "s/^/$who: /" | tee -a "$EV/venvs.txt"
+    make_arm_venv "$who" "$w"
   done
   ;;
 *) echo "unknown stage $STAGE"; exit 2 ;;

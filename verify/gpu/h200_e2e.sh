@@ -52,13 +52,12 @@ machine_facts() {
   cat "$EV/machine.txt"
 }
 
-# The machine's torch lives in the site-packages of its python3, which may itself be a venv
-# (then --system-site-packages reaches only the base interpreter's): a .pth file puts that
-# directory after the new venv's own, so the venv's pins (setuptools<81) win and torch is
-# exactly the machine's.
-machine_site_pth() {
-  python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' \
-    > "$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/machine-torch.pth"
+# machine_site_pth (arm_venvs.sh): the machine's torch after the venv's own packages, so
+# the venv's pins (setuptools<81) win and torch is exactly the machine's; then say so.
+# shellcheck source=verify/gpu/arm_venvs.sh
+. "$REPO/verify/gpu/arm_venvs.sh"
+machine_torch() {
+  machine_site_pth "$1"
   "$1/bin/python" -c 'import torch; print("venv", "'"$1"'", "sees torch", torch.__version__, torch.__file__)'
 }
 
@@ -93,7 +92,7 @@ do_check() {
   echo "verify-abi exit ${PIPESTATUS[0]}" | tee -a "$EV/verify-abi-h200.txt"
   say "2/4 install the wheels beside the machine's torch (runtime venv, carried wheels)"
   python3 -m venv --system-site-packages "$W/rv"
-  machine_site_pth "$W/rv"
+  machine_torch "$W/rv"
   "$W/rv/bin/python" -m pip install -q --no-deps .whl/runtime/*.whl .whl/tools/apache_tvm_ffi-*.whl \
     "$W"/wheels/*.whl 2>&1 | tail -3
   "$W/rv/bin/python" -m pip list 2>/dev/null | grep -iE '^(vllm|flashinfer|torch) ' | tee "$EV/installed.txt"
@@ -124,7 +123,7 @@ build)
   python3 -m pip install -q --no-deps --target "$W/tools" \
     $(ls .whl/tools/*.whl | grep -vE "$BUILD_REQS") || exit 3
   python3 -m venv --system-site-packages "$W/bv"
-  machine_site_pth "$W/bv"
+  machine_torch "$W/bv"
   # vLLM's requirements/build/cuda.txt and FlashInfer's build-system that the machine lacks
   # or has in other versions (setuptools 81; vcs-versioning needs packaging>=26.2).
   "$W/bv/bin/python" -m pip install -q --no-deps $(ls .whl/tools/*.whl | grep -E "$BUILD_REQS") \
@@ -176,7 +175,7 @@ serve-ab)
     --json "$EV/verify-abi-h200.json" > "$EV/verify-abi-h200.txt" 2>&1
   echo "verify-abi exit $?" | tee -a "$EV/verify-abi-h200.txt"; grep -E "^  (PASS|FAIL)  (import|gpu-archs)" "$EV/verify-abi-h200.txt"
   say "2/5 runtime venv: the machine's torch + carried runtime wheels + the vLLM wheel"
-  python3 -m venv --system-site-packages "$W/rv"; machine_site_pth "$W/rv"
+  python3 -m venv --system-site-packages "$W/rv"; machine_torch "$W/rv"
   # verify/gpu/runtime-wheels.txt: apache-tvm-ffi 0.1.9 as vLLM pins it, with xgrammar 0.1.33.
   # FlashInfer's wheel is left out: vLLM finds it with find_spec, and Llama on TRITON_ATTN
   # does not use it.

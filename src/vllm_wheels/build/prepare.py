@@ -87,17 +87,19 @@ def dir_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _pyproject(tree: Path) -> dict[str, Any]:
+    """The source's pyproject.toml, parsed ({} without one)."""
+    import tomllib
+
+    pyproject = tree / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text(encoding="utf-8")) if pyproject.is_file() else {}
+
+
 def build_requirements(tree: Path, spec: PackageSpec) -> list[str]:
     """What building this source needs, read from the source itself (torch pins already
     stripped): PEP 518 build-system.requires, then what its builder adds (vLLM's
     requirements/build.txt, FlashInfer AOT's runtime requirements)."""
-    import tomllib
-
-    reqs: list[str] = []
-    pyproject = tree / "pyproject.toml"
-    if pyproject.is_file():
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        reqs += data.get("build-system", {}).get("requires", [])
+    reqs: list[str] = list(_pyproject(tree).get("build-system", {}).get("requires", []))
     reqs += builder_for(spec).build_requirements(tree, spec)
     reqs += ["build", "wheel"]
     return [r for r in dict.fromkeys(r.strip() for r in reqs if r.strip())
@@ -109,20 +111,16 @@ def runtime_requirements(tree: Path, spec: PackageSpec) -> list[str]:
     (torch pins already stripped): PEP 621 [project] dependencies, static or setuptools'
     dynamic `dependencies = {file = [...]}` (FlashInfer's requirements.txt), then what its
     builder adds (vLLM's setup.py reads requirements/cuda.txt)."""
-    import tomllib
-
     reqs: list[str] = []
-    pyproject = tree / "pyproject.toml"
-    if pyproject.is_file():
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        project = data.get("project", {})
-        if "dependencies" in project.get("dynamic", []):
-            dynamic = data.get("tool", {}).get("setuptools", {}).get("dynamic", {})
-            files = dynamic.get("dependencies", {}).get("file", [])
-            for rel in [files] if isinstance(files, str) else files:
-                reqs += pins.read_requirements(tree / rel)
-        else:
-            reqs += project.get("dependencies", [])
+    data = _pyproject(tree)
+    project = data.get("project", {})
+    if "dependencies" in project.get("dynamic", []):
+        dynamic = data.get("tool", {}).get("setuptools", {}).get("dynamic", {})
+        files = dynamic.get("dependencies", {}).get("file", [])
+        for rel in [files] if isinstance(files, str) else files:
+            reqs += pins.read_requirements(tree / rel)
+    else:
+        reqs += project.get("dependencies", [])
     reqs += builder_for(spec).runtime_requirements(tree, spec)
     return list(dict.fromkeys(r.strip() for r in reqs if r.strip()))
 

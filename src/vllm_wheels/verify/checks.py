@@ -425,19 +425,19 @@ def load_torch_global_deps(loader: Loader, rt: Runtime, deps: str) -> set[str]:
     assert rt.torch is not None
     preload = read_torch_preload(rt.torch.root / "__init__.py")
     _objects, missing = loader.closure(deps)
-    if preload is not None and missing and any(
-            lib.stem in missing[0][0] for lib in preload.on_error):
+    retried = preload is not None and bool(missing) and any(
+        lib.stem in missing[0][0] for lib in preload.on_error)
+    if retried:
         # The dlopen fails naming its first missing library; one of torch's list: it
         # preloads the list (a required one absent raises: import torch fails) and retries.
+        assert preload is not None
         _preload(loader, rt, preload.on_error)
-        objects = loader.closure(deps, mark_loaded=True)[0]
-    else:
-        objects = loader.closure(deps, mark_loaded=True)[0]
+    objects = loader.closure(deps, mark_loaded=True)[0]
+    if not retried and preload is not None and preload.condition is not None:
         # `"libcudart.so" not in /proc/self/maps`: no preload. The maps hold the real
         # paths of everything loaded so far, never the path a DT_NEEDED was found under.
         loaded = {os.path.realpath(p) for p in loader.loaded_paths()}
-        if preload is not None and preload.condition is not None and any(
-                preload.condition in path for path in loaded):
+        if any(preload.condition in path for path in loaded):
             _preload(loader, rt, preload.after_load)
     names: set[str] = set()
     for _path, obj in objects:
