@@ -166,6 +166,23 @@ def test_shipped_workloads_and_unknown_keys(repo_root: Path, tmp_path: Path) -> 
         load_workload(bad)
 
 
+def test_burn_in_is_read_overridden_and_refused_below_zero(repo_root: Path,
+                                                           tmp_path: Path) -> None:
+    gpu = load_workload(repo_root / "verify" / "workloads" / "llama-8b.toml")
+    assert gpu.client.burn_in_s == 60
+    assert gpu.with_overrides(burn_in_s=0).client.burn_in_s == 0
+    single = repo_root / "verify" / "workloads" / "single-stream.toml"
+    assert load_workload(single).client.burn_in_s == 0  # not set: none
+    with pytest.raises(ConfigError, match="--burn-in -1") as err:
+        gpu.with_overrides(burn_in_s=-1)
+    assert err.value.fix and err.value.why
+    bad = tmp_path / "bad.toml"
+    bad.write_text(single.read_text().replace("runs = 5", "runs = 5\nburn_in_s = -5"))
+    with pytest.raises(ConfigError, match="burn_in_s must be >= 0") as err:
+        load_workload(bad)
+    assert err.value.fix and err.value.why
+
+
 def test_image_arm_docker_command(repo_root: Path) -> None:
     """The image: arm's command, built and checked without running it (no Docker engine)."""
     w = load_workload(repo_root / "verify" / "workloads" / "single-stream.toml")

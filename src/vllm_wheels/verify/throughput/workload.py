@@ -125,7 +125,10 @@ class Workload:
         new = self
         if burn_in_s is not None:
             if burn_in_s < 0:
-                raise ConfigError(f"--burn-in {burn_in_s}: must be >= 0 seconds")
+                raise ConfigError(f"--burn-in {burn_in_s}: must be >= 0 seconds",
+                                  why="it is the seconds of warm-up load after each server "
+                                      "start",
+                                  fix="pass 0 (no burn-in) or a number of seconds, e.g. 60")
             new = dataclasses.replace(new, client=dataclasses.replace(new.client,
                                                                       burn_in_s=burn_in_s))
         if model is not None:
@@ -191,7 +194,9 @@ def load_workload(path: Path) -> Workload:
                           f"got {client.order!r}")
     _check_runs(client.runs, f"{path}: [client] runs = {client.runs}")
     if client.burn_in_s < 0:
-        raise ConfigError(f"{path}: [client] burn_in_s must be >= 0, got {client.burn_in_s}")
+        raise ConfigError(f"{path}: [client] burn_in_s must be >= 0, got {client.burn_in_s}",
+                          why="it is the seconds of warm-up load after each server start",
+                          fix="set it to 0 (no burn-in) or a number of seconds, e.g. 60")
     if client.output_len < 2:
         raise ConfigError(f"{path}: [client] output_len must be >= 2",
                           why="TPOT and ITL need at least two output tokens")
