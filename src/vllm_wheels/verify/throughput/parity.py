@@ -125,7 +125,8 @@ START_FAILURES: tuple[tuple[re.Pattern[str], str], ...] = (
      "(vllm/vllm_flash_attn without _vllm_fa*_C); vLLM 0.20.0 does not fall back to another "
      "backend (measured on an H100, verify/results/2026-12-07-ab-official/). Force one the "
      "build has (--attention-backend TRITON_ATTN, or FLASHINFER with FlashInfer installed), "
-     "or build vllm-flash-attn (a stack without the verification variant's reduction)"),
+     "build vllm-flash-attn (a stack without the verification variant's reduction), or "
+     "carry a patch like patches/vllm/0.20.0-verify/0003 that lets vLLM's selector move on"),
     (re.compile(r"no kernel image is available for execution on the device"),
      "a kernel has no machine code for this GPU's arch: the build's TORCH_CUDA_ARCH_LIST "
      "does not cover it (verify_abi --arch shows which objects lack it)"),
@@ -250,7 +251,7 @@ def arm_parity(facts: dict[str, Any]) -> dict[str, Any]:
     versions = facts.get("versions") or {}
     out: dict[str, Any] = {k: log.get(k) for k in
                            ("vllm_version", "attention_backend", "moe_backend", "gemm_kernel",
-                            "cuda_graphs", "compile", "quantization")}
+                            "cuda_graphs", "compile", "quantization", "attention_candidates")}
     if facts.get("server_log") is None:
         out["log"] = "no server log"
     aot = [name for name in ("flashinfer_jit_cache", "flashinfer_cubin") if versions.get(name)]
@@ -286,8 +287,25 @@ def differences(candidate: dict[str, Any], baseline: dict[str, Any]) -> list[Dif
         if a is None or b is None or a == b:
             continue
         text = _difference_text(key, label, a, b)
+        if key == "attention_backend":
+            text += _not_offered(candidate, baseline)
         out.append(Difference(key, text, _COSTS.get(key, "unknown")))
     return out
+
+
+def _not_offered(candidate: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """Why the attention backends differ, when the logs tell: vLLM lists the backends it
+    found valid ("out of potential backends: [...]"), so a backend one arm chose that is
+    missing from the other arm's list was not offered by that arm's build (e.g.
+    vllm-flash-attn not built), rather than ranked lower."""
+    notes = []
+    for arm, chose, other in (("candidate", candidate, baseline),
+                              ("baseline", baseline, candidate)):
+        backend, offered = other.get("attention_backend"), chose.get("attention_candidates")
+        if backend and offered and f"'{backend}'" not in offered:
+            notes.append(f"{backend} is not among the {arm}'s potential backends {offered}: "
+                         f"its build does not offer it")
+    return "; " + "; ".join(notes) if notes else ""
 
 
 def _difference_text(key: str, label: str, cand: str, base: str) -> str:
