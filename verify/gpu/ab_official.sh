@@ -8,6 +8,8 @@
 # verify/workloads/ (llama-8b, mixtral-small, llama-8b-fp8: FAMILY.toml = vLLM's defaults,
 # FAMILY-forced.toml = the same backends forced on both arms); STEP is one of
 #   aa          A/A: ours (forced backends) against itself, one server as both arms
+#   aa-official A/A: the official wheel at vLLM's defaults against itself, one server as
+#               both arms (the baseline's own noise, on the backends it chooses)
 #   ab-forced   (a) ours vs official, the same backends forced on both
 #   ab-default  (b) ours vs official, vLLM's defaults, plus the `vllm bench serve`
 #               cross-check (the official venv's) against both servers
@@ -43,6 +45,7 @@ for s in "${STEPS[@]}"; do
   f=${s%%:*}
   case ${s#*:} in
     aa) STEPS_SERVERS+=" $f.ours-forced" ;;
+    aa-official) STEPS_SERVERS+=" $f.official-default" ;;
     ab-forced) STEPS_SERVERS+=" $f.ours-forced $f.official-forced" ;;
     ab-default) STEPS_SERVERS+=" $f.ours-default $f.official-default" ;;
     eager) STEPS_SERVERS+=" $f.ours-forced $f.ours-eager" ;;
@@ -209,7 +212,7 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
 need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms), plus
   # two one-minute burn-ins where its servers are new
   local extra=120
-  case $1 in *:aa) extra=60 ;; esac
+  case $1 in *:aa|*:aa-official) extra=60 ;; esac
   case $1 in *:ab-default) echo $((200 + extra)) ;; *) echo $((160 + extra)) ;; esac
 }
 
@@ -221,6 +224,8 @@ run_step() {  # FAMILY:STEP
   case $step in
     aa) ensure_servers "$O-forced" || return
         ab "$id" "$O-forced" "$O-forced" ;;
+    aa-official) ensure_servers "$P-default" || return
+        ab "$id" "$P-default" "$P-default" ;;
     ab-forced) ensure_servers "$O-forced" "$P-forced" || return
         ab "$id" "$O-forced" "$P-forced" ;;
     ab-default) ensure_servers "$O-default" "$P-default" || return
