@@ -194,6 +194,11 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
   # The workloads burn each server in for a minute before round 1 (burn_in_s); a server
   # an earlier step of this lease already loaded is warm: no second burn-in.
   [ -f "$W/burned/$cand" ] && [ -f "$W/burned/$base" ] && burn=(--burn-in 0)
+  # The host's own noise just before (idle servers) and after the step: CPU, steal, how
+  # late a thread wakes from a 1 ms sleep (verify/gpu/host_jitter.py). An A/A whose TTFT
+  # spreads on a host that wakes late is the host, not the build.
+  "$PY" "$REPO/verify/gpu/host_jitter.py" 3 > "$EV/results/$id.host-before.json" 2>&1
+  say "host before $id: $(cat "$EV/results/$id.host-before.json")"
   say "verify-throughput $id: candidate $cand, baseline $base (limit ${limit}s)"
   timeout -k 10 "$limit" "$PY" -m vllm_wheels verify-throughput \
     --workload "$(workload_of "$family" "$mode")" --model "$W/models/$(model_of "$family")" \
@@ -204,6 +209,7 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
     --results-dir "$EV/results/$id" "${runs[@]}" "${burn[@]}" "$@" > "$EV/results/$id.txt" 2>&1
   local rc=$?
   touch "$W/burned/$cand" "$W/burned/$base"
+  "$PY" "$REPO/verify/gpu/host_jitter.py" 3 > "$EV/results/$id.host-after.json" 2>&1
   say "verify-throughput $id exit $rc (0 pass, 11 regression, 12 inconclusive, 13 could not run, 124 time limit)"
   grep -hA12 "^# Throughput" "$EV"/results/"$id"/*/report.md 2>/dev/null | head -14 | tee -a "$LOG"
   return 0
@@ -211,8 +217,8 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
 
 need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms), plus
   # two one-minute burn-ins where its servers are new
-  local extra=120
-  case $1 in *:aa|*:aa-official) extra=60 ;; esac
+  local extra=126                  # two burn-ins, and host_jitter.py before and after
+  case $1 in *:aa|*:aa-official) extra=66 ;; esac
   case $1 in *:ab-default) echo $((200 + extra)) ;; *) echo $((160 + extra)) ;; esac
 }
 
