@@ -36,6 +36,7 @@ tools)
     nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv,noheader
     echo "cores $(nproc)"; free -g | sed -n 2p
     python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)'
+    python3 "$REPO/verify/gpu/host_jitter.py" 3   # CPU, steal, wake-up lateness (idle host)
   } > "$EV/machine.txt" 2>&1
   cat "$EV/machine.txt"
   ;;
