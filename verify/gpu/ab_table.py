@@ -37,8 +37,13 @@ def mean(xs: list[float]) -> float | None:
 
 def load(evidence: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for path in sorted(evidence.glob("results/*/*/result.json")):
-        out.append((path.parent.parent.name, json.loads(path.read_text())))
+    # the unpacked tarball (results/<step>/<stamp>/) or a committed lease directory
+    # (results/<step>/, verify/gpu/ab_evidence.py)
+    for path in sorted([*evidence.glob("results/*/*/result.json"),
+                        *evidence.glob("results/*/result.json")]):
+        step = path.parent.name if path.parent.parent.name == "results" else \
+            path.parent.parent.name
+        out.append((step, json.loads(path.read_text())))
     return out
 
 

@@ -48,7 +48,7 @@ def measure(seconds: float) -> dict[str, object]:
         time.sleep(0.001)
         late.append((time.perf_counter() - start) * 1e3 - 1.0)
     after = _cpu_times()
-    delta = [b - a for a, b in zip(before, after)]
+    delta = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(delta) or 1
     late.sort()
 
