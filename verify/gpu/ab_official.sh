@@ -33,7 +33,8 @@
 # HARNESS_PY (the Python
 # that runs the harness and make_model.py: needs numpy, tokenizers, aiohttp, matplotlib;
 # default python3), RUNS (runs per arm, default the workload's 6), KEEP_SERVERS=1,
-# READY_S (server start-up limit, default 420).
+# READY_S (server start-up limit, default 420), KEEP_AWAKE=1 (keep_awake.py while the
+# steps run).
 set -uo pipefail
 OURS=$(readlink -f "${1:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
 OFFICIAL=$(readlink -f "${2:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
@@ -282,6 +283,16 @@ if [ -n "${PRESTART:-}" ]; then
       else say "server $name not ready (exited or out of time)"; fi
     done
   fi
+fi
+# KEEP_AWAKE=1: keep the CPUs out of idle while the steps measure (verify/gpu/keep_awake.py:
+# a host whose threads wake late adds milliseconds to each request's TTFT at concurrency
+# 1). Started after the servers are up, stopped with this call.
+if [ "${KEEP_AWAKE:-0}" = 1 ]; then
+  setsid "$PY" "$REPO/verify/gpu/keep_awake.py" >> "$LOG" 2>&1 < /dev/null &
+  KA=$!
+  trap 'kill $SMI 2>/dev/null; kill -TERM -- "-$KA" 2>/dev/null' EXIT
+  sleep 1
+  say "keep_awake on (session $KA)"
 fi
 for s in "${STEPS[@]}"; do [ "$s" = none ] || run_step "$s"; done
 if [ "${KEEP_SERVERS:-0}" != 1 ]; then

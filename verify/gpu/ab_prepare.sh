@@ -37,6 +37,11 @@ tools)
     echo "cores $(nproc)"; free -g | sed -n 2p
     python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)'
     python3 "$REPO/verify/gpu/host_jitter.py" 3   # CPU, steal, wake-up lateness (idle host)
+    # the same with keep_awake.py's SCHED_IDLE loops: whether KEEP_AWAKE=1 would help here
+    setsid python3 "$REPO/verify/gpu/keep_awake.py" > /dev/null 2>&1 < /dev/null &
+    local_ka=$!; sleep 1
+    echo "with keep_awake: $(python3 "$REPO/verify/gpu/host_jitter.py" 3)"
+    kill -TERM -- "-$local_ka" 2>/dev/null
   } > "$EV/machine.txt" 2>&1
   cat "$EV/machine.txt"
   ;;
