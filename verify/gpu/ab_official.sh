@@ -8,6 +8,8 @@
 # verify/workloads/ (llama-8b, mixtral-small, llama-8b-fp8: FAMILY.toml = vLLM's defaults,
 # FAMILY-forced.toml = the same backends forced on both arms); STEP is one of
 #   aa          A/A: ours (forced backends) against itself, one server as both arms
+#   aa-default  A/A: ours at vLLM's defaults against itself, one server as both arms (the
+#               server ab-default then uses, already burnt in)
 #   aa-official A/A: the official wheel at vLLM's defaults against itself, one server as
 #               both arms (the baseline's own noise, on the backends it chooses)
 #   ab-forced   (a) ours vs official, the same backends forced on both
@@ -46,6 +48,7 @@ for s in "${STEPS[@]}"; do
   f=${s%%:*}
   case ${s#*:} in
     aa) STEPS_SERVERS+=" $f.ours-forced" ;;
+    aa-default) STEPS_SERVERS+=" $f.ours-default" ;;
     aa-official) STEPS_SERVERS+=" $f.official-default" ;;
     ab-forced) STEPS_SERVERS+=" $f.ours-forced $f.official-forced" ;;
     ab-default) STEPS_SERVERS+=" $f.ours-default $f.official-default" ;;
@@ -219,7 +222,7 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
 need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms), plus
   # two one-minute burn-ins where its servers are new
   local extra=126                  # two burn-ins, and host_jitter.py before and after
-  case $1 in *:aa|*:aa-official) extra=66 ;; esac
+  case $1 in *:aa|*:aa-default|*:aa-official) extra=66 ;; esac
   case $1 in *:ab-default) echo $((200 + extra)) ;; *) echo $((160 + extra)) ;; esac
 }
 
@@ -231,6 +234,8 @@ run_step() {  # FAMILY:STEP
   case $step in
     aa) ensure_servers "$O-forced" || return
         ab "$id" "$O-forced" "$O-forced" ;;
+    aa-default) ensure_servers "$O-default" || return
+        ab "$id" "$O-default" "$O-default" ;;
     aa-official) ensure_servers "$P-default" || return
         ab "$id" "$P-default" "$P-default" ;;
     ab-forced) ensure_servers "$O-forced" "$P-forced" || return
