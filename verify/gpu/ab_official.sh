@@ -14,7 +14,8 @@
 #               both arms (the baseline's own noise, on the backends it chooses)
 #   ab-forced   (a) ours vs official, the same backends forced on both
 #   ab-default  (b) ours vs official, vLLM's defaults, plus the `vllm bench serve`
-#               cross-check (the official venv's) against both servers
+#               cross-check (the official venv's) against both servers (CROSS_CHECK=0:
+#               without it)
 #   eager       planted regression: ours with --enforce-eager (candidate) vs ours
 #               (baseline), forced backends; expected: exit 11, "CUDA graphs off on candidate"
 # Default steps, in priority order: see STEPS below. Each step runs only when the time it
@@ -241,7 +242,9 @@ run_step() {  # FAMILY:STEP
     ab-forced) ensure_servers "$O-forced" "$P-forced" || return
         ab "$id" "$O-forced" "$P-forced" ;;
     ab-default) ensure_servers "$O-default" "$P-default" || return
-        ab "$id" "$O-default" "$P-default" --cross-check-venv "$OFFICIAL" ;;
+        if [ "${CROSS_CHECK:-1}" = 1 ]; then
+          ab "$id" "$O-default" "$P-default" --cross-check-venv "$OFFICIAL"
+        else ab "$id" "$O-default" "$P-default"; fi ;;
     eager) ensure_servers "$O-forced" "$O-eager" || return
         ab "$id" "$O-eager" "$O-forced" ;;
     *) say "unknown step $1"; return ;;
