@@ -10,7 +10,8 @@ time stamps in the reports.
 - results/<step>.txt (the harness's console), <step>.host-*.json, steps.log, machine.txt,
   venvs.txt, gpu-clocks.csv, servers/*.cmd, prepare/*: copied as they are; servers/*.log
   without uvicorn's access line per request (a count line instead);
-- every text file: W (the lease's state directory) becomes "$W".
+- every text file: W (the lease's state directory) becomes "$W", and a quoted path into the
+  lease's checkout (".../verify/...") becomes repository-relative.
 Idempotent: DEST_DIR's files are rewritten, none outside it is touched."""
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from pathlib import Path
 TOOK = re.compile(r"^- took [0-9.]+ min, started \S+\n", re.M)
 
 
+# The checkout the lease ran from (a workload's path names it): repository-relative instead.
+REPO_PATH = re.compile(r'(?<=")/[^"]*?/(?=(verify|build|src)/)')
+
+
 def scrub(text: str, w: str) -> str:
-    return text.replace(w, "$W")
+    return REPO_PATH.sub("", text.replace(w, "$W"))
 
 
 ACCESS = re.compile(r'^\(APIServer pid=\d+\) INFO: +127\.0\.0\.1:\d+ - "(GET|POST) ')
