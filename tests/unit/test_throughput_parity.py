@@ -112,6 +112,35 @@ def test_differences_name_each_planted_cause_with_its_cost() -> None:
     assert fi.text.startswith("FlashInfer AOT / JIT differs: candidate JIT only")
 
 
+def test_a_backend_the_other_build_does_not_offer_is_named_as_such() -> None:
+    """Real logs of the H100 leases: our verification variant (patch 0003) at vLLM's
+    defaults lists only TRITON_ATTN and FLEX_ATTENTION as potential backends and chooses
+    TRITON_ATTN; the official wheel chooses FLASH_ATTN. The difference says FLASH_ATTN was
+    not offered by the candidate's build, not merely ranked lower."""
+    ours = (LOGS / "h100-llama8b-verify-default-0003.log").read_text()
+    official = (LOGS / "h100-llama8b-official-default.log").read_text()
+    facts = parity.parse_server_log(ours)
+    assert facts["attention_backend"] == "TRITON_ATTN" and "attention_forced" not in facts
+    assert facts["attention_candidates"] == "['TRITON_ATTN', 'FLEX_ATTENTION']"
+    assert (facts["compile"], facts["cuda_graphs"]) == ("on", "on")
+    [attn] = [d for d in parity.differences(_arm(ours), _arm(official))
+              if d.key == "attention_backend"]
+    assert attn.text == (
+        "attention backend differs: candidate TRITON_ATTN, baseline FLASH_ATTN; FLASH_ATTN "
+        "is not among the candidate's potential backends ['TRITON_ATTN', 'FLEX_ATTENTION']: "
+        "its build does not offer it")
+    # the other way round the baseline's build is the one that lacks it
+    [back] = [d for d in parity.differences(_arm(official), _arm(ours))
+              if d.key == "attention_backend"]
+    assert back.text.endswith("FLASH_ATTN is not among the baseline's potential backends "
+                              "['TRITON_ATTN', 'FLEX_ATTENTION']: its build does not offer it")
+    # a forced backend lists no candidates: nothing is claimed about what a build offers
+    forced = (LOGS / "h100-llama8b-ours-forced.log").read_text()
+    [plain] = [d for d in parity.differences(_arm(forced), _arm(official))
+               if d.key == "attention_backend"]
+    assert plain.text == "attention backend differs: candidate TRITON_ATTN, baseline FLASH_ATTN"
+
+
 def test_arch_coverage_of_the_gpu() -> None:
     gpu = [{"name": "NVIDIA H100 80GB HBM3", "compute_cap": "9.0"}]
     ours = _arm("", archs=["sm_90a"], gpu=gpu)
