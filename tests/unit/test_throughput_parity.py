@@ -523,3 +523,58 @@ def test_short_outputs_count_without_ignore_eos() -> None:
     assert client.run_problems(long, 12, ignore_eos=False)  # more than asked: wrong
     metrics = client.compute_metrics(short, 1.0, input_len=4)
     assert metrics["total_output_tokens"] == 17  # counted as vLLM's bench counts them
+
+
+# ------------------------------------------------------------------ why the runs spread
+
+
+def _result_ttft_noise(repo_root: Path, itl_cv: float) -> harness.AbResult:
+    """Runs like the H100 leases of 2026-12-07 15:35: per-request TTFTs of 23-40 ms (std
+    about 5 ms within a run, medians 24-38 ms run to run) while output tok/s and ITL stay
+    put (ITL_CV sets the decode's run-to-run spread)."""
+    w = load_workload(repo_root / "verify" / "workloads" / "llama-8b.toml")
+    rng = __import__("numpy").random.default_rng(7)
+    result = harness.AbResult(workload=w, candidate=None, baseline=None,  # type: ignore[arg-type]
+                              started="")
+    result.orders = harness.round_orders(6, "alternate", 0)
+    for arm in ("candidate", "baseline"):
+        for conc in w.client.concurrency:
+            for rnd in range(1, 7):
+                ttfts = [float(x) for x in 0.023 + rng.gamma(2.0, 0.004, size=16)]
+                m = {k: 100.0 for k in stats.GATEABLE}
+                m["output_throughput"] = 156.0 * (1 + 0.002 * rng.normal())
+                m["median_ttft_ms"] = float(__import__("numpy").median(ttfts)) * 1e3
+                m["median_itl_ms"] = 6.12 * (1 + itl_cv * rng.normal())
+                result.runs.append(harness.ArmRun(
+                    arm=arm, round=rnd, concurrency=conc, ttfts=ttfts,
+                    metrics=client.RunMetrics(concurrency=conc, num_prompts=16, metrics=m,
+                                              valid=True)))
+    harness._decide(result)
+    result.candidate = result.baseline = _FactsOnly()  # type: ignore[assignment]
+    return result
+
+
+class _FactsOnly:
+    """Stand-in for an arm whose server is gone: the report reads only its facts."""
+
+    def facts(self) -> dict[str, object]:
+        return {"spec": "url:http://127.0.0.1:8100", "served_model": "llama-8b"}
+
+
+def test_a_ttft_spread_with_a_steady_decode_is_named_as_the_time_before_the_first_token(
+        repo_root: Path) -> None:
+    result = _result_ttft_noise(repo_root, itl_cv=0.0005)
+    assert result.verdict == "inconclusive"
+    diagnosis = report.spread_diagnosis(result)
+    assert [d["concurrency"] for d in diagnosis] == [1, 16]
+    assert all(4.0 < d["within_run_ttft_std_ms"] < 8.0 for d in diagnosis)
+    lines = report.spread_lines(result)
+    assert "the spread is in the time before the first token" in lines[0]
+    assert "not either build's kernels" in lines[0]
+    text = report.markdown(result)
+    assert text.index("Why the runs spread:") < text.index("- workload `llama-8b.toml`")
+    assert report.to_json(result)["spread"] == diagnosis
+    # When the decode spreads as well, there is no single place to name: no diagnosis.
+    noisy = _result_ttft_noise(repo_root, itl_cv=0.03)
+    assert report.spread_diagnosis(noisy) == [] and "Why the runs spread" not in \
+        report.markdown(noisy)

@@ -31,6 +31,9 @@ result.json, schema_version 1:
                effect: {"<concurrency>": second-vs-first change or null}},
      "runs_auto": null | {target, budget_s, pilot_runs, runs_needed, runs_planned, ...},
      "burn_in": [{arm, round, seconds, requests: {"<concurrency>": n}}],
+     "spread": [{concurrency, ttft_cv: [cand, base], itl_cv: [cand, base],
+                 within_run_ttft_std_ms, median_ttft_ms}]   (median TTFT spreads while the
+                 decode is steady: the time before the first token; an added key)
      "cross_check": [{arm, concurrency, command, bench{...}, harness_output_throughput,
                       bench_output_throughput, difference, agree, tolerance}],
      "anchor": [{arm, gpu, measured_output_tok_s, bytes_per_token, ceiling_tok_s, share,
@@ -91,6 +94,7 @@ def to_json(result: AbResult) -> dict[str, Any]:
                              for conc in result.workload.client.concurrency}},
         "runs_auto": result.auto,
         "burn_in": result.burn_ins,
+        "spread": spread_diagnosis(result),
         "cross_check": result.cross_checks,
         "anchor": anchors(result),
         "runs": [r.to_dict() for r in result.runs],
@@ -216,6 +220,50 @@ def _arm_line(facts: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def spread_diagnosis(result: AbResult) -> list[dict[str, Any]]:
+    """Where a spread of median TTFT comes from, per concurrency, when the decode is steady:
+    then it is the time before the first token, which the kernels of neither build set
+    (two H100 leases: per-request TTFT std 3-7 ms with ITL flat to 0.01 ms, where an
+    earlier host had 0.2-0.4 ms; verify/results/2026-12-07-ab-official/)."""
+    import numpy as np
+
+    g = result.workload.gate
+    out = []
+    for conc, comparisons in result.comparisons.items():
+        by = {m.metric: m for m in comparisons}
+        ttft, itl = by.get("median_ttft_ms"), by.get("median_itl_ms")
+        if ttft is None or itl is None:
+            continue
+        if max(ttft.cv_candidate, ttft.cv_baseline) <= g.max_cv:
+            continue  # TTFT is not what spreads
+        if max(itl.cv_candidate, itl.cv_baseline) > g.max_cv / 4:
+            continue  # the decode spreads too: no single place to name
+        runs = [r for r in result.runs if r.concurrency == conc and r.metrics.valid
+                and len(r.ttfts) > 1]
+        if not runs:
+            continue
+        within = float(np.mean([np.std(r.ttfts, ddof=1) for r in runs])) * 1e3
+        median = float(np.median([r.metrics["median_ttft_ms"] for r in runs]))
+        out.append({"concurrency": conc,
+                    "ttft_cv": [ttft.cv_candidate, ttft.cv_baseline],
+                    "itl_cv": [itl.cv_candidate, itl.cv_baseline],
+                    "within_run_ttft_std_ms": within, "median_ttft_ms": median})
+    return out
+
+
+def spread_lines(result: AbResult) -> list[str]:
+    return [f"- concurrency {d['concurrency']}: median TTFT spreads from run to run (CV "
+            f"{d['ttft_cv'][0]:.1%} / {d['ttft_cv'][1]:.1%}) while the decode is steady "
+            f"(median ITL CV {d['itl_cv'][0]:.2%} / {d['itl_cv'][1]:.2%}): the spread is in "
+            f"the time before the first token, which varies from request to request by "
+            f"{d['within_run_ttft_std_ms']:.1f} ms (std within a run; median TTFT "
+            f"{d['median_ttft_ms']:.1f} ms). That is the host and the server's request path "
+            "(API server, scheduling, a thread's wake-up), not either build's kernels; more "
+            "prompts per run narrow it as 1/sqrt(prompts), a quieter host removes it "
+            "(verify/gpu/host_jitter.py measures the host)."
+            for d in spread_diagnosis(result)]
+
+
 def verdict_lines(result: AbResult) -> list[str]:
     """One line per concurrency: its verdict and the gated metrics that did not pass."""
     lines = []
@@ -237,6 +285,9 @@ def markdown(result: AbResult) -> str:
     if result.problems:
         lines += ["Could not run or decide:", ""] + [f"- {p}" for p in result.problems] + [""]
     lines += verdict_lines(result)
+    spread = spread_lines(result)
+    if spread:
+        lines += ["", "Why the runs spread:", ""] + spread
     lines += ["", f"- candidate: {_arm_line(result.candidate.facts())}",
               f"- baseline: {_arm_line(result.baseline.facts())}",
               f"- workload `{w.path.name}` (fingerprint {w.fingerprint()}): model `{w.model}`, "
