@@ -25,7 +25,7 @@ import pytest
 from loopback import serve_on_loopback
 from tiny_model import word_level_model
 
-from vllm_wheels.errors import CouldNotRunError
+from vllm_wheels.errors import ConfigError, CouldNotRunError
 from vllm_wheels.log import Reporter
 from vllm_wheels.verify.throughput import (
     anchor,
@@ -433,7 +433,7 @@ def test_bench_command_and_result(repo_root: Path, tmp_path: Path) -> None:
     pairs = dict(zip(argv[3::], argv[4::], strict=False))
     assert pairs["--dataset-name"] == "random" and pairs["--random-range-ratio"] == "0"
     assert pairs["--random-input-len"] == "256" and pairs["--random-output-len"] == "96"
-    assert pairs["--num-prompts"] == "16" and pairs["--max-concurrency"] == "16"
+    assert pairs["--num-prompts"] == "128" and pairs["--max-concurrency"] == "16"
     assert pairs["--served-model-name"] == "llama-8b" and pairs["--endpoint"] == "/v1/completions"
     assert "--ignore-eos" in argv and "--save-result" in argv
     # The keys of vLLM 0.20.0's result JSON (benchmarks/serve.py), values of a real shape.
@@ -578,3 +578,46 @@ def test_a_ttft_spread_with_a_steady_decode_is_named_as_the_time_before_the_firs
     noisy = _result_ttft_noise(repo_root, itl_cv=0.03)
     assert report.spread_diagnosis(noisy) == [] and "Why the runs spread" not in \
         report.markdown(noisy)
+
+
+# ------------------------------------------------------------------ prompts per concurrency
+
+
+def test_prompts_per_concurrency_makes_a_concurrent_run_more_than_one_burst(
+        repo_root: Path, tmp_path: Path) -> None:
+    """With num_prompts = concurrency a run is one burst (every H100 lease: median TTFT CV
+    4-9 % at concurrency 16, quiet host or not). `prompts_per_concurrency` sends at least
+    that many prompts per slot: a real streaming server on loopback receives them, the
+    report names the count, and the cross-check's `vllm bench serve` gets the same."""
+    wl_path = _workload_file(tmp_path, "alternate", max_cv=0.5, throughput_drop=0.5)
+    wl_path.write_text(wl_path.read_text()
+                       .replace("concurrency = [1]", "concurrency = [1, 2]")
+                       .replace("order = ", "prompts_per_concurrency = 4\norder = "))
+    w = load_workload(wl_path)
+    assert (w.client.prompts_at(1), w.client.prompts_at(2)) == (4, 8)  # num_prompts 3
+    served: list[float] = []
+
+    def delay() -> float:
+        served.append(time.monotonic())
+        return 0.001
+
+    with _streaming_server("m", delay) as url:
+        cand = arms.make_arm("candidate", arms.parse_arm_spec(f"url:{url}"), w)
+        base = arms.make_arm("baseline", arms.parse_arm_spec(f"url:{url}"), w)
+        result = harness.run_ab(w, cand, base, reporter=Reporter(None),
+                                server_logs=tmp_path / "servers")
+    sent = {conc: {r.metrics.num_prompts for r in result.runs if r.concurrency == conc}
+            for conc in (1, 2)}
+    assert sent == {1: {4}, 2: {8}}, sent
+    assert all(r.metrics.valid for r in result.runs)
+    assert "3 prompts (4 at concurrency 1) (8 at concurrency 2)" in report.markdown(result)
+    argv = crosscheck.bench_command(Path("/venv"), url, "m", w, 2, tmp_path, "b.json")
+    assert argv[argv.index("--num-prompts") + 1] == "8"
+    # the official workloads use it: 128 prompts at concurrency 16
+    gpu = load_workload(repo_root / "verify" / "workloads" / "llama-8b.toml")
+    assert (gpu.client.prompts_at(1), gpu.client.prompts_at(16)) == (16, 128)
+    bad = wl_path.read_text().replace("prompts_per_concurrency = 4",
+                                      "prompts_per_concurrency = -1")
+    wl_path.write_text(bad)
+    with pytest.raises(ConfigError, match="prompts_per_concurrency must be >= 0"):
+        load_workload(wl_path)

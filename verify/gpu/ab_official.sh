@@ -220,11 +220,12 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
   return 0
 }
 
-need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms), plus
+need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms; 128 prompts
+  # at concurrency 16), plus
   # two one-minute burn-ins where its servers are new
   local extra=126                  # two burn-ins, and host_jitter.py before and after
   case $1 in *:aa|*:aa-default|*:aa-official) extra=66 ;; esac
-  case $1 in *:ab-default) echo $((200 + extra)) ;; *) echo $((160 + extra)) ;; esac
+  case $1 in *:ab-default) echo $((260 + extra)) ;; *) echo $((220 + extra)) ;; esac
 }
 
 run_step() {  # FAMILY:STEP

@@ -42,7 +42,7 @@ def bench_command(venv: Path, base_url: str, served_model: str, workload: Worklo
             "--model", str(workload.model), "--served-model-name", served_model,
             "--tokenizer", str(workload.model), "--dataset-name", "random",
             "--random-input-len", str(c.input_len), "--random-output-len", str(c.output_len),
-            "--random-range-ratio", "0", "--num-prompts", str(c.num_prompts),
+            "--random-range-ratio", "0", "--num-prompts", str(c.prompts_at(concurrency)),
             "--max-concurrency", str(concurrency), "--request-rate", "inf",
             "--temperature", "0", "--seed", str(c.seed)]
     if c.ignore_eos:

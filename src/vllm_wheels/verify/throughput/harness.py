@@ -184,7 +184,9 @@ def run_ab(workload: Workload, candidate: Arm, baseline: Arm, *, reporter: Repor
         if candidate.served_model != baseline.served_model:
             result.notes.append(f"the arms serve different model names: candidate "
                                 f"'{candidate.served_model}', baseline '{baseline.served_model}'")
-        prompts = client.make_prompts(workload.model, c.num_prompts, c.input_len, c.seed)
+        prompts = client.make_prompts(workload.model,
+                                      max(c.prompts_at(conc) for conc in c.concurrency),
+                                      c.input_len, c.seed)
         # Different prompts for the warm-up, so it never pre-fills a prefix cache for
         # the measured ones.
         warmup = client.make_prompts(workload.model, c.warmup_prompts, c.input_len,
@@ -296,7 +298,8 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, position: int, rounds:
                 return
         for conc in c.concurrency:
             progress.label = f"{arm.label} run {round_no}/{rounds} concurrency {conc}"
-            metrics, run = client.measure(base_url, arm.served_model, prompts,
+            metrics, run = client.measure(base_url, arm.served_model,
+                                          prompts[:c.prompts_at(conc)],
                                           output_len=c.output_len, input_len=c.input_len,
                                           concurrency=conc, ignore_eos=c.ignore_eos,
                                           seed=c.seed, on_progress=progress.requests)

@@ -291,7 +291,10 @@ def markdown(result: AbResult) -> str:
     lines += ["", f"- candidate: {_arm_line(result.candidate.facts())}",
               f"- baseline: {_arm_line(result.baseline.facts())}",
               f"- workload `{w.path.name}` (fingerprint {w.fingerprint()}): model `{w.model}`, "
-              f"input {c.input_len} / output {c.output_len} tokens, {c.num_prompts} prompts, "
+              f"input {c.input_len} / output {c.output_len} tokens, {c.num_prompts} prompts"
+              + "".join(f" ({c.prompts_at(conc)} at concurrency {conc})"
+                        for conc in c.concurrency if c.prompts_at(conc) != c.num_prompts)
+              + ", "
               f"seed {c.seed}, warm-up {c.warmup_prompts} prompts, {len(result.orders)} runs "
               f"per arm, order {c.order}"
               + (f" (seed {result.order_seed})" if result.order_seed is not None else "")

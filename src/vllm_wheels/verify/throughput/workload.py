@@ -9,7 +9,7 @@ rejected with a suggestion: a typo must not silently fall back to a default.
     model = "../models/gpt-oss-20b"     # config.json + tokenizer files; relative to this file
     [client]   input_len, output_len, num_prompts, concurrency = [1, 8], seed,
                warmup_prompts, runs, ignore_eos, order = "alternate" | "random" | "fixed",
-               burn_in_s
+               burn_in_s, prompts_per_concurrency
     [engine]   args = [...], load_format = "dummy", seed, prefix_caching,
                attention_backend, env = {...}
     [gate]     throughput_drop, latency_rise, max_cv, confidence, bootstrap_resamples
@@ -59,6 +59,17 @@ class ClientSettings:
     # (verify/results/2026-12-07-ab-official/); the per-round warm-up did not cover it.
     # 0: none (the per-round warm-up only).
     burn_in_s: float = 0.0
+    # Prompts a run sends per unit of concurrency, at least (0: num_prompts at every
+    # level). With num_prompts = concurrency every request arrives at once and a run is one
+    # burst: its median TTFT depends on how the scheduler splits that one prefill, and
+    # spread 4-9 % run to run at concurrency 16 on every H100 lease, the quiet host's too
+    # (verify/results/2026-12-07-ab-official/). With more prompts than slots, requests enter
+    # as others finish and the median is the steady state's.
+    prompts_per_concurrency: int = 0
+
+    def prompts_at(self, concurrency: int) -> int:
+        """The prompts a run at this concurrency sends."""
+        return max(self.num_prompts, concurrency * self.prompts_per_concurrency)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +198,7 @@ def load_workload(path: Path) -> Workload:
         ignore_eos=c.get("ignore_eos", bool, default=True),
         order=c.get("order", str, default="alternate"),
         burn_in_s=float(c.get("burn_in_s", (int, float), default=0)),
+        prompts_per_concurrency=c.get("prompts_per_concurrency", int, default=0),
     )
     c.finish()
     if client.order not in ORDERS:
@@ -197,6 +209,11 @@ def load_workload(path: Path) -> Workload:
         raise ConfigError(f"{path}: [client] burn_in_s must be >= 0, got {client.burn_in_s}",
                           why="it is the seconds of warm-up load after each server start",
                           fix="set it to 0 (no burn-in) or a number of seconds, e.g. 60")
+    if client.prompts_per_concurrency < 0:
+        raise ConfigError(f"{path}: [client] prompts_per_concurrency must be >= 0, got "
+                          f"{client.prompts_per_concurrency}",
+                          why="it is how many prompts a run sends per unit of concurrency",
+                          fix="set it to 0 (num_prompts at every level) or e.g. 8")
     if client.output_len < 2:
         raise ConfigError(f"{path}: [client] output_len must be >= 2",
                           why="TPOT and ITL need at least two output tokens")
