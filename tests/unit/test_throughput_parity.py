@@ -529,7 +529,7 @@ def test_short_outputs_count_without_ignore_eos() -> None:
 
 
 def _result_ttft_noise(repo_root: Path, itl_cv: float) -> harness.AbResult:
-    """Runs like the H100 leases of 2026-12-07 15:35: per-request TTFTs of 23-40 ms (std
+    """Runs like the H100 leases 3 and 4 of 2026-12-07: per-request TTFTs of 23-40 ms (std
     about 5 ms within a run, medians 24-38 ms run to run) while output tok/s and ITL stay
     put (ITL_CV sets the decode's run-to-run spread)."""
     w = load_workload(repo_root / "verify" / "workloads" / "llama-8b.toml")
