@@ -273,12 +273,12 @@ def test_round_orders_are_balanced_and_seeded() -> None:
 
 
 @contextmanager
-def _streaming_server(name: str, delay: object) -> Iterator[str]:
+def _streaming_server(name: str, delay: object, **timing: object) -> Iterator[str]:
     spec = importlib.util.spec_from_file_location("standin_vllm", STANDIN)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with serve_on_loopback(module.make_handler(name, delay)) as url:
+    with serve_on_loopback(module.make_handler(name, delay, **timing)) as url:
         yield url
 
 
@@ -621,3 +621,39 @@ def test_prompts_per_concurrency_makes_a_concurrent_run_more_than_one_burst(
     wl_path.write_text(bad)
     with pytest.raises(ConfigError, match="prompts_per_concurrency must be >= 0"):
         load_workload(wl_path)
+
+
+def test_vllms_own_metrics_say_whether_the_ttft_spread_is_inside_the_server(
+        tmp_path: Path) -> None:
+    """The stand-in vLLM server (named as one: no GPU here) exports vLLM's TTFT, queue and
+    prefill histograms on /metrics, as vLLM 0.20.0 names them. Planted once in the request
+    path before the engine (HTTP, tokenization: the client's TTFT sees it, vLLM's does
+    not), once in the prefill (both see it). The harness scrapes /metrics around every run
+    and the report says on which side of vLLM's arrival stamp the spread is."""
+    import random
+
+    rng = random.Random(3)
+    jitter = lambda: rng.uniform(0.0, 0.15)  # noqa: E731
+    steady = lambda: 0.004  # noqa: E731
+    texts = {}
+    # a steady 50 ms prefill where the request path jitters, so that a loaded test host's
+    # own millisecond of scheduling noise stays small beside vLLM's TTFT
+    for where, timing in (("request path", {"request_path": jitter, "prefill": lambda: 0.05}),
+                          ("prefill", {"prefill": jitter})):
+        (tmp_path / where).mkdir()
+        wl_path = _workload_file(tmp_path / where, "alternate", max_cv=0.1,
+                                 throughput_drop=0.9)
+        w = load_workload(wl_path)
+        with _streaming_server("m", steady, **timing) as url:
+            cand = arms.make_arm("candidate", arms.parse_arm_spec(f"url:{url}"), w)
+            base = arms.make_arm("baseline", arms.parse_arm_spec(f"url:{url}"), w)
+            result = harness.run_ab(w, cand, base, reporter=Reporter(None),
+                                    server_logs=tmp_path / where / "servers")
+        assert all(r.server_ms and set(r.server_ms) == {"ttft", "queue", "prefill"}
+                   for r in result.runs), [r.server_ms for r in result.runs]
+        [d] = report.spread_diagnosis(result)
+        assert set(d["server"]) == {"candidate", "baseline"}
+        texts[where] = report.spread_lines(result)[0]
+        assert report.to_json(result)["runs"][0]["server_ms"]["ttft"] > 0
+    assert "outside vLLM's engine and output path" in texts["request path"], texts
+    assert "inside the server: vLLM's own TTFT spreads as well" in texts["prefill"], texts

@@ -76,7 +76,8 @@ export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB
 # exited 1 at its first fact). Put the carried tools on PYTHONPATH (full_12_0.sh: $W/tools).
 if ! missing=$("$PY" - <<'PYEOF' 2>&1
 import importlib.util, sys
-need = ["elftools", "numpy", "aiohttp", "tokenizers", "matplotlib", "packaging", "installer"]
+need = ["elftools", "numpy", "aiohttp", "tokenizers", "matplotlib", "packaging", "installer",
+        "prometheus_client"]
 gone = [m for m in need if importlib.util.find_spec(m) is None]
 print(" ".join(gone)); sys.exit(1 if gone else 0)
 PYEOF

@@ -22,13 +22,15 @@ from types import FrameType
 
 def spin(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     while True:
         pass
 
 
 def main(n: int) -> None:
     cpus = sorted(os.sched_getaffinity(0))[:n]
+    # SCHED_IDLE before the forks, so every loop has it from its first instruction (and
+    # this waiting parent too: it needs a CPU only to stop them)
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     children = []
     for cpu in cpus:
         pid = os.fork()

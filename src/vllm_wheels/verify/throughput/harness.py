@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from ...errors import ConfigError, CouldNotRunError
 from ...log import Reporter, format_duration
-from . import client, stats
+from . import client, servermetrics, stats
 from .arms import Arm, ImageArm, UrlArm
 from .workload import MIN_RUNS, Workload
 
@@ -54,11 +54,14 @@ class ArmRun:
     ttfts: list[float] = field(default_factory=list)  # seconds, per request
     itls: list[float] = field(default_factory=list)
     e2els: list[float] = field(default_factory=list)
+    # vLLM's own means over this run's requests, ms (servermetrics: ttft, queue, prefill);
+    # None when the server has no /metrics.
+    server_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"arm": self.arm, "round": self.round, "position": self.position,
                 **self.metrics.to_dict(),
-                "ttfts_s": self.ttfts, "e2els_s": self.e2els}
+                "ttfts_s": self.ttfts, "e2els_s": self.e2els, "server_ms": self.server_ms}
 
 
 @dataclass
@@ -298,12 +301,17 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, position: int, rounds:
                 return
         for conc in c.concurrency:
             progress.label = f"{arm.label} run {round_no}/{rounds} concurrency {conc}"
+            before = servermetrics.scrape(base_url)
             metrics, run = client.measure(base_url, arm.served_model,
                                           prompts[:c.prompts_at(conc)],
                                           output_len=c.output_len, input_len=c.input_len,
                                           concurrency=conc, ignore_eos=c.ignore_eos,
                                           seed=c.seed, on_progress=progress.requests)
             result.runs.append(_arm_run(arm.label, round_no, metrics, run, position))
+            # vLLM's own timing of the same requests (an A/A's one server serves only
+            # this run between the two scrapes)
+            result.runs[-1].server_ms = servermetrics.run_means_ms(
+                before, servermetrics.scrape(base_url) if before is not None else None)
             progress.done_units += 1
             state = "valid" if metrics.valid else "INVALID: " + "; ".join(metrics.problems)
             reporter.say(f"    {arm.label} run {round_no} c={conc}: "

@@ -32,8 +32,11 @@ result.json, schema_version 1:
      "runs_auto": null | {target, budget_s, pilot_runs, runs_needed, runs_planned, ...},
      "burn_in": [{arm, round, seconds, requests: {"<concurrency>": n}}],
      "spread": [{concurrency, ttft_cv: [cand, base], itl_cv: [cand, base],
-                 within_run_ttft_std_ms, median_ttft_ms}]   (median TTFT spreads while the
-                 decode is steady: the time before the first token; an added key)
+                 within_run_ttft_std_ms, median_ttft_ms,
+                 server: {candidate|baseline: {client_ttft|ttft|queue|prefill:
+                          {mean_ms, cv}}}}]   (median TTFT spreads while the decode is
+                 steady: the time before the first token; server: vLLM's own /metrics)
+     runs[].server_ms: {ttft, queue, prefill} vLLM's means over the run's requests, or null
      "cross_check": [{arm, concurrency, command, bench{...}, harness_output_throughput,
                       bench_output_throughput, difference, agree, tolerance}],
      "anchor": [{arm, gpu, measured_output_tok_s, bytes_per_token, ceiling_tok_s, share,
@@ -50,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ...cache import publish_dir, remove, temp_sibling
-from . import anchor, crosscheck, parity, stats
+from . import anchor, crosscheck, parity, servermetrics, stats
 from .harness import AbResult, order_effect
 
 SCHEMA_VERSION = 1
@@ -244,11 +247,54 @@ def spread_diagnosis(result: AbResult) -> list[dict[str, Any]]:
             continue
         within = float(np.mean([np.std(r.ttfts, ddof=1) for r in runs])) * 1e3
         median = float(np.median([r.metrics["median_ttft_ms"] for r in runs]))
-        out.append({"concurrency": conc,
-                    "ttft_cv": [ttft.cv_candidate, ttft.cv_baseline],
-                    "itl_cv": [itl.cv_candidate, itl.cv_baseline],
-                    "within_run_ttft_std_ms": within, "median_ttft_ms": median})
+        entry: dict[str, Any] = {"concurrency": conc,
+                                 "ttft_cv": [ttft.cv_candidate, ttft.cv_baseline],
+                                 "itl_cv": [itl.cv_candidate, itl.cv_baseline],
+                                 "within_run_ttft_std_ms": within, "median_ttft_ms": median}
+        server = _server_side(result, conc)
+        if server:
+            entry["server"] = server
+        out.append(entry)
     return out
+
+
+def _server_side(result: AbResult, conc: int) -> dict[str, Any] | None:
+    """vLLM's own per-run means (its /metrics) beside the client's mean TTFT, per arm: the
+    CV of each over the runs, and the means' medians in ms."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for arm in ("candidate", "baseline"):
+        runs = [r for r in result.valid_runs(arm, conc) if r.server_ms and "ttft" in r.server_ms]
+        if len(runs) < 2:
+            return None
+        series = {"client_ttft": [r.metrics["mean_ttft_ms"] for r in runs],
+                  **{key: [r.server_ms[key] for r in runs if r.server_ms and key in r.server_ms]
+                     for key in servermetrics.HISTOGRAMS}}
+        out[arm] = {key: {"mean_ms": float(np.median(xs)), "cv": stats.cv(xs)}
+                    for key, xs in series.items() if len(xs) >= 2}
+    return out
+
+
+def _server_text(d: dict[str, Any], max_cv: float) -> str:
+    s = d.get("server")
+    if not s:
+        return ""
+
+    def cvs(key: str) -> str:
+        return " / ".join(f"{s[arm][key]['cv']:.1%}" if key in s[arm] else "-"
+                          for arm in ("candidate", "baseline"))
+
+    inside = any(s[arm].get("ttft", {}).get("cv", 0.0) > max_cv
+                 for arm in ("candidate", "baseline"))
+    where = ("inside the server: vLLM's own TTFT spreads as well" if inside else
+             "outside vLLM's engine and output path (HTTP, tokenization, the client): "
+             "vLLM's own TTFT is steady")
+    parts = [f" vLLM's /metrics for the same runs (run means, CV cand / base): client TTFT "
+             f"{cvs('client_ttft')}, vLLM TTFT {cvs('ttft')}"]
+    if "queue" in s["candidate"] or "queue" in s["baseline"]:
+        parts.append(f", engine queue {cvs('queue')}, prefill {cvs('prefill')}")
+    return "".join(parts) + f": the spread is {where}."
 
 
 def spread_lines(result: AbResult) -> list[str]:
@@ -261,6 +307,7 @@ def spread_lines(result: AbResult) -> list[str]:
             "(API server, scheduling, a thread's wake-up), not either build's kernels; more "
             "prompts per run narrow it as 1/sqrt(prompts), a quieter host removes it "
             "(verify/gpu/host_jitter.py measures the host)."
+            + _server_text(d, result.workload.gate.max_cv)
             for d in spread_diagnosis(result)]
 
 
