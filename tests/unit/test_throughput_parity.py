@@ -184,14 +184,21 @@ def test_power_matches_a_simulation_of_the_gate() -> None:
     assert 0.68 <= hits / sims <= 0.92, hits / sims
 
 
-def _result_with_pilot(repo_root: Path, cv: float, seconds: float) -> harness.AbResult:
+def _empty_llama_8b_result(repo_root: Path) -> harness.AbResult:
+    """An A/B of the GPU's llama-8b workload with 6 alternating rounds and no runs yet (no
+    arms: the tests fill in the runs themselves)."""
     w = load_workload(repo_root / "verify" / "workloads" / "llama-8b.toml")
-    rng = __import__("numpy").random.default_rng(1)
     result = harness.AbResult(workload=w, candidate=None, baseline=None,  # type: ignore[arg-type]
                               started="")
     result.orders = harness.round_orders(6, "alternate", 0)
+    return result
+
+
+def _result_with_pilot(repo_root: Path, cv: float, seconds: float) -> harness.AbResult:
+    result = _empty_llama_8b_result(repo_root)
+    rng = __import__("numpy").random.default_rng(1)
     for arm in ("candidate", "baseline"):
-        for conc in w.client.concurrency:
+        for conc in result.workload.client.concurrency:
             # Exactly the CV wanted: values mean 100, sample std cv * 100.
             z = rng.normal(size=6)
             z = (z - z.mean()) / z.std(ddof=1)
@@ -532,13 +539,10 @@ def _result_ttft_noise(repo_root: Path, itl_cv: float) -> harness.AbResult:
     """Runs like the H100 leases 3 and 4 of 2026-12-07: per-request TTFTs of 23-40 ms (std
     about 5 ms within a run, medians 24-38 ms run to run) while output tok/s and ITL stay
     put (ITL_CV sets the decode's run-to-run spread)."""
-    w = load_workload(repo_root / "verify" / "workloads" / "llama-8b.toml")
+    result = _empty_llama_8b_result(repo_root)
     rng = __import__("numpy").random.default_rng(7)
-    result = harness.AbResult(workload=w, candidate=None, baseline=None,  # type: ignore[arg-type]
-                              started="")
-    result.orders = harness.round_orders(6, "alternate", 0)
     for arm in ("candidate", "baseline"):
-        for conc in w.client.concurrency:
+        for conc in result.workload.client.concurrency:
             for rnd in range(1, 7):
                 ttfts = [float(x) for x in 0.023 + rng.gamma(2.0, 0.004, size=16)]
                 m = {k: 100.0 for k in stats.GATEABLE}

@@ -307,11 +307,11 @@ def _one_round(result: AbResult, arm: Arm, round_no: int, position: int, rounds:
                                           output_len=c.output_len, input_len=c.input_len,
                                           concurrency=conc, ignore_eos=c.ignore_eos,
                                           seed=c.seed, on_progress=progress.requests)
-            result.runs.append(_arm_run(arm.label, round_no, metrics, run, position))
             # vLLM's own timing of the same requests (an A/A's one server serves only
             # this run between the two scrapes)
-            result.runs[-1].server_ms = servermetrics.run_means_ms(
-                before, servermetrics.scrape(base_url) if before is not None else None)
+            after = servermetrics.scrape(base_url) if before is not None else None
+            result.runs.append(_arm_run(arm.label, round_no, metrics, run, position,
+                                        server_ms=servermetrics.run_means_ms(before, after)))
             progress.done_units += 1
             state = "valid" if metrics.valid else "INVALID: " + "; ".join(metrics.problems)
             reporter.say(f"    {arm.label} run {round_no} c={conc}: "
@@ -363,12 +363,13 @@ def _burn_in(result: AbResult, arm: Arm, base_url: str, round_no: int, position:
 
 
 def _arm_run(label: str, round_no: int, metrics: client.RunMetrics,
-             run: client.BenchmarkRun, position: int = 1) -> ArmRun:
+             run: client.BenchmarkRun, position: int = 1,
+             server_ms: dict[str, float] | None = None) -> ArmRun:
     done = [r for r in run.records if r.success]
     return ArmRun(arm=label, round=round_no, concurrency=metrics.concurrency, metrics=metrics,
                   position=position,
                   ttfts=[r.ttft for r in done], itls=[g for r in done for g in r.itl],
-                  e2els=[r.latency for r in done])
+                  e2els=[r.latency for r in done], server_ms=server_ms)
 
 
 def _decide(result: AbResult) -> None:

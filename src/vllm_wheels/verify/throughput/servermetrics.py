@@ -37,8 +37,8 @@ def parse(text: str) -> Scrape:
     """The histograms of HISTOGRAMS in a /metrics body, summed over their label sets."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = {name.removesuffix("_seconds"): key for key, name in HISTOGRAMS.items()}
-    wanted.update({name: key for key, name in HISTOGRAMS.items()})
+    # a histogram's family is named by its # TYPE line: the full name, _seconds included
+    wanted = {name: key for key, name in HISTOGRAMS.items()}
     out: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
         key = wanted.get(family.name)
