@@ -57,3 +57,37 @@ def test_keep_awake_runs_one_sched_idle_loop_per_cpu_and_stops_on_term(
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_ttft_probe_splits_a_requests_time_to_first_token_into_its_layers(
+        repo_root: Path) -> None:
+    """verify/gpu/ttft_probe.py against a real streaming server on loopback (a STAND-IN
+    for vLLM: tests/fixtures/throughput/standin_vllm.py, with vLLM's /metrics histograms).
+    The stand-in spends 8 ms per request before the request reaches its "engine" (as HTTP
+    and tokenization do in vLLM) and 4 ms in prefill: the probe must put the 8 ms outside
+    vLLM's own TTFT, and /health must not pay for either."""
+    import importlib.util
+
+    from loopback import serve_on_loopback
+
+    spec = importlib.util.spec_from_file_location(
+        "standin_vllm", repo_root / "tests/fixtures/throughput/standin_vllm.py")
+    assert spec and spec.loader
+    standin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standin)
+    handler = standin.make_handler("m", lambda: 0.001, request_path=lambda: 0.008,
+                                   prefill=lambda: 0.004)
+    with serve_on_loopback(handler) as url:
+        out = subprocess.run([sys.executable, repo_root / "verify/gpu/ttft_probe.py", url, "m",
+                              "20"], capture_output=True, text=True, check=True, timeout=60)
+    probe = json.loads(out.stdout)
+    assert probe["schema_version"] == 1
+    for phase in ("first_token", "first_token_gaps"):
+        client, server = probe[phase], probe[phase]["server"]
+        assert client["n"] == 20
+        assert 3.5 <= server["prefill_mean_ms"] <= 6            # the engine's part
+        assert server["ttft_mean_ms"] >= server["prefill_mean_ms"]
+        # the client's TTFT holds the 8 ms that vLLM's own does not
+        assert client["p50"] - server["ttft_mean_ms"] >= 7.5
+    assert probe["health"]["p50"] < probe["first_token"]["p50"] - 10
+    assert "first_token p50/p90" in out.stderr                 # the lease log's one line

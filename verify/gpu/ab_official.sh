@@ -18,6 +18,10 @@
 #               without it)
 #   eager       planted regression: ours with --enforce-eager (candidate) vs ours
 #               (baseline), forced backends; expected: exit 11, "CUDA graphs off on candidate"
+#   probe       where a request's time to first token goes (verify/gpu/ttft_probe.py: the
+#               HTTP layer, the tokenizer, the first token back to back and with random
+#               gaps, vLLM's own TTFT/queue/prefill) on each running default server of
+#               FAMILY (ours, official), or ours at its defaults when none runs; ~25 s each
 # Default steps, in priority order: see STEPS below. Each step runs only when the time it
 # needs is left in BUDGET (seconds, default 540: one device call of 10 minutes); a step
 # that ran is marked done in $W/done/ and skipped by the next call, so a second call with
@@ -35,7 +39,8 @@
 # waits for them before the first step), BUDGET (s), W (state dir, default /tmp/abo), OUT,
 # HARNESS_PY (the Python
 # that runs the harness and make_model.py: needs numpy, tokenizers, aiohttp, matplotlib;
-# default python3), RUNS (runs per arm, default the workload's 6), KEEP_SERVERS=1,
+# default python3), RUNS (runs per arm, default the workload's 6; "auto": --runs auto
+# within what is left of BUDGET), KEEP_SERVERS=1,
 # READY_S (server start-up limit, default 420), KEEP_AWAKE=1 (keep_awake.py while the
 # steps run).
 set -uo pipefail
@@ -54,6 +59,7 @@ for s in "${STEPS[@]}"; do
     ab-forced) STEPS_SERVERS+=" $f.ours-forced $f.official-forced" ;;
     ab-default) STEPS_SERVERS+=" $f.ours-default $f.official-default" ;;
     eager) STEPS_SERVERS+=" $f.ours-forced $f.ours-eager" ;;
+    probe) STEPS_SERVERS+=" $f.ours-default $f.official-default" ;;
   esac
 done
 if [ ${#STEPS[@]} -eq 0 ]; then
@@ -197,6 +203,9 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
   limit=$(left)
   local runs=() burn=()
   [ -n "${RUNS:-}" ] && runs=(--runs "$RUNS")
+  # --runs auto plans its rounds within a time budget: what is left of this call's,
+  # less the report and the host readings after the step
+  [ "${RUNS:-}" = auto ] && runs+=(--time-budget "$((limit - 20))")
   # The workloads burn each server in for a minute before round 1 (burn_in_s); a server
   # an earlier step of this lease already loaded is warm: no second burn-in.
   [ -f "$W/burned/$cand" ] && [ -f "$W/burned/$base" ] && burn=(--burn-in 0)
@@ -225,7 +234,7 @@ need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms;
   # at concurrency 16), plus
   # two one-minute burn-ins where its servers are new
   local extra=126                  # two burn-ins, and host_jitter.py before and after
-  case $1 in *:aa|*:aa-default|*:aa-official) extra=66 ;; esac
+  case $1 in *:aa|*:aa-default|*:aa-official) extra=66 ;; *:probe) echo 60; return ;; esac
   case $1 in *:ab-default) echo $((260 + extra)) ;; *) echo $((220 + extra)) ;; esac
 }
 
@@ -249,6 +258,16 @@ run_step() {  # FAMILY:STEP
         else ab "$id" "$O-default" "$P-default"; fi ;;
     eager) ensure_servers "$O-forced" "$O-eager" || return
         ab "$id" "$O-eager" "$O-forced" ;;
+    probe) local names=() name
+        for name in "$O-default" "$P-default"; do alive "$name" && names+=("$name"); done
+        [ ${#names[@]} -gt 0 ] || names=("$O-default")
+        ensure_servers "${names[@]}" || return
+        for name in "${names[@]}"; do
+          say "ttft_probe $name"
+          timeout 120 "$PY" "$REPO/verify/gpu/ttft_probe.py" "http://127.0.0.1:$(port_of "$name")" \
+            "$(model_of "$family")" 200 > "$EV/results/$id.$name.json" 2> "$EV/results/$id.$name.txt"
+          say "ttft_probe $name exit $?: $(tail -3 "$EV/results/$id.$name.txt")"
+        done ;;
     *) say "unknown step $1"; return ;;
   esac
   touch "$W/done/$id"
