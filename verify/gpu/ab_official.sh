@@ -21,7 +21,8 @@
 #   probe       where a request's time to first token goes (verify/gpu/ttft_probe.py: the
 #               HTTP layer, the tokenizer, the first token back to back and with random
 #               gaps, vLLM's own TTFT/queue/prefill) on each running default server of
-#               FAMILY (ours, official), or ours at its defaults when none runs; ~25 s each
+#               FAMILY (ours, official), or ours at its defaults when none runs, and once
+#               more on the first with the GPU clock sampler stopped; ~25 s each
 # Default steps, in priority order: see STEPS below. Each step runs only when the time it
 # needs is left in BUDGET (seconds, default 540: one device call of 10 minutes); a step
 # that ran is marked done in $W/done/ and skipped by the next call, so a second call with
@@ -42,7 +43,7 @@
 # default python3), RUNS (runs per arm, default the workload's 6; "auto": --runs auto
 # within what is left of BUDGET), KEEP_SERVERS=1,
 # READY_S (server start-up limit, default 420), KEEP_AWAKE=1 (keep_awake.py while the
-# steps run).
+# steps run), GPU_CLOCKS=0 (no nvidia-smi sampler: gpu-clocks.csv stays empty).
 set -uo pipefail
 OURS=$(readlink -f "${1:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
 OFFICIAL=$(readlink -f "${2:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
@@ -230,11 +231,18 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
   return 0
 }
 
+probe() {  # FILE_STEM SERVER FAMILY: verify/gpu/ttft_probe.py, 200 requests a phase
+  say "ttft_probe $2 ($1)"
+  timeout 120 "$PY" "$REPO/verify/gpu/ttft_probe.py" "http://127.0.0.1:$(port_of "$2")" \
+    "$(model_of "$3")" 200 > "$EV/results/$1.json" 2> "$EV/results/$1.txt"
+  say "ttft_probe $1 exit $?: $(tail -3 "$EV/results/$1.txt")"
+}
+
 need_s() {  # rough seconds a step needs with its servers up (6 rounds x 2 arms; 128 prompts
   # at concurrency 16), plus
   # two one-minute burn-ins where its servers are new
   local extra=126                  # two burn-ins, and host_jitter.py before and after
-  case $1 in *:aa|*:aa-default|*:aa-official) extra=66 ;; *:probe) echo 60; return ;; esac
+  case $1 in *:aa|*:aa-default|*:aa-official) extra=66 ;; *:probe) echo 90; return ;; esac
   case $1 in *:ab-default) echo $((260 + extra)) ;; *) echo $((220 + extra)) ;; esac
 }
 
@@ -262,12 +270,13 @@ run_step() {  # FAMILY:STEP
         for name in "$O-default" "$P-default"; do alive "$name" && names+=("$name"); done
         [ ${#names[@]} -gt 0 ] || names=("$O-default")
         ensure_servers "${names[@]}" || return
-        for name in "${names[@]}"; do
-          say "ttft_probe $name"
-          timeout 120 "$PY" "$REPO/verify/gpu/ttft_probe.py" "http://127.0.0.1:$(port_of "$name")" \
-            "$(model_of "$family")" 200 > "$EV/results/$id.$name.json" 2> "$EV/results/$id.$name.txt"
-          say "ttft_probe $name exit $?: $(tail -3 "$EV/results/$id.$name.txt")"
-        done ;;
+        for name in "${names[@]}"; do probe "$id.$name" "$name" "$family"; done
+        # the same with the GPU clock sampler stopped (SIGSTOP: it holds nothing while
+        # stopped): does a once-a-second NVML query delay the requests?
+        if [ -n "$SMI" ] && kill -STOP "$SMI" 2>/dev/null; then
+          probe "$id.${names[0]}.sampler-stopped" "${names[0]}" "$family"
+          kill -CONT "$SMI"
+        fi ;;
     *) say "unknown step $1"; return ;;
   esac
   touch "$W/done/$id"
@@ -285,10 +294,15 @@ say "ab_official: ours $OURS, official $OFFICIAL, budget ${BUDGET}s, steps: ${ST
 cat "$EV/machine.txt"
 # The GPU's clocks, temperature, power and load every second while this call runs: what an
 # A/A's spread is read against (a clock that drops mid-run shows here, not in the numbers).
-nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu \
-  --format=csv,noheader -l 1 >> "$EV/gpu-clocks.csv" 2>/dev/null &
-SMI=$!
-trap 'kill $SMI 2>/dev/null' EXIT
+# GPU_CLOCKS=0: no sampler (each reading is an NVML query of the driver; the probe step
+# measures whether it delays requests).
+SMI=
+if [ "${GPU_CLOCKS:-1}" = 1 ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu \
+    --format=csv,noheader -l 1 >> "$EV/gpu-clocks.csv" 2>/dev/null &
+  SMI=$!
+fi
+trap '[ -n "$SMI" ] && kill $SMI 2>/dev/null' EXIT
 for m in $(for s in "${STEPS[@]}" ${PRESTART:-}; do model_of "$s"; done | sort -u); do
   [ -f "$W/models/$m/config.json" ] && continue
   say "model $m: config + tokenizer (verify/gpu/make_model.py)"
@@ -319,7 +333,7 @@ fi
 if [ "${KEEP_AWAKE:-0}" = 1 ]; then
   setsid "$PY" "$REPO/verify/gpu/keep_awake.py" >> "$LOG" 2>&1 < /dev/null &
   KA=$!
-  trap 'kill $SMI 2>/dev/null; kill -TERM -- "-$KA" 2>/dev/null' EXIT
+  trap '[ -n "$SMI" ] && kill $SMI 2>/dev/null; kill -TERM -- "-$KA" 2>/dev/null' EXIT
   sleep 1
   say "keep_awake on (session $KA)"
 fi
