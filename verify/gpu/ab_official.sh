@@ -43,7 +43,8 @@
 # default python3), RUNS (runs per arm, default the workload's 6; "auto": --runs auto
 # within what is left of BUDGET), KEEP_SERVERS=1,
 # READY_S (server start-up limit, default 420), KEEP_AWAKE=1 (keep_awake.py while the
-# steps run), GPU_CLOCKS=0 (no nvidia-smi sampler: gpu-clocks.csv stays empty).
+# steps run), GPU_CLOCKS=0 (no nvidia-smi sampler: gpu-clocks.csv gets a line before and after
+# each step).
 set -uo pipefail
 OURS=$(readlink -f "${1:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
 OFFICIAL=$(readlink -f "${2:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
@@ -196,6 +197,12 @@ print("why:", start_failure(open(sys.argv[1], errors="replace").read()) or "not 
 }
 
 # ------------------------------------------------------------------ steps
+GPU_QUERY=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu
+clocks_once() {  # without the sampler (GPU_CLOCKS=0): one reading before and after a step
+  [ -n "${SMI:-}" ] || nvidia-smi --query-gpu=$GPU_QUERY --format=csv,noheader \
+    >> "$EV/gpu-clocks.csv" 2>/dev/null
+}
+
 ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput call
   local id=$1 cand=$2 base=$3; shift 3
   local family=${cand%%.*} rest=${cand#*.} limit
@@ -214,6 +221,7 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
   # late a thread wakes from a 1 ms sleep (verify/gpu/host_jitter.py). An A/A whose TTFT
   # spreads on a host that wakes late is the host, not the build.
   "$PY" "$REPO/verify/gpu/host_jitter.py" 3 > "$EV/results/$id.host-before.json" 2>&1
+  clocks_once
   say "host before $id: $(cat "$EV/results/$id.host-before.json")"
   say "verify-throughput $id: candidate $cand, baseline $base (limit ${limit}s)"
   timeout -k 10 "$limit" "$PY" -m vllm_wheels verify-throughput \
@@ -225,6 +233,7 @@ ab() {  # STEP_ID CANDIDATE BASELINE [harness args...]: one verify-throughput ca
     --results-dir "$EV/results/$id" "${runs[@]}" "${burn[@]}" "$@" > "$EV/results/$id.txt" 2>&1
   local rc=$?
   touch "$W/burned/$cand" "$W/burned/$base"
+  clocks_once
   "$PY" "$REPO/verify/gpu/host_jitter.py" 3 > "$EV/results/$id.host-after.json" 2>&1
   say "verify-throughput $id exit $rc (0 pass, 11 regression, 12 inconclusive, 13 could not run, 124 time limit)"
   grep -hA12 "^# Throughput" "$EV"/results/"$id"/*/report.md 2>/dev/null | head -14 | tee -a "$LOG"
@@ -294,12 +303,11 @@ say "ab_official: ours $OURS, official $OFFICIAL, budget ${BUDGET}s, steps: ${ST
 cat "$EV/machine.txt"
 # The GPU's clocks, temperature, power and load every second while this call runs: what an
 # A/A's spread is read against (a clock that drops mid-run shows here, not in the numbers).
-# GPU_CLOCKS=0: no sampler (each reading is an NVML query of the driver; the probe step
-# measures whether it delays requests).
+# GPU_CLOCKS=0: no sampler, one reading before and after each step instead (each reading
+# is an NVML query of the driver; the probe step measures whether it delays requests).
 SMI=
 if [ "${GPU_CLOCKS:-1}" = 1 ]; then
-  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu \
-    --format=csv,noheader -l 1 >> "$EV/gpu-clocks.csv" 2>/dev/null &
+  nvidia-smi --query-gpu=$GPU_QUERY --format=csv,noheader -l 1 >> "$EV/gpu-clocks.csv" 2>/dev/null &
   SMI=$!
 fi
 trap '[ -n "$SMI" ] && kill $SMI 2>/dev/null' EXIT
