@@ -505,3 +505,33 @@ def test_server_logs_move_in_after_the_report_and_survive_a_failed_write(
     assert [p.name for p in (tmp_path / "full" / left[1]).iterdir()] == ["baseline-round1.log"]
     assert f"the report could not be written; kept the full log {tmp_path / 'full' / left[0]}" \
         in capsys.readouterr().err
+
+
+def test_the_gpu_workloads_kv_cache_holds_their_concurrent_prompts(repo_root: Path) -> None:
+    """Each llama-8b workload's fixed KV cache (--kv-cache-memory-bytes) holds every request
+    of its highest concurrency at once (input + output tokens); otherwise vLLM queues or
+    preempts some, and TTFT measures the queue. KV bytes a token from the model's shape
+    (verify/gpu/make_model.py): layers x KV heads x head_dim x (K, V) x bf16."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location(
+        "make_model", repo_root / "verify" / "gpu" / "make_model.py")
+    assert spec and spec.loader
+    make_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_model)
+    shape = make_model.SHAPES["llama-8b"]
+    per_token = (shape["num_hidden_layers"] * shape["num_key_value_heads"] * shape["head_dim"]
+                 * 2 * 2)
+    units = {"G": 2**30, "M": 2**20}
+    paths = sorted((repo_root / "verify" / "workloads").glob("llama-8b*.toml"))
+    assert any(p.name == "llama-8b-long.toml" for p in paths)
+    for path in paths:
+        w = load_workload(path)
+        args = list(w.engine.args)
+        size = args[args.index("--kv-cache-memory-bytes") + 1]
+        m = re.fullmatch(r"(\d+)([GM])", size)
+        assert m, f"{path.name}: {size}"
+        cache = int(m.group(1)) * units[m.group(2)]
+        need = max(w.client.concurrency) * (w.client.input_len + w.client.output_len) * per_token
+        assert need <= cache, f"{path.name}: {need / 2**30:.2f} GiB of prompts, {size} cache"

@@ -22,7 +22,7 @@
 #               HTTP layer, the tokenizer, the first token back to back and with random
 #               gaps, vLLM's own TTFT/queue/prefill) on each running default server of
 #               FAMILY (ours, official), or ours at its defaults when none runs, and once
-#               more on the first with the GPU clock sampler stopped; ~25 s each
+#               more on the first with the GPU clock sampler stopped (GPU_CLOCKS=1); ~25 s each
 # Default steps, in priority order: see STEPS below. Each step runs only when the time it
 # needs is left in BUDGET (seconds, default 540: one device call of 10 minutes); a step
 # that ran is marked done in $W/done/ and skipped by the next call, so a second call with
@@ -43,8 +43,8 @@
 # default python3), RUNS (runs per arm, default the workload's 6; "auto": --runs auto
 # within what is left of BUDGET), KEEP_SERVERS=1,
 # READY_S (server start-up limit, default 420), KEEP_AWAKE=1 (keep_awake.py while the
-# steps run), GPU_CLOCKS=0 (no nvidia-smi sampler: gpu-clocks.csv gets a line before and after
-# each step).
+# steps run), GPU_CLOCKS=1 (an nvidia-smi sampler, one reading a second, into gpu-clocks.csv;
+# default: a reading before and after each step).
 set -uo pipefail
 OURS=$(readlink -f "${1:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
 OFFICIAL=$(readlink -f "${2:?usage: $0 OURS_VENV OFFICIAL_VENV [FAMILY:STEP ...]}")
@@ -198,7 +198,7 @@ print("why:", start_failure(open(sys.argv[1], errors="replace").read()) or "not 
 
 # ------------------------------------------------------------------ steps
 GPU_QUERY=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,utilization.gpu
-clocks_once() {  # without the sampler (GPU_CLOCKS=0): one reading before and after a step
+clocks_once() {  # without the sampler (the default): one reading before and after a step
   [ -n "${SMI:-}" ] || nvidia-smi --query-gpu=$GPU_QUERY --format=csv,noheader \
     >> "$EV/gpu-clocks.csv" 2>/dev/null
 }
@@ -301,12 +301,14 @@ say "ab_official: ours $OURS, official $OFFICIAL, budget ${BUDGET}s, steps: ${ST
   done
 } > "$EV/machine.txt" 2>&1
 cat "$EV/machine.txt"
-# The GPU's clocks, temperature, power and load every second while this call runs: what an
-# A/A's spread is read against (a clock that drops mid-run shows here, not in the numbers).
-# GPU_CLOCKS=0: no sampler, one reading before and after each step instead (each reading
-# is an NVML query of the driver; the probe step measures whether it delays requests).
+# The GPU's clocks, temperature, power and load, read against an A/A's spread (a clock that
+# drops mid-run shows here, not in the numbers).
+# GPU_CLOCKS=1: the sampler; by default one reading before and after each step instead.
+# Each reading is an NVML query of the driver, and on lease 5 (verify/results/
+# 2026-12-07-ab-official/) vLLM's own prefill time was 3-5 ms longer with the sampler
+# running, in both orders of two probe pairs.
 SMI=
-if [ "${GPU_CLOCKS:-1}" = 1 ]; then
+if [ "${GPU_CLOCKS:-0}" = 1 ]; then
   nvidia-smi --query-gpu=$GPU_QUERY --format=csv,noheader -l 1 >> "$EV/gpu-clocks.csv" 2>/dev/null &
   SMI=$!
 fi

@@ -1,0 +1,1 @@
+env -u PYTHONPATH HF_HUB_OFFLINE=1 $W/venv-ours/bin/vllm serve $W/models/llama-8b --served-model-name llama-8b --host 127.0.0.1 --port 8100 --load-format dummy --seed 0 --no-enable-prefix-caching --max-model-len 4096 --max-num-seqs 32 --max-num-batched-tokens 4096 --gpu-memory-utilization 0.2 --kv-cache-memory-bytes 2G 
