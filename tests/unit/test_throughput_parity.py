@@ -661,3 +661,7 @@ def test_vllms_own_metrics_say_whether_the_ttft_spread_is_inside_the_server(
         assert report.to_json(result)["runs"][0]["server_ms"]["ttft"] > 0
     assert "outside vLLM's engine and output path" in texts["request path"], texts
     assert "inside the server: vLLM's own TTFT spreads as well" in texts["prefill"], texts
+    # and, where vLLM's prefill time spreads, which step and what to do about it
+    assert "in the engine's prefill step" in texts["prefill"], texts
+    assert "longer prompts make it GPU-bound" in texts["prefill"], texts
+    assert "prefill step" not in texts["request path"], texts

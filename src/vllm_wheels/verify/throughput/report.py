@@ -294,7 +294,18 @@ def _server_text(d: dict[str, Any], max_cv: float) -> str:
              f"{cvs('client_ttft')}, vLLM TTFT {cvs('ttft')}"]
     if "queue" in s["candidate"] or "queue" in s["baseline"]:
         parts.append(f", engine queue {cvs('queue')}, prefill {cvs('prefill')}")
-    return "".join(parts) + f": the spread is {where}."
+    text = "".join(parts) + f": the spread is {where}."
+    if inside and any(s[arm].get("prefill", {}).get("cv", 0.0) > max_cv
+                      for arm in ("candidate", "baseline")):
+        # measured on an H100 (verify/results/2026-12-07-ab-official/, lease 5): vLLM 0.20.0
+        # captures CUDA graphs up to twice --max-num-seqs tokens and runs prefill batches
+        # PIECEWISE, so a short prefill is host work; a long one is the GPU's
+        text += (" It is in the engine's prefill step (scheduled to first token): a prefill "
+                 "that runs outside CUDA graphs (more tokens than the largest captured size, "
+                 "or PIECEWISE with attention outside them) is bound by the host's CPU; "
+                 "longer prompts make it GPU-bound (on an H100, 256 tokens spread 3.3 ms a "
+                 "request and 1,024 tokens 0.98 ms: verify/workloads/llama-8b-long.toml).")
+    return text
 
 
 def spread_lines(result: AbResult) -> list[str]:
