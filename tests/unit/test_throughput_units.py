@@ -513,7 +513,8 @@ def test_the_gpu_workloads_kv_cache_holds_their_concurrent_prompts(repo_root: Pa
     preempts some, and TTFT measures the queue. KV bytes a token from the model's shape
     (verify/gpu/make_model.py): layers x KV heads x head_dim x (K, V) x bf16."""
     import importlib.util
-    import re
+
+    from vllm_wheels.build.bundle import parse_size  # binary units, as vLLM reads "2G"
 
     spec = importlib.util.spec_from_file_location(
         "make_model", repo_root / "verify" / "gpu" / "make_model.py")
@@ -523,15 +524,12 @@ def test_the_gpu_workloads_kv_cache_holds_their_concurrent_prompts(repo_root: Pa
     shape = make_model.SHAPES["llama-8b"]
     per_token = (shape["num_hidden_layers"] * shape["num_key_value_heads"] * shape["head_dim"]
                  * 2 * 2)
-    units = {"G": 2**30, "M": 2**20}
     paths = sorted((repo_root / "verify" / "workloads").glob("llama-8b*.toml"))
     assert any(p.name == "llama-8b-long.toml" for p in paths)
     for path in paths:
         w = load_workload(path)
         args = list(w.engine.args)
         size = args[args.index("--kv-cache-memory-bytes") + 1]
-        m = re.fullmatch(r"(\d+)([GM])", size)
-        assert m, f"{path.name}: {size}"
-        cache = int(m.group(1)) * units[m.group(2)]
+        cache = parse_size(size)
         need = max(w.client.concurrency) * (w.client.input_len + w.client.output_len) * per_token
         assert need <= cache, f"{path.name}: {need / 2**30:.2f} GiB of prompts, {size} cache"

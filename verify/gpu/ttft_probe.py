@@ -17,14 +17,14 @@ HTTP connection (as the harness's client does):
                  a delay that waits for a periodic tick shows as a sawtooth in back-to-back
                  requests and as a uniform spread here, with the same width
 
-For the two first_token phases the server's own /metrics (verify/gpu's harness reads the
-same histograms: src/vllm_wheels/verify/throughput/servermetrics.py) give vLLM's mean TTFT,
-queue and prefill time over the phase, and the TTFT histogram's bucket counts: client TTFT
-minus vLLM's TTFT is the time outside vLLM (HTTP, the client), vLLM's TTFT minus queue
-and prefill is the API server <-> engine core path.
+For the two first_token phases the server's own /metrics give vLLM's mean TTFT, queue and
+prefill time over the phase (read as the harness reads them: vllm_wheels' servermetrics.py),
+and the TTFT histogram's bucket counts: client TTFT minus vLLM's TTFT is the time outside
+vLLM (HTTP, the client), vLLM's TTFT minus queue and prefill is the API server <-> engine
+core path.
 
-Standard library only (the GPU machine's python3), plus prometheus_client where present.
-Output: JSON with schema_version; milliseconds throughout."""
+The machine's python3 with the repository's src/ on PYTHONPATH (ab_official.sh exports it)
+and prometheus_client. Output: JSON with schema_version; milliseconds throughout."""
 
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ import time
 import urllib.parse
 import urllib.request
 
+from vllm_wheels.verify.throughput import servermetrics
+
 SCHEMA_VERSION = 1
-HISTOGRAMS = {"ttft": "vllm:time_to_first_token_seconds",
-              "queue": "vllm:request_queue_time_seconds",
-              "prefill": "vllm:request_prefill_time_seconds"}
+TTFT = servermetrics.HISTOGRAMS["ttft"]
 
 
 def summary(ms: list[float]) -> dict[str, float | int]:
@@ -54,39 +54,39 @@ def summary(ms: list[float]) -> dict[str, float | int]:
             "std": round(statistics.pstdev(s), 3)}
 
 
-def scrape(base: str) -> dict[str, dict[str, float]] | None:
-    """sum, count and cumulative bucket counts of HISTOGRAMS, over all label sets."""
+Scrape = tuple[servermetrics.Scrape, dict[str, float]]  # sums and counts; TTFT buckets
+
+
+def scrape(base: str) -> Scrape | None:
+    """One GET /metrics: servermetrics' sums and counts, and the cumulative counts of vLLM's
+    TTFT histogram per bucket edge (over all label sets), which only this probe reads."""
     try:
         from prometheus_client.parser import text_string_to_metric_families
         with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310
             text = r.read().decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - a probe without /metrics still times the client
         return None
-    wanted = {v: k for k, v in HISTOGRAMS.items()}
-    out: dict[str, dict[str, float]] = {}
+    buckets: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
-        key = wanted.get(fam.name)
-        if key is None:
-            continue
-        d = out.setdefault(key, {})
-        for s in fam.samples:
-            name = ("le=" + s.labels["le"]) if s.name.endswith("_bucket") else s.name.rsplit("_", 1)[-1]
-            d[name] = d.get(name, 0.0) + s.value
-    return out
+        if fam.name == TTFT:
+            for sample in fam.samples:
+                if sample.name.endswith("_bucket"):
+                    edge = "le=" + sample.labels["le"]
+                    buckets[edge] = buckets.get(edge, 0.0) + sample.value
+    return servermetrics.parse(text), buckets
 
 
-def server_delta(before: dict | None, after: dict | None) -> dict | None:
-    if not before or not after:
+def server_delta(before: Scrape | None, after: Scrape | None) -> dict | None:
+    """vLLM's means over the requests between two scrapes (servermetrics.run_means_ms, in
+    the probe's key names), and where its TTFTs fell by bucket edge."""
+    if before is None or after is None:
         return None
-    out: dict[str, object] = {}
-    for key, a in after.items():
-        b = before.get(key, {})
-        n = a.get("count", 0.0) - b.get("count", 0.0)
-        if n <= 0:
-            continue
-        out[key + "_mean_ms"] = round(1e3 * (a.get("sum", 0.0) - b.get("sum", 0.0)) / n, 3)
-        if key == "ttft":  # where the server's own TTFTs fall, by its bucket edges
-            out["ttft_buckets"] = {k: int(a[k] - b.get(k, 0.0)) for k in a if k.startswith("le=")}
+    means = servermetrics.run_means_ms(before[0], after[0])
+    if means is None:
+        return None
+    out: dict[str, object] = {f"{key}_mean_ms": round(ms, 3) for key, ms in means.items()}
+    out["ttft_buckets"] = {edge: int(n - before[1].get(edge, 0.0))
+                           for edge, n in after[1].items()}
     return out
 
 
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
     try:
         out["tokenize"] = summary([c.post("/tokenize", {"model": model, "prompt": "hello " * 255})
                                    for _ in range(n)])
-    except RuntimeError as exc:  # a server without vLLM's /tokenize (the tests' stand-in)
+    except RuntimeError as exc:  # a server without vLLM's /tokenize (HTTP 404: another framework)
         out["tokenize"] = {"error": str(exc)}
         c = Client(base)
     for phase, gap in (("first_token", False), ("first_token_gaps", True)):
